@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// Runs ava, streams its output, and ends with the line CI reads: "N passed, N failed, N skipped".
+// ava's own summary says "N tests passed" etc.; an ava failure without a counted test failure
+// (an uncaught exception, a timed-out file) still counts as a failure. Exits with ava's code.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const avaCli = require.resolve('ava/entrypoints/cli.mjs');
+const child = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
+
+let output = '';
+for (const stream of [child.stdout, child.stderr]) {
+  stream.setEncoding('utf8');
+  stream.on('data', (text) => {
+    output += text;
+    (stream === child.stdout ? process.stdout : process.stderr).write(text);
+  });
+}
+
+child.on('exit', (code, signal) => {
+  const count = (pattern) => {
+    const match = pattern.exec(output);
+    return match ? Number(match[1]) : 0;
+  };
+  const passed = count(/^\s*(\d+) tests? passed/m);
+  let failed = count(/^\s*(\d+) tests? failed/m);
+  const skipped = count(/^\s*(\d+) tests? skipped/m) + count(/^\s*(\d+) tests? todo/m);
+  const crashes = count(/^\s*(\d+) uncaught exceptions?/m) + count(/^\s*(\d+) unhandled rejections?/m);
+  failed += crashes;
+  if (/Timed out while running tests/.test(output)) failed += 1;
+  if ((code !== 0 || signal) && failed === 0) failed = 1;
+  process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
+  process.exit(code ?? 1);
+});

@@ -1,0 +1,68 @@
+/**
+ * The `pstorage` command line. Exit codes: 0 success, 1 the operation failed, 2 bad usage,
+ * 3 the data directory is in use by another process.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { isStorageError } from '../common/errors.js';
+import { DEFAULT_LISTEN, parseListen } from './listen-address.js';
+import { serve } from './serve.js';
+
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_BUSY = 3;
+
+const packageJson = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+function asListen(value: string) {
+  try {
+    return parseListen(value);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('pstorage')
+    .description('A software-defined all-flash storage array, served to Linux over NBD.')
+    .version(packageJson.version, '-V, --version')
+    .showHelpAfterError('(run "pstorage --help" for usage)')
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('serve the volumes of a data directory over NBD (creates it, with a 16 GiB "default" volume, on first start)')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', process.env.PSTORAGE_DATA_DIR ?? './pstorage-data')
+    .option('-l, --listen <host:port>', 'TCP address for NBD, or "none" (env PSTORAGE_LISTEN)', asListen, asListen(process.env.PSTORAGE_LISTEN ?? DEFAULT_LISTEN))
+    .option('-s, --socket <path>', 'also serve NBD on this Unix socket (env PSTORAGE_SOCKET)', process.env.PSTORAGE_SOCKET)
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string }) => {
+      if (options.listen === null && options.socket === undefined) {
+        throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
+      }
+      await serve({ dataDir: options.dataDir, listen: options.listen, socketPath: options.socket ?? null });
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    process.exitCode = exitCodeFor(error);
+    if (!(error instanceof CommanderError)) {
+      process.stderr.write(`pstorage: ${(error as Error).message}\n`);
+    }
+  }
+}
+
+function exitCodeFor(error: unknown): number {
+  if (error instanceof CommanderError) {
+    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
+    return EXIT_USAGE;
+  }
+  if (error instanceof InvalidArgumentError) return EXIT_USAGE;
+  if (isStorageError(error) && error.code === 'BUSY') return EXIT_BUSY;
+  return EXIT_FAILURE;
+}

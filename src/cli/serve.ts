@@ -1,0 +1,68 @@
+/**
+ * `pstorage serve`: open (or create) the data directory and serve its volumes over NBD until
+ * SIGINT/SIGTERM, then shut down gracefully: finish running requests, refuse new ones with
+ * ESHUTDOWN, flush, and exit 0.
+ */
+import path from 'node:path';
+import { createLogger } from '../common/log.js';
+import { formatBytes } from '../common/size.js';
+import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
+import { SparseFileArray } from '../volume/sparse-file-array.js';
+import type { TcpAddress } from './listen-address.js';
+
+export interface ServeOptions {
+  dataDir: string;
+  listen: TcpAddress | null;
+  socketPath: string | null;
+}
+
+export async function serve(options: ServeOptions): Promise<void> {
+  const logger = createLogger({ component: 'pstorage' });
+  const dataDir = path.resolve(options.dataDir);
+  const startedAt = process.hrtime.bigint();
+  const { array, created } = await SparseFileArray.open(dataDir);
+  logger.info(created ? 'data directory created' : 'data directory opened', {
+    dataDir,
+    volumes: array.list().map((volume) => volume.name),
+    openMs: Number(process.hrtime.bigint() - startedAt) / 1e6,
+  });
+
+  const server = new NbdServer({ catalog: array, logger });
+  const bound: ListenAddress[] = [];
+  if (options.listen !== null) bound.push(await server.listen(options.listen));
+  if (options.socketPath !== null) bound.push(await server.listen({ path: path.resolve(options.socketPath) }));
+  const urls = bound.map((address) => ('path' in address ? `nbd+unix:///default?socket=${address.path}` : `nbd://${formatHost(address.host)}:${address.port}/default`));
+  logger.info('listening', {
+    tcp: bound.filter((a): a is { host: string; port: number } => 'port' in a).map((a) => `${formatHost(a.host)}:${a.port}`),
+    unix: bound.filter((a): a is { path: string } => 'path' in a).map((a) => a.path),
+  });
+  const defaultVolume = array.lookup('');
+  if (defaultVolume !== undefined) {
+    process.stdout.write(`pstorage: serving ${array.list().length} volume(s); default volume ${formatBytes(defaultVolume.device.sizeBytes)} at ${urls.join(' and ')}\n`);
+  }
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      logger.warn('second signal: exiting without a clean shutdown', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info('shutting down', { signal, connections: server.connectionCount });
+    void (async () => {
+      await server.close();
+      await array.close();
+      logger.info('stopped cleanly');
+      process.exit(0);
+    })().catch((error: unknown) => {
+      logger.error('shutdown failed', { error: (error as Error).message });
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+function formatHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}

@@ -1,0 +1,15 @@
+/**
+ * Assertions catch programmer errors and crash: they are never used for bad input, a full array or
+ * an I/O failure, which are `StorageError`s.
+ */
+export class AssertionError extends Error {
+  override name = 'AssertionError';
+}
+
+export function assert(condition: unknown, message = 'assertion failed'): asserts condition {
+  if (!condition) throw new AssertionError(message);
+}
+
+export function unreachable(value: never, message = 'unreachable'): never {
+  throw new AssertionError(`${message}: ${String(value)}`);
+}

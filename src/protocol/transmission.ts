@@ -1,0 +1,228 @@
+/**
+ * The NBD transmission phase, sans-IO: a request decoder (bytes in, typed requests out), the
+ * request validator (the spec's rules, as one pure function) and the reply encoders.
+ *
+ * The decoder never buffers an oversized write: it reports the request at once and then skips its
+ * payload as it arrives, so a rejected write is consumed and the stream stays in step. The only
+ * unrecoverable input is a bad request magic, after which nothing can be framed; the decoder then
+ * reports `fatal` and the caller closes the connection.
+ */
+import { ByteQueue } from './byte-queue.js';
+import * as C from './constants.js';
+
+export interface NbdRequest {
+  flags: number;
+  type: number;
+  /** Opaque; echoed back unchanged in every reply to this request. */
+  cookie: bigint;
+  offset: bigint;
+  length: number;
+}
+
+export type RequestEvent =
+  | { type: 'request'; request: NbdRequest; payload: Buffer | null }
+  /** A WRITE whose payload is larger than we accept: answer with an error; its payload is skipped. */
+  | { type: 'oversized-write'; request: NbdRequest }
+  | { type: 'fatal'; reason: string };
+
+export class RequestDecoder {
+  private readonly queue = new ByteQueue();
+  private pending: NbdRequest | null = null; // a WRITE waiting for its payload
+  private skipBytesLeft = 0;
+  private failed = false;
+
+  constructor(private readonly maxPayloadBytes: number) {}
+
+  /** Bytes received but not yet framed (counts toward the connection's buffered bytes). */
+  get bufferedBytes(): number {
+    return this.queue.length;
+  }
+
+  push(chunk: Buffer): RequestEvent[] {
+    const events: RequestEvent[] = [];
+    if (this.failed) return events;
+    this.queue.push(chunk);
+    for (;;) {
+      if (this.skipBytesLeft > 0) {
+        this.skipBytesLeft -= this.queue.skip(this.skipBytesLeft);
+        if (this.skipBytesLeft > 0) return events;
+      }
+      if (this.pending !== null) {
+        if (this.queue.length < this.pending.length) return events;
+        events.push({ type: 'request', request: this.pending, payload: this.queue.take(this.pending.length) });
+        this.pending = null;
+        continue;
+      }
+      if (this.queue.length < C.REQUEST_HEADER_BYTES) return events;
+      const header = this.queue.take(C.REQUEST_HEADER_BYTES);
+      const magic = header.readUInt32BE(0);
+      if (magic !== C.NBD_REQUEST_MAGIC) {
+        this.failed = true;
+        events.push({ type: 'fatal', reason: `bad request magic 0x${magic.toString(16)}` });
+        return events;
+      }
+      const request: NbdRequest = {
+        flags: header.readUInt16BE(4),
+        type: header.readUInt16BE(6),
+        cookie: header.readBigUInt64BE(8),
+        offset: header.readBigUInt64BE(16),
+        length: header.readUInt32BE(24),
+      };
+      if (request.type !== C.NBD_CMD_WRITE) {
+        events.push({ type: 'request', request, payload: null });
+      } else if (request.length > this.maxPayloadBytes) {
+        events.push({ type: 'oversized-write', request });
+        this.skipBytesLeft = request.length;
+      } else {
+        this.pending = request;
+      }
+    }
+  }
+}
+
+/** What `validateRequest` needs to know about the connection. */
+export interface RequestContext {
+  sizeBytes: number;
+  readOnly: boolean;
+  structuredReplies: boolean;
+  metaContextCount: number;
+  maxPayloadBytes: number;
+  minimumBlockBytes: number;
+}
+
+const FLAGS_BY_COMMAND: Record<number, number> = {
+  [C.NBD_CMD_READ]: C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_DF,
+  [C.NBD_CMD_WRITE]: C.NBD_CMD_FLAG_FUA,
+  [C.NBD_CMD_DISC]: C.NBD_CMD_FLAG_FUA,
+  [C.NBD_CMD_FLUSH]: C.NBD_CMD_FLAG_FUA,
+  [C.NBD_CMD_TRIM]: C.NBD_CMD_FLAG_FUA,
+  [C.NBD_CMD_CACHE]: C.NBD_CMD_FLAG_FUA,
+  [C.NBD_CMD_WRITE_ZEROES]: C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_FAST_ZERO,
+  [C.NBD_CMD_BLOCK_STATUS]: C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_REQ_ONE,
+};
+
+export interface Rejection {
+  errno: number;
+  message: string;
+}
+
+/**
+ * The spec's request rules (NBD.md sections 6, 7 and 11), in the order nbdkit applies them:
+ * command, flags, permission, then range. Returns null when the request may proceed.
+ */
+export function validateRequest(request: NbdRequest, context: RequestContext): Rejection | null {
+  const allowedFlags = FLAGS_BY_COMMAND[request.type];
+  if (allowedFlags === undefined) {
+    return { errno: C.NBD_EINVAL, message: `unknown command ${request.type}` };
+  }
+  const name = C.COMMAND_NAMES[request.type]!;
+  if ((request.flags & ~allowedFlags) !== 0) {
+    return { errno: C.NBD_EINVAL, message: `flags 0x${request.flags.toString(16)} are not valid for ${name}` };
+  }
+  if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0 && !context.structuredReplies) {
+    return { errno: C.NBD_EINVAL, message: 'DF needs structured replies' };
+  }
+  const writes = request.type === C.NBD_CMD_WRITE || request.type === C.NBD_CMD_TRIM || request.type === C.NBD_CMD_WRITE_ZEROES;
+  if (writes && context.readOnly) {
+    return { errno: C.NBD_EPERM, message: `${name} on a read-only export` };
+  }
+  if (request.type === C.NBD_CMD_FLUSH || request.type === C.NBD_CMD_DISC) {
+    if (request.offset !== 0n || request.length !== 0) {
+      return { errno: C.NBD_EINVAL, message: `${name} must have offset and length 0` };
+    }
+    return null;
+  }
+  if (request.type === C.NBD_CMD_BLOCK_STATUS) {
+    if (!context.structuredReplies || context.metaContextCount === 0) {
+      return { errno: C.NBD_EINVAL, message: 'BLOCK_STATUS needs structured replies and a meta context (NBD_OPT_SET_META_CONTEXT)' };
+    }
+    if (request.length === 0) {
+      return { errno: C.NBD_EINVAL, message: 'BLOCK_STATUS of zero length' };
+    }
+  }
+  const end = request.offset + BigInt(request.length);
+  if (end > BigInt(context.sizeBytes)) {
+    const errno = request.type === C.NBD_CMD_WRITE || request.type === C.NBD_CMD_WRITE_ZEROES ? C.NBD_ENOSPC : C.NBD_EINVAL;
+    return { errno, message: `${name} of ${request.length} bytes at ${request.offset} is beyond the end of the export (${context.sizeBytes} bytes)` };
+  }
+  const carriesPayload = request.type === C.NBD_CMD_READ || request.type === C.NBD_CMD_WRITE;
+  if (carriesPayload && request.length > context.maxPayloadBytes) {
+    return { errno: C.NBD_EINVAL, message: `${name} of ${request.length} bytes exceeds the maximum payload of ${context.maxPayloadBytes} bytes` };
+  }
+  const mask = BigInt(context.minimumBlockBytes - 1);
+  if (context.minimumBlockBytes > 1 && ((request.offset & mask) !== 0n || (BigInt(request.length) & mask) !== 0n)) {
+    return { errno: C.NBD_EINVAL, message: `${name} is not aligned to ${context.minimumBlockBytes} bytes` };
+  }
+  return null;
+}
+
+// ---- Replies -------------------------------------------------------------------------------
+
+export function encodeSimpleReply(cookie: bigint, errno: number): Buffer {
+  const out = Buffer.alloc(C.SIMPLE_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(C.NBD_SIMPLE_REPLY_MAGIC, 0);
+  out.writeUInt32BE(errno, 4);
+  out.writeBigUInt64BE(cookie, 8);
+  return out;
+}
+
+export function encodeChunkHeader(cookie: bigint, flags: number, type: number, payloadBytes: number): Buffer {
+  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(C.NBD_STRUCTURED_REPLY_MAGIC, 0);
+  out.writeUInt16BE(flags, 4);
+  out.writeUInt16BE(type, 6);
+  out.writeBigUInt64BE(cookie, 8);
+  out.writeUInt32BE(payloadBytes, 16);
+  return out;
+}
+
+export function encodeNoneChunk(cookie: bigint): Buffer {
+  return encodeChunkHeader(cookie, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_NONE, 0);
+}
+
+/** Header and offset of an OFFSET_DATA chunk; the data follows on the wire. */
+export function encodeOffsetDataHeader(cookie: bigint, done: boolean, offset: bigint, dataBytes: number): Buffer {
+  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES + 8);
+  encodeChunkHeader(cookie, done ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_OFFSET_DATA, 8 + dataBytes).copy(out, 0);
+  out.writeBigUInt64BE(offset, C.STRUCTURED_REPLY_HEADER_BYTES);
+  return out;
+}
+
+export function encodeOffsetHole(cookie: bigint, done: boolean, offset: bigint, holeBytes: number): Buffer {
+  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES + 12);
+  encodeChunkHeader(cookie, done ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_OFFSET_HOLE, 12).copy(out, 0);
+  out.writeBigUInt64BE(offset, C.STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt32BE(holeBytes, C.STRUCTURED_REPLY_HEADER_BYTES + 8);
+  return out;
+}
+
+/** An NBD_REPLY_TYPE_ERROR chunk; always the final chunk of its reply. */
+export function encodeErrorChunk(cookie: bigint, errno: number, message: string): Buffer {
+  const text = Buffer.from(message, 'utf8').subarray(0, C.NBD_MAX_STRING_BYTES);
+  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES + 6 + text.length);
+  encodeChunkHeader(cookie, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_ERROR, 6 + text.length).copy(out, 0);
+  out.writeUInt32BE(errno, C.STRUCTURED_REPLY_HEADER_BYTES);
+  out.writeUInt16BE(text.length, C.STRUCTURED_REPLY_HEADER_BYTES + 4);
+  text.copy(out, C.STRUCTURED_REPLY_HEADER_BYTES + 6);
+  return out;
+}
+
+export function encodeBlockStatusChunk(
+  cookie: bigint,
+  done: boolean,
+  contextId: number,
+  extents: ReadonlyArray<{ lengthBytes: number; flags: number }>,
+): Buffer {
+  const payloadBytes = 4 + 8 * extents.length;
+  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
+  encodeChunkHeader(cookie, done ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_BLOCK_STATUS, payloadBytes).copy(out, 0);
+  let at = C.STRUCTURED_REPLY_HEADER_BYTES;
+  out.writeUInt32BE(contextId, at);
+  at += 4;
+  for (const extent of extents) {
+    out.writeUInt32BE(extent.lengthBytes, at);
+    out.writeUInt32BE(extent.flags, at + 4);
+    at += 8;
+  }
+  return out;
+}

@@ -1,0 +1,310 @@
+/**
+ * One NBD client connection: the I/O shell around the sans-IO handshake and request decoder.
+ *
+ * Requests run concurrently; each reply goes out when its request completes, written in one
+ * corked burst so replies never interleave on the wire. Reading stops (the socket is paused)
+ * while the bytes of in-flight requests exceed `maxInFlightBytes`, or while the client is not
+ * reading our replies, so a fast client cannot make us buffer without bound.
+ */
+import type { Socket } from 'node:net';
+import { concatReadExtents, type ReadExtent } from '../common/block-device.js';
+import { isStorageError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import * as C from '../protocol/constants.js';
+import { nbdErrnoOf } from '../protocol/errno.js';
+import { Handshake, type BlockSizeConstraints, type NegotiatedSession } from '../protocol/handshake.js';
+import {
+  RequestDecoder,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  encodeNoneChunk,
+  encodeOffsetDataHeader,
+  encodeOffsetHole,
+  encodeSimpleReply,
+  validateRequest,
+  type NbdRequest,
+  type RequestEvent,
+} from '../protocol/transmission.js';
+import type { ExportCatalog } from '../common/block-device.js';
+
+export interface ConnectionOptions {
+  catalog: ExportCatalog;
+  logger: Logger;
+  blockSizes: BlockSizeConstraints;
+  maxInFlightBytes: number;
+  maxInFlightRequests: number;
+  isShuttingDown: () => boolean;
+}
+
+/** Extents in BLOCK_STATUS replies are capped well under the spec's 2^20 per chunk. */
+const MAX_STATUS_EXTENTS = 65536;
+
+export class Connection {
+  private readonly handshake: Handshake;
+  private session: NegotiatedSession | null = null;
+  private decoder: RequestDecoder | null = null;
+  private inFlightBytes = 0;
+  private inFlightRequests = 0;
+  private disconnecting = false;
+  private closed = false;
+  private readonly idle: Array<() => void> = [];
+  readonly finished: Promise<void>;
+  private resolveFinished!: () => void;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly options: ConnectionOptions,
+  ) {
+    this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
+    this.handshake = new Handshake({ catalog: options.catalog, blockSizes: options.blockSizes, isShuttingDown: options.isShuttingDown });
+    socket.setNoDelay?.(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.updateFlow());
+    socket.on('error', (error) => options.logger.debug('socket error', { error: error.message }));
+    socket.on('close', () => this.onClose());
+    socket.write(this.handshake.greeting());
+  }
+
+  /** Resolves once no request is running on this connection. */
+  whenIdle(): Promise<void> {
+    if (this.inFlightRequests === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  /** Server shutdown: stop reading, let running requests finish, then close. */
+  async shutdown(): Promise<void> {
+    if (this.session === null) {
+      // Still negotiating: options now get NBD_REP_ERR_SHUTDOWN; give the client a moment.
+      this.socket.end();
+      return this.finished;
+    }
+    await this.whenIdle();
+    this.socket.end();
+    return this.finished;
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    this.resolveFinished();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.disconnecting) return;
+    if (this.decoder === null) {
+      this.runHandshake(chunk);
+      return;
+    }
+    this.handleEvents(this.decoder.push(chunk));
+  }
+
+  private runHandshake(chunk: Buffer): void {
+    for (const action of this.handshake.receive(chunk)) {
+      switch (action.type) {
+        case 'send':
+          this.socket.write(action.bytes);
+          break;
+        case 'close':
+          this.options.logger.info('handshake ended', { reason: action.reason });
+          this.socket.end();
+          return;
+        case 'transmission':
+          this.session = action.session;
+          this.decoder = new RequestDecoder(action.session.blockSizes.maximumPayloadBytes);
+          this.options.logger.info('client attached', {
+            export: action.session.exportEntry.name,
+            structuredReplies: action.session.structuredReplies,
+            metaContexts: [...action.session.metaContexts.values()],
+            flags: `0x${action.session.transmissionFlags.toString(16)}`,
+          });
+          if (action.leftover.length > 0) this.handleEvents(this.decoder.push(action.leftover));
+          return;
+      }
+    }
+  }
+
+  private handleEvents(events: RequestEvent[]): void {
+    for (const event of events) {
+      if (this.disconnecting) return;
+      switch (event.type) {
+        case 'fatal':
+          this.options.logger.warn('closing connection', { reason: event.reason });
+          this.disconnecting = true;
+          this.socket.destroy();
+          return;
+        case 'oversized-write':
+          this.sendError(event.request, C.NBD_EINVAL, `WRITE of ${event.request.length} bytes exceeds the maximum payload`);
+          break;
+        case 'request':
+          this.dispatch(event.request, event.payload);
+          break;
+      }
+    }
+  }
+
+  private dispatch(request: NbdRequest, payload: Buffer | null): void {
+    const session = this.session!;
+    if (request.type === C.NBD_CMD_DISC) {
+      this.disconnecting = true;
+      this.socket.pause();
+      void this.whenIdle().then(() => this.socket.end());
+      return;
+    }
+    if (this.options.isShuttingDown()) {
+      this.sendError(request, C.NBD_ESHUTDOWN, 'server is shutting down');
+      return;
+    }
+    const device = session.exportEntry.device;
+    const rejection = validateRequest(request, {
+      sizeBytes: device.sizeBytes,
+      readOnly: device.readOnly,
+      structuredReplies: session.structuredReplies,
+      metaContextCount: session.metaContexts.size,
+      maxPayloadBytes: session.blockSizes.maximumPayloadBytes,
+      minimumBlockBytes: session.blockSizes.minimumBytes,
+    });
+    if (rejection !== null) {
+      this.options.logger.debug('request rejected', { errno: rejection.errno, reason: rejection.message });
+      this.sendError(request, rejection.errno, rejection.message);
+      return;
+    }
+    const costBytes = request.type === C.NBD_CMD_READ || request.type === C.NBD_CMD_WRITE ? request.length : 0;
+    this.inFlightBytes += costBytes;
+    this.inFlightRequests += 1;
+    this.updateFlow();
+    this.execute(request, payload)
+      .catch((error: unknown) => this.failRequest(request, error))
+      .finally(() => {
+        this.inFlightBytes -= costBytes;
+        this.inFlightRequests -= 1;
+        this.updateFlow();
+        if (this.inFlightRequests === 0) for (const resolve of this.idle.splice(0)) resolve();
+      });
+  }
+
+  private async execute(request: NbdRequest, payload: Buffer | null): Promise<void> {
+    const device = this.session!.exportEntry.device;
+    const offset = Number(request.offset);
+    const fua = (request.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    switch (request.type) {
+      case C.NBD_CMD_READ: {
+        const extents = request.length === 0 ? [] : await device.read(offset, request.length);
+        return this.sendRead(request, extents);
+      }
+      case C.NBD_CMD_WRITE:
+        if (request.length > 0) await device.write(offset, payload!, { fua });
+        else if (fua) await device.flush();
+        return this.sendOk(request);
+      case C.NBD_CMD_FLUSH:
+        await device.flush();
+        return this.sendOk(request);
+      case C.NBD_CMD_TRIM:
+        if (request.length > 0) await device.trim(offset, request.length, { fua });
+        return this.sendOk(request);
+      case C.NBD_CMD_WRITE_ZEROES:
+        if (request.length > 0) {
+          await device.writeZeroes(offset, request.length, {
+            fua,
+            noHole: (request.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
+            fastZero: (request.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+          });
+        }
+        return this.sendOk(request);
+      case C.NBD_CMD_CACHE:
+        if (request.length > 0) await device.cache(offset, request.length);
+        return this.sendOk(request);
+      case C.NBD_CMD_BLOCK_STATUS:
+        return this.sendBlockStatus(request, offset);
+      default:
+        throw new Error(`validated request has unexpected type ${request.type}`);
+    }
+  }
+
+  private failRequest(request: NbdRequest, error: unknown): void {
+    const errno = nbdErrnoOf(error);
+    const message = error instanceof Error ? error.message : String(error);
+    if (isStorageError(error)) {
+      this.options.logger.debug('request failed', { command: C.COMMAND_NAMES[request.type], code: error.code, error: message });
+    } else {
+      this.options.logger.error('request failed with an unexpected error', { command: C.COMMAND_NAMES[request.type], error: message, stack: (error as Error)?.stack });
+    }
+    this.sendError(request, errno, message);
+  }
+
+  private updateFlow(): void {
+    if (this.closed || this.disconnecting) return;
+    const overLimit =
+      this.inFlightBytes > this.options.maxInFlightBytes ||
+      this.inFlightRequests >= this.options.maxInFlightRequests ||
+      this.socket.writableNeedDrain;
+    if (overLimit && !this.socket.isPaused()) this.socket.pause();
+    else if (!overLimit && this.socket.isPaused()) this.socket.resume();
+  }
+
+  private writeAll(buffers: Buffer[]): void {
+    if (this.closed) return;
+    this.socket.cork();
+    for (const buffer of buffers) this.socket.write(buffer);
+    this.socket.uncork();
+  }
+
+  private sendOk(request: NbdRequest): void {
+    if (this.session!.structuredReplies && request.type === C.NBD_CMD_READ) {
+      this.writeAll([encodeNoneChunk(request.cookie)]);
+    } else {
+      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)]);
+    }
+  }
+
+  private sendError(request: NbdRequest, errno: number, message: string): void {
+    if (this.session!.structuredReplies) this.writeAll([encodeErrorChunk(request.cookie, errno, message)]);
+    else this.writeAll([encodeSimpleReply(request.cookie, errno)]);
+  }
+
+  private sendRead(request: NbdRequest, extents: ReadExtent[]): void {
+    const session = this.session!;
+    if (!session.structuredReplies) {
+      const data = concatReadExtents(extents, request.length);
+      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), data]);
+      return;
+    }
+    if (request.length === 0) {
+      this.writeAll([encodeNoneChunk(request.cookie)]);
+      return;
+    }
+    if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
+      const data = concatReadExtents(extents, request.length);
+      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data]);
+      return;
+    }
+    const buffers: Buffer[] = [];
+    let offset = request.offset;
+    extents.forEach((extent, index) => {
+      const done = index === extents.length - 1;
+      if (extent.data === null) {
+        buffers.push(encodeOffsetHole(request.cookie, done, offset, extent.lengthBytes));
+      } else {
+        buffers.push(encodeOffsetDataHeader(request.cookie, done, offset, extent.lengthBytes), extent.data.subarray(0, extent.lengthBytes));
+      }
+      offset += BigInt(extent.lengthBytes);
+    });
+    this.writeAll(buffers);
+  }
+
+  private async sendBlockStatus(request: NbdRequest, offset: number): Promise<void> {
+    const session = this.session!;
+    const device = session.exportEntry.device;
+    const reqOne = (request.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const chunks: Array<{ id: number; extents: Array<{ lengthBytes: number; flags: number }> }> = [];
+    for (const [id, context] of session.metaContexts) {
+      let extents = await device.blockStatus(context, offset, request.length);
+      if (extents.length === 0) throw new Error(`blockStatus(${context}) returned no extents`);
+      if (reqOne) {
+        extents = [{ lengthBytes: Math.min(extents[0]!.lengthBytes, request.length), flags: extents[0]!.flags }];
+      } else if (extents.length > MAX_STATUS_EXTENTS) {
+        extents = extents.slice(0, MAX_STATUS_EXTENTS);
+      }
+      chunks.push({ id, extents });
+    }
+    this.writeAll(chunks.map((chunk, index) => encodeBlockStatusChunk(request.cookie, index === chunks.length - 1, chunk.id, chunk.extents)));
+  }
+}

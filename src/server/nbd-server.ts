@@ -1,0 +1,92 @@
+/**
+ * The NBD listener: TCP and/or Unix sockets, the set of live connections, and graceful shutdown.
+ *
+ * Shutdown order (the spec's SHOULDs): stop accepting, answer new options with
+ * NBD_REP_ERR_SHUTDOWN and new requests with NBD_ESHUTDOWN, let running requests finish, close
+ * every connection, then the caller flushes the storage.
+ */
+import net from 'node:net';
+import fs from 'node:fs';
+import type { ExportCatalog } from '../common/block-device.js';
+import type { Logger } from '../common/log.js';
+import { DEFAULT_BLOCK_SIZES, type BlockSizeConstraints } from '../protocol/handshake.js';
+import { Connection } from './connection.js';
+
+export interface NbdServerOptions {
+  catalog: ExportCatalog;
+  logger: Logger;
+  blockSizes?: BlockSizeConstraints;
+  /** Reading from a connection pauses while its in-flight request bytes exceed this. */
+  maxInFlightBytes?: number;
+  maxInFlightRequests?: number;
+}
+
+export type ListenAddress = { host: string; port: number } | { path: string };
+
+export class NbdServer {
+  private readonly servers: net.Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private shuttingDown = false;
+  private nextConnectionId = 1;
+
+  constructor(private readonly options: NbdServerOptions) {}
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Starts listening; resolves with the address actually bound (port 0 picks a free port). */
+  async listen(address: ListenAddress): Promise<ListenAddress> {
+    const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    if ('path' in address) removeStaleSocket(address.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('path' in address) server.listen(address.path, () => resolve());
+      else server.listen(address.port, address.host, () => resolve());
+    });
+    server.on('error', (error) => this.options.logger.error('listener error', { error: error.message }));
+    this.servers.push(server);
+    const bound = server.address();
+    if (bound !== null && typeof bound === 'object') return { host: bound.address, port: bound.port };
+    return { path: String(bound) };
+  }
+
+  private accept(socket: net.Socket): void {
+    const id = this.nextConnectionId++;
+    const logger = this.options.logger.child({ conn: id, peer: socket.remoteAddress ?? 'unix' });
+    if (this.shuttingDown) {
+      socket.destroy();
+      return;
+    }
+    const connection = new Connection(socket, {
+      catalog: this.options.catalog,
+      logger,
+      blockSizes: this.options.blockSizes ?? DEFAULT_BLOCK_SIZES,
+      maxInFlightBytes: this.options.maxInFlightBytes ?? 64 * 1024 * 1024,
+      maxInFlightRequests: this.options.maxInFlightRequests ?? 1024,
+      isShuttingDown: () => this.shuttingDown,
+    });
+    this.connections.add(connection);
+    logger.debug('client connected');
+    void connection.finished.then(() => {
+      this.connections.delete(connection);
+      logger.debug('client disconnected');
+    });
+  }
+
+  /** Graceful shutdown: resolves once every connection has finished its running requests and closed. */
+  async close(): Promise<void> {
+    this.shuttingDown = true;
+    const closing = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    await Promise.all([...this.connections].map((connection) => connection.shutdown()));
+    await Promise.all(closing);
+  }
+}
+
+function removeStaleSocket(path: string): void {
+  try {
+    if (fs.statSync(path).isSocket()) fs.unlinkSync(path);
+  } catch {
+    // Nothing there.
+  }
+}
