@@ -2,8 +2,10 @@
  * The NBD transmission phase, sans-IO: a request decoder (bytes in, typed requests out), the
  * request validator (the spec's rules, as one pure function) and the reply encoders.
  *
- * The decoder never buffers an oversized write: it reports the request at once and then skips its
- * payload as it arrives, so a rejected write is consumed and the stream stays in step. The only
+ * The decoder never buffers an oversized write: it skips its payload as it arrives and reports the
+ * request only once the payload is consumed, so a rejected write keeps the stream in step and its
+ * error reply never overtakes the client's own payload (libnbd, for one, treats a reply that
+ * arrives before it has finished sending the request as a reply to an unknown cookie). The only
  * unrecoverable input is a bad request magic, after which nothing can be framed; the decoder then
  * reports `fatal` and the caller closes the connection.
  */
@@ -21,7 +23,7 @@ export interface NbdRequest {
 
 export type RequestEvent =
   | { type: 'request'; request: NbdRequest; payload: Buffer | null }
-  /** A WRITE whose payload is larger than we accept: answer with an error; its payload is skipped. */
+  /** A WRITE whose payload is larger than we accept, already skipped: answer with an error. */
   | { type: 'oversized-write'; request: NbdRequest }
   | { type: 'fatal'; reason: string };
 
@@ -29,6 +31,7 @@ export class RequestDecoder {
   private readonly queue = new ByteQueue();
   private pending: NbdRequest | null = null; // a WRITE waiting for its payload
   private skipBytesLeft = 0;
+  private skipping: NbdRequest | null = null; // the oversized WRITE whose payload is being skipped
   private failed = false;
 
   constructor(private readonly maxPayloadBytes: number) {}
@@ -46,6 +49,10 @@ export class RequestDecoder {
       if (this.skipBytesLeft > 0) {
         this.skipBytesLeft -= this.queue.skip(this.skipBytesLeft);
         if (this.skipBytesLeft > 0) return events;
+      }
+      if (this.skipping !== null) {
+        events.push({ type: 'oversized-write', request: this.skipping });
+        this.skipping = null;
       }
       if (this.pending !== null) {
         if (this.queue.length < this.pending.length) return events;
@@ -71,7 +78,7 @@ export class RequestDecoder {
       if (request.type !== C.NBD_CMD_WRITE) {
         events.push({ type: 'request', request, payload: null });
       } else if (request.length > this.maxPayloadBytes) {
-        events.push({ type: 'oversized-write', request });
+        this.skipping = request;
         this.skipBytesLeft = request.length;
       } else {
         this.pending = request;

@@ -1,0 +1,343 @@
+/**
+ * NAND kept in a directory: the pages in a sparse image file, the per-block state in a small
+ * spare-area file, as on real NAND.
+ *
+ * Files:
+ *   - `nand.img`: page p of erase block e at byte offset (e * pagesPerEraseBlock + p) * pageBytes.
+ *     Created with ftruncate only (no data written), so it takes no disk space until programmed.
+ *     A program is one positional write of the whole multi-page buffer. An erase punches a hole
+ *     over the whole erase block (fallocate PUNCH_HOLE, through `fs-native-extensions`), never over
+ *     single pages, so disk usage follows live data. Holes read as zeros. Where the file system
+ *     cannot punch holes, erase writes zeros instead (`punchSupported` turns false).
+ *   - `nand.oob`: the geometry header and one 16-byte record {eraseCount, writePointer, flags}
+ *     per erase block; see `spare-area.ts` for the layout. It is locked (an OFD lock) while open,
+ *     so two processes, or two opens in one process, cannot share an image.
+ *
+ * State: erase counts, write pointers and bad flags live in memory (`NandDeviceBase`); the spare
+ * file is written only by `sync()`, which writes the records of the erase blocks touched since
+ * the previous sync (positional writes, adjacent records coalesced) and costs two fdatasyncs:
+ *   1. fdatasync `nand.img`, so every program and punch that completed before the sync is stable;
+ *   2. write the dirty records, captured when the sync started;
+ *   3. fdatasync `nand.oob`.
+ * Because the image is made stable before any record is written, a record on disk never claims a
+ * page whose data is not on disk.
+ *
+ * On crash: the records are those of the last completed sync (a sync cut short may have
+ * updated some records, each of which still describes stable data). Programs and erases after that
+ * sync may or may not have reached the disk, in any combination, so after reopening:
+ *   - pages at or above a block's write pointer may hold data of unsynced programs (possibly torn);
+ *   - a block whose record says writePointer > 0 may have been erased (punched) after that sync,
+ *     and then partly programmed again: any of its pages may read as zeros, as its old data or as
+ *     newer data.
+ * The FTL must therefore erase again any block it considers free whose `blockInfo().writePointer`
+ * is not 0 before programming it (`needsEraseBeforeReuse`), and trust its own durable metadata and
+ * page headers over the pointer.
+ *
+ * Creation is crash safe: the spare file is written under a temporary name and renamed into place
+ * last, so `nand.oob` exists only for a complete image. An image file without a spare file is
+ * taken for an interrupted creation and recreated only if it holds no data.
+ */
+import fs from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { trim, tryLock } from 'fs-native-extensions';
+import { StorageError, fromSystemError } from '../common/errors.js';
+import type { NandBlockInfo, NandGeometry } from './nand-device.js';
+import { capacityBytes, eraseBlockBytes, validateGeometry } from './nand-device.js';
+import { NandDeviceBase, type NandBlockStates, freshBlockStates } from './nand-device-base.js';
+import {
+  SPARE_HEADER_BYTES,
+  SPARE_RECORD_BYTES,
+  decodeSpareHeader,
+  decodeSpareRecord,
+  encodeSpareHeader,
+  encodeSpareRecord,
+  spareFileBytes,
+  spareRecordOffsetBytes,
+} from './spare-area.js';
+
+export const IMAGE_FILE_NAME = 'nand.img';
+export const SPARE_FILE_NAME = 'nand.oob';
+
+export interface FileNandOpenOptions {
+  /** Create the image if the directory has none (then `geometry` is required). */
+  create?: boolean;
+}
+
+/** Records read per I/O when loading the spare file (1 MiB). */
+const LOAD_RECORDS_PER_READ = 65536;
+/** Record writes in flight at once during a sync. */
+const SYNC_WRITES_IN_FLIGHT = 32;
+
+export class FileNand extends NandDeviceBase {
+  private punchWorks = true;
+  private zeroEraseBlock: Buffer | undefined;
+
+  private constructor(
+    readonly directory: string,
+    geometry: NandGeometry,
+    states: NandBlockStates,
+    private readonly image: FileHandle,
+    private readonly spare: FileHandle,
+  ) {
+    super(geometry, states);
+  }
+
+  /**
+   * Opens the image in `directory`. With `geometry`, the image must have been made with exactly
+   * that geometry; without it, the recorded geometry is used. With `create`, a missing image is
+   * created (sparse: no data is written).
+   */
+  static async open(directory: string, geometry?: NandGeometry, options: FileNandOpenOptions = {}): Promise<FileNand> {
+    const sparePath = path.join(directory, SPARE_FILE_NAME);
+    if (!fs.existsSync(sparePath)) {
+      if (options.create !== true) {
+        throw StorageError.notFound(`no NAND image in ${directory}: create one first (open with create: true)`);
+      }
+      if (geometry === undefined) throw StorageError.invalidArgument('a NAND geometry is needed to create an image');
+      await createImage(directory, validateGeometry(geometry));
+    }
+    const handles = await openLocked(directory);
+    try {
+      const recorded = await readGeometry(handles.spare, sparePath);
+      if (geometry !== undefined) checkSameGeometry(directory, recorded, geometry);
+      await checkImageSize(handles.image, path.join(directory, IMAGE_FILE_NAME), capacityBytes(recorded));
+      const states = await loadBlockStates(handles.spare, recorded, sparePath);
+      return new FileNand(directory, recorded, states, handles.image, handles.spare);
+    } catch (error) {
+      await Promise.allSettled([handles.image.close(), handles.spare.close()]);
+      throw error;
+    }
+  }
+
+  /** False once a punch failed as unsupported; erases then write zeros. */
+  get punchSupported(): boolean {
+    return this.punchWorks;
+  }
+
+  /** Disk space the image takes now, as `du` counts it. */
+  async allocatedBytes(): Promise<number> {
+    const stats = await this.image.stat();
+    return stats.blocks * 512;
+  }
+
+  protected async doReadPages(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Promise<Buffer> {
+    const data = Buffer.allocUnsafe(pageCount * this.geometry.pageBytes);
+    try {
+      await readFully(this.image, data, this.pageOffsetBytes(eraseBlockIndex, firstPageIndex));
+    } catch (error) {
+      throw fromSystemError(error, `NAND read of erase block ${eraseBlockIndex}`);
+    }
+    return data;
+  }
+
+  protected async doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    try {
+      await writeFully(this.image, data, this.pageOffsetBytes(eraseBlockIndex, firstPageIndex));
+    } catch (error) {
+      throw fromSystemError(error, `NAND program of erase block ${eraseBlockIndex}`);
+    }
+  }
+
+  protected async doEraseBlock(eraseBlockIndex: number): Promise<void> {
+    const offsetBytes = this.pageOffsetBytes(eraseBlockIndex, 0);
+    const lengthBytes = eraseBlockBytes(this.geometry);
+    try {
+      if (this.punchWorks && (await punchHole(this.image, offsetBytes, lengthBytes))) return;
+      this.punchWorks = false;
+      this.zeroEraseBlock ??= Buffer.alloc(lengthBytes);
+      await writeFully(this.image, this.zeroEraseBlock, offsetBytes);
+    } catch (error) {
+      throw fromSystemError(error, `NAND erase of erase block ${eraseBlockIndex}`);
+    }
+  }
+
+  protected async doSync(eraseBlockIndexes: readonly number[], states: readonly NandBlockInfo[]): Promise<void> {
+    try {
+      await this.image.datasync();
+      if (eraseBlockIndexes.length === 0) return;
+      await writeRecords(this.spare, eraseBlockIndexes, states);
+      await this.spare.datasync();
+    } catch (error) {
+      throw fromSystemError(error, `NAND sync of ${this.directory}`);
+    }
+  }
+
+  protected async doClose(): Promise<void> {
+    const results = await Promise.allSettled([this.image.close(), this.spare.close()]);
+    for (const result of results) {
+      if (result.status === 'rejected') throw fromSystemError(result.reason, `closing the NAND image in ${this.directory}`);
+    }
+  }
+
+  private pageOffsetBytes(eraseBlockIndex: number, pageIndex: number): number {
+    return (eraseBlockIndex * this.geometry.pagesPerEraseBlock + pageIndex) * this.geometry.pageBytes;
+  }
+}
+
+async function createImage(directory: string, geometry: NandGeometry): Promise<void> {
+  const imagePath = path.join(directory, IMAGE_FILE_NAME);
+  const sparePath = path.join(directory, SPARE_FILE_NAME);
+  try {
+    await mkdir(directory, { recursive: true });
+    const leftover = await stat(imagePath).catch(() => undefined);
+    if (leftover !== undefined && leftover.blocks > 0) {
+      throw StorageError.corrupt(
+        `${imagePath} holds data but ${SPARE_FILE_NAME} is missing; refusing to overwrite it. ` +
+          'Restore the spare-area file, or remove the image to start afresh',
+      );
+    }
+    const temporaryPath = `${sparePath}.tmp`;
+    await writeNewFile(temporaryPath, encodeSpareHeader(geometry), spareFileBytes(geometry));
+    await writeNewFile(imagePath, Buffer.alloc(0), capacityBytes(geometry));
+    await rename(temporaryPath, sparePath);
+    await syncDirectory(directory);
+  } catch (error) {
+    throw fromSystemError(error, `creating a NAND image in ${directory}`);
+  }
+}
+
+async function writeNewFile(filePath: string, head: Buffer, sizeBytes: number): Promise<void> {
+  const handle = await open(filePath, 'w');
+  try {
+    if (head.length > 0) await writeFully(handle, head, 0);
+    await handle.truncate(sizeBytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function syncDirectory(directory: string): Promise<void> {
+  const handle = await open(directory, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function openLocked(directory: string): Promise<{ image: FileHandle; spare: FileHandle }> {
+  let spare: FileHandle | undefined;
+  let image: FileHandle | undefined;
+  try {
+    spare = await open(path.join(directory, SPARE_FILE_NAME), 'r+');
+    if (!tryLock(spare.fd)) {
+      throw StorageError.busy(`the NAND image in ${directory} is in use by another process (or is already open)`);
+    }
+    image = await open(path.join(directory, IMAGE_FILE_NAME), 'r+');
+    return { image, spare };
+  } catch (error) {
+    await Promise.allSettled([spare?.close(), image?.close()]);
+    throw fromSystemError(error, `opening the NAND image in ${directory}`);
+  }
+}
+
+async function readGeometry(spare: FileHandle, sparePath: string): Promise<NandGeometry> {
+  const header = Buffer.alloc(SPARE_HEADER_BYTES);
+  const { bytesRead } = await spare.read(header, 0, SPARE_HEADER_BYTES, 0);
+  if (bytesRead < SPARE_HEADER_BYTES) throw StorageError.corrupt(`${sparePath} is too short to hold a header`);
+  const geometry = decodeSpareHeader(header, sparePath);
+  try {
+    return validateGeometry(geometry);
+  } catch (error) {
+    throw StorageError.corrupt(`${sparePath} records a geometry that is not allowed`, error);
+  }
+}
+
+function checkSameGeometry(directory: string, recorded: NandGeometry, wanted: NandGeometry): void {
+  const same =
+    recorded.pageBytes === wanted.pageBytes &&
+    recorded.pagesPerEraseBlock === wanted.pagesPerEraseBlock &&
+    recorded.eraseBlockCount === wanted.eraseBlockCount &&
+    recorded.enduranceCycles === wanted.enduranceCycles;
+  if (same) return;
+  throw StorageError.invalidArgument(
+    `the NAND image in ${directory} was made with other geometry (${describeGeometry(recorded)}) ` +
+      `than requested (${describeGeometry(wanted)}); open it with its own geometry, or create a new image elsewhere`,
+  );
+}
+
+function describeGeometry(geometry: NandGeometry): string {
+  return (
+    `pageBytes ${geometry.pageBytes}, pagesPerEraseBlock ${geometry.pagesPerEraseBlock}, ` +
+    `eraseBlockCount ${geometry.eraseBlockCount}, enduranceCycles ${geometry.enduranceCycles}`
+  );
+}
+
+async function checkImageSize(image: FileHandle, imagePath: string, expectedBytes: number): Promise<void> {
+  const { size } = await image.stat();
+  if (size !== expectedBytes) {
+    throw StorageError.corrupt(`${imagePath} is ${size} bytes but its geometry needs ${expectedBytes}; the image is damaged`);
+  }
+}
+
+/** Reads every spare-area record, a bounded slice at a time. */
+async function loadBlockStates(spare: FileHandle, geometry: NandGeometry, sparePath: string): Promise<NandBlockStates> {
+  const states = freshBlockStates(geometry.eraseBlockCount);
+  const chunk = Buffer.alloc(LOAD_RECORDS_PER_READ * SPARE_RECORD_BYTES);
+  for (let first = 0; first < geometry.eraseBlockCount; first += LOAD_RECORDS_PER_READ) {
+    const count = Math.min(LOAD_RECORDS_PER_READ, geometry.eraseBlockCount - first);
+    const view = chunk.subarray(0, count * SPARE_RECORD_BYTES);
+    const { bytesRead } = await spare.read(view, 0, view.length, spareRecordOffsetBytes(first));
+    if (bytesRead < view.length) throw StorageError.corrupt(`${sparePath} is too short for ${geometry.eraseBlockCount} erase blocks`);
+    for (let i = 0; i < count; i += 1) {
+      const info = decodeSpareRecord(first + i, view, i * SPARE_RECORD_BYTES, sparePath);
+      if (info.writePointer > geometry.pagesPerEraseBlock) {
+        throw StorageError.corrupt(`${sparePath}: erase block ${first + i} has write pointer ${info.writePointer} past its last page`);
+      }
+      states.eraseCounts[first + i] = info.eraseCount;
+      states.writePointers[first + i] = info.writePointer;
+      states.badFlags[first + i] = info.bad ? 1 : 0;
+    }
+  }
+  return states;
+}
+
+/** Writes the records, one positional write per run of adjacent erase blocks (`indexes` sorted). */
+async function writeRecords(spare: FileHandle, indexes: readonly number[], states: readonly NandBlockInfo[]): Promise<void> {
+  const writes: Array<{ data: Buffer; offsetBytes: number }> = [];
+  let runStart = 0;
+  for (let i = 1; i <= indexes.length; i += 1) {
+    if (i < indexes.length && indexes[i] === indexes[i - 1]! + 1) continue;
+    const data = Buffer.alloc((i - runStart) * SPARE_RECORD_BYTES);
+    for (let j = runStart; j < i; j += 1) encodeSpareRecord(indexes[j]!, states[j]!, data, (j - runStart) * SPARE_RECORD_BYTES);
+    writes.push({ data, offsetBytes: spareRecordOffsetBytes(indexes[runStart]!) });
+    runStart = i;
+  }
+  for (let i = 0; i < writes.length; i += SYNC_WRITES_IN_FLIGHT) {
+    const batch = writes.slice(i, i + SYNC_WRITES_IN_FLIGHT);
+    await Promise.all(batch.map((write) => writeFully(spare, write.data, write.offsetBytes)));
+  }
+}
+
+/** Punches a hole; false when the file system cannot (the caller then writes zeros). */
+async function punchHole(image: FileHandle, offsetBytes: number, lengthBytes: number): Promise<boolean> {
+  try {
+    await trim(image.fd, offsetBytes, lengthBytes);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS') return false;
+    throw error;
+  }
+}
+
+async function readFully(handle: FileHandle, data: Buffer, positionBytes: number): Promise<void> {
+  let doneBytes = 0;
+  while (doneBytes < data.length) {
+    const { bytesRead } = await handle.read(data, doneBytes, data.length - doneBytes, positionBytes + doneBytes);
+    if (bytesRead === 0) throw StorageError.corrupt(`the NAND image ends before byte ${positionBytes + data.length}`);
+    doneBytes += bytesRead;
+  }
+}
+
+async function writeFully(handle: FileHandle, data: Buffer, positionBytes: number): Promise<void> {
+  let doneBytes = 0;
+  while (doneBytes < data.length) {
+    const { bytesWritten } = await handle.write(data, doneBytes, data.length - doneBytes, positionBytes + doneBytes);
+    if (bytesWritten === 0) throw StorageError.io(`the NAND image accepted no bytes at byte ${positionBytes + doneBytes}`);
+    doneBytes += bytesWritten;
+  }
+}

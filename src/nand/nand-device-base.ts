@@ -1,0 +1,293 @@
+/**
+ * The rules every NAND implementation shares, kept in one place (as abstract-level does): the
+ * public methods validate and keep the per-block state; narrow protected hooks (`doReadPages`,
+ * `doProgramPages`, `doEraseBlock`, `doSync`, `doClose`) move the bytes.
+ *
+ * State it owns, per erase block, in typed arrays (6–7 bytes a block, so a 1 TiB device of 256 KiB
+ * erase blocks costs about 30 MiB):
+ *   - the issued state (`eraseCounts`, `writePointers`, `badFlags`): what `blockInfo` reports and
+ *     what validation checks. A program advances the write pointer and an erase resets it the
+ *     moment the call is made, before any I/O, so that the FTL may queue several in-order programs
+ *     to one erase block without waiting for each.
+ *   - the completed state (`completedEraseCounts`, `completedWritePointers`): the state once the
+ *     I/O has finished. A sync makes this state durable, never the issued one, so a spare-area
+ *     record never claims a page whose data had not been written when the sync began.
+ *   - the dirty set: blocks whose completed state or bad flag changed since the last sync.
+ *
+ * Ordering: programs and erases of one erase block run one after the other in call order (a
+ * per-block promise chain); operations on different blocks run concurrently. A read waits for the
+ * programs and erases of its block that were called before it. Syncs run one at a time, and each
+ * covers every program and erase that completed before it started.
+ *
+ * On failure: if the I/O of a program fails, the pages of its range hold unknown data and the write
+ * pointer stays past them; if an erase fails, the block's contents are unknown. Either way the FTL
+ * should retire the block (`markBad`).
+ */
+import { assert } from '../common/assert.js';
+import { StorageError } from '../common/errors.js';
+import type { NandBlockInfo, NandCounters, NandDevice, NandGeometry } from './nand-device.js';
+import { validateGeometry } from './nand-device.js';
+
+/** Per-block state to start a device from (a reopened image, or the durable state after a crash). */
+export interface NandBlockStates {
+  eraseCounts: Uint32Array;
+  writePointers: Uint16Array;
+  badFlags: Uint8Array;
+}
+
+export function freshBlockStates(eraseBlockCount: number): NandBlockStates {
+  return {
+    eraseCounts: new Uint32Array(eraseBlockCount),
+    writePointers: new Uint16Array(eraseBlockCount),
+    badFlags: new Uint8Array(eraseBlockCount),
+  };
+}
+
+export abstract class NandDeviceBase implements NandDevice {
+  readonly geometry: NandGeometry;
+  readonly counters: NandCounters = { pagesProgrammed: 0, pagesRead: 0, erases: 0, syncs: 0 };
+  protected readonly eraseCounts: Uint32Array;
+  protected readonly writePointers: Uint16Array;
+  protected readonly badFlags: Uint8Array;
+  protected readonly completedEraseCounts: Uint32Array;
+  protected readonly completedWritePointers: Uint16Array;
+  private readonly dirtyBlocks = new Set<number>();
+  /** The last queued program/erase of each erase block that has one in flight. */
+  private readonly mutationTails = new Map<number, Promise<void>>();
+  private syncTail: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  protected constructor(geometry: NandGeometry, states: NandBlockStates = freshBlockStates(geometry.eraseBlockCount)) {
+    this.geometry = Object.freeze({ ...validateGeometry(geometry) });
+    const count = geometry.eraseBlockCount;
+    assert(states.eraseCounts.length === count && states.writePointers.length === count && states.badFlags.length === count);
+    this.eraseCounts = states.eraseCounts;
+    this.writePointers = states.writePointers;
+    this.badFlags = states.badFlags;
+    this.completedEraseCounts = states.eraseCounts.slice();
+    this.completedWritePointers = states.writePointers.slice();
+  }
+
+  /** Reads pages into a new buffer that the caller owns. */
+  protected abstract doReadPages(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Promise<Buffer>;
+  protected abstract doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void>;
+  protected abstract doEraseBlock(eraseBlockIndex: number): Promise<void>;
+  /** Makes durable the data written so far and the given completed states of the dirty blocks. */
+  protected abstract doSync(eraseBlockIndexes: readonly number[], states: readonly NandBlockInfo[]): Promise<void>;
+  protected abstract doClose(): Promise<void>;
+
+  async readPages(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Promise<Buffer> {
+    this.checkOpen();
+    validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
+    const pending = this.mutationTails.get(eraseBlockIndex);
+    if (pending !== undefined) await pending;
+    const data = await this.doReadPages(eraseBlockIndex, firstPageIndex, pageCount);
+    this.counters.pagesRead += pageCount;
+    return data;
+  }
+
+  programPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    try {
+      this.checkOpen();
+      validateProgram(this.geometry, this.blockInfo(eraseBlockIndex), eraseBlockIndex, firstPageIndex, data);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const pageCount = data.length / this.geometry.pageBytes;
+    const eraseCount = this.eraseCounts[eraseBlockIndex]!;
+    const writePointer = firstPageIndex + pageCount;
+    this.writePointers[eraseBlockIndex] = writePointer;
+    return this.enqueueMutation(eraseBlockIndex, async () => {
+      await this.doProgramPages(eraseBlockIndex, firstPageIndex, data);
+      this.counters.pagesProgrammed += pageCount;
+      this.complete(eraseBlockIndex, eraseCount, writePointer);
+    });
+  }
+
+  eraseBlock(eraseBlockIndex: number): Promise<void> {
+    try {
+      this.checkOpen();
+      validateErase(this.geometry, this.blockInfo(eraseBlockIndex), eraseBlockIndex);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const eraseCount = this.eraseCounts[eraseBlockIndex]! + 1;
+    this.eraseCounts[eraseBlockIndex] = eraseCount;
+    this.writePointers[eraseBlockIndex] = 0;
+    return this.enqueueMutation(eraseBlockIndex, async () => {
+      await this.doEraseBlock(eraseBlockIndex);
+      this.counters.erases += 1;
+      this.complete(eraseBlockIndex, eraseCount, 0);
+    });
+  }
+
+  sync(): Promise<void> {
+    try {
+      this.checkOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.queueSync();
+  }
+
+  blockInfo(eraseBlockIndex: number): NandBlockInfo {
+    this.checkOpen();
+    validateEraseBlockIndex(this.geometry, eraseBlockIndex);
+    return {
+      eraseCount: this.eraseCounts[eraseBlockIndex]!,
+      writePointer: this.writePointers[eraseBlockIndex]!,
+      bad: this.badFlags[eraseBlockIndex] === 1,
+    };
+  }
+
+  markBad(eraseBlockIndex: number): void {
+    this.checkOpen();
+    validateEraseBlockIndex(this.geometry, eraseBlockIndex);
+    if (this.badFlags[eraseBlockIndex] === 1) return;
+    this.badFlags[eraseBlockIndex] = 1;
+    this.dirtyBlocks.add(eraseBlockIndex);
+  }
+
+  /** Waits for queued programs and erases, syncs, then releases the device. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await Promise.allSettled([...this.mutationTails.values()]);
+      await this.queueSync();
+    } finally {
+      await this.doClose();
+    }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Ends the device without syncing (a crash); later calls fail with `SHUTTING_DOWN`. */
+  protected abandon(): void {
+    this.closed = true;
+  }
+
+  /** The state a sync would make durable for this block now. */
+  protected completedBlockInfo(eraseBlockIndex: number): NandBlockInfo {
+    return {
+      eraseCount: this.completedEraseCounts[eraseBlockIndex]!,
+      writePointer: this.completedWritePointers[eraseBlockIndex]!,
+      bad: this.badFlags[eraseBlockIndex] === 1,
+    };
+  }
+
+  private complete(eraseBlockIndex: number, eraseCount: number, writePointer: number): void {
+    this.completedEraseCounts[eraseBlockIndex] = eraseCount;
+    this.completedWritePointers[eraseBlockIndex] = writePointer;
+    this.dirtyBlocks.add(eraseBlockIndex);
+  }
+
+  private enqueueMutation(eraseBlockIndex: number, work: () => Promise<void>): Promise<void> {
+    const previous = this.mutationTails.get(eraseBlockIndex);
+    // A failed earlier operation does not stop later ones: the FTL sees each failure itself.
+    const run = previous === undefined ? work() : previous.then(work, work);
+    const tail = run.then(ignore, ignore);
+    this.mutationTails.set(eraseBlockIndex, tail);
+    void tail.then(() => {
+      if (this.mutationTails.get(eraseBlockIndex) === tail) this.mutationTails.delete(eraseBlockIndex);
+    });
+    return run;
+  }
+
+  private queueSync(): Promise<void> {
+    const run = this.syncTail.then(() => this.runSync());
+    this.syncTail = run.then(ignore, ignore);
+    return run;
+  }
+
+  private async runSync(): Promise<void> {
+    const indexes = [...this.dirtyBlocks].sort((a, b) => a - b);
+    const states = indexes.map((index) => this.completedBlockInfo(index));
+    this.dirtyBlocks.clear();
+    try {
+      await this.doSync(indexes, states);
+      this.counters.syncs += 1;
+    } catch (error) {
+      for (const index of indexes) this.dirtyBlocks.add(index);
+      throw error;
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw StorageError.shuttingDown('the NAND device is closed');
+  }
+}
+
+function ignore(): void {}
+
+export function validateEraseBlockIndex(geometry: NandGeometry, eraseBlockIndex: number): void {
+  if (!Number.isSafeInteger(eraseBlockIndex) || eraseBlockIndex < 0 || eraseBlockIndex >= geometry.eraseBlockCount) {
+    throw StorageError.invalidArgument(
+      `erase block index ${eraseBlockIndex} is out of range: the device has erase blocks 0 to ${geometry.eraseBlockCount - 1}`,
+    );
+  }
+}
+
+/** Checks a read of `pageCount` pages; reads of bad blocks are allowed (to relocate their data). */
+export function validateRead(geometry: NandGeometry, eraseBlockIndex: number, firstPageIndex: number, pageCount: number): void {
+  validateEraseBlockIndex(geometry, eraseBlockIndex);
+  validatePageRange(geometry, eraseBlockIndex, firstPageIndex, pageCount, 'read');
+}
+
+export function validateProgram(
+  geometry: NandGeometry,
+  info: NandBlockInfo,
+  eraseBlockIndex: number,
+  firstPageIndex: number,
+  data: Buffer,
+): void {
+  validateEraseBlockIndex(geometry, eraseBlockIndex);
+  if (!Buffer.isBuffer(data) || data.length === 0 || data.length % geometry.pageBytes !== 0) {
+    const length = Buffer.isBuffer(data) ? `${data.length} bytes` : 'not a Buffer';
+    throw StorageError.invalidArgument(
+      `program of erase block ${eraseBlockIndex} rejected: data (${length}) must be a Buffer of whole ${geometry.pageBytes}-byte pages`,
+    );
+  }
+  validatePageRange(geometry, eraseBlockIndex, firstPageIndex, data.length / geometry.pageBytes, 'program');
+  if (info.bad) throw StorageError.invalidArgument(`program of erase block ${eraseBlockIndex} rejected: the block is marked bad`);
+  if (firstPageIndex < info.writePointer) {
+    throw StorageError.invalidArgument(
+      `program of erase block ${eraseBlockIndex} page ${firstPageIndex} rejected: the page was already programmed ` +
+        `since the last erase (write pointer at page ${info.writePointer}); erase the block first`,
+    );
+  }
+  if (firstPageIndex > info.writePointer) {
+    throw StorageError.invalidArgument(
+      `program of erase block ${eraseBlockIndex} page ${firstPageIndex} rejected: out of order, pages must be ` +
+        `programmed in order and the next one is page ${info.writePointer}`,
+    );
+  }
+}
+
+export function validateErase(geometry: NandGeometry, info: NandBlockInfo, eraseBlockIndex: number): void {
+  validateEraseBlockIndex(geometry, eraseBlockIndex);
+  if (info.bad) throw StorageError.invalidArgument(`erase of erase block ${eraseBlockIndex} rejected: the block is marked bad`);
+}
+
+function validatePageRange(
+  geometry: NandGeometry,
+  eraseBlockIndex: number,
+  firstPageIndex: number,
+  pageCount: number,
+  what: 'read' | 'program',
+): void {
+  const pages = geometry.pagesPerEraseBlock;
+  if (!Number.isSafeInteger(firstPageIndex) || firstPageIndex < 0 || firstPageIndex >= pages) {
+    throw StorageError.invalidArgument(
+      `${what} of erase block ${eraseBlockIndex} rejected: page index ${firstPageIndex} is out of range 0 to ${pages - 1}`,
+    );
+  }
+  if (!Number.isSafeInteger(pageCount) || pageCount < 1 || firstPageIndex + pageCount > pages) {
+    throw StorageError.invalidArgument(
+      `${what} of erase block ${eraseBlockIndex} rejected: ${pageCount} pages from page ${firstPageIndex} ` +
+        `run past the end of the erase block (${pages} pages)`,
+    );
+  }
+}
