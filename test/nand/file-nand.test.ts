@@ -1,0 +1,174 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import test from 'ava';
+import { StorageError } from '../../src/common/errors.js';
+import { FileNand, IMAGE_FILE_NAME, SPARE_FILE_NAME } from '../../src/nand/index.js';
+import type { NandGeometry } from '../../src/nand/index.js';
+import { SMALL_GEOMETRY, pagesOf, registerNandConformanceTests } from './conformance.js';
+
+function temporaryDirectory(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'pstorage-nand-'));
+}
+
+function removeDirectory(directory: string): void {
+  fs.rmSync(directory, { recursive: true, force: true });
+}
+
+registerNandConformanceTests('file', async (geometry) => {
+  const directory = temporaryDirectory();
+  const device = await FileNand.open(directory, geometry, { create: true });
+  return {
+    device,
+    cleanup: async () => {
+      await device.close();
+      removeDirectory(directory);
+    },
+  };
+});
+
+/** 64 erase blocks of 64 pages of 4 KiB: 16 MiB. */
+const GEOMETRY: NandGeometry = { pageBytes: 4096, pagesPerEraseBlock: 64, eraseBlockCount: 64, enduranceCycles: 3000 };
+const ERASE_BLOCK_BYTES = 4096 * 64;
+
+function allocatedBytes(filePath: string): number {
+  return fs.statSync(filePath).blocks * 512;
+}
+
+/** Runs `body` with a fresh directory, removed afterwards. */
+async function withDirectory(body: (directory: string) => Promise<void>): Promise<void> {
+  const directory = temporaryDirectory();
+  try {
+    await body(directory);
+  } finally {
+    removeDirectory(directory);
+  }
+}
+
+test('the image is sparse at creation and shrinks after erases', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    const imagePath = path.join(directory, IMAGE_FILE_NAME);
+    t.is(fs.statSync(imagePath).size, 64 * ERASE_BLOCK_BYTES);
+    t.is(allocatedBytes(imagePath), 0, 'no data written at creation');
+    t.true(allocatedBytes(path.join(directory, SPARE_FILE_NAME)) <= 8192, 'the spare file is sparse too');
+    for (const eraseBlockIndex of [3, 4, 5]) await device.programPages(eraseBlockIndex, 0, pagesOf(4096, 64, eraseBlockIndex));
+    await device.sync();
+    t.true(allocatedBytes(imagePath) >= 3 * ERASE_BLOCK_BYTES);
+    await device.eraseBlock(4);
+    await device.eraseBlock(5);
+    t.true(device.punchSupported);
+    t.true(allocatedBytes(imagePath) < 2 * ERASE_BLOCK_BYTES, `allocated ${allocatedBytes(imagePath)}`);
+    t.is(await device.allocatedBytes(), allocatedBytes(imagePath));
+    t.deepEqual(await device.readPages(3, 0, 64), pagesOf(4096, 64, 3), 'the punch spared its neighbour');
+    await device.close();
+  });
+});
+
+test('reopen keeps synced data, erase counts, write pointers and bad flags', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    await device.programPages(7, 0, pagesOf(4096, 5, 1));
+    await device.eraseBlock(8);
+    await device.eraseBlock(8);
+    await device.programPages(8, 0, pagesOf(4096, 2, 2));
+    device.markBad(9);
+    await device.sync();
+    await device.close();
+    const reopened = await FileNand.open(directory, GEOMETRY);
+    t.deepEqual(reopened.blockInfo(7), { eraseCount: 0, writePointer: 5, bad: false });
+    t.deepEqual(reopened.blockInfo(8), { eraseCount: 2, writePointer: 2, bad: false });
+    t.deepEqual(reopened.blockInfo(9), { eraseCount: 0, writePointer: 0, bad: true });
+    t.deepEqual(await reopened.readPages(7, 0, 5), pagesOf(4096, 5, 1));
+    t.deepEqual(await reopened.readPages(8, 0, 2), pagesOf(4096, 2, 2));
+    await t.throwsAsync(reopened.programPages(7, 4, pagesOf(4096, 1, 3)), { instanceOf: StorageError, code: 'INVALID_ARGUMENT' });
+    await reopened.close();
+  });
+});
+
+test('close syncs, and reopening without a geometry uses the recorded one', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    await device.programPages(1, 0, pagesOf(4096, 3, 4));
+    await device.close();
+    const reopened = await FileNand.open(directory);
+    t.deepEqual(reopened.geometry, GEOMETRY);
+    t.is(reopened.blockInfo(1).writePointer, 3);
+    await reopened.close();
+  });
+});
+
+test('after a crash the records are those of the last sync', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    await device.programPages(2, 0, pagesOf(4096, 2, 5));
+    await device.programPages(6, 0, pagesOf(4096, 1, 6));
+    await device.sync();
+    await device.programPages(2, 2, pagesOf(4096, 1, 7));
+    await device.eraseBlock(6);
+    // What a power cut could leave: the page cache's image (here: everything written) and the
+    // spare file as last synced. Copy the files while the device is still open, as kill -9 would.
+    const copy = path.join(directory, 'after-crash');
+    fs.mkdirSync(copy);
+    for (const name of [IMAGE_FILE_NAME, SPARE_FILE_NAME]) fs.copyFileSync(path.join(directory, name), path.join(copy, name));
+    const after = await FileNand.open(copy, GEOMETRY);
+    t.deepEqual(after.blockInfo(2), { eraseCount: 0, writePointer: 2, bad: false }, 'the unsynced program is not recorded');
+    t.deepEqual(await after.readPages(2, 2, 1), pagesOf(4096, 1, 7), 'its data may still sit above the pointer');
+    t.deepEqual(after.blockInfo(6), { eraseCount: 0, writePointer: 1, bad: false }, 'the unsynced erase is not recorded');
+    t.deepEqual(await after.readPages(6, 0, 1), Buffer.alloc(4096), 'although the block was in fact erased');
+    await after.close();
+    await device.close();
+  });
+});
+
+test('a geometry mismatch on reopen is refused with a clear message', async (t) => {
+  await withDirectory(async (directory) => {
+    await (await FileNand.open(directory, GEOMETRY, { create: true })).close();
+    for (const other of [{ pageBytes: 8192 }, { pagesPerEraseBlock: 32 }, { eraseBlockCount: 128 }, { enduranceCycles: 10 }]) {
+      const error = await t.throwsAsync(FileNand.open(directory, { ...GEOMETRY, ...other }), {
+        instanceOf: StorageError,
+        code: 'INVALID_ARGUMENT',
+        message: /was made with other geometry/,
+      });
+      t.regex(error?.message ?? '', /pageBytes 4096, pagesPerEraseBlock 64, eraseBlockCount 64/);
+    }
+    await (await FileNand.open(directory, GEOMETRY)).close();
+  });
+});
+
+test('open refuses a missing image, a second open, and a damaged spare file', async (t) => {
+  await withDirectory(async (directory) => {
+    await t.throwsAsync(FileNand.open(directory, GEOMETRY), { instanceOf: StorageError, code: 'NOT_FOUND', message: /create/ });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    await t.throwsAsync(FileNand.open(directory, GEOMETRY), { instanceOf: StorageError, code: 'BUSY' });
+    await device.programPages(5, 0, pagesOf(4096, 1, 8));
+    await device.close();
+    const sparePath = path.join(directory, SPARE_FILE_NAME);
+    const spare = fs.readFileSync(sparePath);
+    spare[32 + 16 * 5 + 1] ^= 0x40;
+    fs.writeFileSync(sparePath, spare);
+    await t.throwsAsync(FileNand.open(directory, GEOMETRY), { instanceOf: StorageError, code: 'CORRUPT', message: /erase block 5/ });
+  });
+});
+
+test('creation refuses to overwrite an image whose spare file is missing', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, SMALL_GEOMETRY, { create: true });
+    await device.programPages(0, 0, pagesOf(512, 1, 9));
+    await device.close();
+    fs.rmSync(path.join(directory, SPARE_FILE_NAME));
+    await t.throwsAsync(FileNand.open(directory, SMALL_GEOMETRY, { create: true }), { instanceOf: StorageError, code: 'CORRUPT' });
+    t.is(fs.readFileSync(path.join(directory, IMAGE_FILE_NAME)).subarray(0, 512).compare(pagesOf(512, 1, 9)), 0);
+  });
+});
+
+test('an invalid geometry is refused at creation', async (t) => {
+  await withDirectory(async (directory) => {
+    await t.throwsAsync(FileNand.open(directory, { ...GEOMETRY, pageBytes: 1000 }, { create: true }), {
+      instanceOf: StorageError,
+      code: 'INVALID_ARGUMENT',
+      message: /power of two/,
+    });
+    t.false(fs.existsSync(path.join(directory, SPARE_FILE_NAME)));
+  });
+});
