@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
+import { parseSizeBytes } from '../common/size.js';
 import { DEFAULT_LISTEN, parseListen } from './listen-address.js';
 import { serve } from './serve.js';
 
@@ -13,6 +14,20 @@ export const EXIT_USAGE = 2;
 export const EXIT_BUSY = 3;
 
 const packageJson = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+function asSize(value: string): number {
+  try {
+    return parseSizeBytes(value);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+function asPositiveInt(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isSafeInteger(parsed) || parsed <= 0) throw new InvalidArgumentError(`"${value}" is not a positive whole number`);
+  return parsed;
+}
 
 function asListen(value: string) {
   try {
@@ -35,11 +50,22 @@ export function buildProgram(): Command {
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', process.env.PSTORAGE_DATA_DIR ?? './pstorage-data')
     .option('-l, --listen <host:port>', 'TCP address for NBD, or "none" (env PSTORAGE_LISTEN)', asListen, asListen(process.env.PSTORAGE_LISTEN ?? DEFAULT_LISTEN))
     .option('-s, --socket <path>', 'also serve NBD on this Unix socket (env PSTORAGE_SOCKET)', process.env.PSTORAGE_SOCKET)
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string }) => {
+    .option('--capacity <size>', 'NAND capacity of a new array (sparse), e.g. 8G (env PSTORAGE_CAPACITY)', asSize, process.env.PSTORAGE_CAPACITY ? asSize(process.env.PSTORAGE_CAPACITY) : undefined)
+    .option('--cache-mb <mib>', 'metadata cache budget in MiB (env PSTORAGE_CACHE_MB)', asPositiveInt, process.env.PSTORAGE_CACHE_MB ? asPositiveInt(process.env.PSTORAGE_CACHE_MB) : 256)
+    .option('--gc-policy <policy>', 'GC victim choice: cost-benefit or greedy', (value: string) => {
+      if (value !== 'cost-benefit' && value !== 'greedy') throw new InvalidArgumentError('use cost-benefit or greedy');
+      return value;
+    }, 'cost-benefit')
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy' }) => {
       if (options.listen === null && options.socket === undefined) {
         throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
       }
-      await serve({ dataDir: options.dataDir, listen: options.listen, socketPath: options.socket ?? null });
+      await serve({
+        dataDir: options.dataDir,
+        listen: options.listen,
+        socketPath: options.socket ?? null,
+        array: { capacityBytes: options.capacity, cacheBytes: options.cacheMb * 1024 * 1024, ftl: { victimPolicy: options.gcPolicy } },
+      });
     });
 
   return program;

@@ -7,24 +7,28 @@ import path from 'node:path';
 import { createLogger } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
-import { SparseFileArray } from '../volume/sparse-file-array.js';
+import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
 import type { TcpAddress } from './listen-address.js';
 
 export interface ServeOptions {
   dataDir: string;
   listen: TcpAddress | null;
   socketPath: string | null;
+  array: ArrayOptions;
 }
 
 export async function serve(options: ServeOptions): Promise<void> {
   const logger = createLogger({ component: 'pstorage' });
   const dataDir = path.resolve(options.dataDir);
   const startedAt = process.hrtime.bigint();
-  const { array, created } = await SparseFileArray.open(dataDir);
+  const { array, created, recoveryMs } = await FlashArray.open(dataDir, logger, options.array);
+  if (created) await array.createVolume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES);
   logger.info(created ? 'data directory created' : 'data directory opened', {
     dataDir,
     volumes: array.list().map((volume) => volume.name),
-    openMs: Number(process.hrtime.bigint() - startedAt) / 1e6,
+    recoveryMs: Math.round(recoveryMs * 10) / 10,
+    openMs: Math.round((Number(process.hrtime.bigint() - startedAt) / 1e6) * 10) / 10,
+    capacityBytes: array.ftl.usableBytes,
   });
 
   const server = new NbdServer({ catalog: array, logger });

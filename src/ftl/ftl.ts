@@ -1,0 +1,610 @@
+/**
+ * The flash translation layer: log-structured allocation over the NAND device.
+ *
+ * What it owns: the erase-block table, the host and GC log streams, page images not yet on NAND,
+ * garbage collection, wear leveling, bad-block retirement and the FTL counters. It does not own
+ * the chunk table: GC asks a `ChunkLocator` (the volume layer) whether a record is still live and
+ * tells it where the record moved, so a relocation rewrites one chunk-table entry and nothing else.
+ *
+ * Invariants:
+ * - a free block is erased (its NAND write pointer is 0); streams open only free blocks;
+ * - the host stream never takes the last `reserveBlocks` free blocks: those keep GC able to move
+ *   data, so GC always makes progress;
+ * - valid bytes of a block = record bytes of the chunks the chunk table places in it;
+ * - a block is erased (or retired) only after a synced metadata commit that no longer references
+ *   it, and only when no read of it is in flight.
+ *
+ * Commit protocol (`makeDurable`): seal partly filled pages and issue their programs, capture the
+ * metadata in the same tick (so it references nothing that was not issued), wait for the programs,
+ * and fdatasync the NAND; only then does the caller write the metadata batch. If a program fails,
+ * the block is retired, its live records are re-appended elsewhere from the in-memory page images,
+ * and the capture is taken again.
+ */
+import { assert } from '../common/assert.js';
+import { StorageError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { isNandFault, type NandDevice } from '../nand/nand-device.js';
+import { BlockState, EraseBlockTable, encodeSummary, type BlockSummary, type VictimPolicy } from './erase-block-table.js';
+import { LogStream, PageImages, type PhysicalAddress, type StreamHost } from './log-stream.js';
+import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
+
+export interface FtlOptions {
+  victimPolicy: VictimPolicy;
+  /** Background GC starts below this many free blocks... */
+  gcStartFreeBlocks: number;
+  /** ...and stops at this many. */
+  gcTargetFreeBlocks: number;
+  /** Free blocks only GC may use. */
+  reserveBlocks: number;
+  /** Fraction of the stream capacity kept out of the usable capacity, so GC has room to work. */
+  overProvisioning: number;
+  /** Static wear leveling moves cold data when max - min P/E exceeds this. */
+  wearSpreadThreshold: number;
+  /** Erase blocks GC cleans before one commit. */
+  gcBatchBlocks: number;
+  programBatchPages: number;
+}
+
+export function defaultFtlOptions(blockCount: number): FtlOptions {
+  const start = Math.max(6, Math.ceil(blockCount * 0.03));
+  return {
+    victimPolicy: 'cost-benefit',
+    gcStartFreeBlocks: start,
+    gcTargetFreeBlocks: start + Math.max(4, Math.ceil(blockCount * 0.02)),
+    reserveBlocks: 4,
+    overProvisioning: 0.1,
+    wearSpreadThreshold: 64,
+    gcBatchBlocks: 8,
+    programBatchPages: 16,
+  };
+}
+
+/** The volume layer's side of GC: is this record live, and where did it go. */
+export interface ChunkLocator {
+  /** Loads and pins what `isAt`/`moveTo` need for these chunks; returns the unpin function. */
+  pin(chunkIds: number[]): Promise<() => void>;
+  isAt(chunkId: number, address: PhysicalAddress): boolean;
+  moveTo(chunkId: number, address: PhysicalAddress): void;
+}
+
+export interface ParsedRecord {
+  chunkId: number;
+  offsetBytes: number;
+  payload: Buffer;
+}
+
+export interface FtlCounters {
+  nandBytesProgrammed: number;
+  relocatedBytes: number;
+  erases: number;
+  gcRuns: number;
+  programFailures: number;
+  eraseFailures: number;
+  retiredForWear: number;
+}
+
+export class Ftl implements StreamHost {
+  readonly images = new PageImages();
+  readonly table: EraseBlockTable;
+  readonly counters: FtlCounters = { nandBytesProgrammed: 0, relocatedBytes: 0, erases: 0, gcRuns: 0, programFailures: 0, eraseFailures: 0, retiredForWear: 0 };
+  private readonly hostStream: LogStream;
+  private readonly gcStream: LogStream;
+  private readonly inflightPrograms = new Set<Promise<void>>();
+  private readonly readers = new Map<number, number>();
+  private readonly readersDone = new Map<number, Array<() => void>>();
+  /** Blocks relocated and waiting for a synced commit, with the capture generation that covers them. */
+  private readonly pendingRelease = new Map<number, { generation: number; retire: boolean }>();
+  private readonly busyBlocks = new Set<number>();
+  private generation = 0;
+  private nextSequence: number;
+  private deviceError: StorageError | null = null;
+  private gcRunning: Promise<void> | null = null;
+  private locator: ChunkLocator | null = null;
+  private committer: (() => Promise<void>) | null = null;
+  readonly streamBytesPerBlock: number;
+  readonly payloadBytesPerPage: number;
+
+  constructor(
+    readonly nand: NandDevice,
+    readonly options: FtlOptions,
+    private readonly logger: Logger,
+    nextSequence = 1,
+  ) {
+    const { pageBytes, pagesPerEraseBlock, eraseBlockCount } = nand.geometry;
+    this.payloadBytesPerPage = pageBytes - PAGE_HEADER_BYTES;
+    this.streamBytesPerBlock = this.payloadBytesPerPage * pagesPerEraseBlock;
+    this.table = new EraseBlockTable(eraseBlockCount, this.streamBytesPerBlock);
+    for (let block = 0; block < eraseBlockCount; block++) this.table.eraseCount[block] = nand.blockInfo(block).eraseCount;
+    this.table.dirty.clear();
+    this.nextSequence = nextSequence;
+    this.hostStream = new LogStream('host', this, options.programBatchPages);
+    this.gcStream = new LogStream('gc', this, options.programBatchPages);
+  }
+
+  /** Wires the volume layer in: GC needs to ask about chunks and to commit. */
+  attach(locator: ChunkLocator, committer: () => Promise<void>): void {
+    this.locator = locator;
+    this.committer = committer;
+  }
+
+  /**
+   * Recovery from the durable summaries (no scan of the data): blocks that were open are sealed
+   * as full, and free blocks the NAND says were touched after its last sync are erased again.
+   */
+  async recover(summaries: Iterable<[number, BlockSummary]>): Promise<void> {
+    for (const [block, summary] of summaries) {
+      const state = summary.state === BlockState.Open ? BlockState.Full : summary.state;
+      this.table.load(block, { ...summary, state });
+      this.nextSequence = Math.max(this.nextSequence, summary.sequence + 1);
+    }
+    for (let block = 0; block < this.table.blockCount; block++) {
+      const info = this.nand.blockInfo(block);
+      if (info.bad) {
+        if (this.table.state[block] !== BlockState.Bad) this.table.setState(block, this.table.validBytes[block]! > 0 ? BlockState.Retiring : BlockState.Bad);
+      } else if (this.table.state[block] === BlockState.Free && info.writePointer !== 0) {
+        await this.eraseOrRetire(block);
+      }
+    }
+  }
+
+  // ---- StreamHost ----------------------------------------------------------------------------
+
+  openBlock(stream: LogStream): { block: number; sequence: number } {
+    const floor = stream.name === 'host' ? this.options.reserveBlocks : 0;
+    if (this.table.freeBlocks <= floor) {
+      throw StorageError.noSpace(`no free erase block for the ${stream.name} stream (${this.table.freeBlocks} free, ${floor} reserved)`);
+    }
+    const block = this.table.pickFree();
+    assert(block >= 0, 'free count and free blocks disagree');
+    const sequence = this.nextSequence++;
+    this.table.setState(block, BlockState.Open);
+    this.table.sequence[block] = sequence;
+    this.table.resetValid(block);
+    this.table.writtenBytes[block] = 0;
+    this.maybeStartGc();
+    return { block, sequence };
+  }
+
+  closeBlock(block: number): void {
+    if (this.table.state[block] === BlockState.Open) this.table.setState(block, BlockState.Full);
+  }
+
+  addWritten(block: number, bytes: number): void {
+    this.table.writtenBytes[block] = this.table.writtenBytes[block]! + bytes;
+    this.table.dirty.add(block);
+  }
+
+  trackProgram(block: number, firstPageIndex: number, pages: Buffer[]): void {
+    const data = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
+    const program = this.nand.programPages(block, firstPageIndex, data).then(
+      () => {
+        this.counters.nandBytesProgrammed += data.length;
+        pages.forEach((page, i) => {
+          if (this.images.get(block, firstPageIndex + i) === page) this.images.delete(block, firstPageIndex + i);
+        });
+      },
+      (error: unknown) => this.onProgramFailure(block, error),
+    );
+    this.inflightPrograms.add(program);
+    void program.finally(() => this.inflightPrograms.delete(program));
+  }
+
+  // ---- Host path -----------------------------------------------------------------------------
+
+  append(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array): PhysicalAddress {
+    const address = (stream === 'host' ? this.hostStream : this.gcStream).append(chunkId, stored);
+    this.table.addValid(address.block, LogStream.recordBytes(stored.length));
+    return address;
+  }
+
+  /** A chunk's record is no longer referenced. */
+  invalidate(address: PhysicalAddress, storedBytes: number): void {
+    this.table.addValid(address.block, -LogStream.recordBytes(storedBytes));
+  }
+
+  get usableBytes(): number {
+    const bad = this.table.lostBlocks;
+    const blocks = Math.max(0, this.table.blockCount - this.options.reserveBlocks - this.options.gcTargetFreeBlocks - bad);
+    return Math.floor(blocks * this.streamBytesPerBlock * (1 - this.options.overProvisioning));
+  }
+
+  get liveBytes(): number {
+    return this.table.totalValidBytes;
+  }
+
+  /** True when the host stream can take `bytes` more record bytes without GC's reserve. */
+  hasHostSpace(bytes: number): boolean {
+    return this.hostHeadroom() >= bytes;
+  }
+
+  private hostHeadroom(): number {
+    return (this.table.freeBlocks - this.options.reserveBlocks - 1) * this.streamBytesPerBlock;
+  }
+
+  /**
+   * Waits until the host stream can take `bytes` more record bytes without dipping into the GC
+   * reserve, running GC in the foreground if needed. Throws NO_SPACE when GC cannot free enough.
+   */
+  async ensureHostSpace(bytes: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.deviceError) throw this.deviceError;
+      if (this.hostHeadroom() >= bytes) return;
+      const freeBefore = this.table.freeBlocks;
+      await this.runGc();
+      if (this.table.freeBlocks <= freeBefore && attempt > 2) {
+        throw StorageError.noSpace('the array is full: no erase block can be reclaimed; delete or trim data to free space');
+      }
+    }
+  }
+
+  // ---- Reads ---------------------------------------------------------------------------------
+
+  /**
+   * Reads and verifies the records at these addresses; adjacent ones share one NAND read. A
+   * record whose header names another chunk, or whose checksum fails, is CORRUPT (EIO).
+   */
+  async readRecords(requests: ReadonlyArray<{ address: PhysicalAddress; chunkId: number; storedBytes: number }>): Promise<Buffer[]> {
+    const results: Buffer[] = new Array(requests.length);
+    const order = requests.map((_, i) => i).sort((a, b) => compareAddress(requests[a]!.address, requests[b]!.address));
+    // Register as a reader of every block now, in the caller's tick: GC erases none of them
+    // until this read is done, even if it moves the chunks meanwhile.
+    const blocks = new Set(requests.map((request) => request.address.block));
+    for (const block of blocks) this.readers.set(block, (this.readers.get(block) ?? 0) + 1);
+    try {
+      await this.readGroups(requests, order, results);
+    } finally {
+      for (const block of blocks) this.releaseReader(block);
+    }
+    return results;
+  }
+
+  private async readGroups(
+    requests: ReadonlyArray<{ address: PhysicalAddress; chunkId: number; storedBytes: number }>,
+    order: number[],
+    results: Buffer[],
+  ): Promise<void> {
+    let start = 0;
+    while (start < order.length) {
+      const first = requests[order[start]!]!;
+      const block = first.address.block;
+      let end = start + 1;
+      let lastPage = this.lastPageOf(first.address, first.storedBytes);
+      while (end < order.length) {
+        const next = requests[order[end]!]!;
+        if (next.address.block !== block || this.firstPageOf(next.address) > lastPage + 1) break;
+        lastPage = Math.max(lastPage, this.lastPageOf(next.address, next.storedBytes));
+        end += 1;
+      }
+      const firstPage = this.firstPageOf(first.address);
+      const pages = await this.readPageRange(block, firstPage, lastPage - firstPage + 1);
+      for (let k = start; k < end; k++) {
+        const index = order[k]!;
+        const wanted = requests[index]!;
+        results[index] = this.extractRecord(pages, firstPage, wanted.address, wanted.chunkId, wanted.storedBytes);
+      }
+      start = end;
+    }
+  }
+
+  private firstPageOf(address: PhysicalAddress): number {
+    return Math.floor(address.offsetBytes / this.payloadBytesPerPage);
+  }
+
+  private lastPageOf(address: PhysicalAddress, storedBytes: number): number {
+    return Math.floor((address.offsetBytes + RECORD_HEADER_BYTES + storedBytes - 1) / this.payloadBytesPerPage);
+  }
+
+  /** Pages from memory where they have not reached NAND yet, otherwise one NAND read. */
+  private async readPageRange(block: number, firstPage: number, pageCount: number): Promise<Buffer[]> {
+    const pages: Buffer[] = new Array(pageCount);
+    let missingFrom = -1;
+    let missingTo = -1;
+    for (let i = 0; i < pageCount; i++) {
+      const image = this.images.get(block, firstPage + i);
+      if (image !== undefined) pages[i] = Buffer.from(image);
+      else {
+        if (missingFrom < 0) missingFrom = i;
+        missingTo = i;
+      }
+    }
+    if (missingFrom < 0) return pages;
+    const data = await this.nand.readPages(block, firstPage + missingFrom, missingTo - missingFrom + 1);
+    const pageBytes = this.nand.geometry.pageBytes;
+    for (let i = missingFrom; i <= missingTo; i++) {
+      pages[i] ??= data.subarray((i - missingFrom) * pageBytes, (i - missingFrom + 1) * pageBytes);
+    }
+    return pages;
+  }
+
+  private extractRecord(pages: Buffer[], firstPage: number, address: PhysicalAddress, chunkId: number, storedBytes: number): Buffer {
+    const total = RECORD_HEADER_BYTES + storedBytes;
+    const record = Buffer.allocUnsafe(total);
+    let copied = 0;
+    let offset = address.offsetBytes;
+    while (copied < total) {
+      const pageIndex = Math.floor(offset / this.payloadBytesPerPage);
+      const inPage = offset % this.payloadBytesPerPage;
+      const count = Math.min(total - copied, this.payloadBytesPerPage - inPage);
+      const page = pages[pageIndex - firstPage]!;
+      page.copy(record, copied, PAGE_HEADER_BYTES + inPage, PAGE_HEADER_BYTES + inPage + count);
+      copied += count;
+      offset += count;
+    }
+    const header = readRecordHeader(record, 0);
+    const payload = record.subarray(RECORD_HEADER_BYTES);
+    if (header.chunkId !== chunkId || header.storedBytes !== storedBytes || checksumOf(payload) !== header.checksum) {
+      throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (found chunk ${header.chunkId}, ${header.storedBytes} bytes)`);
+    }
+    return payload;
+  }
+
+  private releaseReader(block: number): void {
+    const count = (this.readers.get(block) ?? 1) - 1;
+    if (count > 0) {
+      this.readers.set(block, count);
+      return;
+    }
+    this.readers.delete(block);
+    for (const resolve of this.readersDone.get(block)?.splice(0) ?? []) resolve();
+  }
+
+  private whenNoReaders(block: number): Promise<void> {
+    if (!this.readers.has(block)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiting = this.readersDone.get(block) ?? [];
+      waiting.push(resolve);
+      this.readersDone.set(block, waiting);
+    });
+  }
+
+  /** Every record of a block, in stream order, from NAND and page images. */
+  async parseBlock(block: number): Promise<{ records: ParsedRecord[]; problems: string[] }> {
+    const pagesPerBlock = this.nand.geometry.pagesPerEraseBlock;
+    const pages = await this.readPageRange(block, 0, pagesPerBlock);
+    const records: ParsedRecord[] = [];
+    const problems: string[] = [];
+    let offset = 0;
+    const limit = Math.min(this.table.writtenBytes[block]!, this.streamBytesPerBlock);
+    while (offset < limit) {
+      const pageIndex = Math.floor(offset / this.payloadBytesPerPage);
+      const inPage = offset % this.payloadBytesPerPage;
+      const check = checkPage(pages[pageIndex]!, pageIndex);
+      if (!check.ok) {
+        if (check.reason !== 'erased') problems.push(`erase block ${block} page ${pageIndex}: ${check.reason}`);
+        break;
+      }
+      if (inPage >= check.header.usedBytes || this.payloadBytesPerPage - inPage < RECORD_HEADER_BYTES) {
+        offset = (pageIndex + 1) * this.payloadBytesPerPage;
+        continue;
+      }
+      const header = readRecordHeader(pages[pageIndex]!, PAGE_HEADER_BYTES + inPage);
+      if (offset + RECORD_HEADER_BYTES + header.storedBytes > this.streamBytesPerBlock) {
+        problems.push(`erase block ${block} offset ${offset}: record runs past the block`);
+        break;
+      }
+      try {
+        const payload = this.extractRecord(pages, 0, { block, offsetBytes: offset }, header.chunkId, header.storedBytes);
+        records.push({ chunkId: header.chunkId, offsetBytes: offset, payload });
+      } catch (error) {
+        problems.push((error as Error).message);
+      }
+      offset += RECORD_HEADER_BYTES + header.storedBytes;
+    }
+    return { records, problems };
+  }
+
+  // ---- Commit points -------------------------------------------------------------------------
+
+  /**
+   * Makes every appended record durable on NAND and returns `capture()`'s result, taken at the
+   * moment the last programs were issued (so it references only durable records).
+   */
+  async makeDurable<T>(capture: (generation: number) => T): Promise<T> {
+    for (let attempt = 0; attempt < 16; attempt++) {
+      await this.relocateRetiring();
+      this.hostStream.sealPartial();
+      this.gcStream.sealPartial();
+      const generation = ++this.generation;
+      const captured = capture(generation);
+      const failuresBefore = this.counters.programFailures;
+      while (this.inflightPrograms.size > 0) await Promise.all([...this.inflightPrograms]);
+      if (this.deviceError) throw this.deviceError;
+      if (this.counters.programFailures !== failuresBefore) continue;
+      await this.nand.sync();
+      return captured;
+    }
+    throw StorageError.io('NAND programs keep failing; the array cannot make data durable');
+  }
+
+  /** Dirty erase-block summaries, for the metadata batch of a commit. */
+  captureSummaries(): Array<[number, Buffer]> {
+    const out: Array<[number, Buffer]> = [];
+    for (const block of this.table.dirty) out.push([block, encodeSummary(this.table.summary(block))]);
+    this.table.dirty.clear();
+    return out;
+  }
+
+  /** After a synced commit of `generation`: erase or retire the blocks it freed. */
+  releaseAfterCommit(generation: number): Promise<void> {
+    const work: Promise<void>[] = [];
+    for (const [block, pending] of this.pendingRelease) {
+      if (pending.generation >= generation) continue;
+      this.pendingRelease.delete(block);
+      work.push(
+        this.whenNoReaders(block).then(() => {
+          if (pending.retire) this.retire(block);
+          else return this.eraseOrRetire(block);
+        }),
+      );
+    }
+    return Promise.all(work).then(() => undefined);
+  }
+
+  get sequence(): number {
+    return this.nextSequence;
+  }
+
+  // ---- Failures ------------------------------------------------------------------------------
+
+  private onProgramFailure(block: number, error: unknown): void {
+    if (!isNandFault(error)) {
+      this.deviceError = error instanceof StorageError ? error : StorageError.io(`NAND program failed: ${String(error)}`, error);
+      this.logger.error('NAND write failed; the array cannot make new data durable', { block, error: this.deviceError.message });
+      return;
+    }
+    this.counters.programFailures += 1;
+    this.logger.warn('NAND program failure: retiring erase block', { block });
+    for (const stream of [this.hostStream, this.gcStream]) if (stream.currentBlock === block) stream.abandonBlock();
+    if (this.table.state[block] !== BlockState.Bad) this.table.setState(block, BlockState.Retiring);
+  }
+
+  private async eraseOrRetire(block: number): Promise<void> {
+    if (this.table.eraseCount[block]! + 1 >= this.nand.geometry.enduranceCycles) {
+      this.counters.retiredForWear += 1;
+      this.retire(block);
+      return;
+    }
+    try {
+      await this.nand.eraseBlock(block);
+      this.images.dropBlock(block);
+      this.counters.erases += 1;
+      this.table.eraseCount[block] = this.nand.blockInfo(block).eraseCount;
+      this.table.resetValid(block);
+      this.table.writtenBytes[block] = 0;
+      this.table.setState(block, BlockState.Free);
+    } catch (error) {
+      if (!isNandFault(error)) throw error;
+      this.counters.eraseFailures += 1;
+      this.logger.warn('NAND erase failure: retiring erase block', { block });
+      this.retire(block);
+    }
+  }
+
+  private retire(block: number): void {
+    this.nand.markBad(block);
+    this.images.dropBlock(block);
+    this.table.resetValid(block);
+    this.table.setState(block, BlockState.Bad);
+  }
+
+  // ---- Garbage collection and wear leveling --------------------------------------------------
+
+  /** Moves the live records of blocks whose programs failed, before a commit references them. */
+  private async relocateRetiring(): Promise<void> {
+    for (let block = 0; block < this.table.blockCount; block++) {
+      if (this.table.state[block] === BlockState.Retiring && !this.busyBlocks.has(block) && !this.pendingRelease.has(block)) {
+        await this.relocateBlock(block, true);
+      }
+    }
+  }
+
+  /**
+   * Re-appends every live record of `block` to the GC stream and updates the chunk table. The
+   * block is released (erased or retired) after the next synced commit.
+   */
+  async relocateBlock(block: number, retire: boolean): Promise<void> {
+    assert(this.locator !== null, 'FTL used before attach()');
+    this.busyBlocks.add(block);
+    try {
+      const { records, problems } = await this.parseBlock(block);
+      for (const problem of problems) this.logger.error('unreadable data found while relocating', { block, problem });
+      const unpin = await this.locator.pin(records.map((record) => record.chunkId));
+      try {
+        for (const record of records) {
+          if (!this.locator.isAt(record.chunkId, { block, offsetBytes: record.offsetBytes })) continue;
+          const moved = this.append('gc', record.chunkId, record.payload);
+          this.locator.moveTo(record.chunkId, moved);
+          this.table.addValid(block, -LogStream.recordBytes(record.payload.length));
+          this.counters.relocatedBytes += record.payload.length;
+        }
+      } finally {
+        unpin();
+      }
+      if (this.table.validBytes[block] !== 0) {
+        this.logger.error('erase block still has valid bytes after relocation; keeping it', { block, validBytes: this.table.validBytes[block] });
+        return;
+      }
+      this.pendingRelease.set(block, { generation: this.generation, retire: retire || this.table.state[block] === BlockState.Retiring });
+    } finally {
+      this.busyBlocks.delete(block);
+    }
+  }
+
+  private maybeStartGc(): void {
+    if (this.gcRunning || this.committer === null) return;
+    const needed = this.table.freeBlocks < this.options.gcStartFreeBlocks || this.table.count(BlockState.Retiring) > 0;
+    if (needed) void this.runGc().catch((error: unknown) => this.logger.error('garbage collection failed', { error: (error as Error).message }));
+  }
+
+  /** Runs GC until the free target is met or nothing can be reclaimed; one run at a time. */
+  runGc(): Promise<void> {
+    if (this.gcRunning) return this.gcRunning;
+    this.gcRunning = this.gcLoop().finally(() => {
+      this.gcRunning = null;
+    });
+    return this.gcRunning;
+  }
+
+  private async gcLoop(): Promise<void> {
+    for (let round = 0; round < 1_000_000; round++) {
+      const victims = this.chooseVictims();
+      if (victims.length === 0) return;
+      this.counters.gcRuns += 1;
+      for (const victim of victims) await this.relocateBlock(victim, false);
+      await this.committer!();
+      if (this.table.freeBlocks >= this.options.gcTargetFreeBlocks && this.table.count(BlockState.Retiring) === 0) return;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  private chooseVictims(): number[] {
+    const exclude = new Set<number>([...this.busyBlocks, ...this.pendingRelease.keys()]);
+    for (const stream of [this.hostStream, this.gcStream]) if (stream.currentBlock >= 0) exclude.add(stream.currentBlock);
+    const victims: number[] = [];
+    const wanted = Math.max(1, Math.min(this.options.gcBatchBlocks, this.options.gcTargetFreeBlocks - this.table.freeBlocks));
+    const cold = this.table.pickColdBlock(this.options.wearSpreadThreshold, exclude);
+    if (cold >= 0) {
+      victims.push(cold);
+      exclude.add(cold);
+    }
+    // Each victim's live data needs room in the GC stream; stay within the free blocks.
+    let budget = (this.table.freeBlocks - 1) * this.streamBytesPerBlock;
+    while (victims.length < wanted) {
+      const victim = this.table.pickVictim(this.options.victimPolicy, this.nextSequence, exclude);
+      if (victim < 0) break;
+      const valid = this.table.validBytes[victim]!;
+      if (valid > budget && victims.length > 0) break;
+      if (this.table.freeBlocks >= this.options.gcTargetFreeBlocks && this.table.state[victim] !== BlockState.Retiring) break;
+      budget -= valid;
+      victims.push(victim);
+      exclude.add(victim);
+    }
+    return victims;
+  }
+
+  stats(): Record<string, number> {
+    const wear = this.table.wearStats();
+    const endurance = this.nand.geometry.enduranceCycles;
+    return {
+      eraseBlocks: this.table.blockCount,
+      freeEraseBlocks: this.table.freeBlocks,
+      badEraseBlocks: this.table.count(BlockState.Bad) + this.table.count(BlockState.Retiring),
+      peMin: wear.min,
+      peMean: Math.round(wear.mean * 100) / 100,
+      peMax: wear.max,
+      flashHealthPercent: Math.max(0, Math.round((1 - wear.mean / endurance) * 10000) / 100),
+      nandBytesProgrammed: this.counters.nandBytesProgrammed,
+      relocatedBytes: this.counters.relocatedBytes,
+      erases: this.counters.erases,
+      gcRuns: this.counters.gcRuns,
+      programFailures: this.counters.programFailures,
+      eraseFailures: this.counters.eraseFailures,
+      liveBytes: this.liveBytes,
+      usableBytes: this.usableBytes,
+    };
+  }
+}
+
+function compareAddress(a: PhysicalAddress, b: PhysicalAddress): number {
+  return a.block - b.block || a.offsetBytes - b.offsetBytes;
+}

@@ -1,0 +1,283 @@
+/**
+ * The metadata store on LevelDB (the `level` package, i.e. classic-level).
+ *
+ * What it owns: one LevelDB database in its own directory, holding an exclusive lock on it for as
+ * long as the store is open. Each `Sublevel` is an abstract-level sublevel, so on disk a key is
+ * `!<sublevel name>!<engine key>` (the layout of `subleveldown`; sublevel keys therefore sort by
+ * sublevel name first, then by the engine's bytes). One more key lives outside every sublevel:
+ * `SYNC_BARRIER_KEY`, which is only ever deleted (see below) and so never holds data.
+ *
+ * The commit point and ordering. classic-level runs each write on the libuv thread pool, so two
+ * batches handed to it without waiting can reach LevelDB in either order, and a synced batch
+ * could then finish before an earlier unsynced one that it was meant to cover. The store
+ * therefore keeps one write in flight at a time. With none in flight, a batch goes straight to
+ * LevelDB, which copies keys and values into native memory before `batch` returns. While one is
+ * in flight, later batches are copied and gathered into the next group, written as one atomic
+ * LevelDB batch when the write in flight completes, and synced if any member asked for sync.
+ * Merging batches only removes crash outcomes (A without B), never adds one, so each caller's
+ * batch stays atomic, batches take effect in call order, and a synced batch covers every earlier
+ * one. This is LevelDB's own group commit, moved up to where the call order is still known. The
+ * group is not bounded here: the engine bounds the metadata it has in flight. An empty
+ * `sync: true` batch must still reach the disk (abstract-level skips empty batches), so it
+ * deletes `SYNC_BARRIER_KEY`: a log record that changes nothing but makes LevelDB fsync its log,
+ * which holds every earlier batch.
+ *
+ * Writes use array batches, not chained ones: a chained batch crosses into native code once per
+ * operation, which measured about 6 µs per put on the main thread against about 2.5 µs.
+ *
+ * Tuning (LevelDB defaults in brackets):
+ *   - writeBufferSize 16 MiB [4 MiB]: the memtable and its log. Bigger absorbs more metadata
+ *     write-back before a level-0 flush and compaction; LevelDB may hold two of them, so the cost
+ *     is up to 32 MiB of memory, and reopening replays at most one 16 MiB log, which bounds
+ *     recovery time whatever the amount of data stored.
+ *   - cacheSize 8 MiB [8 MiB]: LevelDB's block cache. The engine keeps hot metadata in its own
+ *     bounded caches and never reads LevelDB per block on the hot path, so a large block cache
+ *     would mostly duplicate them inside the memory budget.
+ *   - Snappy compression, 4 KiB blocks, 2 MiB table files: defaults, kept until measured.
+ *
+ * On crash: LevelDB replays its log on open; a torn last record fails its checksum and is
+ * dropped, so what survives is every synced batch plus a prefix of later ones (the model that
+ * `MemoryMetaStore.crash` implements). Opening a directory another process has open fails with
+ * `BUSY`; LevelDB reporting corruption becomes `CORRUPT`; any other LevelDB failure is `IO`.
+ */
+import type { AbstractBatchOperation, AbstractSublevel } from 'abstract-level';
+import { Level } from 'level';
+import { StorageError } from '../common/errors.js';
+import {
+  type BatchOptions,
+  type IterateRange,
+  type MetaOp,
+  type MetaStore,
+  type Sublevel,
+  SUBLEVELS,
+  checkBatch,
+  checkKey,
+  checkRange,
+  checkSublevel,
+} from './meta-store.js';
+
+export interface LevelMetaStoreOptions {
+  /** Create the directory and an empty database if there is none (default true). */
+  createIfMissing?: boolean;
+  /** LevelDB memtable and log size (default 16 MiB). */
+  writeBufferBytes?: number;
+  /** LevelDB block cache (default 8 MiB). */
+  cacheBytes?: number;
+}
+
+export const DEFAULT_WRITE_BUFFER_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_CACHE_BYTES = 8 * 1024 * 1024;
+
+/** Outside every sublevel (sublevel keys start with '!'); only ever deleted. */
+const SYNC_BARRIER_KEY = Buffer.from('\x00pstorage-sync-barrier');
+/** Entries fetched per trip to LevelDB while iterating, and the bytes that may hold. */
+const ITERATE_BATCH_ENTRIES = 256;
+const ITERATE_BATCH_BYTES = 256 * 1024;
+
+type RootDatabase = Level<Buffer, Buffer>;
+type SublevelDatabase = AbstractSublevel<RootDatabase, string | Buffer | Uint8Array, Uint8Array, Buffer>;
+
+/** An operation in the form abstract-level's array batch takes. */
+type LevelOp = AbstractBatchOperation<RootDatabase, Uint8Array, Uint8Array>;
+
+const SYNC_BARRIER_OP: LevelOp = { type: 'del', key: SYNC_BARRIER_KEY };
+
+interface Waiter {
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/** Batches called while a write is in flight, with copies of their bytes, to be written as one. */
+interface WriteGroup {
+  ops: LevelOp[];
+  sync: boolean;
+  waiters: Waiter[];
+}
+
+export class LevelMetaStore implements MetaStore {
+  private readonly sublevels: ReadonlyMap<Sublevel, SublevelDatabase>;
+  private status: 'open' | 'closing' | 'closed' = 'open';
+  /** Settles once the write in flight has completed and the next group, if any, has started. */
+  private inFlight: Promise<void> | undefined;
+  private nextGroup: WriteGroup | undefined;
+
+  private constructor(
+    private readonly db: RootDatabase,
+    readonly directory: string,
+  ) {
+    this.sublevels = new Map(
+      SUBLEVELS.map((name) => [name, db.sublevel<Uint8Array, Buffer>(name, { keyEncoding: 'buffer', valueEncoding: 'buffer' })]),
+    );
+  }
+
+  static async open(directory: string, options: LevelMetaStoreOptions = {}): Promise<LevelMetaStore> {
+    const db = new Level<Buffer, Buffer>(directory, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+      createIfMissing: options.createIfMissing ?? true,
+      writeBufferSize: options.writeBufferBytes ?? DEFAULT_WRITE_BUFFER_BYTES,
+      cacheSize: options.cacheBytes ?? DEFAULT_CACHE_BYTES,
+    });
+    try {
+      await db.open();
+    } catch (error) {
+      throw openError(error, directory, options.createIfMissing ?? true);
+    }
+    return new LevelMetaStore(db, directory);
+  }
+
+  async get(sublevel: Sublevel, key: Uint8Array): Promise<Buffer | undefined> {
+    const database = this.sublevel(sublevel);
+    checkKey(key);
+    try {
+      return await database.get(key);
+    } catch (error) {
+      throw this.levelError(error, `metadata get in ${sublevel}`);
+    }
+  }
+
+  async getMany(sublevel: Sublevel, keys: Uint8Array[]): Promise<Array<Buffer | undefined>> {
+    const database = this.sublevel(sublevel);
+    keys.forEach(checkKey);
+    try {
+      return await database.getMany(keys);
+    } catch (error) {
+      throw this.levelError(error, `metadata getMany in ${sublevel}`);
+    }
+  }
+
+  /** Async, so misuse rejects like everything else; the synchronous part hands the data over. */
+  async batch(ops: MetaOp[], options: BatchOptions): Promise<void> {
+    if (this.status !== 'open') throw StorageError.shuttingDown(`the metadata store is ${this.status}`);
+    checkBatch(ops, options);
+    if (this.inFlight === undefined) {
+      if (ops.length === 0 && !options.sync) return;
+      return this.write(ops.map((op) => this.levelOp(op, false)), options.sync);
+    }
+    const group = (this.nextGroup ??= { ops: [], sync: false, waiters: [] });
+    for (const op of ops) group.ops.push(this.levelOp(op, true));
+    group.sync ||= options.sync;
+    return new Promise<void>((resolve, reject) => group.waiters.push({ resolve, reject }));
+  }
+
+  async *iterate(sublevel: Sublevel, range: IterateRange = {}): AsyncGenerator<[Buffer, Buffer]> {
+    const database = this.sublevel(sublevel);
+    checkRange(range);
+    // highWaterMarkBytes is classic-level's own option; the sublevel passes it through to the root.
+    const options = { ...levelRange(range), highWaterMarkBytes: ITERATE_BATCH_BYTES };
+    const iterator = database.iterator(options);
+    try {
+      for (;;) {
+        let entries: Array<[Uint8Array, Buffer]>;
+        try {
+          entries = await iterator.nextv(ITERATE_BATCH_ENTRIES);
+        } catch (error) {
+          throw this.levelError(error, `metadata iteration in ${sublevel}`);
+        }
+        if (entries.length === 0) return;
+        for (const [key, value] of entries) yield [key as Buffer, value];
+      }
+    } finally {
+      await iterator.close().catch(() => undefined);
+    }
+  }
+
+  /** Waits for batches already called to be written, then closes LevelDB (without a sync). */
+  async close(): Promise<void> {
+    if (this.status !== 'open') throw StorageError.shuttingDown(`the metadata store is ${this.status}`);
+    this.status = 'closing';
+    while (this.inFlight !== undefined) await this.inFlight;
+    try {
+      await this.db.close();
+    } catch (error) {
+      throw StorageError.io(`closing the metadata store in ${this.directory} failed`, error);
+    } finally {
+      this.status = 'closed';
+    }
+  }
+
+  private sublevel(sublevel: Sublevel): SublevelDatabase {
+    if (this.status !== 'open') throw StorageError.shuttingDown(`the metadata store is ${this.status}`);
+    checkSublevel(sublevel);
+    return this.sublevels.get(sublevel)!;
+  }
+
+  /** `copy` when LevelDB will not see the bytes before `batch` returns to its caller. */
+  private levelOp(op: MetaOp, copy: boolean): LevelOp {
+    const sublevel = this.sublevels.get(op.sublevel)!;
+    const key = copy ? Buffer.from(op.key) : op.key;
+    if (op.type === 'del') return { type: 'del', key, sublevel };
+    return { type: 'put', key, value: copy ? Buffer.from(op.value) : op.value, sublevel };
+  }
+
+  /** Hands one atomic batch to LevelDB now; the next group starts when it completes. */
+  private write(levelOps: LevelOp[], sync: boolean): Promise<void> {
+    if (sync && levelOps.length === 0) levelOps.push(SYNC_BARRIER_OP);
+    const written = this.db.batch<Uint8Array, Uint8Array>(levelOps, { sync }).catch((error: unknown) => {
+      throw this.levelError(error, 'metadata batch');
+    });
+    this.inFlight = written.then(
+      () => this.writeNextGroup(),
+      () => this.writeNextGroup(),
+    );
+    return written;
+  }
+
+  private writeNextGroup(): void {
+    this.inFlight = undefined;
+    const group = this.nextGroup;
+    if (group === undefined) return;
+    this.nextGroup = undefined;
+    this.write(group.ops, group.sync).then(
+      () => group.waiters.forEach((waiter) => waiter.resolve()),
+      (error: unknown) => group.waiters.forEach((waiter) => waiter.reject(error)),
+    );
+  }
+
+  private levelError(error: unknown, what: string): StorageError {
+    if (error instanceof StorageError) return error;
+    const closedUnderneath = errorCode(error) === 'LEVEL_DATABASE_NOT_OPEN' || errorCode(error) === 'LEVEL_ITERATOR_NOT_OPEN';
+    if (this.status !== 'open' && closedUnderneath) {
+      return StorageError.shuttingDown(`${what}: the metadata store is ${this.status}`);
+    }
+    return levelError(error, what);
+  }
+}
+
+function errorCode(error: unknown): unknown {
+  return (error as { code?: unknown } | undefined)?.code;
+}
+
+function levelError(error: unknown, what: string): StorageError {
+  const message = error instanceof Error ? error.message : String(error);
+  if (errorCode(error) === 'LEVEL_CORRUPTION') {
+    return StorageError.corrupt(`${what}: LevelDB reports corruption (${message})`, error);
+  }
+  return StorageError.io(`${what}: ${message}`, error);
+}
+
+/** abstract-level reports a failed open as LEVEL_DATABASE_NOT_OPEN with the reason as `cause`. */
+function openError(error: unknown, directory: string, createIfMissing: boolean): StorageError {
+  const reason = (error as { cause?: unknown } | undefined)?.cause ?? error;
+  const message = reason instanceof Error ? reason.message : String(reason);
+  if (!createIfMissing && message.includes('does not exist')) {
+    return new StorageError('NOT_FOUND', `there is no metadata store in ${directory}: check the data directory path`, { cause: error });
+  }
+  if (errorCode(reason) === 'LEVEL_LOCKED') {
+    return new StorageError(
+      'BUSY',
+      `the metadata directory ${directory} is locked: another pstorage process owns it. ` +
+        'Stop that process (or talk to it through its management API), or use another data directory.',
+      { cause: error },
+    );
+  }
+  return levelError(reason, `opening the metadata store in ${directory}`);
+}
+
+function levelRange(range: IterateRange): { gte?: Uint8Array; lt?: Uint8Array; limit?: number; reverse: boolean } {
+  const options: { gte?: Uint8Array; lt?: Uint8Array; limit?: number; reverse: boolean } = { reverse: range.reverse ?? false };
+  if (range.gte !== undefined) options.gte = range.gte;
+  if (range.lt !== undefined) options.lt = range.lt;
+  if (range.limit !== undefined) options.limit = range.limit;
+  return options;
+}

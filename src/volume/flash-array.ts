@@ -1,0 +1,342 @@
+/**
+ * The flash array: one data directory holding the NAND image and the LevelDB metadata, the FTL
+ * over them, the paged chunk table and volume maps, and the volumes exported over NBD.
+ *
+ * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area).
+ * Superblock (LevelDB 'super' sublevel): `format` (format version, NAND geometry, creation
+ * options; written once) and `state` (next chunk id, next erase-block sequence, next volume id,
+ * counters; rewritten in every commit). Volumes ('volumes', key u32 id): JSON records.
+ *
+ * Commit point (`commit`): the FTL makes appended records durable and, in the same tick as it
+ * issues the last programs, we capture every dirty map page, chunk page, erase-block summary and
+ * the superblock state; then one LevelDB batch writes them, with `sync: true` for FLUSH/FUA and
+ * GC, `sync: false` for background write-back. Concurrent flushes share commits (group commit).
+ *
+ * Crash: reopening reads the superblock, the volume records and one summary per erase block —
+ * nothing proportional to the data stored — and the FTL reclaims blocks touched after the last
+ * commit. Everything the last synced batch references is on NAND, because NAND was synced first.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { StorageError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
+import { decodeSummary } from '../ftl/erase-block-table.js';
+import { Ftl, defaultFtlOptions, type FtlOptions } from '../ftl/ftl.js';
+import { decodeU32Key, u32Key } from '../meta/keys.js';
+import { LevelMetaStore } from '../meta/level-store.js';
+import type { MetaOp, MetaStore } from '../meta/meta-store.js';
+import { FileNand } from '../nand/file-nand.js';
+import { geometryForCapacity, type NandDevice, type NandGeometry } from '../nand/nand-device.js';
+import { ChunkTable } from './chunk-table.js';
+import { MapPage } from './map-page.js';
+import { PageCache } from './page-cache.js';
+import { Volume, mapCacheId, type VolumeRecord } from './volume.js';
+import { volumeMapKey } from '../meta/keys.js';
+import { GiB, MiB } from '../common/size.js';
+
+export const FORMAT_VERSION = 1;
+export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
+export const DEFAULT_CACHE_BYTES = 256 * MiB;
+export const DEFAULT_VOLUME_NAME = 'default';
+export const DEFAULT_VOLUME_BYTES = 16 * GiB;
+const FORMAT_KEY = Buffer.from('format');
+const STATE_KEY = Buffer.from('state');
+/** Background write-back starts when dirty metadata passes this share of the cache. */
+const DIRTY_WRITEBACK_SHARE = 0.25;
+
+export interface ArrayOptions {
+  capacityBytes?: number;
+  pageBytes?: number;
+  pagesPerEraseBlock?: number;
+  cacheBytes?: number;
+  ftl?: Partial<FtlOptions>;
+}
+
+interface FormatRecord {
+  formatVersion: number;
+  geometry: NandGeometry;
+  createdAt: string;
+}
+
+export interface ArrayCounters {
+  hostBytesWritten: number;
+  nandBytesWrittenBefore: number;
+}
+
+interface StateRecord {
+  nextChunkId: number;
+  nextSequence: number;
+  nextVolumeId: number;
+  counters: ArrayCounters;
+}
+
+export class FlashArray implements ExportCatalog {
+  readonly volumes = new Map<string, Volume>();
+  readonly mapCache: PageCache<MapPage>;
+  readonly chunks: ChunkTable;
+  readonly counters: ArrayCounters;
+  private nextVolumeId: number;
+  private commitRunning: Promise<void> | null = null;
+  private commitQueued: Promise<void> | null = null;
+  private queuedSync = false;
+  private writebackTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  private constructor(
+    readonly dataDir: string,
+    readonly meta: MetaStore,
+    readonly nand: NandDevice,
+    readonly ftl: Ftl,
+    readonly logger: Logger,
+    state: StateRecord,
+    cacheBytes: number,
+  ) {
+    this.counters = { ...state.counters };
+    this.nextVolumeId = state.nextVolumeId;
+    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes / 2), state.nextChunkId);
+    this.mapCache = new PageCache(meta, 'map', mapKeyOfCacheId, (_id, bytes) => MapPage.decode(bytes), Math.floor(cacheBytes / 2));
+    ftl.attach(
+      {
+        pin: async (chunkIds) => {
+          await this.chunks.load(chunkIds);
+          return this.chunks.pin(chunkIds);
+        },
+        isAt: (chunkId, address) => {
+          const entry = this.chunks.get(chunkId);
+          return entry !== undefined && entry.address.block === address.block && entry.address.offsetBytes === address.offsetBytes;
+        },
+        moveTo: (chunkId, address) => this.chunks.moveTo(chunkId, address),
+      },
+      () => this.commit(true),
+    );
+  }
+
+  /** Opens (creating if missing or empty) an array in `dataDir`. */
+  static async open(dataDir: string, logger: Logger, options: ArrayOptions = {}): Promise<{ array: FlashArray; created: boolean; recoveryMs: number }> {
+    const started = process.hrtime.bigint();
+    fs.mkdirSync(dataDir, { recursive: true });
+    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'));
+    try {
+      const formatBytes = await meta.get('super', FORMAT_KEY);
+      const created = formatBytes === undefined;
+      const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created });
+      const array = await FlashArray.assemble(dataDir, meta, nand, logger, options, created);
+      return { array, created, recoveryMs: Number(process.hrtime.bigint() - started) / 1e6 };
+    } catch (error) {
+      await meta.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Builds an array over given devices (tests use memory NAND and a memory metadata store). */
+  static async assemble(dataDir: string, meta: MetaStore, nand: NandDevice, logger: Logger, options: ArrayOptions, create: boolean): Promise<FlashArray> {
+    if (create) {
+      const format: FormatRecord = { formatVersion: FORMAT_VERSION, geometry: nand.geometry, createdAt: new Date().toISOString() };
+      await meta.batch([{ type: 'put', sublevel: 'super', key: FORMAT_KEY, value: Buffer.from(JSON.stringify(format)) }], { sync: true });
+    }
+    const stateBytes = await meta.get('super', STATE_KEY);
+    const state: StateRecord = stateBytes ? (JSON.parse(stateBytes.toString()) as StateRecord) : { nextChunkId: 1, nextSequence: 1, nextVolumeId: 1, counters: { hostBytesWritten: 0, nandBytesWrittenBefore: 0 } };
+    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), state.nextSequence);
+    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
+    const summaries: Array<[number, ReturnType<typeof decodeSummary>]> = [];
+    for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push([decodeU32Key(key), decodeSummary(value)]);
+    await ftl.recover(summaries);
+    await array.chunks.open();
+    for await (const [, value] of meta.iterate('volumes')) {
+      const record = JSON.parse(value.toString()) as VolumeRecord;
+      array.volumes.set(record.name, new Volume(array, record));
+    }
+    array.writebackTimer = setInterval(() => array.backgroundWriteback(), 5000);
+    array.writebackTimer.unref();
+    return array;
+  }
+
+  // ---- Volumes -------------------------------------------------------------------------------
+
+  async createVolume(name: string, sizeBytes: number): Promise<Volume> {
+    validateVolumeName(name);
+    if (this.volumes.has(name)) throw StorageError.alreadyExists(`volume "${name}" already exists`);
+    if (sizeBytes <= 0 || sizeBytes % 512 !== 0) throw StorageError.invalidArgument(`volume size ${sizeBytes} must be a positive multiple of 512 bytes`);
+    const record: VolumeRecord = { id: this.nextVolumeId++, name, sizeBytes, createdAt: new Date().toISOString(), mappedBlocks: 0 };
+    const volume = new Volume(this, record);
+    this.volumes.set(name, volume);
+    await this.saveVolumeRecords([volume]);
+    return volume;
+  }
+
+  async saveVolumeRecords(volumes: Volume[]): Promise<void> {
+    const ops: MetaOp[] = volumes.map((volume) => ({ type: 'put', sublevel: 'volumes', key: u32Key(volume.record.id), value: Buffer.from(JSON.stringify(volume.record)) }));
+    await this.meta.batch(ops, { sync: true });
+  }
+
+  list(): Array<{ name: string; description: string }> {
+    return [...this.volumes.values()].map((volume) => ({ name: volume.record.name, description: volume.description }));
+  }
+
+  lookup(name: string): ExportEntry | undefined {
+    const volume = this.volumes.get(name === '' ? DEFAULT_VOLUME_NAME : name);
+    if (volume === undefined) return undefined;
+    return { name: volume.record.name, description: volume.description, device: volume };
+  }
+
+  // ---- Commit --------------------------------------------------------------------------------
+
+  /**
+   * Group commit: at most one commit runs; callers arriving meanwhile share the next one, which
+   * starts when the running one ends (their writes may have missed its capture).
+   */
+  commit(sync: boolean): Promise<void> {
+    if (this.commitRunning === null) {
+      const running = this.doCommit(sync).finally(() => {
+        if (this.commitRunning === running) this.commitRunning = null;
+      });
+      this.commitRunning = running;
+      return running;
+    }
+    this.queuedSync ||= sync;
+    if (this.commitQueued === null) {
+      this.commitQueued = this.commitRunning
+        .catch(() => undefined)
+        .then(() => {
+          const queuedSync = this.queuedSync;
+          this.queuedSync = false;
+          this.commitQueued = null;
+          return this.commit(queuedSync);
+        });
+    }
+    return this.commitQueued;
+  }
+
+  private async doCommit(sync: boolean): Promise<void> {
+    let previous: ReturnType<FlashArray['captureMetadata']> | null = null;
+    const captured = await this.ftl.makeDurable((generation) => {
+      if (previous !== null) this.settleCapture(previous, false);
+      previous = this.captureMetadata(generation);
+      return previous;
+    });
+    let ok = false;
+    try {
+      await this.meta.batch(captured.ops, { sync });
+      ok = true;
+    } finally {
+      this.settleCapture(captured, ok);
+    }
+    if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+  }
+
+  private captureMetadata(generation: number) {
+    const ops: MetaOp[] = [];
+    const mapPages = this.mapCache.capture(ops);
+    const chunkPages = this.chunks.capture(ops);
+    const summaries = this.ftl.captureSummaries();
+    for (const [block, value] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(block), value });
+    const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty);
+    for (const volume of volumes) {
+      volume.recordDirty = false;
+      ops.push({ type: 'put', sublevel: 'volumes', key: u32Key(volume.record.id), value: Buffer.from(JSON.stringify(volume.record)) });
+    }
+    const state: StateRecord = { nextChunkId: this.chunks.nextChunkId, nextSequence: this.ftl.sequence, nextVolumeId: this.nextVolumeId, counters: this.persistentCounters() };
+    ops.push({ type: 'put', sublevel: 'super', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) });
+    return { ops, mapPages, chunkPages, summaries, volumes, generation };
+  }
+
+  private settleCapture(captured: ReturnType<FlashArray['captureMetadata']>, ok: boolean): void {
+    this.mapCache.settle(captured.mapPages, ok);
+    this.chunks.cache.settle(captured.chunkPages, ok);
+    if (!ok) {
+      for (const [block] of captured.summaries) this.ftl.table.dirty.add(block);
+      for (const volume of captured.volumes) volume.recordDirty = true;
+    }
+  }
+
+  private persistentCounters(): ArrayCounters {
+    return { hostBytesWritten: this.counters.hostBytesWritten, nandBytesWrittenBefore: this.nandBytesWritten };
+  }
+
+  get nandBytesWritten(): number {
+    return this.counters.nandBytesWrittenBefore + this.ftl.counters.nandBytesProgrammed;
+  }
+
+  /** Keeps dirty metadata bounded for clients that never flush (unsynced batches are enough). */
+  maybeWriteback(): void {
+    const dirty = this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes;
+    if (dirty > DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget) && this.commitRunning === null) {
+      void this.commit(false).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
+    }
+  }
+
+  private backgroundWriteback(): void {
+    if (this.closed || this.commitRunning !== null) return;
+    if (this.mapCache.dirtyCount + this.chunks.cache.dirtyCount === 0 && this.ftl.table.dirty.size === 0) return;
+    void this.commit(false).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
+  }
+
+  // ---- Stats and shutdown --------------------------------------------------------------------
+
+  stats(): Record<string, unknown> {
+    const ftl = this.ftl.stats();
+    let mappedBlocks = 0;
+    let provisionedBytes = 0;
+    for (const volume of this.volumes.values()) {
+      mappedBlocks += volume.record.mappedBlocks;
+      provisionedBytes += volume.record.sizeBytes;
+    }
+    const logicalBytes = mappedBlocks * 4096;
+    const physicalBytes = this.ftl.liveBytes;
+    const capacityBytes = this.ftl.usableBytes;
+    return {
+      logicalBytes,
+      physicalBytes,
+      hostBytesWritten: this.counters.hostBytesWritten,
+      nandBytesWritten: this.nandBytesWritten,
+      writeAmplification: this.counters.hostBytesWritten > 0 ? round(this.nandBytesWritten / this.counters.hostBytesWritten, 3) : 0,
+      capacityBytes,
+      freeBytes: Math.max(0, capacityBytes - physicalBytes),
+      provisionedBytes,
+      overCommitRatio: round(provisionedBytes / Math.max(1, capacityBytes), 3),
+      volumes: [...this.volumes.values()].map((volume) => ({ name: volume.record.name, sizeBytes: volume.record.sizeBytes, logicalBytes: volume.record.mappedBlocks * 4096 })),
+      flash: ftl,
+      cache: { mapBytes: this.mapCache.cachedBytes, chunkBytes: this.chunks.cache.cachedBytes, dirtyBytes: this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes },
+    };
+  }
+
+  async flush(): Promise<void> {
+    await this.commit(true);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.writebackTimer) clearInterval(this.writebackTimer);
+    await this.commit(true);
+    await this.nand.close();
+    await this.meta.close();
+  }
+}
+
+function parseFormat(bytes: Buffer): FormatRecord {
+  const format = JSON.parse(bytes.toString()) as FormatRecord;
+  if (format.formatVersion !== FORMAT_VERSION) {
+    throw StorageError.corrupt(`this data directory has format version ${format.formatVersion}; this pstorage reads version ${FORMAT_VERSION}`);
+  }
+  return format;
+}
+
+function mapKeyOfCacheId(id: number): Buffer {
+  return volumeMapKey(Math.floor(id / 0x100000000), id % 0x100000000);
+}
+
+export { mapCacheId };
+
+export function validateVolumeName(name: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) {
+    throw StorageError.invalidArgument(`invalid volume name "${name}": use 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit (no "/" or "@")`);
+  }
+}
+
+function round(value: number, digits: number): number {
+  const scale = 10 ** digits;
+  return Math.round(value * scale) / scale;
+}

@@ -1,0 +1,84 @@
+/**
+ * Volume-map pages: `lba → chunk reference` for 1024 consecutive logical blocks (4 MiB of volume).
+ *
+ * Each entry is one of:
+ *   unmapped            never written, trimmed or zeroed: reads as zeroes, reported as a hole
+ *   chunk(id)           the block's data is chunk `id` in the chunk table
+ *   pattern(word)       the block is one 8-byte word repeated (all-zero blocks are pattern 0);
+ *                       stored in the entry itself, costing no NAND
+ *
+ * Value format (LevelDB 'map' sublevel, key = u32 volume id + u64 page index): 1024 entries of
+ * 9 bytes (u8 kind, u32 high, u32 low), big-endian. An all-unmapped page is deleted instead.
+ */
+import { assert } from '../common/assert.js';
+import type { CachedPage } from './page-cache.js';
+
+export const LBAS_PER_MAP_PAGE = 1024;
+const ENTRY_BYTES = 9;
+
+export const enum EntryKind {
+  Unmapped = 0,
+  Chunk = 1,
+  Pattern = 2,
+}
+
+export class MapPage implements CachedPage {
+  version = 0;
+  persistedVersion = 0;
+  pins = 0;
+  readonly kinds = new Uint8Array(LBAS_PER_MAP_PAGE);
+  readonly high = new Uint32Array(LBAS_PER_MAP_PAGE);
+  readonly low = new Uint32Array(LBAS_PER_MAP_PAGE);
+  mappedCount = 0;
+
+  get sizeBytes(): number {
+    return LBAS_PER_MAP_PAGE * ENTRY_BYTES + 200;
+  }
+
+  static decode(bytes: Buffer | undefined): MapPage {
+    const page = new MapPage();
+    if (bytes === undefined) return page;
+    assert(bytes.length === LBAS_PER_MAP_PAGE * ENTRY_BYTES, `map page of ${bytes.length} bytes`);
+    for (let i = 0; i < LBAS_PER_MAP_PAGE; i++) {
+      const at = i * ENTRY_BYTES;
+      page.kinds[i] = bytes[at]!;
+      page.high[i] = bytes.readUInt32BE(at + 1);
+      page.low[i] = bytes.readUInt32BE(at + 5);
+      if (page.kinds[i] !== EntryKind.Unmapped) page.mappedCount += 1;
+    }
+    return page;
+  }
+
+  encode(): Buffer | null {
+    if (this.mappedCount === 0) return null;
+    const out = Buffer.alloc(LBAS_PER_MAP_PAGE * ENTRY_BYTES);
+    for (let i = 0; i < LBAS_PER_MAP_PAGE; i++) {
+      const at = i * ENTRY_BYTES;
+      out[at] = this.kinds[i]!;
+      out.writeUInt32BE(this.high[i]!, at + 1);
+      out.writeUInt32BE(this.low[i]!, at + 5);
+    }
+    return out;
+  }
+
+  kind(slot: number): EntryKind {
+    return this.kinds[slot]! as EntryKind;
+  }
+
+  chunkId(slot: number): number {
+    return this.high[slot]! * 0x100000000 + this.low[slot]!;
+  }
+
+  set(slot: number, kind: EntryKind, high: number, low: number): void {
+    const before = this.kinds[slot]!;
+    if (before === EntryKind.Unmapped && kind !== EntryKind.Unmapped) this.mappedCount += 1;
+    if (before !== EntryKind.Unmapped && kind === EntryKind.Unmapped) this.mappedCount -= 1;
+    this.kinds[slot] = kind;
+    this.high[slot] = high >>> 0;
+    this.low[slot] = low >>> 0;
+  }
+
+  setChunk(slot: number, chunkId: number): void {
+    this.set(slot, EntryKind.Chunk, Math.floor(chunkId / 0x100000000), chunkId >>> 0);
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * A bounded cache of metadata pages (volume-map pages, chunk-table pages) over the metadata store.
+ *
+ * Why pages: the hot path must never await a LevelDB get per logical block, and memory must stay
+ * within the cache budget however much is stored. Grouping 1024 map entries (or 256 chunk
+ * entries) per LevelDB value makes a miss cost one get per page, and an LRU over pages bounds
+ * memory.
+ *
+ * Page life cycle: loaded (or created empty) → mutated (version + 1, dirty) → captured by a commit
+ * (its encoded bytes at that version) → persisted (persistedVersion = captured version once the
+ * batch has resolved). A page may be evicted only when it is clean (persistedVersion == version),
+ * unpinned, and not being captured, so an evicted page can always be reloaded as it was.
+ */
+import { assert } from '../common/assert.js';
+import type { MetaOp, MetaStore, Sublevel } from '../meta/meta-store.js';
+
+export interface CachedPage {
+  version: number;
+  persistedVersion: number;
+  pins: number;
+  readonly sizeBytes: number;
+  /** Encoded value, or null when the page holds nothing (its key is deleted). */
+  encode(): Buffer | null;
+}
+
+export interface CapturedPage<P> {
+  id: number;
+  page: P;
+  version: number;
+}
+
+export class PageCache<P extends CachedPage> {
+  private readonly pages = new Map<number, P>(); // insertion order = LRU order
+  private readonly loading = new Map<number, Promise<void>>();
+  private readonly dirtyIds = new Set<number>();
+  private bytes = 0;
+
+  constructor(
+    private readonly store: MetaStore,
+    private readonly sublevel: Sublevel,
+    private readonly keyOf: (id: number) => Buffer,
+    private readonly decode: (id: number, bytes: Buffer | undefined) => P,
+    private readonly budgetBytes: number,
+  ) {}
+
+  get budget(): number {
+    return this.budgetBytes;
+  }
+
+  get cachedBytes(): number {
+    return this.bytes;
+  }
+
+  get dirtyBytes(): number {
+    let total = 0;
+    for (const id of this.dirtyIds) total += this.pages.get(id)?.sizeBytes ?? 0;
+    return total;
+  }
+
+  get dirtyCount(): number {
+    return this.dirtyIds.size;
+  }
+
+  /** The page if it is in memory (and marks it recently used). */
+  get(id: number): P | undefined {
+    const page = this.pages.get(id);
+    if (page !== undefined) {
+      this.pages.delete(id);
+      this.pages.set(id, page);
+    }
+    return page;
+  }
+
+  has(id: number): boolean {
+    return this.pages.has(id);
+  }
+
+  /** Loads every missing page in one getMany; concurrent loads of a page share one read. */
+  async load(ids: Iterable<number>): Promise<void> {
+    const waits: Promise<void>[] = [];
+    const missing: number[] = [];
+    for (const id of new Set(ids)) {
+      if (this.pages.has(id)) continue;
+      const pending = this.loading.get(id);
+      if (pending !== undefined) waits.push(pending);
+      else missing.push(id);
+    }
+    if (missing.length > 0) {
+      const read = this.store.getMany(this.sublevel, missing.map(this.keyOf)).then((values) => {
+        missing.forEach((id, i) => {
+          if (!this.pages.has(id)) this.insert(id, this.decode(id, values[i]));
+        });
+      });
+      const shared = read.finally(() => missing.forEach((id) => this.loading.delete(id)));
+      missing.forEach((id) => this.loading.set(id, shared));
+      waits.push(shared);
+    }
+    await Promise.all(waits);
+  }
+
+  /** Adds a page known not to exist in the store (a new chunk-table page). */
+  create(id: number): P {
+    assert(!this.pages.has(id), `page ${id} already cached`);
+    const page = this.decode(id, undefined);
+    this.insert(id, page);
+    return page;
+  }
+
+  markDirty(id: number, page: P): void {
+    page.version += 1;
+    this.dirtyIds.add(id);
+  }
+
+  /** Encodes every dirty page into `ops` and returns what was captured, for `persisted()`. */
+  capture(ops: MetaOp[]): Array<CapturedPage<P>> {
+    const captured: Array<CapturedPage<P>> = [];
+    for (const id of this.dirtyIds) {
+      const page = this.pages.get(id)!;
+      const value = page.encode();
+      const key = this.keyOf(id);
+      ops.push(value === null ? { type: 'del', sublevel: this.sublevel, key } : { type: 'put', sublevel: this.sublevel, key, value });
+      page.pins += 1; // not evictable until the batch resolves
+      captured.push({ id, page, version: page.version });
+    }
+    this.dirtyIds.clear();
+    return captured;
+  }
+
+  /** The batch holding `captured` has resolved (or failed: then the pages become dirty again). */
+  settle(captured: Array<CapturedPage<P>>, ok: boolean): void {
+    for (const { id, page, version } of captured) {
+      page.pins -= 1;
+      if (ok) page.persistedVersion = Math.max(page.persistedVersion, version);
+      if (page.persistedVersion !== page.version) this.dirtyIds.add(id);
+    }
+    this.evict();
+  }
+
+  pin(ids: Iterable<number>): () => void {
+    const pinned: P[] = [];
+    for (const id of ids) {
+      const page = this.pages.get(id);
+      if (page !== undefined) {
+        page.pins += 1;
+        pinned.push(page);
+      }
+    }
+    return () => {
+      for (const page of pinned) page.pins -= 1;
+    };
+  }
+
+  /** Every cached page, for scans that must see unpersisted changes (audit, delete). */
+  cachedEntries(): IterableIterator<[number, P]> {
+    return this.pages.entries();
+  }
+
+  /** Drops a clean page for good (its key is gone from the store). */
+  forget(id: number): void {
+    const page = this.pages.get(id);
+    if (page === undefined) return;
+    this.pages.delete(id);
+    this.dirtyIds.delete(id);
+    this.bytes -= page.sizeBytes;
+  }
+
+  private insert(id: number, page: P): void {
+    this.pages.set(id, page);
+    this.bytes += page.sizeBytes;
+    this.evict();
+  }
+
+  private evict(): void {
+    if (this.bytes <= this.budgetBytes) return;
+    for (const [id, page] of this.pages) {
+      if (this.bytes <= this.budgetBytes) return;
+      if (page.pins > 0 || page.version !== page.persistedVersion) continue;
+      this.pages.delete(id);
+      this.bytes -= page.sizeBytes;
+    }
+  }
+}
