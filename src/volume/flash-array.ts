@@ -261,6 +261,7 @@ export class FlashArray implements ExportCatalog {
 
   /** Keeps dirty metadata bounded for clients that never flush (unsynced batches are enough). */
   maybeWriteback(): void {
+    if (this.closed) return;
     const dirty = this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes;
     if (dirty > DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget) && this.commitRunning === null) {
       void this.commit(false).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
@@ -304,6 +305,12 @@ export class FlashArray implements ExportCatalog {
 
   async flush(): Promise<void> {
     await this.commit(true);
+  }
+
+  /** A simulated crash: stop background work at once (the caller abandons the devices). */
+  abandon(): void {
+    this.closed = true;
+    if (this.writebackTimer) clearInterval(this.writebackTimer);
   }
 
   async close(): Promise<void> {
