@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/size.js';
 import { DEFAULT_LISTEN, parseListen } from './listen-address.js';
+import { auditCommand, statsCommand } from './inspect.js';
 import { serve } from './serve.js';
 
 export const EXIT_FAILURE = 1;
@@ -68,6 +69,25 @@ export function buildProgram(): Command {
       });
     });
 
+  const dataDirOption = () => process.env.PSTORAGE_DATA_DIR ?? './pstorage-data';
+
+  program
+    .command('stats')
+    .description('capacity, data reduction and flash counters (through the running server, or from the data directory)')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
+    .option('--json', 'machine-readable output')
+    .action(async (options: { dataDir: string; json?: boolean }) => statsCommand(options.dataDir, options.json ?? false));
+
+  const inspect = program.command('inspect').description('consistency checks and internals');
+  inspect
+    .command('audit')
+    .description('check metadata against the NAND image (refcounts, records, valid counts); exit 1 on any problem')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
+    .option('--json', 'machine-readable output')
+    .action(async (options: { dataDir: string; json?: boolean }) => {
+      process.exitCode = await auditCommand(options.dataDir, options.json ?? false);
+    });
+
   return program;
 }
 
@@ -90,5 +110,6 @@ function exitCodeFor(error: unknown): number {
   }
   if (error instanceof InvalidArgumentError) return EXIT_USAGE;
   if (isStorageError(error) && error.code === 'BUSY') return EXIT_BUSY;
+  if (isStorageError(error) && (error.code === 'INVALID_ARGUMENT' || error.code === 'NOT_FOUND')) return EXIT_USAGE;
   return EXIT_FAILURE;
 }

@@ -6,6 +6,7 @@
 import path from 'node:path';
 import { createLogger } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
+import { ApiServer, API_SOCKET_NAME } from '../mgmt/api-server.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
 import type { TcpAddress } from './listen-address.js';
@@ -31,6 +32,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     capacityBytes: array.ftl.usableBytes,
   });
 
+  const api = new ApiServer(array, logger.child({ component: 'api' }));
+  await api.listen(path.join(dataDir, API_SOCKET_NAME));
   const server = new NbdServer({ catalog: array, logger });
   const bound: ListenAddress[] = [];
   if (options.listen !== null) bound.push(await server.listen(options.listen));
@@ -55,6 +58,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     logger.info('shutting down', { signal, connections: server.connectionCount });
     void (async () => {
       await server.close();
+      await api.close();
       await array.close();
       logger.info('stopped cleanly');
       process.exit(0);

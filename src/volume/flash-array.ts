@@ -51,6 +51,8 @@ export interface ArrayOptions {
   pagesPerEraseBlock?: number;
   cacheBytes?: number;
   ftl?: Partial<FtlOptions>;
+  /** Create a new array when the directory holds none (default true). */
+  createIfMissing?: boolean;
 }
 
 interface FormatRecord {
@@ -115,6 +117,9 @@ export class FlashArray implements ExportCatalog {
   /** Opens (creating if missing or empty) an array in `dataDir`. */
   static async open(dataDir: string, logger: Logger, options: ArrayOptions = {}): Promise<{ array: FlashArray; created: boolean; recoveryMs: number }> {
     const started = process.hrtime.bigint();
+    if (options.createIfMissing === false && !fs.existsSync(path.join(dataDir, 'meta', 'CURRENT'))) {
+      throw StorageError.notFound(`no pstorage array in ${dataDir}: start one with "pstorage serve --data-dir ${dataDir}"`);
+    }
     fs.mkdirSync(dataDir, { recursive: true });
     const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'));
     try {

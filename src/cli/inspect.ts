@@ -1,0 +1,53 @@
+/** `pstorage stats` and `pstorage inspect audit`. */
+import { formatBytes } from '../common/size.js';
+import { auditArray, type AuditReport } from '../volume/audit.js';
+import { callApi, withArray } from './api-client.js';
+import { keyValues, printJson, table } from './output.js';
+
+type Stats = Record<string, unknown> & {
+  flash: Record<string, number>;
+  volumes: Array<{ name: string; sizeBytes: number; logicalBytes: number }>;
+};
+
+export async function statsCommand(dataDir: string, json: boolean): Promise<void> {
+  const stats = await withArray<Stats>(dataDir, () => callApi(dataDir, 'GET', '/api/v1/metrics'), async (array) => array.stats() as Stats);
+  if (json) return printJson(stats);
+  const bytes = (key: string) => formatBytes(Number(stats[key] ?? 0));
+  process.stdout.write(
+    keyValues([
+      ['capacity', bytes('capacityBytes')],
+      ['physical used', bytes('physicalBytes')],
+      ['free', bytes('freeBytes')],
+      ['logical (mapped)', bytes('logicalBytes')],
+      ['provisioned', `${bytes('provisionedBytes')} (over-commit ${stats.overCommitRatio}x)`],
+      ['host bytes written', bytes('hostBytesWritten')],
+      ['NAND bytes written', bytes('nandBytesWritten')],
+      ['write amplification', String(stats.writeAmplification)],
+      ['erase blocks', `${stats.flash.eraseBlocks} (${stats.flash.freeEraseBlocks} free, ${stats.flash.badEraseBlocks} bad)`],
+      ['P/E min/mean/max', `${stats.flash.peMin} / ${stats.flash.peMean} / ${stats.flash.peMax}`],
+      ['flash health', `${stats.flash.flashHealthPercent}%`],
+    ]),
+  );
+  process.stdout.write('\n' + table(['VOLUME', 'SIZE', 'MAPPED'], stats.volumes.map((volume) => [volume.name, formatBytes(volume.sizeBytes), formatBytes(volume.logicalBytes)])));
+}
+
+/** Returns the exit code: 0 when the audit is clean. */
+export async function auditCommand(dataDir: string, json: boolean): Promise<number> {
+  const report = await withArray<AuditReport>(dataDir, () => callApi(dataDir, 'POST', '/api/v1/audit'), (array) => auditArray(array));
+  if (json) printJson(report);
+  else {
+    process.stdout.write(
+      keyValues([
+        ['result', report.ok ? 'clean' : `${report.problems.length} problem(s)`],
+        ['volumes', report.volumes],
+        ['mapped blocks', report.mappedBlocks],
+        ['live chunks', report.liveChunks],
+        ['records verified', report.checkedRecords],
+        ['erase blocks', report.eraseBlocks],
+        ['duration', `${report.durationMs} ms`],
+      ]),
+    );
+    for (const problem of report.problems) process.stdout.write(`problem: ${problem}\n`);
+  }
+  return report.ok ? 0 : 1;
+}
