@@ -36,6 +36,9 @@ export interface ConnectionOptions {
   isShuttingDown: () => boolean;
 }
 
+/** How long a shutting-down server waits for a client to close its side after our FIN. */
+const SHUTDOWN_GRACE_MS = 1000;
+
 /** Extents in BLOCK_STATUS replies are capped well under the spec's 2^20 per chunk. */
 const MAX_STATUS_EXTENTS = 65536;
 
@@ -48,6 +51,8 @@ export class Connection {
   private disconnecting = false;
   private closed = false;
   private readonly idle: Array<() => void> = [];
+  private outgoing: Buffer[] = [];
+  private flushScheduled = false;
   readonly finished: Promise<void>;
   private resolveFinished!: () => void;
 
@@ -71,16 +76,18 @@ export class Connection {
     return new Promise((resolve) => this.idle.push(resolve));
   }
 
-  /** Server shutdown: stop reading, let running requests finish, then close. */
+  /**
+   * Server shutdown: let running requests finish, then close. A client that is negotiating, or
+   * idle, may not read again for a long time (a blocking libnbd handle only notices our FIN on its
+   * next call), so once our FIN is out it gets SHUTDOWN_GRACE_MS to close its side before the
+   * socket is destroyed; otherwise one idle client would hold the whole server up forever.
+   */
   async shutdown(): Promise<void> {
-    if (this.session === null) {
-      // Still negotiating: options now get NBD_REP_ERR_SHUTDOWN; give the client a moment.
-      this.socket.end();
-      return this.finished;
-    }
-    await this.whenIdle();
-    this.socket.end();
-    return this.finished;
+    if (this.session !== null) await this.whenIdle();
+    this.endSocket();
+    const timer = setTimeout(() => this.socket.destroy(), SHUTDOWN_GRACE_MS);
+    await this.finished;
+    clearTimeout(timer);
   }
 
   private onClose(): void {
@@ -146,7 +153,7 @@ export class Connection {
     if (request.type === C.NBD_CMD_DISC) {
       this.disconnecting = true;
       this.socket.pause();
-      void this.whenIdle().then(() => this.socket.end());
+      void this.whenIdle().then(() => this.endSocket());
       return;
     }
     if (this.options.isShuttingDown()) {
@@ -240,11 +247,33 @@ export class Connection {
     else if (!overLimit && this.socket.isPaused()) this.socket.resume();
   }
 
+  /**
+   * Queues one whole reply. Replies completed in the same turn of the event loop go out in one
+   * writev, which matters at high queue depths; a reply is never split by another.
+   */
   private writeAll(buffers: Buffer[]): void {
     if (this.closed) return;
+    for (const buffer of buffers) this.outgoing.push(buffer);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flushOutgoing());
+  }
+
+  /** Sends every queued reply, then closes our side. */
+  private endSocket(): void {
+    this.flushOutgoing();
+    this.socket.end();
+  }
+
+  private flushOutgoing(): void {
+    this.flushScheduled = false;
+    const buffers = this.outgoing;
+    this.outgoing = [];
+    if (this.closed || buffers.length === 0) return;
     this.socket.cork();
     for (const buffer of buffers) this.socket.write(buffer);
     this.socket.uncork();
+    this.updateFlow();
   }
 
   private sendOk(request: NbdRequest): void {

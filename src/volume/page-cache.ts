@@ -51,10 +51,10 @@ export class PageCache<P extends CachedPage> {
     return this.bytes;
   }
 
+  /** Approximate: every cached page has about the same size. */
   get dirtyBytes(): number {
-    let total = 0;
-    for (const id of this.dirtyIds) total += this.pages.get(id)?.sizeBytes ?? 0;
-    return total;
+    const first = this.pages.values().next().value as P | undefined;
+    return this.dirtyIds.size * (first?.sizeBytes ?? 0);
   }
 
   get dirtyCount(): number {
