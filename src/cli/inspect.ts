@@ -6,6 +6,7 @@ import { keyValues, printJson, table } from './output.js';
 
 type Stats = Record<string, unknown> & {
   flash: Record<string, number>;
+  reduction: Record<string, number | string | boolean>;
   volumes: Array<{ name: string; sizeBytes: number; logicalBytes: number }>;
 };
 
@@ -23,6 +24,11 @@ export async function statsCommand(dataDir: string, json: boolean): Promise<void
       ['host bytes written', bytes('hostBytesWritten')],
       ['NAND bytes written', bytes('nandBytesWritten')],
       ['write amplification', String(stats.writeAmplification)],
+      ['data reduction', `${stats.dataReductionRatio}:1 (logical / physical)`],
+      ['  patterns', `${stats.reduction.patternBlocks} blocks, ${formatBytes(Number(stats.reduction.patternBytesSaved))} saved`],
+      ['  dedup', `${stats.reduction.dedup ? 'on' : 'off'}, ${stats.reduction.dedupHits} hits, ${formatBytes(Number(stats.reduction.dedupBytesSaved))} saved`],
+      ['  compression', `${stats.reduction.compression}, ${stats.reduction.compressionRatio}:1, ${formatBytes(Number(stats.reduction.compressionBytesSaved))} saved`],
+      ['  thin provisioning', `${formatBytes(Number(stats.reduction.thinProvisioningBytesSaved))} not allocated`],
       ['erase blocks', `${stats.flash.eraseBlocks} (${stats.flash.freeEraseBlocks} free, ${stats.flash.badEraseBlocks} bad)`],
       ['P/E min/mean/max', `${stats.flash.peMin} / ${stats.flash.peMean} / ${stats.flash.peMax}`],
       ['flash health', `${stats.flash.flashHealthPercent}%`],

@@ -57,7 +57,15 @@ export function buildProgram(): Command {
       if (value !== 'cost-benefit' && value !== 'greedy') throw new InvalidArgumentError('use cost-benefit or greedy');
       return value;
     }, 'cost-benefit')
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy' }) => {
+    .option('--compression <codec>', 'codec for new data: lz4, zstd or none (env PSTORAGE_COMPRESSION)', (value: string) => {
+      if (value !== 'lz4' && value !== 'zstd' && value !== 'none') throw new InvalidArgumentError('use lz4, zstd or none');
+      return value;
+    }, process.env.PSTORAGE_COMPRESSION ?? 'lz4')
+    .option('--dedup <on|off>', 'global deduplication (env PSTORAGE_DEDUP)', (value: string) => {
+      if (value !== 'on' && value !== 'off') throw new InvalidArgumentError('use on or off');
+      return value;
+    }, process.env.PSTORAGE_DEDUP ?? 'on')
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off' }) => {
       if (options.listen === null && options.socket === undefined) {
         throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
       }
@@ -65,7 +73,13 @@ export function buildProgram(): Command {
         dataDir: options.dataDir,
         listen: options.listen,
         socketPath: options.socket ?? null,
-        array: { capacityBytes: options.capacity, cacheBytes: options.cacheMb * 1024 * 1024, ftl: { victimPolicy: options.gcPolicy } },
+        array: {
+          capacityBytes: options.capacity,
+          cacheBytes: options.cacheMb * 1024 * 1024,
+          ftl: { victimPolicy: options.gcPolicy },
+          compression: options.compression,
+          dedup: options.dedup === 'on',
+        },
       });
     });
 

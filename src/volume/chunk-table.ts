@@ -5,9 +5,10 @@
  *
  * Ids are handed out in increasing order and never reused, so chunks written together share a
  * page. Pages hold 256 entries; value format (LevelDB 'chunks' sublevel, key = u64 page index):
- * 256 entries of 20 bytes (u32 erase block, u32 stream offset, u32 stored bytes, u32 refcount,
- * u8 codec, 3 bytes reserved), big-endian; a page with no live entry is deleted. A refcount of 0
- * marks a free slot.
+ * 256 entries of 52 bytes (u32 erase block, u32 stream offset, u32 stored bytes, u32 refcount,
+ * u8 codec, u8 flags (1 = has fingerprint), 2 bytes reserved, 32-byte fingerprint), big-endian;
+ * a page with no live entry is deleted. A refcount of 0 marks a free slot. The fingerprint is
+ * kept so that freeing a chunk can remove its dedup-index entry.
  *
  * Crash: the table is only ever persisted in the commit batch together with the map pages and
  * erase-block summaries that agree with it; ids allocated after the last commit may be handed out
@@ -17,22 +18,21 @@ import { assert } from '../common/assert.js';
 import type { PhysicalAddress } from '../ftl/log-stream.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { u64Key } from '../meta/keys.js';
+import { Codec } from '../reduce/codec.js';
 import { PageCache, type CachedPage, type CapturedPage } from './page-cache.js';
 
-export const CHUNKS_PER_PAGE = 256;
-const ENTRY_BYTES = 20;
+export { Codec };
 
-export const enum Codec {
-  Raw = 0,
-  Lz4 = 1,
-  Zstd = 2,
-}
+export const CHUNKS_PER_PAGE = 256;
+const ENTRY_BYTES = 52;
+const FP_BYTES = 32;
 
 export interface ChunkEntry {
   address: PhysicalAddress;
   storedBytes: number;
   refcount: number;
   codec: Codec;
+  fingerprint: Buffer | null;
 }
 
 export class ChunkPage implements CachedPage {
@@ -45,9 +45,16 @@ export class ChunkPage implements CachedPage {
   readonly stored = new Uint32Array(CHUNKS_PER_PAGE);
   readonly refcount = new Uint32Array(CHUNKS_PER_PAGE);
   readonly codec = new Uint8Array(CHUNKS_PER_PAGE);
+  readonly hasFingerprint = new Uint8Array(CHUNKS_PER_PAGE);
+  readonly fingerprints = new Uint8Array(CHUNKS_PER_PAGE * FP_BYTES);
 
   get sizeBytes(): number {
-    return CHUNKS_PER_PAGE * 17 + 300;
+    return CHUNKS_PER_PAGE * (18 + FP_BYTES) + 400;
+  }
+
+  fingerprint(slot: number): Buffer | null {
+    if (this.hasFingerprint[slot] === 0) return null;
+    return Buffer.from(this.fingerprints.subarray(slot * FP_BYTES, (slot + 1) * FP_BYTES));
   }
 
   static decode(bytes: Buffer | undefined): ChunkPage {
@@ -61,6 +68,8 @@ export class ChunkPage implements CachedPage {
       page.stored[i] = bytes.readUInt32BE(at + 8);
       page.refcount[i] = bytes.readUInt32BE(at + 12);
       page.codec[i] = bytes[at + 16]!;
+      page.hasFingerprint[i] = bytes[at + 17]! & 1;
+      page.fingerprints.set(bytes.subarray(at + 20, at + 20 + FP_BYTES), i * FP_BYTES);
       if (page.refcount[i]! > 0) page.liveCount += 1;
     }
     return page;
@@ -76,6 +85,8 @@ export class ChunkPage implements CachedPage {
       out.writeUInt32BE(this.stored[i]!, at + 8);
       out.writeUInt32BE(this.refcount[i]!, at + 12);
       out[at + 16] = this.codec[i]!;
+      out[at + 17] = this.hasFingerprint[i]!;
+      out.set(this.fingerprints.subarray(i * FP_BYTES, (i + 1) * FP_BYTES), at + 20);
     }
     return out;
   }
@@ -134,6 +145,7 @@ export class ChunkTable {
       storedBytes: page.stored[slot]!,
       refcount: page.refcount[slot]!,
       codec: page.codec[slot]! as Codec,
+      fingerprint: page.fingerprint(slot),
     };
   }
 
@@ -141,7 +153,7 @@ export class ChunkTable {
    * Allocates a chunk with refcount 1. `place(chunkId)` stores its record and returns where: the
    * record header carries the id, so the id comes first.
    */
-  add(storedBytes: number, codec: Codec, place: (chunkId: number) => PhysicalAddress): number {
+  add(storedBytes: number, codec: Codec, fingerprint: Buffer | null, place: (chunkId: number) => PhysicalAddress): number {
     const chunkId = this.next;
     const pageId = pageOf(chunkId);
     if (pageId !== this.allocationPageId) {
@@ -160,6 +172,8 @@ export class ChunkTable {
     page.stored[slot] = storedBytes;
     page.refcount[slot] = 1;
     page.codec[slot] = codec;
+    page.hasFingerprint[slot] = fingerprint === null ? 0 : 1;
+    if (fingerprint !== null) page.fingerprints.set(fingerprint, slot * FP_BYTES);
     page.liveCount += 1;
     this.cache.markDirty(pageId, page);
     return chunkId;
@@ -185,6 +199,8 @@ export class ChunkTable {
       page.stored[slot] = 0;
       page.block[slot] = 0;
       page.offset[slot] = 0;
+      page.hasFingerprint[slot] = 0;
+      page.fingerprints.fill(0, slot * FP_BYTES, (slot + 1) * FP_BYTES);
     }
     this.cache.markDirty(pageOf(chunkId), page);
     return entry.refcount === 1 ? entry : undefined;

@@ -9,8 +9,9 @@
  *
  * Commit point (`commit`): the FTL makes appended records durable and, in the same tick as it
  * issues the last programs, we capture every dirty map page, chunk page, erase-block summary and
- * the superblock state; then one LevelDB batch writes them, with `sync: true` for FLUSH/FUA and
- * GC, `sync: false` for background write-back. Concurrent flushes share commits (group commit).
+ * the superblock state; then one LevelDB batch writes them with `sync: true`. Background
+ * write-back (for clients that never flush) syncs too: it is rare, and a synced batch can never be
+ * reordered with another by a power loss. Concurrent flushes share commits (group commit).
  *
  * Crash: reopening reads the superblock, the volume records and one summary per erase block —
  * nothing proportional to the data stored — and the FTL reclaims blocks touched after the last
@@ -34,6 +35,10 @@ import { PageCache } from './page-cache.js';
 import { Volume, mapCacheId, type VolumeRecord } from './volume.js';
 import { volumeMapKey } from '../meta/keys.js';
 import { GiB, MiB } from '../common/size.js';
+import { BloomFilter } from '../reduce/bloom-filter.js';
+import { codecFor, decompressBlock, type Codec, type CompressionName } from '../reduce/codec.js';
+import { DedupIndex } from '../reduce/dedup-index.js';
+import { sha256Fingerprint, type FingerprintFunction } from '../reduce/fingerprint.js';
 
 export const FORMAT_VERSION = 1;
 export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
@@ -53,6 +58,29 @@ export interface ArrayOptions {
   ftl?: Partial<FtlOptions>;
   /** Create a new array when the directory holds none (default true). */
   createIfMissing?: boolean;
+  /** Codec for new chunks (default lz4); chunks keep the codec they were written with. */
+  compression?: CompressionName;
+  /** Global deduplication (default on). Pattern removal is always on. */
+  dedup?: boolean;
+  /** Tests inject a weak (even colliding) function; non-cryptographic ones are verified on hit. */
+  fingerprint?: FingerprintFunction;
+}
+
+/** Data-reduction counters kept current as chunks are stored and freed. */
+export class ReductionCounters {
+  dedupHits = 0;
+  liveChunks = 0;
+  liveStoredBytes = 0;
+
+  onChunkStored(storedBytes: number): void {
+    this.liveChunks += 1;
+    this.liveStoredBytes += storedBytes;
+  }
+
+  onChunkFreed(storedBytes: number): void {
+    this.liveChunks -= 1;
+    this.liveStoredBytes -= storedBytes;
+  }
 }
 
 interface FormatRecord {
@@ -71,6 +99,7 @@ interface StateRecord {
   nextSequence: number;
   nextVolumeId: number;
   counters: ArrayCounters;
+  reduction?: { dedupHits: number; liveChunks: number; liveStoredBytes: number };
 }
 
 export class FlashArray implements ExportCatalog {
@@ -78,6 +107,11 @@ export class FlashArray implements ExportCatalog {
   readonly mapCache: PageCache<MapPage>;
   readonly chunks: ChunkTable;
   readonly counters: ArrayCounters;
+  readonly reduction = new ReductionCounters();
+  readonly dedup: DedupIndex | null;
+  readonly codec: Codec;
+  readonly compression: CompressionName;
+  readonly fingerprint: FingerprintFunction;
   private nextVolumeId: number;
   private commitRunning: Promise<void> | null = null;
   private commitQueued: Promise<void> | null = null;
@@ -93,11 +127,19 @@ export class FlashArray implements ExportCatalog {
     readonly logger: Logger,
     state: StateRecord,
     cacheBytes: number,
+    options: ArrayOptions,
   ) {
     this.counters = { ...state.counters };
+    Object.assign(this.reduction, state.reduction ?? {});
     this.nextVolumeId = state.nextVolumeId;
-    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes / 2), state.nextChunkId);
-    this.mapCache = new PageCache(meta, 'map', mapKeyOfCacheId, (_id, bytes) => MapPage.decode(bytes), Math.floor(cacheBytes / 2));
+    this.compression = options.compression ?? 'lz4';
+    this.codec = codecFor(this.compression);
+    this.fingerprint = options.fingerprint ?? sha256Fingerprint;
+    // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
+    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId);
+    this.mapCache = new PageCache(meta, 'map', mapKeyOfCacheId, (_id, bytes) => MapPage.decode(bytes), Math.floor(cacheBytes * 0.4));
+    const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor((cacheBytes * 0.2) / 160));
     ftl.attach(
       {
         pin: async (chunkIds) => {
@@ -144,13 +186,14 @@ export class FlashArray implements ExportCatalog {
     const stateBytes = await meta.get('super', STATE_KEY);
     const state: StateRecord = stateBytes ? (JSON.parse(stateBytes.toString()) as StateRecord) : { nextChunkId: 1, nextSequence: 1, nextVolumeId: 1, counters: { hostBytesWritten: 0, nandBytesWrittenBefore: 0 } };
     const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), state.nextSequence);
-    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
+    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
+    await array.dedup?.bloom.load(meta);
     const summaries: Array<[number, ReturnType<typeof decodeSummary>]> = [];
     for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push([decodeU32Key(key), decodeSummary(value)]);
     await ftl.recover(summaries);
     await array.chunks.open();
     for await (const [, value] of meta.iterate('volumes')) {
-      const record = JSON.parse(value.toString()) as VolumeRecord;
+      const record = { patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, ...(JSON.parse(value.toString()) as Partial<VolumeRecord>) } as VolumeRecord;
       array.volumes.set(record.name, new Volume(array, record));
     }
     array.writebackTimer = setInterval(() => array.backgroundWriteback(), 5000);
@@ -164,7 +207,7 @@ export class FlashArray implements ExportCatalog {
     validateVolumeName(name);
     if (this.volumes.has(name)) throw StorageError.alreadyExists(`volume "${name}" already exists`);
     if (sizeBytes <= 0 || sizeBytes % 512 !== 0) throw StorageError.invalidArgument(`volume size ${sizeBytes} must be a positive multiple of 512 bytes`);
-    const record: VolumeRecord = { id: this.nextVolumeId++, name, sizeBytes, createdAt: new Date().toISOString(), mappedBlocks: 0 };
+    const record: VolumeRecord = { id: this.nextVolumeId++, name, sizeBytes, createdAt: new Date().toISOString(), mappedBlocks: 0, patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0 };
     const volume = new Volume(this, record);
     this.volumes.set(name, volume);
     await this.saveVolumeRecords([volume]);
@@ -184,6 +227,30 @@ export class FlashArray implements ExportCatalog {
     const volume = this.volumes.get(name === '' ? DEFAULT_VOLUME_NAME : name);
     if (volume === undefined) return undefined;
     return { name: volume.record.name, description: volume.description, device: volume };
+  }
+
+  // ---- Chunks -------------------------------------------------------------------------------
+
+  /** Reads one chunk's logical content (loads its chunk-table page if needed). */
+  async readChunk(chunkId: number): Promise<Buffer> {
+    for (let attempt = 0; attempt < 100; attempt++) {
+      await this.chunks.load([chunkId]);
+      if (!this.chunks.isLoaded(chunkId)) continue;
+      const entry = this.chunks.get(chunkId);
+      if (entry === undefined) throw StorageError.notFound(`chunk ${chunkId} is free`);
+      const [payload] = await this.ftl.readRecords([{ address: entry.address, chunkId, storedBytes: entry.storedBytes }]);
+      return decompressBlock(payload!, entry.codec, 4096);
+    }
+    throw StorageError.io(`chunk ${chunkId} could not be loaded (cache thrashing): raise --cache-mb`);
+  }
+
+  /** Drops one map reference to a chunk; the last one frees it (NAND space, dedup entry). */
+  releaseChunk(chunkId: number): void {
+    const freed = this.chunks.decref(chunkId);
+    if (freed === undefined) return;
+    this.ftl.invalidate(freed.address, freed.storedBytes);
+    this.reduction.onChunkFreed(freed.storedBytes);
+    if (freed.fingerprint !== null) this.dedup?.remove(freed.fingerprint, chunkId);
   }
 
   // ---- Commit --------------------------------------------------------------------------------
@@ -235,6 +302,7 @@ export class FlashArray implements ExportCatalog {
     const ops: MetaOp[] = [];
     const mapPages = this.mapCache.capture(ops);
     const chunkPages = this.chunks.capture(ops);
+    this.dedup?.capture(ops);
     const summaries = this.ftl.captureSummaries();
     for (const [block, value] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(block), value });
     const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty);
@@ -242,7 +310,14 @@ export class FlashArray implements ExportCatalog {
       volume.recordDirty = false;
       ops.push({ type: 'put', sublevel: 'volumes', key: u32Key(volume.record.id), value: Buffer.from(JSON.stringify(volume.record)) });
     }
-    const state: StateRecord = { nextChunkId: this.chunks.nextChunkId, nextSequence: this.ftl.sequence, nextVolumeId: this.nextVolumeId, counters: this.persistentCounters() };
+    const { dedupHits, liveChunks, liveStoredBytes } = this.reduction;
+    const state: StateRecord = {
+      nextChunkId: this.chunks.nextChunkId,
+      nextSequence: this.ftl.sequence,
+      nextVolumeId: this.nextVolumeId,
+      counters: this.persistentCounters(),
+      reduction: { dedupHits, liveChunks, liveStoredBytes },
+    };
     ops.push({ type: 'put', sublevel: 'super', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) });
     return { ops, mapPages, chunkPages, summaries, volumes, generation };
   }
@@ -269,29 +344,33 @@ export class FlashArray implements ExportCatalog {
     if (this.closed) return;
     const dirty = this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes;
     if (dirty > DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget) && this.commitRunning === null) {
-      void this.commit(false).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
+      void this.commit(true).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
     }
   }
 
   private backgroundWriteback(): void {
     if (this.closed || this.commitRunning !== null) return;
     if (this.mapCache.dirtyCount + this.chunks.cache.dirtyCount === 0 && this.ftl.table.dirty.size === 0) return;
-    void this.commit(false).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
+    void this.commit(true).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
   }
 
   // ---- Stats and shutdown --------------------------------------------------------------------
 
+  /**
+   * The `pstorage stats` document. Top-level keys are documented in the README; `physicalBytes`
+   * is NAND bytes holding live data (record headers included, page headers and padding not).
+   */
   stats(): Record<string, unknown> {
-    const ftl = this.ftl.stats();
-    let mappedBlocks = 0;
-    let provisionedBytes = 0;
-    for (const volume of this.volumes.values()) {
-      mappedBlocks += volume.record.mappedBlocks;
-      provisionedBytes += volume.record.sizeBytes;
-    }
+    const volumes = [...this.volumes.values()].map((volume) => volume.record);
+    const sum = (pick: (record: VolumeRecord) => number) => volumes.reduce((total, record) => total + pick(record), 0);
+    const mappedBlocks = sum((record) => record.mappedBlocks);
+    const patternBlocks = sum((record) => record.patternBlocks);
+    const provisionedBytes = sum((record) => record.sizeBytes);
     const logicalBytes = mappedBlocks * 4096;
     const physicalBytes = this.ftl.liveBytes;
     const capacityBytes = this.ftl.usableBytes;
+    const { liveChunks, liveStoredBytes, dedupHits } = this.reduction;
+    const chunkReferences = mappedBlocks - patternBlocks;
     return {
       logicalBytes,
       physicalBytes,
@@ -302,9 +381,29 @@ export class FlashArray implements ExportCatalog {
       freeBytes: Math.max(0, capacityBytes - physicalBytes),
       provisionedBytes,
       overCommitRatio: round(provisionedBytes / Math.max(1, capacityBytes), 3),
-      volumes: [...this.volumes.values()].map((volume) => ({ name: volume.record.name, sizeBytes: volume.record.sizeBytes, logicalBytes: volume.record.mappedBlocks * 4096 })),
-      flash: ftl,
-      cache: { mapBytes: this.mapCache.cachedBytes, chunkBytes: this.chunks.cache.cachedBytes, dirtyBytes: this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes },
+      dataReductionRatio: physicalBytes > 0 ? round(logicalBytes / physicalBytes, 3) : 0,
+      reduction: {
+        compression: this.compression,
+        dedup: this.dedup !== null,
+        patternBlocks,
+        patternBytesSaved: patternBlocks * 4096,
+        dedupHits,
+        dedupBytesSaved: Math.max(0, chunkReferences - liveChunks) * 4096,
+        liveChunks,
+        compressionRatio: liveStoredBytes > 0 ? round((liveChunks * 4096) / liveStoredBytes, 3) : 0,
+        compressionBytesSaved: liveChunks * 4096 - liveStoredBytes,
+        thinProvisioningBytesSaved: Math.max(0, provisionedBytes - logicalBytes),
+      },
+      volumes: volumes.map((record) => ({
+        name: record.name,
+        sizeBytes: record.sizeBytes,
+        logicalBytes: record.mappedBlocks * 4096,
+        hostBytesWritten: record.hostBytesWritten,
+        patternBlocks: record.patternBlocks,
+        dedupHits: record.dedupHits,
+      })),
+      flash: this.ftl.stats(),
+      cache: { mapBytes: this.mapCache.cachedBytes, chunkBytes: this.chunks.cache.cachedBytes, dedupEntries: this.dedup?.size ?? 0, dirtyBytes: this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes },
     };
   }
 
@@ -326,6 +425,11 @@ export class FlashArray implements ExportCatalog {
     await this.nand.close();
     await this.meta.close();
   }
+}
+
+function capacityOf(nand: NandDevice): number {
+  const { pageBytes, pagesPerEraseBlock, eraseBlockCount } = nand.geometry;
+  return pageBytes * pagesPerEraseBlock * eraseBlockCount;
 }
 
 function parseFormat(bytes: Buffer): FormatRecord {

@@ -26,13 +26,13 @@ import {
 import { assert } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import { LogStream } from '../ftl/log-stream.js';
-import { Codec } from './chunk-table.js';
+import { compressBlock, decompressBlock, type Codec } from '../reduce/codec.js';
+import { detectPattern, expandPattern } from '../reduce/pattern.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
 import { RangeLock } from './range-lock.js';
 
 export const LBA_BYTES = 4096;
-const ZERO_BLOCK = Buffer.alloc(LBA_BYTES);
 /** Unmap and block-status work is done this many map pages at a time. */
 const MAP_PAGES_PER_STEP = 64;
 const MAX_ATTEMPTS = 100;
@@ -43,6 +43,9 @@ export interface VolumeRecord {
   sizeBytes: number;
   createdAt: string;
   mappedBlocks: number;
+  patternBlocks: number;
+  hostBytesWritten: number;
+  dedupHits: number;
 }
 
 export function mapCacheId(volumeId: number, mapPageIndex: number): number {
@@ -50,7 +53,17 @@ export function mapCacheId(volumeId: number, mapPageIndex: number): number {
 }
 
 /** What a logical block becomes. */
-type BlockContent = { type: 'data'; bytes: Buffer } | { type: 'unmap' } | { type: 'pattern'; high: number; low: number };
+interface DataContent {
+  type: 'data';
+  bytes: Buffer;
+  fingerprint: Buffer | null;
+  /** Compressed (or raw) form, computed once when the block has to be stored. */
+  reduced?: { stored: Buffer; codec: Codec };
+}
+type BlockContent = DataContent | { type: 'unmap' } | { type: 'pattern'; high: number; low: number };
+
+/** What the write does with one data block. */
+type Decision = { kind: 'none' } | { kind: 'hit'; chunkId: number } | { kind: 'same-as'; index: number } | { kind: 'store' };
 
 export class Volume implements BlockDevice {
   readonly metaContexts = [BASE_ALLOCATION];
@@ -103,7 +116,7 @@ export class Volume implements BlockDevice {
       const plan = this.planRead(first, last);
       if (plan === null) continue;
       const payloads = await this.array.ftl.readRecords(plan.requests);
-      payloads.forEach((payload, k) => (plan.blocks[plan.slots[k]!] = decodeChunk(payload, plan.codecs[k]!)));
+      payloads.forEach((payload, k) => (plan.blocks[plan.slots[k]!] = decompressBlock(payload, plan.codecs[k]!, LBA_BYTES)));
       return plan.blocks;
     }
     throw StorageError.io('read could not load its metadata (cache thrashing): raise --cache-mb');
@@ -142,13 +155,15 @@ export class Volume implements BlockDevice {
       const blockStart = lba * LBA_BYTES;
       const from = Math.max(offsetBytes, blockStart);
       const to = Math.min(offsetBytes + data.length, blockStart + LBA_BYTES);
-      if (to - from === LBA_BYTES) return dataContent(data.subarray(from - offsetBytes, to - offsetBytes));
+      if (to - from === LBA_BYTES) return this.dataContent(data.subarray(from - offsetBytes, to - offsetBytes));
       const merged = Buffer.alloc(LBA_BYTES);
       old?.copy(merged);
       data.copy(merged, from - blockStart, from - offsetBytes, to - offsetBytes);
-      return dataContent(merged);
+      return this.dataContent(merged);
     });
     this.array.counters.hostBytesWritten += data.length;
+    this.record.hostBytesWritten += data.length;
+    this.recordDirty = true;
     if (options.fua) await this.array.flush();
   }
 
@@ -219,36 +234,107 @@ export class Volume implements BlockDevice {
     }
   }
 
+  /**
+   * Loads what the change needs, decides per block (pattern, dedup hit, or new chunk), checks
+   * space, and applies — the last three in one synchronous step, so the plan still holds when it
+   * is applied and a concurrent identical block finds the chunk this one creates.
+   */
   private async applyWhenReady(first: number, contents: BlockContent[]): Promise<void> {
     const last = first + contents.length - 1;
-    let newBytes = 0;
-    for (const content of contents) if (content.type === 'data') newBytes += LogStream.recordBytes(content.bytes.length);
-    const ftl = this.array.ftl;
+    const { ftl, chunks, dedup } = this.array;
+    const fingerprints = contents.flatMap((content) => (content.type === 'data' && content.fingerprint !== null ? [content.fingerprint] : []));
+    const verified = new Set<number>();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       await this.loadMap(first, last);
       const oldChunks = this.chunkIdsIn(first, last);
       if (oldChunks === null) continue;
-      await this.array.chunks.load(oldChunks);
+      if (dedup !== null && fingerprints.length > 0) await dedup.prepare(fingerprints);
+      const candidates = dedup === null ? [] : fingerprints.flatMap((fingerprint) => dedup.peek(fingerprint) ?? []);
+      await chunks.load([...oldChunks, ...candidates]);
+      if (!this.array.fingerprint.cryptographic) await this.verifyCandidates(contents, verified);
       // From here to apply() nothing is awaited unless we start over.
-      const freed = this.freedBytes(first, last);
-      if (freed === null) continue;
-      if (newBytes > 0 && ftl.liveBytes + newBytes - freed > ftl.usableBytes) {
-        throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
+      const unpin = this.pinRange(first, last, [...oldChunks, ...candidates]);
+      try {
+        const plan = this.plan(contents, verified);
+        const freed = this.freedBytes(first, last);
+        if (freed === null) continue;
+        if (plan.newBytes > 0 && ftl.liveBytes + plan.newBytes - freed > ftl.usableBytes) {
+          throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
+        }
+        if (!ftl.hasHostSpace(plan.newBytes)) {
+          unpin();
+          await ftl.ensureHostSpace(plan.newBytes);
+          continue;
+        }
+        this.apply(first, contents, plan.decisions);
+      } finally {
+        unpin();
       }
-      if (!ftl.hasHostSpace(newBytes)) {
-        await ftl.ensureHostSpace(newBytes);
-        continue;
-      }
-      this.apply(first, contents);
       this.array.maybeWriteback();
       return;
     }
     throw StorageError.io('write could not load its metadata (cache thrashing): raise --cache-mb');
   }
 
-  private apply(first: number, contents: BlockContent[]): void {
-    const { chunks, ftl } = this.array;
+  /** Per block: share an existing chunk, share one created earlier in this request, or store anew. */
+  private plan(contents: BlockContent[], verified: ReadonlySet<number>): { decisions: Decision[]; newBytes: number } {
+    const { chunks, dedup } = this.array;
+    const trusted = this.array.fingerprint.cryptographic;
+    const firstMiss = new Map<string, number>();
+    let newBytes = 0;
+    const decisions = contents.map((content, index): Decision => {
+      if (content.type !== 'data') return { kind: 'none' };
+      if (content.fingerprint !== null && dedup !== null) {
+        const candidate = dedup.peek(content.fingerprint);
+        if (candidate !== undefined && chunks.isLoaded(candidate) && chunks.get(candidate) !== undefined && (trusted || verified.has(candidate))) {
+          return { kind: 'hit', chunkId: candidate };
+        }
+        const key = content.fingerprint.toString('base64');
+        const earlier = firstMiss.get(key);
+        if (earlier !== undefined && (trusted || (contents[earlier] as DataContent).bytes.equals(content.bytes))) return { kind: 'same-as', index: earlier };
+        firstMiss.set(key, index);
+      }
+      content.reduced ??= compressBlock(content.bytes, this.array.codec);
+      newBytes += LogStream.recordBytes(content.reduced.stored.length);
+      return { kind: 'store' };
+    });
+    return { decisions, newBytes };
+  }
+
+  /** Untrusted fingerprints: a candidate is shared only if its bytes equal the new block's. */
+  private async verifyCandidates(contents: BlockContent[], verified: Set<number>): Promise<void> {
+    const dedup = this.array.dedup!;
+    for (const content of contents) {
+      if (content.type !== 'data' || content.fingerprint === null) continue;
+      const candidate = dedup.peek(content.fingerprint);
+      if (candidate === undefined || verified.has(candidate)) continue;
+      const existing = await this.array.readChunk(candidate).catch(() => null);
+      if (existing !== null && existing.equals(content.bytes)) verified.add(candidate);
+    }
+  }
+
+  private pinRange(first: number, last: number, chunkIds: number[]): () => void {
+    const mapIds: number[] = [];
+    for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) mapIds.push(mapCacheId(this.record.id, index));
+    const unpinMap = this.array.mapCache.pin(mapIds);
+    const unpinChunks = this.array.chunks.pin(chunkIds);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      unpinMap();
+      unpinChunks();
+    };
+  }
+
+  private apply(first: number, contents: BlockContent[], decisions: Decision[]): void {
+    const { chunks, ftl, dedup, reduction } = this.array;
+    const created: number[] = [];
+    // Old chunks are released after every new reference is in place: a block of this write may
+    // share the very chunk that another block of it overwrites.
+    const released: number[] = [];
     let mappedDelta = 0;
+    let patternDelta = 0;
     contents.forEach((content, i) => {
       const lba = first + i;
       const page = this.mapPage(lba)!;
@@ -256,8 +342,21 @@ export class Volume implements BlockDevice {
       const oldKind = page.kind(slot);
       const oldChunk = oldKind === EntryKind.Chunk ? page.chunkId(slot) : -1;
       if (content.type === 'unmap' && oldKind === EntryKind.Unmapped) return;
+      const decision = decisions[i]!;
       if (content.type === 'data') {
-        const chunkId = chunks.add(content.bytes.length, Codec.Raw, (id) => ftl.append('host', id, content.bytes));
+        let chunkId: number;
+        if (decision.kind === 'hit' || decision.kind === 'same-as') {
+          chunkId = decision.kind === 'hit' ? decision.chunkId : created[decision.index]!;
+          chunks.incref(chunkId);
+          reduction.dedupHits += 1;
+          this.record.dedupHits += 1;
+        } else {
+          const { stored, codec } = content.reduced!;
+          chunkId = chunks.add(stored.length, codec, content.fingerprint, (id) => ftl.append('host', id, stored));
+          reduction.onChunkStored(stored.length);
+          if (content.fingerprint !== null && dedup !== null) dedup.insert(content.fingerprint, chunkId);
+        }
+        created[i] = chunkId;
         page.setChunk(slot, chunkId);
       } else if (content.type === 'pattern') {
         page.set(slot, EntryKind.Pattern, content.high, content.low);
@@ -265,14 +364,14 @@ export class Volume implements BlockDevice {
         page.set(slot, EntryKind.Unmapped, 0, 0);
       }
       mappedDelta += (page.kind(slot) !== EntryKind.Unmapped ? 1 : 0) - (oldKind !== EntryKind.Unmapped ? 1 : 0);
-      if (oldChunk >= 0) {
-        const freed = chunks.decref(oldChunk);
-        if (freed !== undefined) ftl.invalidate(freed.address, freed.storedBytes);
-      }
+      patternDelta += (page.kind(slot) === EntryKind.Pattern ? 1 : 0) - (oldKind === EntryKind.Pattern ? 1 : 0);
+      if (oldChunk >= 0) released.push(oldChunk);
       this.array.mapCache.markDirty(mapCacheId(this.record.id, Math.floor(lba / LBAS_PER_MAP_PAGE)), page);
     });
-    if (mappedDelta !== 0) {
+    for (const chunkId of released) this.array.releaseChunk(chunkId);
+    if (mappedDelta !== 0 || patternDelta !== 0) {
       this.record.mappedBlocks += mappedDelta;
+      this.record.patternBlocks += patternDelta;
       this.recordDirty = true;
     }
   }
@@ -291,6 +390,13 @@ export class Volume implements BlockDevice {
       if (entry !== undefined && entry.refcount === 1) freed += LogStream.recordBytes(entry.storedBytes);
     }
     return freed;
+  }
+
+  /** Pattern removal first (it costs nothing to store); then the block's fingerprint for dedup. */
+  private dataContent(bytes: Buffer): BlockContent {
+    const pattern = detectPattern(bytes);
+    if (pattern !== null) return { type: 'pattern', high: pattern.high, low: pattern.low };
+    return { type: 'data', bytes, fingerprint: this.array.dedup === null ? null : this.array.fingerprint(bytes) };
   }
 
   // ---- Block status --------------------------------------------------------------------------
@@ -357,23 +463,12 @@ export class Volume implements BlockDevice {
   }
 }
 
-function dataContent(bytes: Buffer): BlockContent {
-  if (bytes.equals(ZERO_BLOCK)) return { type: 'pattern', high: 0, low: 0 };
-  return { type: 'data', bytes };
-}
 
 function patternBlock(high: number, low: number): Buffer | null {
   if (high === 0 && low === 0) return null;
-  const word = Buffer.alloc(8);
-  word.writeUInt32BE(high, 0);
-  word.writeUInt32BE(low, 4);
-  return Buffer.alloc(LBA_BYTES, word);
+  return expandPattern({ high, low }, LBA_BYTES);
 }
 
-function decodeChunk(payload: Buffer, codec: Codec): Buffer {
-  if (codec === Codec.Raw) return payload;
-  throw StorageError.corrupt(`chunk uses codec ${codec}, which this build cannot read`);
-}
 
 function statusFlags(page: MapPage, slot: number): number {
   switch (page.kind(slot)) {

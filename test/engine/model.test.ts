@@ -15,6 +15,13 @@ import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import { MemoryNand } from '../../src/nand/memory-nand.js';
 import { FlashArray } from '../../src/volume/flash-array.js';
 import type { Volume } from '../../src/volume/volume.js';
+import { auditArray } from '../../src/volume/audit.js';
+
+/** Every run ends with the audit: refcounts equal references, records verify, valid bytes add up. */
+async function audit(array: FlashArray): Promise<void> {
+  const report = await auditArray(array);
+  if (!report.ok) throw new Error(`audit found problems:\n${report.problems.slice(0, 10).join('\n')}`);
+}
 
 const B = 4096;
 const REGION_BLOCKS = 192;
@@ -49,6 +56,17 @@ async function open(real: Pick<Real, 'nand' | 'meta'>, create: boolean): Promise
   return { array, volume };
 }
 
+/** Unique, duplicate (one of a few contents) or compressible bytes, by `kind`. */
+function dataFor(kind: number, counter: number, length: number): Buffer {
+  if (kind === 1) return content(1 + (counter % 3), length);
+  if (kind === 2) {
+    const out = Buffer.alloc(length);
+    for (let i = 0; i < length; i += 32) out.write(`record ${counter} field ${i % 300} ok;`.padEnd(32, '.'), i, 'latin1');
+    return out;
+  }
+  return content(counter, length);
+}
+
 function content(counter: number, length: number): Buffer {
   const out = Buffer.alloc(length);
   let x = (counter * 2654435761) >>> 0 || 1;
@@ -66,13 +84,13 @@ async function readBlock(volume: Volume, lba: number): Promise<Buffer> {
 }
 
 class WriteCommand implements fc.AsyncCommand<Model, Real> {
-  constructor(readonly lba: number, readonly blocks: number, readonly offsetInBlock: number, readonly trimTail: number) {}
+  constructor(readonly lba: number, readonly blocks: number, readonly offsetInBlock: number, readonly trimTail: number, readonly kind = 0) {}
   check = () => true;
   async run(model: Model, real: Real): Promise<void> {
     const start = this.lba * B + this.offsetInBlock;
     const length = Math.min(this.blocks * B - this.offsetInBlock - this.trimTail, REGION_BLOCKS * B - start);
     if (length <= 0) return;
-    const data = content(++real.counter, length);
+    const data = dataFor(this.kind, ++real.counter, length);
     await real.volume.write(start, data, { fua: false });
     for (let lba = Math.floor(start / B); lba <= Math.floor((start + length - 1) / B); lba++) {
       const merged = Buffer.from(model.latest(lba));
@@ -82,7 +100,7 @@ class WriteCommand implements fc.AsyncCommand<Model, Real> {
       model.push(lba, merged);
     }
   }
-  toString = () => `write(lba ${this.lba} x${this.blocks}, +${this.offsetInBlock}, -${this.trimTail})`;
+  toString = () => `write(lba ${this.lba} x${this.blocks}, +${this.offsetInBlock}, -${this.trimTail}, kind ${this.kind})`;
 }
 
 class ReadCommand implements fc.AsyncCommand<Model, Real> {
@@ -152,7 +170,7 @@ class CrashCommand implements fc.AsyncCommand<Model, Real> {
 
 const lba = fc.integer({ min: 0, max: REGION_BLOCKS - 1 });
 const commands = [
-  fc.tuple(lba, fc.integer({ min: 1, max: 24 }), fc.constantFrom(0, 0, 0, 512, 1000), fc.constantFrom(0, 0, 0, 512, 3000)).map(([l, n, o, t]) => new WriteCommand(l, n, o, t)),
+  fc.tuple(lba, fc.integer({ min: 1, max: 24 }), fc.constantFrom(0, 0, 0, 512, 1000), fc.constantFrom(0, 0, 0, 512, 3000), fc.constantFrom(0, 0, 1, 2)).map(([l, n, o, t, k]) => new WriteCommand(l, n, o, t, k)),
   fc.tuple(lba, fc.integer({ min: 1, max: 32 })).map(([l, n]) => new ReadCommand(l, n)),
   fc.tuple(lba, fc.integer({ min: 1, max: 16 }), fc.boolean(), fc.boolean()).map(([l, n, trim, noHole]) => new ZeroCommand(l, n, trim, noHole)),
   fc.constant(new FlushCommand()),
@@ -177,6 +195,7 @@ test('model: random write/read/trim/zero/flush/crash sequences keep the durabili
       const real: Real = { nand, meta, counter: 0, gcRuns: 0, ...(await open({ nand, meta }, true)) };
       try {
         await fc.asyncModelRun(() => ({ model: new Model(), real }), cmds);
+        await audit(real.array);
       } finally {
         real.array.abandon();
       }
@@ -197,6 +216,7 @@ test('model: a long overwrite run with GC, crashes and flushes', async (t) => {
       const real: Real = { nand, meta, counter: 0, gcRuns: 0, ...(await open({ nand, meta }, true)) };
       try {
         await fc.asyncModelRun(() => ({ model: new Model(), real }), cmds);
+        await audit(real.array);
         gcRuns += real.gcRuns + real.array.ftl.counters.gcRuns;
       } finally {
         real.array.abandon();

@@ -1,0 +1,74 @@
+/**
+ * A Bloom filter over fingerprints, so that a write of new data can learn "not stored before"
+ * without a LevelDB lookup. It only ever answers "maybe" or "no": a "maybe" costs one batched
+ * lookup, a "no" costs nothing. Deleted fingerprints stay set (a Bloom filter cannot forget), which
+ * only adds false "maybe"s.
+ *
+ * Persistence: the bit array is split into 64 KiB segments; only segments changed since the last
+ * commit are written, in the commit's batch ('fingerprints' sublevel, key "B" + u32 segment).
+ * A crash can lose bits set after the last commit, but then it also loses the index entries those
+ * bits stood for, so the filter never answers "no" for an indexed fingerprint.
+ */
+import type { MetaOp, MetaStore } from '../meta/meta-store.js';
+
+export const SEGMENT_BYTES = 64 * 1024;
+const HASHES = 6;
+
+export class BloomFilter {
+  private readonly bits: Uint8Array;
+  private readonly dirtySegments = new Set<number>();
+
+  constructor(readonly sizeBytes: number) {
+    this.sizeBytes = Math.max(SEGMENT_BYTES, Math.ceil(sizeBytes / SEGMENT_BYTES) * SEGMENT_BYTES);
+    this.bits = new Uint8Array(this.sizeBytes);
+  }
+
+  get segmentCount(): number {
+    return this.sizeBytes / SEGMENT_BYTES;
+  }
+
+  /** Fingerprints are already uniform hashes: their bytes give the probe positions. */
+  private positions(fingerprint: Buffer): number[] {
+    const bitCount = this.sizeBytes * 8;
+    const a = fingerprint.readUInt32LE(0);
+    const b = fingerprint.readUInt32LE(4) | 1;
+    const out: number[] = [];
+    for (let i = 0; i < HASHES; i++) out.push((a + Math.imul(i, b)) >>> 0) ;
+    return out.map((value) => value % bitCount);
+  }
+
+  mightContain(fingerprint: Buffer): boolean {
+    return this.positions(fingerprint).every((bit) => (this.bits[bit >>> 3]! & (1 << (bit & 7))) !== 0);
+  }
+
+  add(fingerprint: Buffer): void {
+    for (const bit of this.positions(fingerprint)) {
+      const byte = bit >>> 3;
+      if ((this.bits[byte]! & (1 << (bit & 7))) !== 0) continue;
+      this.bits[byte] = this.bits[byte]! | (1 << (bit & 7));
+      this.dirtySegments.add(Math.floor(byte / SEGMENT_BYTES));
+    }
+  }
+
+  capture(ops: MetaOp[]): void {
+    for (const segment of this.dirtySegments) {
+      ops.push({ type: 'put', sublevel: 'fingerprints', key: segmentKey(segment), value: Buffer.from(this.bits.subarray(segment * SEGMENT_BYTES, (segment + 1) * SEGMENT_BYTES)) });
+    }
+    this.dirtySegments.clear();
+  }
+
+  async load(store: MetaStore): Promise<void> {
+    const keys = Array.from({ length: this.segmentCount }, (_, segment) => segmentKey(segment));
+    const values = await store.getMany('fingerprints', keys);
+    values.forEach((value, segment) => {
+      if (value !== undefined && value.length === SEGMENT_BYTES) this.bits.set(value, segment * SEGMENT_BYTES);
+    });
+  }
+}
+
+function segmentKey(segment: number): Buffer {
+  const key = Buffer.alloc(5);
+  key.write('B', 0, 'latin1');
+  key.writeUInt32BE(segment, 1);
+  return key;
+}
