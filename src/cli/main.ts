@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/size.js';
 import { DEFAULT_LISTEN, parseListen } from './listen-address.js';
+import { estimateCommand } from './estimate.js';
 import { auditCommand, statsCommand } from './inspect.js';
 import { serve } from './serve.js';
 
@@ -91,6 +92,19 @@ export function buildProgram(): Command {
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
     .option('--json', 'machine-readable output')
     .action(async (options: { dataDir: string; json?: boolean }) => statsCommand(options.dataDir, options.json ?? false));
+
+  program
+    .command('estimate')
+    .description('estimate what the array would save on an existing raw image (reads it, writes nothing)')
+    .argument('<file>', 'a raw image: a VM disk, a backup, a device')
+    .option('--json', 'machine-readable output')
+    .option('--compression <codec>', 'lz4, zstd or none', 'lz4')
+    .option('--dedup <on|off>', 'count duplicate blocks as saved', 'on')
+    .action(async (file: string, options: { json?: boolean; compression: string; dedup: string }) => {
+      if (!['lz4', 'zstd', 'none'].includes(options.compression)) throw new InvalidArgumentError('--compression: use lz4, zstd or none');
+      if (!['on', 'off'].includes(options.dedup)) throw new InvalidArgumentError('--dedup: use on or off');
+      await estimateCommand(file, { json: options.json ?? false, compression: options.compression as 'lz4' | 'zstd' | 'none', dedup: options.dedup === 'on' });
+    });
 
   const inspect = program.command('inspect').description('consistency checks and internals');
   inspect
