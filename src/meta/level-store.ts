@@ -28,7 +28,7 @@
  * Tuning (LevelDB defaults in brackets):
  *   - writeBufferSize 16 MiB [4 MiB]: the memtable and its log. Bigger absorbs more metadata
  *     write-back before a level-0 flush and compaction; LevelDB may hold two of them, so the cost
- *     is up to 32 MiB of memory, and reopening replays at most one 16 MiB log, which bounds
+ *     is up to 32 MiB of memory, and reopening replays at most two 16 MiB logs, which bounds
  *     recovery time whatever the amount of data stored.
  *   - cacheSize 8 MiB [8 MiB]: LevelDB's block cache. The engine keeps hot metadata in its own
  *     bounded caches and never reads LevelDB per block on the hot path, so a large block cache
@@ -37,9 +37,16 @@
  *
  * On crash: LevelDB replays its log on open; a torn last record fails its checksum and is
  * dropped, so what survives is every synced batch plus a prefix of later ones (the model that
- * `MemoryMetaStore.crash` implements). Opening a directory another process has open fails with
- * `BUSY`; LevelDB reporting corruption becomes `CORRUPT`; any other LevelDB failure is `IO`.
+ * `MemoryMetaStore.crash` implements). That holds exactly for a process crash (kill -9), where
+ * the page cache keeps every write. After a power loss it holds only if the file system persisted
+ * the unsynced tail of the log in order: LevelDB's recovery (paranoid_checks off, and
+ * classic-level cannot turn it on) skips a damaged or zeroed 32 KiB log block and goes on with
+ * the records after it, so a later unsynced batch could survive without an earlier one. Synced
+ * batches are never affected. Opening a directory another process has open fails with `BUSY`;
+ * LevelDB reporting corruption becomes `CORRUPT`; any other LevelDB failure is `IO`.
  */
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import type { AbstractBatchOperation, AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { StorageError } from '../common/errors.js';
@@ -111,6 +118,11 @@ export class LevelMetaStore implements MetaStore {
   }
 
   static async open(directory: string, options: LevelMetaStoreOptions = {}): Promise<LevelMetaStore> {
+    // LevelDB creates the directory (and LOCK and LOG files) before it finds no database there,
+    // so look first rather than leave a stray directory behind a mistyped path.
+    if (options.createIfMissing === false && !(await exists(path.join(directory, 'CURRENT')))) {
+      throw StorageError.notFound(`there is no metadata store in ${directory}: check the data directory path`);
+    }
     const db = new Level<Buffer, Buffer>(directory, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
@@ -121,7 +133,7 @@ export class LevelMetaStore implements MetaStore {
     try {
       await db.open();
     } catch (error) {
-      throw openError(error, directory, options.createIfMissing ?? true);
+      throw openError(error, directory);
     }
     return new LevelMetaStore(db, directory);
   }
@@ -244,6 +256,15 @@ export class LevelMetaStore implements MetaStore {
   }
 }
 
+async function exists(filePath: string): Promise<boolean> {
+  try {
+    await fs.access(filePath);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function errorCode(error: unknown): unknown {
   return (error as { code?: unknown } | undefined)?.code;
 }
@@ -257,12 +278,8 @@ function levelError(error: unknown, what: string): StorageError {
 }
 
 /** abstract-level reports a failed open as LEVEL_DATABASE_NOT_OPEN with the reason as `cause`. */
-function openError(error: unknown, directory: string, createIfMissing: boolean): StorageError {
+function openError(error: unknown, directory: string): StorageError {
   const reason = (error as { cause?: unknown } | undefined)?.cause ?? error;
-  const message = reason instanceof Error ? reason.message : String(reason);
-  if (!createIfMissing && message.includes('does not exist')) {
-    return new StorageError('NOT_FOUND', `there is no metadata store in ${directory}: check the data directory path`, { cause: error });
-  }
   if (errorCode(reason) === 'LEVEL_LOCKED') {
     return new StorageError(
       'BUSY',

@@ -20,7 +20,9 @@
  * and a new store holding the surviving state is returned; all of that state is durable.
  *
  * Nothing here tears or flips bits: LevelDB checksums its log records, so a torn tail record is
- * dropped on recovery, which is what "keep a prefix" already models.
+ * dropped on recovery, which is what "keep a prefix" already models. The prefix is exact for a
+ * process crash; for a power loss it assumes the file system kept the log's unsynced tail in
+ * order (see `level-store.ts`).
  */
 import { assert } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
