@@ -14,7 +14,7 @@
  */
 import { BlockState } from '../ftl/erase-block-table.js';
 import { LogStream, type PhysicalAddress } from '../ftl/log-stream.js';
-import { decodeU64Key, decodeVolumeMapKey } from '../meta/keys.js';
+import { decodeU64Key, decodeVolumeMapKey, volumeMapRange } from '../meta/keys.js';
 import { CHUNKS_PER_PAGE, ChunkPage } from './chunk-table.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, MapPage } from './map-page.js';
@@ -59,35 +59,54 @@ export async function auditArray(array: FlashArray): Promise<AuditReport> {
   };
 }
 
-/** Walks every volume map: chunk id → number of map entries naming it. */
+/** Walks every map layer: chunk id → number of layer entries naming it. */
 async function countReferences(array: FlashArray, report: (problem: string) => void): Promise<Map<number, number>> {
   const references = new Map<number, number>();
-  const volumesById = new Map([...array.volumes.values()].map((volume) => [volume.record.id, volume]));
-  const mappedById = new Map<number, number>();
   for await (const [key, value] of array.meta.iterate('map')) {
-    const { volumeId, mapPageIndex } = decodeVolumeMapKey(key);
-    const volume = volumesById.get(volumeId);
-    if (volume === undefined) {
-      report(`map page ${mapPageIndex} belongs to volume id ${volumeId}, which does not exist`);
+    const { volumeId: layerId, mapPageIndex } = decodeVolumeMapKey(key);
+    if (!array.layers.has(layerId)) {
+      report(`map page ${mapPageIndex} belongs to layer ${layerId}, which no volume or snapshot uses`);
       continue;
     }
     const page = MapPage.decode(value);
-    mappedById.set(volumeId, (mappedById.get(volumeId) ?? 0) + page.mappedCount);
     for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
       if (page.kind(slot) !== EntryKind.Chunk) continue;
-      const lba = mapPageIndex * LBAS_PER_MAP_PAGE + slot;
-      if (lba * 4096 >= volume.record.sizeBytes) report(`volume ${volume.record.name} maps lba ${lba}, past its end`);
       const chunkId = page.chunkId(slot);
       references.set(chunkId, (references.get(chunkId) ?? 0) + 1);
     }
   }
   for (const volume of array.volumes.values()) {
-    const counted = mappedById.get(volume.record.id) ?? 0;
-    if (counted !== volume.record.mappedBlocks) {
-      report(`volume ${volume.record.name} records ${volume.record.mappedBlocks} mapped blocks but its map has ${counted}`);
-    }
+    await checkMappedCount(array, volume.name, volume.chain(), volume.record.sizeBytes, volume.record.mappedBlocks, report);
+  }
+  for (const snapshot of array.snapshots.values()) {
+    const view = array.snapshotView(snapshot);
+    await checkMappedCount(array, view.name, view.chain(), snapshot.sizeBytes, snapshot.mappedBlocks, report);
   }
   return references;
+}
+
+/** Resolves a chain (top layer first) and compares its mapped blocks with the recorded count. */
+async function checkMappedCount(array: FlashArray, name: string, chain: number[], sizeBytes: number, recorded: number, report: (problem: string) => void): Promise<void> {
+  const resolved = new Map<number, EntryKind>();
+  for (const layerId of chain) {
+    for await (const [key, value] of array.meta.iterate('map', volumeMapRange(layerId))) {
+      const { mapPageIndex } = decodeVolumeMapKey(key);
+      const page = MapPage.decode(value);
+      for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
+        const kind = page.kind(slot);
+        const lba = mapPageIndex * LBAS_PER_MAP_PAGE + slot;
+        if (kind === EntryKind.Absent || resolved.has(lba)) continue;
+        resolved.set(lba, kind);
+      }
+    }
+  }
+  let mapped = 0;
+  for (const [lba, kind] of resolved) {
+    if (kind !== EntryKind.Chunk && kind !== EntryKind.Pattern) continue;
+    if (lba * 4096 >= sizeBytes) continue; // beyond a shrunken end: unreachable
+    mapped += 1;
+  }
+  if (mapped !== recorded) report(`${name} records ${recorded} mapped blocks but its layers resolve to ${mapped}`);
 }
 
 /** Walks the chunk table: refcounts against references, and every record read back from NAND. */

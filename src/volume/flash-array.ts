@@ -32,7 +32,7 @@ import { geometryForCapacity, type NandDevice, type NandGeometry } from '../nand
 import { ChunkTable } from './chunk-table.js';
 import { MapPage } from './map-page.js';
 import { PageCache } from './page-cache.js';
-import { Volume, mapCacheId, type VolumeRecord } from './volume.js';
+import { Volume, mapCacheId, type SnapshotRecord, type VolumeRecord } from './volume.js';
 import { volumeMapKey } from '../meta/keys.js';
 import { GiB, MiB } from '../common/size.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
@@ -47,6 +47,7 @@ export const DEFAULT_VOLUME_NAME = 'default';
 export const DEFAULT_VOLUME_BYTES = 16 * GiB;
 const FORMAT_KEY = Buffer.from('format');
 const STATE_KEY = Buffer.from('state');
+const LAYERS_KEY = Buffer.from('layers');
 /** Background write-back starts when dirty metadata passes this share of the cache. */
 const DIRTY_WRITEBACK_SHARE = 0.25;
 
@@ -104,6 +105,15 @@ interface StateRecord {
 
 export class FlashArray implements ExportCatalog {
   readonly volumes = new Map<string, Volume>();
+  /** Snapshots by id, and their read-only views (exported as `volume@snapshot`). */
+  readonly snapshots = new Map<number, SnapshotRecord>();
+  private readonly snapshotViews = new Map<number, Volume>();
+  /** Every map layer: id → parent layer id (0 for none). Volumes and snapshots point into it. */
+  readonly layers = new Map<number, number>();
+  /** Volume, snapshot and layer records changed since the last commit captured them. */
+  catalogDirty = false;
+  private readonly deletedSnapshots = new Set<number>();
+  private readonly deletedVolumes = new Set<number>();
   readonly mapCache: PageCache<MapPage>;
   readonly chunks: ChunkTable;
   readonly counters: ArrayCounters;
@@ -192,9 +202,17 @@ export class FlashArray implements ExportCatalog {
     for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push([decodeU32Key(key), decodeSummary(value)]);
     await ftl.recover(summaries);
     await array.chunks.open();
+    const layers = await meta.get('super', LAYERS_KEY);
+    if (layers !== undefined) for (const [id, parent] of JSON.parse(layers.toString()) as Array<[number, number]>) array.layers.set(id, parent);
     for await (const [, value] of meta.iterate('volumes')) {
-      const record = { patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, ...(JSON.parse(value.toString()) as Partial<VolumeRecord>) } as VolumeRecord;
+      const parsed = JSON.parse(value.toString()) as Partial<VolumeRecord> & { id: number };
+      const record = { patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, topLayerId: parsed.id, ...parsed } as VolumeRecord;
+      if (!array.layers.has(record.topLayerId)) array.layers.set(record.topLayerId, 0);
       array.volumes.set(record.name, new Volume(array, record));
+    }
+    for await (const [, value] of meta.iterate('snapshots')) {
+      const record = JSON.parse(value.toString()) as SnapshotRecord;
+      array.snapshots.set(record.id, record);
     }
     array.writebackTimer = setInterval(() => array.backgroundWriteback(), 5000);
     array.writebackTimer.unref();
@@ -207,24 +225,96 @@ export class FlashArray implements ExportCatalog {
     validateVolumeName(name);
     if (this.volumes.has(name)) throw StorageError.alreadyExists(`volume "${name}" already exists`);
     if (sizeBytes <= 0 || sizeBytes % 512 !== 0) throw StorageError.invalidArgument(`volume size ${sizeBytes} must be a positive multiple of 512 bytes`);
-    const record: VolumeRecord = { id: this.nextVolumeId++, name, sizeBytes, createdAt: new Date().toISOString(), mappedBlocks: 0, patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0 };
+    return this.addVolume(name, sizeBytes, 0);
+  }
+
+  /** Adds a volume whose top layer sits on `parentLayerId` (0: an empty volume), and commits. */
+  async addVolume(name: string, sizeBytes: number, parentLayerId: number, extra: Partial<VolumeRecord> = {}): Promise<Volume> {
+    const id = this.allocateId();
+    const topLayerId = this.allocateId();
+    const record: VolumeRecord = { id, name, sizeBytes, createdAt: new Date().toISOString(), topLayerId, mappedBlocks: 0, patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, ...extra };
+    this.layers.set(topLayerId, parentLayerId);
     const volume = new Volume(this, record);
     this.volumes.set(name, volume);
-    await this.saveVolumeRecords([volume]);
+    volume.recordDirty = true;
+    this.catalogDirty = true;
+    await this.commit(true);
     return volume;
   }
 
-  async saveVolumeRecords(volumes: Volume[]): Promise<void> {
-    const ops: MetaOp[] = volumes.map((volume) => ({ type: 'put', sublevel: 'volumes', key: u32Key(volume.record.id), value: Buffer.from(JSON.stringify(volume.record)) }));
-    await this.meta.batch(ops, { sync: true });
+  allocateId(): number {
+    return this.nextVolumeId++;
+  }
+
+  /** Layer ids from `topLayerId` down to the root of its chain. */
+  layerChain(topLayerId: number): number[] {
+    const chain: number[] = [];
+    for (let layer = topLayerId; layer !== 0 && chain.length < 100_000; layer = this.layers.get(layer) ?? 0) chain.push(layer);
+    return chain;
+  }
+
+  /** Layers above `olderLayerId` up to and including `newerLayerId` (the writes in between). */
+  layersBetween(olderLayerId: number, newerLayerId: number): number[] {
+    const chain = this.layerChain(newerLayerId);
+    const index = chain.indexOf(olderLayerId);
+    if (index < 0) throw StorageError.invalidArgument('the older snapshot is not an ancestor of the newer one');
+    return chain.slice(0, index);
+  }
+
+  /** Snapshots of the same volume taken before `snapshot` (ancestors of its layer). */
+  olderSnapshots(snapshot: SnapshotRecord): SnapshotRecord[] {
+    const chain = new Set(this.layerChain(snapshot.layerId).slice(1));
+    return [...this.snapshots.values()].filter((other) => other.volumeId === snapshot.volumeId && chain.has(other.layerId));
+  }
+
+  volumeById(id: number): Volume | undefined {
+    for (const volume of this.volumes.values()) if (volume.record.id === id) return volume;
+    return undefined;
+  }
+
+  /** The read-only view of a snapshot, created on first use. */
+  snapshotView(snapshot: SnapshotRecord): Volume {
+    let view = this.snapshotViews.get(snapshot.id);
+    if (view === undefined) {
+      view = new Volume(this, this.volumeById(snapshot.volumeId)!.record, snapshot);
+      this.snapshotViews.set(snapshot.id, view);
+    }
+    return view;
+  }
+
+  forgetSnapshot(snapshot: SnapshotRecord): void {
+    this.snapshots.delete(snapshot.id);
+    this.snapshotViews.delete(snapshot.id);
+    this.deletedSnapshots.add(snapshot.id);
+    this.catalogDirty = true;
+  }
+
+  forgetVolume(volume: Volume): void {
+    this.volumes.delete(volume.record.name);
+    this.deletedVolumes.add(volume.record.id);
+    this.catalogDirty = true;
   }
 
   list(): Array<{ name: string; description: string }> {
-    return [...this.volumes.values()].map((volume) => ({ name: volume.record.name, description: volume.description }));
+    const volumes = [...this.volumes.values()].map((volume) => ({ name: volume.record.name, description: volume.description }));
+    const snapshots = [...this.snapshots.values()].map((snapshot) => {
+      const view = this.snapshotView(snapshot);
+      return { name: view.name, description: view.description };
+    });
+    return [...volumes, ...snapshots];
   }
 
   lookup(name: string): ExportEntry | undefined {
-    const volume = this.volumes.get(name === '' ? DEFAULT_VOLUME_NAME : name);
+    const wanted = name === '' ? DEFAULT_VOLUME_NAME : name;
+    const at = wanted.indexOf('@');
+    if (at >= 0) {
+      const volume = this.volumes.get(wanted.slice(0, at));
+      const snapshot = [...this.snapshots.values()].find((candidate) => candidate.volumeId === volume?.record.id && candidate.name === wanted.slice(at + 1));
+      if (snapshot === undefined) return undefined;
+      const view = this.snapshotView(snapshot);
+      return { name: view.name, description: view.description, device: view };
+    }
+    const volume = this.volumes.get(wanted);
     if (volume === undefined) return undefined;
     return { name: volume.record.name, description: volume.description, device: volume };
   }
@@ -305,10 +395,19 @@ export class FlashArray implements ExportCatalog {
     this.dedup?.capture(ops);
     const summaries = this.ftl.captureSummaries();
     for (const [block, value] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(block), value });
-    const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty);
+    const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty || this.catalogDirty);
     for (const volume of volumes) {
       volume.recordDirty = false;
       ops.push({ type: 'put', sublevel: 'volumes', key: u32Key(volume.record.id), value: Buffer.from(JSON.stringify(volume.record)) });
+    }
+    const catalog = this.catalogDirty;
+    if (catalog) {
+      this.catalogDirty = false;
+      // Deleted ids stay listed until a batch holding their deletion has been written.
+      for (const id of this.deletedVolumes) ops.push({ type: 'del', sublevel: 'volumes', key: u32Key(id) });
+      for (const id of this.deletedSnapshots) ops.push({ type: 'del', sublevel: 'snapshots', key: u32Key(id) });
+      for (const snapshot of this.snapshots.values()) ops.push({ type: 'put', sublevel: 'snapshots', key: u32Key(snapshot.id), value: Buffer.from(JSON.stringify(snapshot)) });
+      ops.push({ type: 'put', sublevel: 'super', key: LAYERS_KEY, value: Buffer.from(JSON.stringify([...this.layers])) });
     }
     const { dedupHits, liveChunks, liveStoredBytes } = this.reduction;
     const state: StateRecord = {
@@ -319,7 +418,8 @@ export class FlashArray implements ExportCatalog {
       reduction: { dedupHits, liveChunks, liveStoredBytes },
     };
     ops.push({ type: 'put', sublevel: 'super', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) });
-    return { ops, mapPages, chunkPages, summaries, volumes, generation };
+    const deleted = { volumes: [...this.deletedVolumes], snapshots: [...this.deletedSnapshots] };
+    return { ops, mapPages, chunkPages, summaries, volumes, catalog, deleted, generation };
   }
 
   private settleCapture(captured: ReturnType<FlashArray['captureMetadata']>, ok: boolean): void {
@@ -328,6 +428,10 @@ export class FlashArray implements ExportCatalog {
     if (!ok) {
       for (const [block] of captured.summaries) this.ftl.table.dirty.add(block);
       for (const volume of captured.volumes) volume.recordDirty = true;
+      if (captured.catalog) this.catalogDirty = true;
+    } else {
+      for (const id of captured.deleted.volumes) this.deletedVolumes.delete(id);
+      for (const id of captured.deleted.snapshots) this.deletedSnapshots.delete(id);
     }
   }
 

@@ -1,14 +1,15 @@
 /**
  * Volume-map pages: `lba → chunk reference` for 1024 consecutive logical blocks (4 MiB of volume).
  *
- * Each entry is one of:
- *   unmapped            never written, trimmed or zeroed: reads as zeroes, reported as a hole
+ * A map is a layer (see snapshots.ts); each entry is one of:
+ *   absent              this layer says nothing: look in the parent layer (none: a hole)
  *   chunk(id)           the block's data is chunk `id` in the chunk table
  *   pattern(word)       the block is one 8-byte word repeated (all-zero blocks are pattern 0);
  *                       stored in the entry itself, costing no NAND
+ *   hole                trimmed or zeroed in this layer, hiding whatever a parent layer holds
  *
- * Value format (LevelDB 'map' sublevel, key = u32 volume id + u64 page index): 1024 entries of
- * 9 bytes (u8 kind, u32 high, u32 low), big-endian. An all-unmapped page is deleted instead.
+ * Value format (LevelDB 'map' sublevel, key = u32 layer id + u64 page index): 1024 entries of
+ * 9 bytes (u8 kind, u32 high, u32 low), big-endian. An all-absent page is deleted instead.
  */
 import { assert } from '../common/assert.js';
 import type { CachedPage } from './page-cache.js';
@@ -17,9 +18,10 @@ export const LBAS_PER_MAP_PAGE = 1024;
 const ENTRY_BYTES = 9;
 
 export const enum EntryKind {
-  Unmapped = 0,
+  Absent = 0,
   Chunk = 1,
   Pattern = 2,
+  Hole = 3,
 }
 
 export class MapPage implements CachedPage {
@@ -44,7 +46,7 @@ export class MapPage implements CachedPage {
       page.kinds[i] = bytes[at]!;
       page.high[i] = bytes.readUInt32BE(at + 1);
       page.low[i] = bytes.readUInt32BE(at + 5);
-      if (page.kinds[i] !== EntryKind.Unmapped) page.mappedCount += 1;
+      if (page.kinds[i] !== EntryKind.Absent) page.mappedCount += 1;
     }
     return page;
   }
@@ -71,8 +73,8 @@ export class MapPage implements CachedPage {
 
   set(slot: number, kind: EntryKind, high: number, low: number): void {
     const before = this.kinds[slot]!;
-    if (before === EntryKind.Unmapped && kind !== EntryKind.Unmapped) this.mappedCount += 1;
-    if (before !== EntryKind.Unmapped && kind === EntryKind.Unmapped) this.mappedCount -= 1;
+    if (before === EntryKind.Absent && kind !== EntryKind.Absent) this.mappedCount += 1;
+    if (before !== EntryKind.Absent && kind === EntryKind.Absent) this.mappedCount -= 1;
     this.kinds[slot] = kind;
     this.high[slot] = high >>> 0;
     this.low[slot] = low >>> 0;

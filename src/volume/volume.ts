@@ -8,6 +8,11 @@
  * other block becomes a chunk appended to the host log stream. TRIM and WRITE_ZEROES unmap whole
  * blocks (WRITE_ZEROES with NO_HOLE stores zero patterns instead) and zero the partial edges.
  *
+ * Layers: a volume's map is a chain of layers (snapshots.ts). Reads take, per block, the entry of
+ * the first layer that holds one; writes go to the top layer only, and release only the top
+ * layer's old chunk (a lower layer belongs to a snapshot and keeps its reference). A snapshot is
+ * served by the same class as a read-only view whose top is the snapshot's frozen layer.
+ *
  * Each logical block changes in one synchronous step (map entry, chunk refcounts, valid bytes),
  * after every page it needs is loaded, so a crash or a concurrent read sees it old or new, never
  * mixed. Before that step the write checks space: if the array cannot hold the new data it fails
@@ -36,20 +41,46 @@ export const LBA_BYTES = 4096;
 /** Unmap and block-status work is done this many map pages at a time. */
 const MAP_PAGES_PER_STEP = 64;
 const MAX_ATTEMPTS = 100;
+/** Meta context of a snapshot export listing the blocks changed since an older snapshot. */
+export const CHANGED_CONTEXT_PREFIX = 'pstorage:changed:';
+/** The status bit of that context: the block was written after the older snapshot. */
+export const STATE_CHANGED = 1;
 
 export interface VolumeRecord {
   id: number;
   name: string;
   sizeBytes: number;
   createdAt: string;
+  /** The writable layer on top of this volume's chain. */
+  topLayerId: number;
+  /** `volume@snapshot` this volume was cloned from, if any. */
+  origin?: string;
   mappedBlocks: number;
   patternBlocks: number;
   hostBytesWritten: number;
   dedupHits: number;
 }
 
-export function mapCacheId(volumeId: number, mapPageIndex: number): number {
-  return volumeId * 0x100000000 + mapPageIndex;
+export interface SnapshotRecord {
+  id: number;
+  name: string;
+  volumeId: number;
+  /** The frozen layer holding the volume's top as it was when the snapshot was taken. */
+  layerId: number;
+  createdAt: string;
+  sizeBytes: number;
+  mappedBlocks: number;
+  patternBlocks: number;
+}
+
+export function mapCacheId(layerId: number, mapPageIndex: number): number {
+  return layerId * 0x100000000 + mapPageIndex;
+}
+
+/** The entry deciding a block's content: where it is, or null when no layer holds one. */
+interface Resolved {
+  page: MapPage;
+  slot: number;
 }
 
 /** What a logical block becomes. */
@@ -66,22 +97,40 @@ type BlockContent = DataContent | { type: 'unmap' } | { type: 'pattern'; high: n
 type Decision = { kind: 'none' } | { kind: 'hit'; chunkId: number } | { kind: 'same-as'; index: number } | { kind: 'store' };
 
 export class Volume implements BlockDevice {
-  readonly metaContexts = [BASE_ALLOCATION];
-  readonly readOnly = false;
+  readonly readOnly: boolean;
   recordDirty = false;
-  private readonly locks = new RangeLock();
+  readonly locks = new RangeLock();
 
   constructor(
     private readonly array: FlashArray,
     readonly record: VolumeRecord,
-  ) {}
+    /** Set for the read-only view of a snapshot. */
+    readonly snapshot: SnapshotRecord | null = null,
+  ) {
+    this.readOnly = snapshot !== null;
+  }
+
+  get name(): string {
+    return this.snapshot === null ? this.record.name : `${this.record.name}@${this.snapshot.name}`;
+  }
 
   get sizeBytes(): number {
-    return this.record.sizeBytes;
+    return this.snapshot === null ? this.record.sizeBytes : this.snapshot.sizeBytes;
   }
 
   get description(): string {
-    return `pstorage thin volume, ${this.record.sizeBytes} bytes`;
+    if (this.snapshot !== null) return `pstorage snapshot of ${this.record.name} taken ${this.snapshot.createdAt} (read-only)`;
+    return `pstorage thin volume, ${this.record.sizeBytes} bytes${this.record.origin ? `, cloned from ${this.record.origin}` : ''}`;
+  }
+
+  get topLayerId(): number {
+    return this.snapshot === null ? this.record.topLayerId : this.snapshot.layerId;
+  }
+
+  /** base:allocation, and for a snapshot one `pstorage:changed:OLDER` per older snapshot. */
+  get metaContexts(): readonly string[] {
+    if (this.snapshot === null) return [BASE_ALLOCATION];
+    return [BASE_ALLOCATION, ...this.array.olderSnapshots(this.snapshot).map((older) => `${CHANGED_CONTEXT_PREFIX}${older.name}`)];
   }
 
   // ---- Reads ---------------------------------------------------------------------------------
@@ -127,10 +176,12 @@ export class Volume implements BlockDevice {
     const requests: Array<{ address: { block: number; offsetBytes: number }; chunkId: number; storedBytes: number }> = [];
     const slots: number[] = [];
     const codecs: Codec[] = [];
+    const chain = this.chain();
     for (let lba = first; lba <= last; lba++) {
-      const page = this.mapPage(lba);
-      if (page === undefined) return null;
-      const slot = lba % LBAS_PER_MAP_PAGE;
+      const resolved = this.resolve(chain, lba);
+      if (resolved === undefined) return null;
+      if (resolved === null) continue;
+      const { page, slot } = resolved;
       const kind = page.kind(slot);
       if (kind === EntryKind.Pattern) {
         blocks[lba - first] = patternBlock(page.high[slot]!, page.low[slot]!);
@@ -150,6 +201,7 @@ export class Volume implements BlockDevice {
   // ---- Writes --------------------------------------------------------------------------------
 
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
+    this.checkWritable();
     this.checkRange(offsetBytes, data.length);
     await this.mutate(offsetBytes, data.length, (lba, old) => {
       const blockStart = lba * LBA_BYTES;
@@ -168,6 +220,7 @@ export class Volume implements BlockDevice {
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes);
     // TRIM is a hint: only whole logical blocks are unmapped.
     const first = Math.ceil(offsetBytes / LBA_BYTES);
@@ -177,6 +230,7 @@ export class Volume implements BlockDevice {
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes);
     // Zeroing is a metadata change here, always faster than writing, so FAST_ZERO never fails.
     const first = Math.ceil(offsetBytes / LBA_BYTES);
@@ -205,7 +259,7 @@ export class Volume implements BlockDevice {
   }
 
   /** Unmaps (or zero-patterns) whole logical blocks, a bounded number of map pages at a time. */
-  private async unmapRange(first: number, last: number, content: BlockContent): Promise<void> {
+  async unmapRange(first: number, last: number, content: BlockContent): Promise<void> {
     const step = MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE;
     for (let from = first; from <= last; from += step) {
       const to = Math.min(last, from + step - 1);
@@ -246,7 +300,7 @@ export class Volume implements BlockDevice {
     const verified = new Set<number>();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       await this.loadMap(first, last);
-      const oldChunks = this.chunkIdsIn(first, last);
+      const oldChunks = this.topChunkIdsIn(first, last);
       if (oldChunks === null) continue;
       if (dedup !== null && fingerprints.length > 0) await dedup.prepare(fingerprints);
       const candidates = dedup === null ? [] : fingerprints.flatMap((fingerprint) => dedup.peek(fingerprint) ?? []);
@@ -314,8 +368,7 @@ export class Volume implements BlockDevice {
   }
 
   private pinRange(first: number, last: number, chunkIds: number[]): () => void {
-    const mapIds: number[] = [];
-    for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) mapIds.push(mapCacheId(this.record.id, index));
+    const mapIds = this.mapPageIds(this.chain(), first, last);
     const unpinMap = this.array.mapCache.pin(mapIds);
     const unpinChunks = this.array.chunks.pin(chunkIds);
     let done = false;
@@ -329,6 +382,8 @@ export class Volume implements BlockDevice {
 
   private apply(first: number, contents: BlockContent[], decisions: Decision[]): void {
     const { chunks, ftl, dedup, reduction } = this.array;
+    const chain = this.chain();
+    const hasParent = chain.length > 1;
     const created: number[] = [];
     // Old chunks are released after every new reference is in place: a block of this write may
     // share the very chunk that another block of it overwrites.
@@ -337,11 +392,12 @@ export class Volume implements BlockDevice {
     let patternDelta = 0;
     contents.forEach((content, i) => {
       const lba = first + i;
-      const page = this.mapPage(lba)!;
+      const page = this.topPage(lba)!;
       const slot = lba % LBAS_PER_MAP_PAGE;
-      const oldKind = page.kind(slot);
-      const oldChunk = oldKind === EntryKind.Chunk ? page.chunkId(slot) : -1;
-      if (content.type === 'unmap' && oldKind === EntryKind.Unmapped) return;
+      const before = resolvedKind(this.resolve(chain, lba)!);
+      const oldTopKind = page.kind(slot);
+      const oldChunk = oldTopKind === EntryKind.Chunk ? page.chunkId(slot) : -1;
+      if (content.type === 'unmap' && (before === EntryKind.Absent || before === EntryKind.Hole) && oldTopKind !== EntryKind.Chunk) return;
       const decision = decisions[i]!;
       if (content.type === 'data') {
         let chunkId: number;
@@ -361,12 +417,14 @@ export class Volume implements BlockDevice {
       } else if (content.type === 'pattern') {
         page.set(slot, EntryKind.Pattern, content.high, content.low);
       } else {
-        page.set(slot, EntryKind.Unmapped, 0, 0);
+        // With a parent layer an explicit hole must hide what the parent holds.
+        page.set(slot, hasParent ? EntryKind.Hole : EntryKind.Absent, 0, 0);
       }
-      mappedDelta += (page.kind(slot) !== EntryKind.Unmapped ? 1 : 0) - (oldKind !== EntryKind.Unmapped ? 1 : 0);
-      patternDelta += (page.kind(slot) === EntryKind.Pattern ? 1 : 0) - (oldKind === EntryKind.Pattern ? 1 : 0);
+      const after = resolvedKind({ page, slot });
+      mappedDelta += (isMapped(after) ? 1 : 0) - (isMapped(before) ? 1 : 0);
+      patternDelta += (after === EntryKind.Pattern ? 1 : 0) - (before === EntryKind.Pattern ? 1 : 0);
       if (oldChunk >= 0) released.push(oldChunk);
-      this.array.mapCache.markDirty(mapCacheId(this.record.id, Math.floor(lba / LBAS_PER_MAP_PAGE)), page);
+      this.array.mapCache.markDirty(mapCacheId(this.topLayerId, Math.floor(lba / LBAS_PER_MAP_PAGE)), page);
     });
     for (const chunkId of released) this.array.releaseChunk(chunkId);
     if (mappedDelta !== 0 || patternDelta !== 0) {
@@ -380,7 +438,7 @@ export class Volume implements BlockDevice {
   private freedBytes(first: number, last: number): number | null {
     let freed = 0;
     for (let lba = first; lba <= last; lba++) {
-      const page = this.mapPage(lba);
+      const page = this.topPage(lba);
       if (page === undefined) return null;
       const slot = lba % LBAS_PER_MAP_PAGE;
       if (page.kind(slot) !== EntryKind.Chunk) continue;
@@ -402,22 +460,22 @@ export class Volume implements BlockDevice {
   // ---- Block status --------------------------------------------------------------------------
 
   async blockStatus(context: string, offsetBytes: number, lengthBytes: number): Promise<StatusExtent[]> {
-    assert(context === BASE_ALLOCATION, `unknown meta context ${context}`);
     this.checkRange(offsetBytes, lengthBytes);
+    const changedSince = context === BASE_ALLOCATION ? null : this.changedContextLayers(context);
     const first = Math.floor(offsetBytes / LBA_BYTES);
     const limit = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
     const last = Math.min(limit, (Math.floor(first / LBAS_PER_MAP_PAGE) + MAP_PAGES_PER_STEP) * LBAS_PER_MAP_PAGE - 1);
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       await this.loadMap(first, last);
+      const chain = this.chain();
       const extents: StatusExtent[] = [];
       let complete = true;
       for (let lba = first; lba <= last; lba++) {
-        const page = this.mapPage(lba);
-        if (page === undefined) {
+        const flags = changedSince === null ? this.allocationFlags(chain, lba) : this.changedFlags(changedSince, lba);
+        if (flags === undefined) {
           complete = false;
           break;
         }
-        const flags = statusFlags(page, lba % LBAS_PER_MAP_PAGE);
         const from = Math.max(offsetBytes, lba * LBA_BYTES);
         const to = Math.min(offsetBytes + lengthBytes, (lba + 1) * LBA_BYTES);
         const tail = extents[extents.length - 1];
@@ -438,45 +496,112 @@ export class Volume implements BlockDevice {
     }
   }
 
-  private mapPage(lba: number): MapPage | undefined {
-    return this.array.mapCache.get(mapCacheId(this.record.id, Math.floor(lba / LBAS_PER_MAP_PAGE)));
+  private checkWritable(): void {
+    if (this.readOnly) throw StorageError.readOnly(`${this.name} is a snapshot and cannot be written; clone it to get a writable volume`);
   }
 
-  private loadMap(first: number, last: number): Promise<void> {
+  /** Layer ids from the top of this view down to the root. */
+  chain(): number[] {
+    return this.array.layerChain(this.topLayerId);
+  }
+
+  private mapPageIds(chain: readonly number[], first: number, last: number): number[] {
     const ids: number[] = [];
-    for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) {
-      ids.push(mapCacheId(this.record.id, index));
+    for (const layerId of chain) {
+      for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) ids.push(mapCacheId(layerId, index));
     }
-    return this.array.mapCache.load(ids);
+    return ids;
   }
 
-  /** Chunk ids the map holds for `first..last`, or null if a map page is not loaded. */
+  private topPage(lba: number): MapPage | undefined {
+    return this.array.mapCache.get(mapCacheId(this.topLayerId, Math.floor(lba / LBAS_PER_MAP_PAGE)));
+  }
+
+  /** The first layer's entry for `lba`; null if no layer holds one; undefined if not loaded. */
+  private resolve(chain: readonly number[], lba: number): Resolved | null | undefined {
+    const pageIndex = Math.floor(lba / LBAS_PER_MAP_PAGE);
+    const slot = lba % LBAS_PER_MAP_PAGE;
+    for (const layerId of chain) {
+      const page = this.array.mapCache.get(mapCacheId(layerId, pageIndex));
+      if (page === undefined) return undefined;
+      if (page.kind(slot) !== EntryKind.Absent) return { page, slot };
+    }
+    return null;
+  }
+
+  loadMap(first: number, last: number): Promise<void> {
+    return this.array.mapCache.load(this.mapPageIds(this.chain(), first, last));
+  }
+
+  /** Chunk ids the resolved entries of `first..last` name, or null if a page is not loaded. */
   private chunkIdsIn(first: number, last: number): number[] | null {
+    const chain = this.chain();
     const ids: number[] = [];
     for (let lba = first; lba <= last; lba++) {
-      const page = this.mapPage(lba);
+      const resolved = this.resolve(chain, lba);
+      if (resolved === undefined) return null;
+      if (resolved !== null && resolved.page.kind(resolved.slot) === EntryKind.Chunk) ids.push(resolved.page.chunkId(resolved.slot));
+    }
+    return ids;
+  }
+
+  /** Chunk ids the top layer holds for `first..last` (the ones a write may release). */
+  private topChunkIdsIn(first: number, last: number): number[] | null {
+    const ids: number[] = [];
+    for (let lba = first; lba <= last; lba++) {
+      const page = this.topPage(lba);
       if (page === undefined) return null;
       const slot = lba % LBAS_PER_MAP_PAGE;
       if (page.kind(slot) === EntryKind.Chunk) ids.push(page.chunkId(slot));
     }
     return ids;
   }
+
+  private allocationFlags(chain: readonly number[], lba: number): number | undefined {
+    const resolved = this.resolve(chain, lba);
+    if (resolved === undefined) return undefined;
+    if (resolved === null) return STATE_HOLE | STATE_ZERO;
+    const { page, slot } = resolved;
+    switch (page.kind(slot)) {
+      case EntryKind.Hole:
+        return STATE_HOLE | STATE_ZERO;
+      case EntryKind.Pattern:
+        return page.high[slot] === 0 && page.low[slot] === 0 ? STATE_ZERO : 0;
+      default:
+        return 0;
+    }
+  }
+
+  /** For `pstorage:changed:OLDER`: the layers written after OLDER, up to this snapshot. */
+  private changedContextLayers(context: string): number[] {
+    assert(this.snapshot !== null && context.startsWith(CHANGED_CONTEXT_PREFIX), `unknown meta context ${context}`);
+    const older = this.array.olderSnapshots(this.snapshot).find((candidate) => `${CHANGED_CONTEXT_PREFIX}${candidate.name}` === context);
+    assert(older !== undefined, `unknown meta context ${context}`);
+    return this.array.layersBetween(older.layerId, this.snapshot.layerId);
+  }
+
+  /** 1 (changed) if any layer written since the older snapshot holds an entry for `lba`. */
+  private changedFlags(layers: readonly number[], lba: number): number | undefined {
+    const pageIndex = Math.floor(lba / LBAS_PER_MAP_PAGE);
+    const slot = lba % LBAS_PER_MAP_PAGE;
+    for (const layerId of layers) {
+      const page = this.array.mapCache.get(mapCacheId(layerId, pageIndex));
+      if (page === undefined) return undefined;
+      if (page.kind(slot) !== EntryKind.Absent) return STATE_CHANGED;
+    }
+    return 0;
+  }
 }
 
+function resolvedKind(resolved: Resolved | null): EntryKind {
+  return resolved === null ? EntryKind.Absent : resolved.page.kind(resolved.slot);
+}
+
+function isMapped(kind: EntryKind): boolean {
+  return kind === EntryKind.Chunk || kind === EntryKind.Pattern;
+}
 
 function patternBlock(high: number, low: number): Buffer | null {
   if (high === 0 && low === 0) return null;
   return expandPattern({ high, low }, LBA_BYTES);
-}
-
-
-function statusFlags(page: MapPage, slot: number): number {
-  switch (page.kind(slot)) {
-    case EntryKind.Unmapped:
-      return STATE_HOLE | STATE_ZERO;
-    case EntryKind.Pattern:
-      return page.high[slot] === 0 && page.low[slot] === 0 ? STATE_ZERO : 0;
-    default:
-      return 0;
-  }
 }
