@@ -205,7 +205,8 @@ export class Ftl implements StreamHost {
   get usableBytes(): number {
     const bad = this.table.lostBlocks;
     const blocks = Math.max(0, this.table.blockCount - this.options.reserveBlocks - this.options.gcTargetFreeBlocks - bad);
-    return Math.floor(blocks * this.streamBytesPerBlock * (1 - this.options.overProvisioning));
+    const perBlock = this.streamBytesPerBlock - (RECORD_HEADER_BYTES + this.nand.geometry.pageBytes / 2);
+    return Math.floor(blocks * perBlock * (1 - this.options.overProvisioning));
   }
 
   get liveBytes(): number {
@@ -402,6 +403,7 @@ export class Ftl implements StreamHost {
   async makeDurable<T>(capture: (generation: number) => T): Promise<T> {
     for (let attempt = 0; attempt < 16; attempt++) {
       await this.relocateRetiring();
+      this.checkRetiringRelocated();
       this.hostStream.sealPartial();
       this.gcStream.sealPartial();
       const generation = ++this.generation;
@@ -414,6 +416,18 @@ export class Ftl implements StreamHost {
       return captured;
     }
     throw StorageError.io('NAND programs keep failing; the array cannot make data durable');
+  }
+
+  /**
+   * A failed erase block whose live records could not all be moved (they could not be read back)
+   * holds data that never reached NAND intact: a commit now would acknowledge it as durable.
+   */
+  private checkRetiringRelocated(): void {
+    for (let block = 0; block < this.table.blockCount; block++) {
+      if (this.table.state[block] === BlockState.Retiring && this.table.validBytes[block]! > 0 && !this.busyBlocks.has(block)) {
+        throw StorageError.io(`erase block ${block} failed and ${this.table.validBytes[block]} bytes of its data could not be relocated`);
+      }
+    }
   }
 
   /** Dirty erase-block summaries, for the metadata batch of a commit. */
@@ -447,6 +461,12 @@ export class Ftl implements StreamHost {
   // ---- Failures ------------------------------------------------------------------------------
 
   private onProgramFailure(block: number, error: unknown): void {
+    const state = this.table.state[block];
+    if (state === BlockState.Retiring || state === BlockState.Bad) {
+      // A program queued behind one that already failed on this block: the block is being
+      // retired and its records relocated from the page images, so this is no new failure.
+      return;
+    }
     if (!isNandFault(error)) {
       this.deviceError = error instanceof StorageError ? error : StorageError.io(`NAND program failed: ${String(error)}`, error);
       this.logger.error('NAND write failed; the array cannot make new data durable', { block, error: this.deviceError.message });
@@ -506,7 +526,9 @@ export class Ftl implements StreamHost {
     assert(this.locator !== null, 'FTL used before attach()');
     this.busyBlocks.add(block);
     try {
-      const { records, problems } = await this.parseBlock(block);
+      let parsed = await this.parseBlock(block);
+      for (let retry = 0; retry < 3 && parsed.problems.length > 0; retry++) parsed = await this.parseBlock(block);
+      const { records, problems } = parsed;
       for (const problem of problems) this.logger.error('unreadable data found while relocating', { block, problem });
       const unpin = await this.locator.pin(records.map((record) => record.chunkId));
       try {
@@ -573,7 +595,7 @@ export class Ftl implements StreamHost {
       const victim = this.table.pickVictim(this.options.victimPolicy, this.nextSequence, exclude);
       if (victim < 0) break;
       const valid = this.table.validBytes[victim]!;
-      if (valid > budget && victims.length > 0) break;
+      if (valid > budget) break;
       if (this.table.freeBlocks >= this.options.gcTargetFreeBlocks && this.table.state[victim] !== BlockState.Retiring) break;
       budget -= valid;
       victims.push(victim);

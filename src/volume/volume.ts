@@ -315,7 +315,7 @@ export class Volume implements BlockDevice {
         if (plan.newBytes > 0 && ftl.liveBytes + plan.newBytes - freed > ftl.usableBytes) {
           throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
         }
-        if (!ftl.hasHostSpace(plan.newBytes)) {
+        if (plan.newBytes > 0 && !ftl.hasHostSpace(plan.newBytes)) {
           unpin();
           await ftl.ensureHostSpace(plan.newBytes);
           continue;

@@ -65,7 +65,7 @@ for (const when of ['a full-page program', 'the partial-page program of a flush'
  * Random program failures under overwrite, with flushes and queue depth 4. With the default
  * program batch (16 pages, a whole erase block here) this passes. With 4-page batches a failed
  * program is usually followed by an already-issued program of the next pages of the same erase
- * block, which trips ENGINE BUG B (see the deterministic repro below): kept as `test.failing`.
+ * block, which tripped bug B (fixed; see the deterministic repro below).
  */
 async function randomProgramFailures(t: import('ava').ExecutionContext, programBatchPages: number | undefined, programFailureRate: number, fixedSeed?: number): Promise<void> {
   const seed = seedFor(t, fixedSeed);
@@ -96,20 +96,20 @@ async function randomProgramFailures(t: import('ava').ExecutionContext, programB
 
 test('random program failures under overwrite with flushes: blocks retire, nothing is lost, capacity shrinks', (t) => randomProgramFailures(t, undefined, 0.03));
 
-// ENGINE BUG B (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure): see the repro below.
+// Regression for bug B (fixed) (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure): see the repro below.
 // Four times as many program calls, so a quarter of the rate for a similar number of failures.
 // Whether a failure lands on a block with a later program already issued depends on the seed, so
-// this known failure runs a fixed seed that trips bug B (about half of all seeds do). Once B is
+// this test runs a fixed seed that tripped bug B (about half of all seeds do). Once B is
 // fixed, drop `.failing` and the fixed seed (a patched build passes it and random seeds).
-test.failing('random program failures with 4-page program batches [ENGINE BUG B]', (t) => randomProgramFailures(t, 4, 0.008, 3));
+test('random program failures with 4-page program batches (regression: bug B)', (t) => randomProgramFailures(t, 4, 0.008, 3));
 
-// ENGINE BUG B (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure). A program failure is
+// Regression for bug B (fixed) (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure). A program failure is
 // noticed only in the promise handler of the failed program. Programs of later pages of the same
 // erase block issued before that (here: the second 16-page batch of one 128 KiB write, issued in
 // the same tick) are rejected by the device as "out of order" (INVALID_ARGUMENT, the write pointer
 // did not move), onProgramFailure takes that for a non-NAND error and sets `deviceError`, and from
 // then on every flush fails with INVALID_ARGUMENT: the array can never make data durable again.
-test.failing('a program failure followed by an already-issued program of the same erase block is survived [ENGINE BUG B]', async (t) => {
+test('a program failure followed by an already-issued program of the same erase block is survived (regression: bug B)', async (t) => {
   const seed = seedFor(t);
   const h = await Harness.create(seed, { faults: {}, geometry: { pagesPerEraseBlock: 64, eraseBlockCount: 16 } });
   faulty(h).failNextProgram();
@@ -208,7 +208,7 @@ test('a bit flipped on read is CORRUPT, never wrong bytes, and the stored data i
   await h.close();
 });
 
-// ENGINE BUG A (src/volume/volume.ts, Volume.applyWhenReady): a TRIM (newBytes = 0) still calls
+// Regression for bug A (fixed) (src/volume/volume.ts, Volume.applyWhenReady): a TRIM (newBytes = 0) still calls
 // ftl.ensureHostSpace(0) whenever hostHeadroom() is negative (free blocks <= reserveBlocks), which
 // runs GC and fails the TRIM with NO_SPACE when GC cannot progress; so a full array can never be
 // emptied. How the free blocks run out (issue C, src/ftl/ftl.ts, Ftl.chooseVictims): when victims
@@ -217,7 +217,7 @@ test('a bit flipped on read is CORRUPT, never wrong bytes, and the stored data i
 // victim even when its live data does not fit (`victims.length > 0`), so every later GC run throws
 // NO_SPACE from openBlock halfway through a relocation. Skipping ensureHostSpace when
 // newBytes === 0 makes this test pass (checked on a patched build).
-test.failing('after erase failures exhaust the free blocks, TRIM still works and space comes back [ENGINE BUG A]', async (t) => {
+test('after erase failures exhaust the free blocks, TRIM still works and space comes back (regression: bug A)', async (t) => {
   const seed = seedFor(t);
   const h = await Harness.create(seed, { faults: {} });
   const nand = faulty(h);
@@ -244,7 +244,7 @@ test.failing('after erase failures exhaust the free blocks, TRIM still works and
   await h.close();
 });
 
-// ENGINE BUG D (src/ftl/ftl.ts, Ftl.makeDurable / relocateRetiring / relocateBlock / parseBlock):
+// Regression for bug D (fixed) (src/ftl/ftl.ts, Ftl.makeDurable / relocateRetiring / relocateBlock / parseBlock):
 // a FLUSH whose partial-page program fails retires the block and relocates its live records from
 // NAND plus the in-memory page images. If reading the programmed pages of that block returns a
 // flipped bit (a transient read error), parseBlock stops at the first bad page, relocateBlock
@@ -252,7 +252,7 @@ test.failing('after erase failures exhaust the free blocks, TRIM still works and
 // records whose pages were never programmed (they exist only in memory). FLUSH succeeds; after a
 // power loss the flushed blocks read as CORRUPT. The durability contract is broken: the flush
 // should retry the read (the flip is transient) or fail with IO, never report success.
-test.failing('a FLUSH that retires a block whose relocation reads a flipped bit is still durable [ENGINE BUG D]', async (t) => {
+test('a FLUSH that retires a block whose relocation reads a flipped bit is still durable (regression: bug D)', async (t) => {
   const seed = seedFor(t);
   const h = await Harness.create(seed, { faults: {} });
   const nand = faulty(h);
