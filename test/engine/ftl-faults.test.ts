@@ -99,8 +99,7 @@ test('random program failures under overwrite with flushes: blocks retire, nothi
 // Regression for bug B (fixed) (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure): see the repro below.
 // Four times as many program calls, so a quarter of the rate for a similar number of failures.
 // Whether a failure lands on a block with a later program already issued depends on the seed, so
-// this test runs a fixed seed that tripped bug B (about half of all seeds do). Once B is
-// fixed, drop `.failing` and the fixed seed (a patched build passes it and random seeds).
+// this test keeps the fixed seed that tripped bug B (about half of all seeds did).
 test('random program failures with 4-page program batches (regression: bug B)', (t) => randomProgramFailures(t, 4, 0.008, 3));
 
 // Regression for bug B (fixed) (src/ftl/ftl.ts, Ftl.trackProgram / Ftl.onProgramFailure). A program failure is

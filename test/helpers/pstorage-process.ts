@@ -33,8 +33,13 @@ export function makeTempDir(prefix = 'pstorage-test-'): string {
 export async function startPstorage(options: { dataDir?: string; tcp?: boolean; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<PstorageProcess> {
   const dataDir = options.dataDir ?? path.join(makeTempDir(), 'data');
   const socketPath = path.join(path.dirname(dataDir), `nbd-${path.basename(dataDir)}.sock`);
-  const args = [PSTORAGE_BIN, 'serve', '--data-dir', dataDir, '--socket', socketPath, '--listen', options.tcp ? '127.0.0.1:0' : 'none', ...(options.args ?? [])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PSTORAGE_LOG: 'info', ...options.env } });
+  // "No TCP listener" goes through PSTORAGE_LISTEN=none rather than `--listen none`: commander
+  // turns an option parser's null result into '' (commander 14, lib/command.js "val = ''"), so
+  // `--listen none` on the command line reaches serve() as '' and crashes it.
+  const listenArgs = options.tcp ? ['--listen', '127.0.0.1:0'] : [];
+  const args = [PSTORAGE_BIN, 'serve', '--data-dir', dataDir, '--socket', socketPath, ...listenArgs, ...(options.args ?? [])];
+  const env = { ...process.env, PSTORAGE_LOG: 'info', PSTORAGE_LISTEN: 'none', ...options.env };
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let stderr = '';
   child.stderr!.setEncoding('utf8');
   child.stdout!.resume();
