@@ -80,6 +80,13 @@ export class MapPage implements CachedPage {
     this.low[slot] = low >>> 0;
   }
 
+  /** Every chunk id this page names. */
+  chunkIdsIn(): number[] {
+    const ids: number[] = [];
+    for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) if (this.kinds[slot] === EntryKind.Chunk) ids.push(this.chunkId(slot));
+    return ids;
+  }
+
   setChunk(slot: number, chunkId: number): void {
     this.set(slot, EntryKind.Chunk, Math.floor(chunkId / 0x100000000), chunkId >>> 0);
   }
