@@ -4,10 +4,11 @@
  * lookup, a "no" costs nothing. Deleted fingerprints stay set (a Bloom filter cannot forget), which
  * only adds false "maybe"s.
  *
- * Persistence: the bit array is split into 64 KiB segments; only segments changed since the last
- * commit are written, in the commit's batch ('fingerprints' sublevel, key "B" + u32 segment).
- * A crash can lose bits set after the last commit, but then it also loses the index entries those
- * bits stood for, so the filter never answers "no" for an indexed fingerprint.
+ * Persistence: the bit array is split into 64 KiB segments; segments changed since they were last
+ * written go into a commit's batch ('fingerprints' sublevel, key "B" + u32 segment) at most once a
+ * minute, and always at a clean close. Random fingerprints touch every segment, so writing them
+ * at every commit would cost megabytes per commit. A crash can therefore lose bits: a fingerprint
+ * whose bit is lost is treated as new, which costs a dedup opportunity and nothing else.
  */
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 
@@ -50,7 +51,12 @@ export class BloomFilter {
     }
   }
 
-  capture(ops: MetaOp[]): void {
+  private lastSavedMs = Date.now();
+
+  /** Dirty segments into `ops`, if a minute has passed since the last save or `force` is set. */
+  capture(ops: MetaOp[], force = false, nowMs = Date.now()): void {
+    if (!force && nowMs - this.lastSavedMs < 60_000) return;
+    this.lastSavedMs = nowMs;
     for (const segment of this.dirtySegments) {
       ops.push({ type: 'put', sublevel: 'fingerprints', key: segmentKey(segment), value: Buffer.from(this.bits.subarray(segment * SEGMENT_BYTES, (segment + 1) * SEGMENT_BYTES)) });
     }

@@ -112,6 +112,8 @@ export class FlashArray implements ExportCatalog {
   readonly layers = new Map<number, number>();
   /** Volume, snapshot and layer records changed since the last commit captured them. */
   catalogDirty = false;
+  /** Metadata commits so far (each one LevelDB batch). */
+  commits = 0;
   private readonly deletedSnapshots = new Set<number>();
   private readonly deletedVolumes = new Set<number>();
   readonly mapCache: PageCache<MapPage>;
@@ -379,12 +381,15 @@ export class FlashArray implements ExportCatalog {
       return previous;
     });
     let ok = false;
+    const started = process.hrtime.bigint();
     try {
       await this.meta.batch(captured.ops, { sync });
       ok = true;
     } finally {
       this.settleCapture(captured, ok);
     }
+    this.commits += 1;
+    this.logger.debug('commit', { ops: captured.ops.length, batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync });
     if (sync) await this.ftl.releaseAfterCommit(captured.generation);
   }
 
@@ -392,7 +397,7 @@ export class FlashArray implements ExportCatalog {
     const ops: MetaOp[] = [];
     const mapPages = this.mapCache.capture(ops);
     const chunkPages = this.chunks.capture(ops);
-    this.dedup?.capture(ops);
+    this.dedup?.capture(ops, this.closed);
     const summaries = this.ftl.captureSummaries();
     for (const [block, value] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(block), value });
     const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty || this.catalogDirty);
