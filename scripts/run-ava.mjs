@@ -3,10 +3,10 @@
 // ava's own summary says "N tests passed" etc.; an ava failure without a counted test failure
 // (an uncaught exception, a timed-out file) still counts as a failure. Exits with ava's code.
 import { spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
-const require = createRequire(import.meta.url);
-const avaCli = require.resolve('ava/entrypoints/cli.mjs');
+// ava's package exports do not include its CLI entry point, so it is found by path.
+const avaCli = fileURLToPath(new URL('../node_modules/ava/entrypoints/cli.mjs', import.meta.url));
 const child = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
 
 let output = '';
