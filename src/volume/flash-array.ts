@@ -24,7 +24,7 @@ import type { Logger } from '../common/log.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
 import { decodeSummary } from '../ftl/erase-block-table.js';
 import { Ftl, defaultFtlOptions, type FtlOptions } from '../ftl/ftl.js';
-import { decodeU32Key, u32Key } from '../meta/keys.js';
+import { decodeU32Key, decodeVolumeMapKey, u32Key } from '../meta/keys.js';
 import { LevelMetaStore } from '../meta/level-store.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { FileNand } from '../nand/file-nand.js';
@@ -267,6 +267,22 @@ export class FlashArray implements ExportCatalog {
   olderSnapshots(snapshot: SnapshotRecord): SnapshotRecord[] {
     const chain = new Set(this.layerChain(snapshot.layerId).slice(1));
     return [...this.snapshots.values()].filter((other) => other.volumeId === snapshot.volumeId && chain.has(other.layerId));
+  }
+
+  /**
+   * Map page indexes in `firstPage..lastPage` that some layer of `layerIds` holds: in LevelDB
+   * (a range scan, cheap when there are none) or only in the cache so far.
+   */
+  async existingMapPages(layerIds: readonly number[], firstPage: number, lastPage: number): Promise<Set<number>> {
+    const found = new Set<number>();
+    for (const layerId of layerIds) {
+      const range = { gte: volumeMapKey(layerId, firstPage), lt: volumeMapKey(layerId, lastPage + 1) };
+      for await (const [key] of this.meta.iterate('map', range)) found.add(decodeVolumeMapKey(key).mapPageIndex);
+      for (let pageIndex = firstPage; pageIndex <= lastPage; pageIndex++) {
+        if ((this.mapCache.peek(mapCacheId(layerId, pageIndex))?.version ?? 0) > 0) found.add(pageIndex);
+      }
+    }
+    return found;
   }
 
   volumeById(id: number): Volume | undefined {

@@ -71,6 +71,11 @@ export class PageCache<P extends CachedPage> {
     return page;
   }
 
+  /** The page if it is in memory, without touching the LRU order. */
+  peek(id: number): P | undefined {
+    return this.pages.get(id);
+  }
+
   has(id: number): boolean {
     return this.pages.has(id);
   }

@@ -263,7 +263,17 @@ export class Volume implements BlockDevice {
     const step = MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE;
     for (let from = first; from <= last; from += step) {
       const to = Math.min(last, from + step - 1);
-      await this.mutate(from * LBA_BYTES, (to - from + 1) * LBA_BYTES, () => content);
+      if (content.type !== 'unmap') {
+        await this.mutate(from * LBA_BYTES, (to - from + 1) * LBA_BYTES, () => content);
+        continue;
+      }
+      // Unmapping what no layer holds changes nothing: only visit map pages that exist.
+      const pages = await this.array.existingMapPages(this.chain(), Math.floor(from / LBAS_PER_MAP_PAGE), Math.floor(to / LBAS_PER_MAP_PAGE));
+      for (const pageIndex of [...pages].sort((a, b) => a - b)) {
+        const pageFirst = Math.max(from, pageIndex * LBAS_PER_MAP_PAGE);
+        const pageLast = Math.min(to, (pageIndex + 1) * LBAS_PER_MAP_PAGE - 1);
+        await this.mutate(pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES, () => content);
+      }
     }
   }
 
@@ -465,13 +475,18 @@ export class Volume implements BlockDevice {
     const first = Math.floor(offsetBytes / LBA_BYTES);
     const limit = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
     const last = Math.min(limit, (Math.floor(first / LBAS_PER_MAP_PAGE) + MAP_PAGES_PER_STEP) * LBAS_PER_MAP_PAGE - 1);
+    const layers = changedSince ?? this.chain();
+    // Map pages no layer holds are holes (or unchanged) without loading anything.
+    const existing = await this.array.existingMapPages(layers, Math.floor(first / LBAS_PER_MAP_PAGE), Math.floor(last / LBAS_PER_MAP_PAGE));
+    const empty = changedSince === null ? STATE_HOLE | STATE_ZERO : 0;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      await this.loadMap(first, last);
+      await this.array.mapCache.load(layers.flatMap((layerId) => [...existing].map((pageIndex) => mapCacheId(layerId, pageIndex))));
       const chain = this.chain();
       const extents: StatusExtent[] = [];
       let complete = true;
       for (let lba = first; lba <= last; lba++) {
-        const flags = changedSince === null ? this.allocationFlags(chain, lba) : this.changedFlags(changedSince, lba);
+        const present = existing.has(Math.floor(lba / LBAS_PER_MAP_PAGE));
+        const flags = !present ? empty : changedSince === null ? this.allocationFlags(chain, lba) : this.changedFlags(changedSince, lba);
         if (flags === undefined) {
           complete = false;
           break;

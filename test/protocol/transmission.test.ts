@@ -84,7 +84,7 @@ test('decoder: the same events whole and one byte at a time', (t) => {
   t.is(whole[1]!.type === 'request' && whole[1]!.request.cookie, 0xffffffffffffffffn, 'cookies are echoed unchanged');
 });
 
-test('decoder: an oversized write's payload is skipped, then the request is reported', (t) => {
+test('decoder: an oversized write is skipped whole before its error is reported', (t) => {
   const decoder = new RequestDecoder(1024);
   const big = request(C.NBD_CMD_WRITE, { cookie: 9n, length: 5000, payload: Buffer.alloc(5000, 7) });
   const events = decodeAll(decoder, [big.subarray(0, 100), big.subarray(100), request(C.NBD_CMD_FLUSH, { cookie: 10n })]);
