@@ -39,6 +39,7 @@ import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, decompressBlock, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
 import { sha256Fingerprint, type FingerprintFunction } from '../reduce/fingerprint.js';
+import { ReductionPool } from '../reduce/reduction-pool.js';
 
 export const FORMAT_VERSION = 1;
 export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
@@ -65,6 +66,8 @@ export interface ArrayOptions {
   dedup?: boolean;
   /** Tests inject a weak (even colliding) function; non-cryptographic ones are verified on hit. */
   fingerprint?: FingerprintFunction;
+  /** Worker threads for hashing and compression (default 1: the second core); 0 = inline. */
+  reductionWorkers?: number;
 }
 
 /** Data-reduction counters kept current as chunks are stored and freed. */
@@ -124,6 +127,8 @@ export class FlashArray implements ExportCatalog {
   readonly codec: Codec;
   readonly compression: CompressionName;
   readonly fingerprint: FingerprintFunction;
+  /** Off-thread hashing and compression; null when reduction runs inline. */
+  readonly reducer: ReductionPool | null;
   private nextVolumeId: number;
   private commitRunning: Promise<void> | null = null;
   private commitQueued: Promise<void> | null = null;
@@ -152,6 +157,9 @@ export class FlashArray implements ExportCatalog {
     this.mapCache = new PageCache(meta, 'map', mapKeyOfCacheId, (_id, bytes) => MapPage.decode(bytes), Math.floor(cacheBytes * 0.4));
     const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
     this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor((cacheBytes * 0.2) / 160));
+    const workers = options.reductionWorkers ?? 1;
+    // Only the built-in SHA-256 runs in workers; an injected function stays on this thread.
+    this.reducer = workers > 0 && this.fingerprint === sha256Fingerprint ? new ReductionPool(workers, this.codec, this.dedup !== null) : null;
     ftl.attach(
       {
         pin: async (chunkIds) => {
@@ -540,6 +548,7 @@ export class FlashArray implements ExportCatalog {
   abandon(): void {
     this.closed = true;
     if (this.writebackTimer) clearInterval(this.writebackTimer);
+    void this.reducer?.close();
   }
 
   async close(): Promise<void> {
@@ -547,6 +556,7 @@ export class FlashArray implements ExportCatalog {
     this.closed = true;
     if (this.writebackTimer) clearInterval(this.writebackTimer);
     await this.commit(true);
+    await this.reducer?.close();
     await this.nand.close();
     await this.meta.close();
   }

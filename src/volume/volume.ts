@@ -33,6 +33,7 @@ import { StorageError } from '../common/errors.js';
 import { LogStream } from '../ftl/log-stream.js';
 import { compressBlock, decompressBlock, type Codec } from '../reduce/codec.js';
 import { detectPattern, expandPattern } from '../reduce/pattern.js';
+import type { ReducedBlock } from '../reduce/reduction-pool.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
 import { RangeLock } from './range-lock.js';
@@ -203,11 +204,20 @@ export class Volume implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, data.length);
+    // Whole blocks are hashed and compressed on the reduction workers before taking any lock.
+    const firstWhole = Math.ceil(offsetBytes / LBA_BYTES);
+    const endWhole = Math.floor((offsetBytes + data.length) / LBA_BYTES);
+    const wholeBlocks: Buffer[] = [];
+    for (let lba = firstWhole; lba < endWhole; lba++) wholeBlocks.push(data.subarray(lba * LBA_BYTES - offsetBytes, (lba + 1) * LBA_BYTES - offsetBytes));
+    const reduced = this.array.reducer === null ? null : await this.array.reducer.reduce(wholeBlocks);
     await this.mutate(offsetBytes, data.length, (lba, old) => {
       const blockStart = lba * LBA_BYTES;
       const from = Math.max(offsetBytes, blockStart);
       const to = Math.min(offsetBytes + data.length, blockStart + LBA_BYTES);
-      if (to - from === LBA_BYTES) return this.dataContent(data.subarray(from - offsetBytes, to - offsetBytes));
+      if (to - from === LBA_BYTES) {
+        const bytes = data.subarray(from - offsetBytes, to - offsetBytes);
+        return reduced === null ? this.dataContent(bytes) : this.reducedContent(bytes, reduced[lba - firstWhole]!);
+      }
       const merged = Buffer.alloc(LBA_BYTES);
       old?.copy(merged);
       data.copy(merged, from - blockStart, from - offsetBytes, to - offsetBytes);
@@ -458,6 +468,12 @@ export class Volume implements BlockDevice {
       if (entry !== undefined && entry.refcount === 1) freed += LogStream.recordBytes(entry.storedBytes);
     }
     return freed;
+  }
+
+  /** A whole block the reduction workers already looked at. */
+  private reducedContent(bytes: Buffer, result: ReducedBlock): BlockContent {
+    if (result.pattern !== null) return { type: 'pattern', high: result.pattern.high, low: result.pattern.low };
+    return { type: 'data', bytes, fingerprint: this.array.dedup === null ? null : result.fingerprint, reduced: result.reduced ?? undefined };
   }
 
   /** Pattern removal first (it costs nothing to store); then the block's fingerprint for dedup. */
