@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# vm-test.sh: prove the real Linux kernel NBD client works against pstorage, without Vagrant.
+#
+# Boots Debian's cloud kernel under qemu (TCG, 1 vCPU, serial console) with a small initramfs
+# (scripts/vm/build-initramfs.sh) whose /init runs scripts/vm/guest-test.sh: nbd-client attaches
+# /dev/nbd0 to pstorage, then ext4 and XFS rounds (mkfs, write, fsck, reconnect, verify, fstrim)
+# and, unless --quick, two fio jobs with crc32c verification. The guest reaches the host only
+# through qemu's user-network alias 10.0.2.2, which is the host's 127.0.0.1.
+#
+# Around each fstrim the guest stops and waits (PSTORAGE-GUEST-WAIT on the console); this script
+# then measures the array's physical space and answers on the console. The space must go down.
+#
+# Usage: scripts/vm-test.sh [--quick] [--port N [--export NAME] [--data-dir DIR]] [--timeout S]
+#                           [--keep]
+#   --quick         no fio jobs (about half the time)
+#   --port N        use a pstorage already serving on 127.0.0.1:N instead of starting one; the
+#                   trim check then needs --data-dir (that server's data directory) or is skipped
+#   --export NAME   export to attach (default: default)
+#   --timeout S     give up on the guest after S seconds and kill qemu (default 600)
+#   --keep          keep the work directory (console log, server log, data directory)
+# Environment: PSTORAGE_VM_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm) holds the
+# downloaded kernel across runs.
+# Exit status: 0 only when the guest printed PSTORAGE-GUEST-RESULT: PASS, every trim freed space
+# and pstorage (when started here) stopped with exit code 0.
+# Needs root (or sudo) for apt-get when packages are missing; installs them on first use.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VM_DIR=$REPO_ROOT/scripts/vm
+DEBIAN_PACKAGES=(qemu-system-x86 busybox-static kmod cpio nbd-client e2fsprogs xfsprogs fio util-linux
+  coreutils)
+KERNEL_META_PACKAGE=linux-image-cloud-amd64
+
+MODE=full
+PORT=""
+EXPORT=default
+EXTERNAL_DATA_DIR=""
+TIMEOUT_S=600
+KEEP=0
+usage() {
+  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) MODE=quick ;;
+    --port) [ $# -ge 2 ] || usage; PORT=$2; shift ;;
+    --export) [ $# -ge 2 ] || usage; EXPORT=$2; shift ;;
+    --data-dir) [ $# -ge 2 ] || usage; EXTERNAL_DATA_DIR=$2; shift ;;
+    --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; shift ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage ;;
+    *) echo "vm-test: unknown argument '$1'" >&2; usage ;;
+  esac
+  shift
+done
+CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+
+log() { echo "vm-test: $*"; }
+die() { echo "vm-test: FAIL: $*" >&2; exit 1; }
+
+# --- step timing --------------------------------------------------------------------------------
+
+SCRIPT_STARTED_AT=$EPOCHREALTIME
+STEP_NAME=""
+STEP_STARTED_AT=""
+TIMINGS=()
+step_begin() {
+  STEP_NAME=$1
+  STEP_STARTED_AT=$EPOCHREALTIME
+  log "step $STEP_NAME ..."
+}
+step_end() {
+  local seconds
+  seconds=$(awk -v a="$STEP_STARTED_AT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  TIMINGS+=("$STEP_NAME ${seconds}s")
+  log "step $STEP_NAME done in ${seconds} s${1:+ ($1)}"
+}
+
+# --- cleanup ------------------------------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-vm.XXXXXX")
+# When the caller dies (an ava worker killed on timeout), stop rather than run on unobserved.
+PARENT_PID=$PPID
+QEMU_PID=""
+SERVER_PID=""
+FAILED=1
+cleanup() {
+  # Subshells that inherit the trap must not stop anything: only the script itself cleans up.
+  [ "$BASHPID" = "$$" ] || return 0
+  # Only processes this script started, by PID.
+  if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then kill "$QEMU_PID" 2>/dev/null || true; fi
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- packages -----------------------------------------------------------------------------------
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+APT_UPDATED=0
+apt_update_once() {
+  [ "$APT_UPDATED" = 1 ] && return 0
+  $SUDO apt-get update -qq
+  APT_UPDATED=1
+}
+ensure_packages() {
+  local missing=() pkg
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# --- kernel -------------------------------------------------------------------------------------
+
+# Sets KERNEL_ROOT and KERNEL_VERSION: Debian's current cloud kernel, downloaded once into the
+# cache and unpacked there with dpkg-deb (never installed on this host).
+fetch_kernel() {
+  local package deb
+  package=$(apt-cache depends "$KERNEL_META_PACKAGE" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }' || true)
+  if [ -z "$package" ]; then
+    apt_update_once
+    package=$(apt-cache depends "$KERNEL_META_PACKAGE" | awk '/Depends: linux-image-/ { print $2; exit }')
+  fi
+  [ -n "$package" ] || die "cannot resolve $KERNEL_META_PACKAGE to a versioned kernel package"
+  mkdir -p "$CACHE_DIR"
+  deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
+  if [ -z "$deb" ]; then
+    log "downloading $package into $CACHE_DIR"
+    (cd "$CACHE_DIR" && apt-get download -o APT::Sandbox::User=root "$package" >/dev/null) \
+      || { apt_update_once; (cd "$CACHE_DIR" && apt-get download -o APT::Sandbox::User=root "$package" >/dev/null); }
+    deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
+    [ -n "$deb" ] || die "apt-get download $package left no .deb in $CACHE_DIR"
+    # Older kernels are superseded: keep the cache to one.
+    find "$CACHE_DIR" -maxdepth 1 -name 'linux-image-*' ! -name "${package}_*" -exec rm -rf {} +
+  fi
+  KERNEL_ROOT=${deb%.deb}.root
+  if [ ! -d "$KERNEL_ROOT" ]; then
+    rm -rf "$KERNEL_ROOT.tmp"
+    dpkg-deb -x "$deb" "$KERNEL_ROOT.tmp"
+    KERNEL_VERSION=$(basename "$(find "$KERNEL_ROOT.tmp/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
+    depmod -b "$KERNEL_ROOT.tmp" "$KERNEL_VERSION"
+    mv "$KERNEL_ROOT.tmp" "$KERNEL_ROOT"
+  fi
+  KERNEL_VERSION=$(basename "$(find "$KERNEL_ROOT/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
+  KERNEL_IMAGE=$KERNEL_ROOT/boot/vmlinuz-$KERNEL_VERSION
+  [ -f "$KERNEL_IMAGE" ] || die "no kernel image in $KERNEL_ROOT/boot"
+}
+
+# --- pstorage -----------------------------------------------------------------------------------
+
+DATA_DIR=""
+start_server() {
+  if [ ! -f "$REPO_ROOT/build/src/cli/main.js" ]; then
+    log "pstorage is not built: building"
+    (cd "$REPO_ROOT" && npx tsc -p tsconfig.json)
+  fi
+  DATA_DIR=$WORK/data
+  # debug level: the server then logs every request it rejects or fails, which this script reports.
+  PSTORAGE_LOG=debug node "$REPO_ROOT/bin/pstorage.js" serve --data-dir "$DATA_DIR" --listen 127.0.0.1:0 \
+    > "$WORK/pstorage.out" 2> "$WORK/pstorage.log" &
+  SERVER_PID=$!
+  local i
+  for ((i = 0; i < 300; i++)); do
+    if grep -q '"msg":"listening"' "$WORK/pstorage.log"; then
+      PORT=$(grep '"msg":"listening"' "$WORK/pstorage.log" | head -n 1 | grep -o '"tcp":\["[^"]*"' | grep -o '[0-9]*"$' | tr -d '"')
+      [ -n "$PORT" ] || die "pstorage is listening but logged no TCP port: $(cat "$WORK/pstorage.log")"
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || die "pstorage exited at start: $(cat "$WORK/pstorage.log")"
+    sleep 0.1
+  done
+  die "pstorage did not log \"listening\" within 30 s"
+}
+
+stop_server() {
+  local status=0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" || status=$?
+  SERVER_PID=""
+  SERVER_EXIT=$status
+}
+
+# Problems the server logged: warnings and errors, and the requests it rejected or failed (debug).
+report_server_log() {
+  local problems
+  problems=$(grep -E '"level":"(warn|error)"|"msg":"request (rejected|failed)' "$WORK/pstorage.log" || true)
+  if [ -n "$problems" ]; then
+    log "pstorage logged $(echo "$problems" | wc -l) problem line(s); the first 20:"
+    echo "$problems" | head -n 20 | sed 's/^/server| /'
+  else
+    log "pstorage log: no warnings, errors, rejected or failed requests"
+  fi
+}
+
+# --- the array's physical space -----------------------------------------------------------------
+
+# The space the array occupies, in bytes: `pstorage stats --json` (top-level physicalBytes, asked
+# through the running server's management socket in the data directory) when this pstorage has
+# the command, else the allocated blocks of the data directory (`du -sB1`; not --apparent-size,
+# since sparse files and punched holes are the point). Nothing to measure without a data
+# directory (an external server started without --data-dir here): USAGE_SOURCE is then empty.
+USAGE_SOURCE=""
+choose_usage_source() {
+  USAGE_SOURCE=""
+  [ -n "$DATA_DIR" ] || return 0
+  if node "$REPO_ROOT/bin/pstorage.js" stats --help >/dev/null 2>&1; then USAGE_SOURCE="stats"; else USAGE_SOURCE="du"; fi
+}
+# Its errors go to $WORK/stats.log, which a failed measurement shows.
+stats_physical_bytes() {
+  local json
+  json=$(node "$REPO_ROOT/bin/pstorage.js" stats --json --data-dir "$DATA_DIR" 2>>"$WORK/stats.log") || return 1
+  # shellcheck disable=SC2016 # JavaScript, not shell
+  node -e '
+    const bytes = JSON.parse(process.argv[1]).physicalBytes;
+    if (!Number.isSafeInteger(bytes)) throw new Error(`no integer physicalBytes in: ${process.argv[1]}`);
+    console.log(bytes);' "$json" 2>>"$WORK/stats.log"
+}
+array_physical_bytes() {
+  local attempt
+  case $USAGE_SOURCE in
+    stats)
+      # Retried: the guest is idle meanwhile. A retry that was needed is reported by the caller.
+      for attempt in 1 2 3; do
+        stats_physical_bytes && return 0
+        echo "(attempt $attempt failed at $(date +%T.%N))" >> "$WORK/stats.log"
+        sleep 1
+      done
+      return 1
+      ;;
+    du) du -sB1 "$DATA_DIR" | awk '{ print $1 }' ;;
+  esac
+}
+
+# --- the guest ----------------------------------------------------------------------------------
+
+declare -A USAGE_BYTES=()
+STATS_FAILURES=0
+TRIM_FAILURES=()
+TRIM_REPORTS=()
+# on_guest_wait TAG [key=value...]: the guest is idle at TAG; measure, then let it go on.
+on_guest_wait() {
+  local tag=$1 bytes fs before deleted=""
+  shift
+  bytes=$(array_physical_bytes) || bytes=""
+  if [ -s "$WORK/stats.log" ]; then
+    log "pstorage stats failed at least once so far (\$WORK/stats.log):"
+    sed 's/^/stats| /' "$WORK/stats.log" | tail -n 10
+    STATS_FAILURES=$(grep -c 'attempt .* failed' "$WORK/stats.log")
+  fi
+  USAGE_BYTES[$tag]=${bytes:-unknown}
+  log "array physical bytes at $tag: ${bytes:-unknown} (${USAGE_SOURCE:-not measured})"
+  case $tag in
+    *-pre-trim)
+      deleted=${1:-}
+      USAGE_BYTES[$tag.deleted]=${deleted#deleted_bytes=}
+      ;;
+    *-post-trim)
+      fs=${tag%-post-trim}
+      before=${USAGE_BYTES[$fs-pre-trim]:-unknown}
+      deleted=${USAGE_BYTES[$fs-pre-trim.deleted]:-?}
+      if [ -z "$USAGE_SOURCE" ]; then
+        TRIM_REPORTS+=("$fs: not measured (no data directory)")
+      elif [ "$before" = unknown ] || [ -z "$bytes" ]; then
+        TRIM_FAILURES+=("$fs: could not measure the array's space ($USAGE_SOURCE) around fstrim: $(tail -n 5 "$WORK/stats.log" 2>/dev/null)")
+        TRIM_REPORTS+=("$fs: measurement failed ($before -> ${bytes:-unknown})")
+      elif ((bytes < before)); then
+        TRIM_REPORTS+=("$fs: $before -> $bytes bytes, freed $((before - bytes)) (guest deleted $deleted; $USAGE_SOURCE)")
+      else
+        TRIM_FAILURES+=("$fs: physical bytes did not go down after fstrim ($before -> $bytes)")
+        TRIM_REPORTS+=("$fs: $before -> $bytes bytes, NOT freed (guest deleted $deleted; $USAGE_SOURCE)")
+      fi
+      ;;
+  esac
+  echo go >&"$CONSOLE_IN"
+}
+
+GUEST_RESULT=""
+GUEST_TIMINGS=()
+run_guest() {
+  local append line printed=0 total deadline i alive
+  append="console=ttyS0 quiet loglevel=4 panic=-1 pstorage_host=10.0.2.2 pstorage_port=$PORT"
+  append+=" pstorage_export=$EXPORT pstorage_mode=$MODE"
+  mkfifo -m 600 "$WORK/console.in"
+  : > "$WORK/console.log" # exists before the loop below reads it, whenever qemu's shell opens it
+  # Read-write open: neither side blocks, and the FIFO stays open for the whole run.
+  exec {CONSOLE_IN}<>"$WORK/console.in"
+  # -cpu max: SSE4.2 lets crc32c-intel load (XFS and fio's crc32c checks are cheaper).
+  # romfile= : no iPXE option ROM needed (the kernel is loaded directly).
+  qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 -nodefaults -no-user-config -nographic \
+    -no-reboot -serial stdio -monitor none \
+    -kernel "$KERNEL_IMAGE" -initrd "$WORK/initramfs.cpio" -append "$append" \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+    <&"$CONSOLE_IN" > "$WORK/console.log" 2>&1 &
+  QEMU_PID=$!
+  deadline=$((SECONDS + TIMEOUT_S))
+  while :; do
+    # Whether qemu is still running is sampled before reading, so that the last pass after it
+    # exits still reads everything it wrote.
+    alive=0
+    kill -0 "$QEMU_PID" 2>/dev/null && alive=1
+    # Complete lines only (wc -l counts newlines); \r from the serial line removed.
+    total=$(wc -l < "$WORK/console.log")
+    if ((total > printed)); then
+      while IFS= read -r line; do
+        echo "guest| $line"
+        case $line in
+          *PSTORAGE-GUEST-WAIT:*)
+            # shellcheck disable=SC2086 # the tag and its key=value words become arguments
+            on_guest_wait ${line#*PSTORAGE-GUEST-WAIT: }
+            ;;
+          *PSTORAGE-GUEST-STEP:*) GUEST_TIMINGS+=("${line#*PSTORAGE-GUEST-STEP: }") ;;
+          *PSTORAGE-GUEST-RESULT:*) GUEST_RESULT=${line#*PSTORAGE-GUEST-RESULT: } ;;
+        esac
+      done < <(sed -n "$((printed + 1)),${total}p" "$WORK/console.log" | tr -d '\r')
+      printed=$total
+    fi
+    [ "$alive" = 1 ] || break
+    if ((SECONDS >= deadline)) || ! kill -0 "$PARENT_PID" 2>/dev/null; then
+      if ((SECONDS >= deadline)); then
+        log "guest timed out after $TIMEOUT_S s: killing qemu (pid $QEMU_PID)"
+      else
+        log "the process that started this script is gone: killing qemu (pid $QEMU_PID)"
+      fi
+      kill "$QEMU_PID" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$QEMU_PID" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  local qemu_status=0 last_line
+  wait "$QEMU_PID" || qemu_status=$?
+  QEMU_PID=""
+  exec {CONSOLE_IN}>&-
+  # A last line without a newline (qemu's own error, or a line cut off by the kill) is shown too.
+  if [ -s "$WORK/console.log" ] && [ "$(tail -c 1 "$WORK/console.log" | wc -l)" = 0 ]; then
+    last_line=$(tail -n 1 "$WORK/console.log" | tr -d '\r')
+    echo "guest| $last_line"
+    case $last_line in *PSTORAGE-GUEST-RESULT:*) GUEST_RESULT=${last_line#*PSTORAGE-GUEST-RESULT: } ;; esac
+  fi
+  [ "$qemu_status" = 0 ] || log "qemu exited with status $qemu_status"
+  return 0
+}
+
+# --- main ---------------------------------------------------------------------------------------
+
+log "mode $MODE; cache $CACHE_DIR; work $WORK"
+step_begin packages
+ensure_packages
+step_end
+command -v node >/dev/null || die "node is not installed (pstorage needs Node 20)"
+
+step_begin kernel
+fetch_kernel
+step_end "$KERNEL_VERSION"
+
+step_begin initramfs
+bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio"
+step_end "$(( $(stat -c %s "$WORK/initramfs.cpio") / 1048576 )) MiB"
+
+step_begin server
+if [ -n "$PORT" ]; then
+  DATA_DIR=$EXTERNAL_DATA_DIR
+  log "using the pstorage already serving on 127.0.0.1:$PORT, export '$EXPORT'"
+  [ -n "$DATA_DIR" ] || log "no --data-dir given: the trim space check is skipped"
+else
+  start_server
+  log "pstorage (pid $SERVER_PID) serving on 127.0.0.1:$PORT, data directory $DATA_DIR"
+fi
+choose_usage_source
+log "array space measured with: ${USAGE_SOURCE:-nothing}"
+step_end
+
+step_begin guest
+run_guest
+step_end "${GUEST_RESULT:-no result}"
+
+SERVER_EXIT=0
+if [ -n "$SERVER_PID" ]; then
+  step_begin stop-server
+  stop_server
+  step_end "exit code $SERVER_EXIT"
+  report_server_log
+fi
+
+((${#GUEST_TIMINGS[@]} == 0)) || log "guest steps (seconds): $(printf '%s; ' "${GUEST_TIMINGS[@]}")"
+log "host steps: $(printf '%s; ' "${TIMINGS[@]}")total $(awk -v a="$SCRIPT_STARTED_AT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
+for report in "${TRIM_REPORTS[@]}"; do log "trim: $report"; done
+((STATS_FAILURES == 0)) || log "warning: \`pstorage stats --json\` failed $STATS_FAILURES time(s) and was retried"
+
+problems=()
+[ "$GUEST_RESULT" = PASS ] || problems+=("guest result: ${GUEST_RESULT:-none (see the console above)}")
+((${#TRIM_REPORTS[@]})) || problems+=("the guest never reached a trim check")
+problems+=("${TRIM_FAILURES[@]}")
+[ "$SERVER_EXIT" = 0 ] || problems+=("pstorage exited with code $SERVER_EXIT after SIGTERM")
+if ((${#problems[@]})); then
+  for problem in "${problems[@]}"; do log "FAIL: $problem"; done
+  exit 1
+fi
+FAILED=0
+log "PASS"

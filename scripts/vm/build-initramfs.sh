@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# build-initramfs.sh KERNEL_ROOT KERNEL_VERSION OUTPUT
+#
+# Builds the uncompressed initramfs (newc cpio) that scripts/vm-test.sh boots: busybox-static for
+# the shell and small tools, the kernel modules the test needs (with their dependencies, in load
+# order, resolved by kmod against KERNEL_ROOT, the unpacked kernel package), this host's
+# nbd-client, e2fsprogs, xfsprogs, fio, fstrim and dash (guest-test.sh's shell) with the shared libraries `ldd` finds for them,
+# and scripts/vm/init.sh as /init running scripts/vm/guest-test.sh.
+#
+# Uncompressed on purpose: the guest runs under TCG, where gunzip of ~90 MB costs seconds, while
+# qemu loads the plain file in a fraction of one.
+set -euo pipefail
+
+if [ $# -ne 3 ]; then
+  echo "usage: $0 KERNEL_ROOT KERNEL_VERSION OUTPUT" >&2
+  exit 2
+fi
+KERNEL_ROOT=$1
+KERNEL_VERSION=$2
+OUTPUT=$3
+HERE=$(cd "$(dirname "$0")" && pwd)
+MODULES=(nbd virtio_net virtio_pci xfs)
+TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim dash)
+
+ROOT=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-initramfs.XXXXXX")
+trap 'rm -rf "$ROOT"' EXIT
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,lib64,proc,sys,dev,tmp,run,mnt,etc/pstorage-vm,usr/share/pstorage-vm}
+
+# busybox-static: every applet as a symlink in /bin; PATH puts /usr/sbin and /usr/bin first, so
+# the host's full tools win where both exist.
+BUSYBOX=$(command -v busybox)
+if ldd "$BUSYBOX" >/dev/null 2>&1; then
+  echo "build-initramfs: $BUSYBOX is dynamically linked; install busybox-static" >&2
+  exit 1
+fi
+cp "$BUSYBOX" "$ROOT/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [ -e "$ROOT/bin/$applet" ] || ln -s busybox "$ROOT/bin/$applet"
+done
+ln -s ../bin/busybox "$ROOT/sbin/modprobe" # the kernel's request_module() runs /sbin/modprobe
+
+# copy_with_libraries FILE: FILE and every shared object it loads, at the same paths as here.
+copy_with_libraries() {
+  local file=$1 lib
+  mkdir -p "$ROOT$(dirname "$file")"
+  cp -L "$file" "$ROOT$file"
+  for lib in $(ldd "$file" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    [ -e "$ROOT$lib" ] && continue
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
+  done
+}
+for tool in "${TOOLS[@]}"; do
+  path=$(command -v "$tool" || true)
+  if [ -z "$path" ]; then
+    echo "build-initramfs: $tool not found on this host" >&2
+    exit 1
+  fi
+  copy_with_libraries "$path"
+done
+ln -s mke2fs "$ROOT$(dirname "$(command -v mke2fs)")/mkfs.ext4"
+# The dynamic loader finds libraries outside its built-in directories (fio's ceph libraries) from
+# ld.so.cache: build one for this tree.
+library_dirs=$(find "$ROOT/lib" "$ROOT/lib64" "$ROOT/usr/lib" -name '*.so*' -type f -printf '%h\n' 2>/dev/null | sed "s|^$ROOT||" | sort -u)
+echo "$library_dirs" > "$ROOT/etc/ld.so.conf"
+ldconfig -r "$ROOT"
+[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$ROOT/etc/"
+ln -s /proc/mounts "$ROOT/etc/mtab"
+
+# Kernel modules in load order; a module that fails to load in the guest (crc32c-intel without
+# SSE4.2) is reported by /init and skipped.
+: > "$ROOT/etc/pstorage-vm/modules"
+for module in "${MODULES[@]}"; do
+  modprobe -C /dev/null -d "$KERNEL_ROOT" -S "$KERNEL_VERSION" --show-depends "$module" \
+    | awk '$1 == "insmod" { print $2 }'
+done | awk '!seen[$0]++' | while read -r ko; do
+  relative=${ko#"$KERNEL_ROOT"}
+  mkdir -p "$ROOT$(dirname "$relative")"
+  cp "$ko" "$ROOT$relative"
+  echo "$relative" >> "$ROOT/etc/pstorage-vm/modules"
+done
+if ! grep -q '/nbd\.ko' "$ROOT/etc/pstorage-vm/modules"; then
+  echo "build-initramfs: nbd.ko not found under $KERNEL_ROOT" >&2
+  exit 1
+fi
+cp "$KERNEL_ROOT/lib/modules/$KERNEL_VERSION"/modules.{order,builtin,builtin.modinfo} "$ROOT/lib/modules/$KERNEL_VERSION/"
+depmod -b "$ROOT" "$KERNEL_VERSION"
+
+install -m 0755 "$HERE/init.sh" "$ROOT/init"
+install -m 0755 "$HERE/guest-test.sh" "$ROOT/usr/share/pstorage-vm/guest-test.sh"
+# The kernel opens /dev/console for /init before devtmpfs is mounted; without the node (mknod
+# needs root) /init still redirects to it once devtmpfs is up.
+mknod -m 600 "$ROOT/dev/console" c 5 1 2>/dev/null || true
+
+(cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --quiet) > "$OUTPUT.tmp"
+mv "$OUTPUT.tmp" "$OUTPUT"

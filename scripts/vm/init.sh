@@ -1,0 +1,62 @@
+#!/bin/sh
+# /init of the test initramfs built by scripts/vm/build-initramfs.sh: mounts the pseudo
+# filesystems, loads the modules listed at build time, configures qemu's user network statically
+# (guest 10.0.2.15, host alias 10.0.2.2), runs guest-test.sh with the parameters from the kernel
+# command line, and powers off. The command line carries pstorage_host, pstorage_port,
+# pstorage_export and pstorage_mode (full|quick): parameter names without dots, since the kernel
+# takes dotted names as module parameters.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mkdir -p /dev/shm /tmp /run
+mount -t tmpfs tmpfs /dev/shm
+echo "pstorage-vm: init running at $(awk '{ print $1 }' /proc/uptime) s after boot"
+
+while read -r module; do
+  insmod "$module" 2>/dev/null || echo "pstorage-vm: insmod $module failed (continuing)"
+done < /etc/pstorage-vm/modules
+
+host=10.0.2.2 port=10809 export_name=default mode=full
+# shellcheck disable=SC2013 # the command line is one line of words
+for word in $(cat /proc/cmdline); do
+  case $word in
+    pstorage_host=*) host=${word#*=} ;;
+    pstorage_port=*) port=${word#*=} ;;
+    pstorage_export=*) export_name=${word#*=} ;;
+    pstorage_mode=*) mode=${word#*=} ;;
+  esac
+done
+
+ip link set lo up
+iface=
+i=0
+while [ -z "$iface" ] && [ $i -lt 50 ]; do
+  for path in /sys/class/net/*; do
+    [ "${path##*/}" = lo ] || iface=${path##*/}
+  done
+  [ -n "$iface" ] || sleep 0.1
+  i=$((i + 1))
+done
+if [ -n "$iface" ]; then
+  ip link set "$iface" up
+  ip addr add 10.0.2.15/24 dev "$iface"
+  ip route add default via 10.0.2.2
+else
+  echo "pstorage-vm: no network interface appeared"
+fi
+
+# dash when the initramfs has it: the shell Debian (and the Vagrant box) runs the script with, so
+# a bashism or busybox-ism in it fails here first.
+shell=/bin/sh
+[ -x /usr/bin/dash ] && shell=/usr/bin/dash
+quick=
+[ "$mode" = quick ] && quick=--quick
+echo "pstorage-vm: running guest-test.sh with $shell"
+# shellcheck disable=SC2086 # $quick is empty or one word
+$shell /usr/share/pstorage-vm/guest-test.sh --wait-host $quick "$host" "$port" "$export_name" \
+  || echo "pstorage-vm: guest-test.sh exited with status $?"
+sync
+poweroff -f
