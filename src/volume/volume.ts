@@ -317,7 +317,8 @@ export class Volume implements BlockDevice {
     const last = first + contents.length - 1;
     const { ftl, chunks, dedup } = this.array;
     const fingerprints = contents.flatMap((content) => (content.type === 'data' && content.fingerprint !== null ? [content.fingerprint] : []));
-    const verified = new Set<number>();
+    // Untrusted fingerprints: per block index, the candidate chunk proven byte-identical to it.
+    const verified = new Map<number, number>();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       await this.loadMap(first, last);
       const oldChunks = this.topChunkIdsIn(first, last);
@@ -351,7 +352,7 @@ export class Volume implements BlockDevice {
   }
 
   /** Per block: share an existing chunk, share one created earlier in this request, or store anew. */
-  private plan(contents: BlockContent[], verified: ReadonlySet<number>): { decisions: Decision[]; newBytes: number } {
+  private plan(contents: BlockContent[], verified: ReadonlyMap<number, number>): { decisions: Decision[]; newBytes: number } {
     const { chunks, dedup } = this.array;
     const trusted = this.array.fingerprint.cryptographic;
     const firstMiss = new Map<string, number>();
@@ -360,7 +361,7 @@ export class Volume implements BlockDevice {
       if (content.type !== 'data') return { kind: 'none' };
       if (content.fingerprint !== null && dedup !== null) {
         const candidate = dedup.peek(content.fingerprint);
-        if (candidate !== undefined && chunks.isLoaded(candidate) && chunks.get(candidate) !== undefined && (trusted || verified.has(candidate))) {
+        if (candidate !== undefined && chunks.isLoaded(candidate) && chunks.get(candidate) !== undefined && (trusted || verified.get(index) === candidate)) {
           return { kind: 'hit', chunkId: candidate };
         }
         const key = content.fingerprint.toString('base64');
@@ -375,15 +376,18 @@ export class Volume implements BlockDevice {
     return { decisions, newBytes };
   }
 
-  /** Untrusted fingerprints: a candidate is shared only if its bytes equal the new block's. */
-  private async verifyCandidates(contents: BlockContent[], verified: Set<number>): Promise<void> {
+  /**
+   * Untrusted fingerprints: a candidate is shared with a block only if its bytes equal that very
+   * block's (verification is per block, never per chunk: two different blocks may collide).
+   */
+  private async verifyCandidates(contents: BlockContent[], verified: Map<number, number>): Promise<void> {
     const dedup = this.array.dedup!;
-    for (const content of contents) {
+    for (const [index, content] of contents.entries()) {
       if (content.type !== 'data' || content.fingerprint === null) continue;
       const candidate = dedup.peek(content.fingerprint);
-      if (candidate === undefined || verified.has(candidate)) continue;
+      if (candidate === undefined || verified.get(index) === candidate) continue;
       const existing = await this.array.readChunk(candidate).catch(() => null);
-      if (existing !== null && existing.equals(content.bytes)) verified.add(candidate);
+      if (existing !== null && existing.equals(content.bytes)) verified.set(index, candidate);
     }
   }
 

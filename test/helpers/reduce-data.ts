@@ -139,11 +139,15 @@ export interface MemoryArray {
   meta: MemoryMetaStore;
 }
 
-/** A fresh in-memory array (memory NAND + memory metadata store, silent logger). */
-export async function memoryArray(geometry: NandGeometry, options: ArrayOptions = {}): Promise<MemoryArray> {
+/**
+ * A fresh in-memory array (memory NAND + memory metadata store, silent logger), closed when the
+ * test ends so that no background work (timers, reduction workers) outlives it.
+ */
+export async function memoryArray(t: ExecutionContext, geometry: NandGeometry, options: ArrayOptions = {}): Promise<MemoryArray> {
   const nand = new MemoryNand(geometry);
   const meta = new MemoryMetaStore();
   const array = await FlashArray.assemble('memory', meta, nand, silentLogger, options, true);
+  t.teardown(() => array.close().catch(() => undefined));
   return { array, nand, meta };
 }
 
