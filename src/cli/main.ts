@@ -1,19 +1,40 @@
 /**
  * The `pstorage` command line. Exit codes: 0 success, 1 the operation failed, 2 bad usage,
- * 3 the data directory is in use by another process.
+ * 3 the data directory is in use by another process (EXIT_CODES_HELP, shown by --help).
+ *
+ * Every command that works on an array takes `-d/--data-dir` (env PSTORAGE_DATA_DIR) and goes
+ * through the running server's management API, or opens the directory itself when none runs.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/size.js';
-import { DEFAULT_LISTEN, parseListen } from './listen-address.js';
+import { isLoopback } from '../mgmt/api-server.js';
+import { DataDirectoryInUse, OperationConflict } from './api-client.js';
+import { exportCommand, importCommand } from './data-commands.js';
+import { DEFAULT_LISTEN, parseListen, type TcpAddress } from './listen-address.js';
 import { estimateCommand } from './estimate.js';
 import { auditCommand, statsCommand } from './inspect.js';
 import { serve } from './serve.js';
+import * as volumes from './volume-commands.js';
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_BUSY = 3;
+
+export const EXIT_CODES_HELP = `
+Exit codes:
+  0  success
+  1  the operation failed or was refused (I/O error, array full, name already taken,
+     clones or snapshots depend on the target, audit found problems)
+  2  bad usage: unknown command or option, bad size or name, no such volume or snapshot,
+     an image larger than its volume
+  3  the data directory is in use by another process (a server whose API socket is unreachable)
+
+Every command that works on an array takes -d/--data-dir DIR (env PSTORAGE_DATA_DIR, default
+./pstorage-data). It talks to the running "pstorage serve" through DIR/pstorage.sock, or opens
+DIR itself when no server runs. Sizes take K, M, G or T suffixes (binary: 1G = 1073741824).
+Run "pstorage COMMAND --help" for each command.`;
 
 const packageJson = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -39,12 +60,25 @@ function asListen(value: string) {
   }
 }
 
+/** `--api-listen` needs a loopback address and a token; both are checked before the array opens. */
+function apiListenFrom(text: string | undefined, token: string | undefined): { address: TcpAddress; token: string } | null {
+  if (text === undefined || text === '' || text === 'none') return null;
+  const address = asListen(text);
+  if (address === null) return null;
+  if (!isLoopback(address.host)) throw new InvalidArgumentError(`--api-listen ${text}: the management API listens on loopback addresses only (127.0.0.1:PORT or [::1]:PORT)`);
+  if (token === undefined || token === '') {
+    throw new InvalidArgumentError('--api-listen needs a bearer token so that other local users cannot manage the array: pass --api-token TOKEN or set PSTORAGE_API_TOKEN');
+  }
+  return { address, token };
+}
+
 export function buildProgram(): Command {
   const program = new Command('pstorage')
     .description('A software-defined all-flash storage array, served to Linux over NBD.')
     .version(packageJson.version, '-V, --version')
     .showHelpAfterError('(run "pstorage --help" for usage)')
-    .exitOverride();
+    .exitOverride()
+    .addHelpText('after', EXIT_CODES_HELP);
 
   program
     .command('serve')
@@ -66,14 +100,19 @@ export function buildProgram(): Command {
       if (value !== 'on' && value !== 'off') throw new InvalidArgumentError('use on or off');
       return value;
     }, process.env.PSTORAGE_DEDUP ?? 'on')
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen>; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off' }) => {
-      if (options.listen === null && options.socket === undefined) {
+    .option('--api-listen <host:port>', 'also serve the management API on this loopback TCP address; needs a token (env PSTORAGE_API_LISTEN)', process.env.PSTORAGE_API_LISTEN)
+    .option('--api-token <token>', 'bearer token the TCP management API requires (env PSTORAGE_API_TOKEN)', process.env.PSTORAGE_API_TOKEN)
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string }) => {
+      // commander turns a parser's null ("--listen none") into ''.
+      const listen = options.listen === '' ? null : options.listen;
+      if (listen === null && options.socket === undefined) {
         throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
       }
       await serve({
         dataDir: options.dataDir,
-        listen: options.listen,
+        listen,
         socketPath: options.socket ?? null,
+        apiListen: apiListenFrom(options.apiListen, options.apiToken),
         array: {
           capacityBytes: options.capacity,
           cacheBytes: options.cacheMb * 1024 * 1024,
@@ -106,6 +145,9 @@ export function buildProgram(): Command {
       await estimateCommand(file, { json: options.json ?? false, compression: options.compression as 'lz4' | 'zstd' | 'none', dedup: options.dedup === 'on' });
     });
 
+  addVolumeCommands(program, dataDirOption);
+  addDataCommands(program, dataDirOption);
+
   const inspect = program.command('inspect').description('consistency checks and internals');
   inspect
     .command('audit')
@@ -119,13 +161,81 @@ export function buildProgram(): Command {
   return program;
 }
 
+type DataDirOptions = { dataDir: string; json?: boolean };
+const out = (options: DataDirOptions) => ({ json: options.json ?? false });
+
+/** A subcommand with the shared -d/--data-dir and (for most) --json options. */
+function arrayCommand(parent: Command, name: string, description: string, dataDir: () => string, json = true): Command {
+  const command = parent.command(name).description(description).option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDir());
+  return json ? command.option('--json', 'machine-readable output') : command;
+}
+
+function addVolumeCommands(program: Command, dataDir: () => string): void {
+  const volume = program.command('volume').description('create, list, resize and delete thin volumes');
+  arrayCommand(volume, 'create', 'create a thin volume (costs nothing until written)', dataDir)
+    .argument('<name>', 'volume name: 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit')
+    .requiredOption('--size <size>', 'virtual size, e.g. 10G (a multiple of 512 bytes)', asSize)
+    .addHelpText('after', '\nExample: pstorage volume create db --size 100G')
+    .action((name: string, options: DataDirOptions & { size: number }) => volumes.volumeCreate(options.dataDir, name, options.size, out(options)));
+  arrayCommand(volume, 'list', 'list volumes: size, mapped bytes, snapshots, origin', dataDir).action((options: DataDirOptions) => volumes.volumeList(options.dataDir, out(options)));
+  arrayCommand(volume, 'delete', 'delete a volume; frees what no snapshot, clone or dedup sharer still references', dataDir)
+    .argument('<name>', 'volume name')
+    .option('--force', 'also delete its snapshots (clones must be deleted first)')
+    .action((name: string, options: DataDirOptions & { force?: boolean }) => volumes.volumeDelete(options.dataDir, name, options.force ?? false, out(options)));
+  arrayCommand(volume, 'resize', 'grow a volume, or shrink it with --force (discards data past the new end)', dataDir)
+    .argument('<name>', 'volume name')
+    .requiredOption('--size <size>', 'new virtual size, e.g. 20G', asSize)
+    .option('--force', 'allow shrinking')
+    .action((name: string, options: DataDirOptions & { size: number; force?: boolean }) => volumes.volumeResize(options.dataDir, name, options.size, options.force ?? false, out(options)));
+
+  const snapshot = program.command('snapshot').description('read-only point-in-time copies of a volume (O(1) to take)');
+  arrayCommand(snapshot, 'create', 'take a snapshot; it is exported read-only over NBD as VOLUME@SNAPSHOT', dataDir)
+    .argument('<volume>', 'volume name')
+    .argument('<snapshot>', 'snapshot name (same rules as volume names)')
+    .action((volumeName: string, name: string, options: DataDirOptions) => volumes.snapshotCreate(options.dataDir, volumeName, name, out(options)));
+  arrayCommand(snapshot, 'list', 'list snapshots (of one volume, or all) with the bytes deleting each would free', dataDir)
+    .argument('[volume]', 'only this volume\'s snapshots')
+    .action((volumeName: string | undefined, options: DataDirOptions) => volumes.snapshotList(options.dataDir, volumeName, out(options)));
+  arrayCommand(snapshot, 'delete', 'delete a snapshot (refused while clones of it exist)', dataDir)
+    .argument('<volume>', 'volume name')
+    .argument('<snapshot>', 'snapshot name')
+    .action((volumeName: string, name: string, options: DataDirOptions) => volumes.snapshotDelete(options.dataDir, volumeName, name, out(options)));
+  arrayCommand(snapshot, 'restore', 'roll a volume back to a snapshot (discards what was written since; the snapshot stays)', dataDir)
+    .argument('<volume>', 'volume name')
+    .argument('<snapshot>', 'snapshot name')
+    .action((volumeName: string, name: string, options: DataDirOptions) => volumes.snapshotRestore(options.dataDir, volumeName, name, out(options)));
+
+  arrayCommand(program, 'clone', 'create a writable volume whose content starts as a snapshot (O(1), shares all data)', dataDir)
+    .argument('<source>', 'VOLUME@SNAPSHOT')
+    .argument('<name>', 'name of the new volume')
+    .addHelpText('after', '\nExample: pstorage clone db@monday db-test')
+    .action((source: string, name: string, options: DataDirOptions) => volumes.cloneCreate(options.dataDir, source, name, out(options)));
+  arrayCommand(program, 'diff', 'byte ranges written between two snapshots of a volume (for incremental backup)', dataDir)
+    .argument('<from>', 'the older snapshot, VOLUME@SNAPSHOT')
+    .argument('<to>', 'the newer snapshot, VOLUME@SNAPSHOT, or VOLUME for its current state')
+    .addHelpText('after', '\nThe same ranges are served over NBD as the "pstorage:changed:OLDER" meta context of VOLUME@NEWER.')
+    .action((from: string, to: string, options: DataDirOptions) => volumes.diffCommand(options.dataDir, from, to, out(options)));
+}
+
+function addDataCommands(program: Command, dataDir: () => string): void {
+  arrayCommand(program, 'import', 'copy a raw image into a volume from offset 0 (zero blocks are unmapped)', dataDir)
+    .argument('<file>', 'raw image file, or "-" for standard input')
+    .argument('<volume>', 'target volume (at least as large as the image; grow it with "volume resize")')
+    .action((file: string, volumeName: string, options: DataDirOptions) => importCommand(options.dataDir, file, volumeName, out(options)));
+  arrayCommand(program, 'export', 'copy a volume or snapshot out to a raw image file (sparse: zero blocks stay holes)', dataDir)
+    .argument('<source>', 'VOLUME or VOLUME@SNAPSHOT (a snapshot gives a consistent image of a volume in use)')
+    .argument('<file>', 'image file to write (replaced), or "-" for standard output')
+    .action((source: string, file: string, options: DataDirOptions) => exportCommand(options.dataDir, source, file, out(options)));
+}
+
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (error) {
     process.exitCode = exitCodeFor(error);
-    if (!(error instanceof CommanderError)) {
+    // commander prints its own parse errors; an InvalidArgumentError thrown by an action is ours.
+    if (!(error instanceof CommanderError) || error instanceof InvalidArgumentError) {
       process.stderr.write(`pstorage: ${(error as Error).message}\n`);
     }
   }
@@ -133,11 +243,13 @@ export async function main(argv: string[]): Promise<void> {
 
 function exitCodeFor(error: unknown): number {
   if (error instanceof CommanderError) {
-    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
+    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return 0;
+    // 'commander.help' with a non-zero code: help shown because a subcommand was missing.
+    if (error.code === 'commander.help') return error.exitCode === 0 ? 0 : EXIT_USAGE;
     return EXIT_USAGE;
   }
-  if (error instanceof InvalidArgumentError) return EXIT_USAGE;
-  if (isStorageError(error) && error.code === 'BUSY') return EXIT_BUSY;
-  if (isStorageError(error) && (error.code === 'INVALID_ARGUMENT' || error.code === 'NOT_FOUND')) return EXIT_USAGE;
+  if (error instanceof OperationConflict) return EXIT_FAILURE;
+  if (error instanceof DataDirectoryInUse || (isStorageError(error) && error.code === 'BUSY')) return EXIT_BUSY;
+  if (isStorageError(error) && (error.code === 'INVALID_ARGUMENT' || error.code === 'NOT_FOUND' || error.code === 'OUT_OF_RANGE')) return EXIT_USAGE;
   return EXIT_FAILURE;
 }

@@ -16,6 +16,8 @@ export interface ServeOptions {
   listen: TcpAddress | null;
   socketPath: string | null;
   array: ArrayOptions;
+  /** Optional loopback TCP listener for the management API, with its bearer token. */
+  apiListen?: { address: TcpAddress; token: string } | null;
 }
 
 export async function serve(options: ServeOptions): Promise<void> {
@@ -34,6 +36,17 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const api = new ApiServer(array, logger.child({ component: 'api' }));
   await api.listen(path.join(dataDir, API_SOCKET_NAME));
+  let apiPort: number | null = null;
+  if (options.apiListen) {
+    try {
+      apiPort = await api.listenTcp(options.apiListen.address, options.apiListen.token);
+    } catch (error) {
+      await api.close();
+      await array.close();
+      throw error;
+    }
+  }
+  logger.info('management API listening', { unix: path.join(dataDir, API_SOCKET_NAME), tcp: apiPort === null ? null : `${formatHost(options.apiListen!.address.host)}:${apiPort}` });
   const server = new NbdServer({ catalog: array, logger });
   const bound: ListenAddress[] = [];
   if (options.listen !== null) bound.push(await server.listen(options.listen));

@@ -1,22 +1,26 @@
 /**
  * The management API: HTTP/JSON on a Unix socket in the data directory (mode 0600, so only the
- * array's owner may use it). The CLI talks to a running array through it; nothing here is on the
- * read/write path.
+ * array's owner may use it), and optionally on a loopback TCP address, where every request must
+ * carry `Authorization: Bearer TOKEN`. The CLI talks to a running array through it; the data
+ * routes (`.../data`) stream whole images for import/export and are never on the NBD path.
  *
- * Routes (version 1):
- *   GET  /api/v1/metrics            array-wide counters (the `pstorage stats` document)
- *   GET  /api/v1/volumes            volumes
- *   POST /api/v1/audit              runs the audit (commits first) and returns its report
- * Errors are JSON `{ error: { code, message } }` with a status that fits the StorageError code.
+ * Routes (version 1) are the ROUTES table below; `GET /api/v1/openapi.json` describes each of
+ * them (openapi.ts; a test checks the two agree). Errors are JSON `{ error: { code, message } }`
+ * with a status that fits the StorageError code; 401 without the right token on TCP.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import { isStorageError, StorageError, type StorageErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { auditArray } from '../volume/audit.js';
 import type { FlashArray } from '../volume/flash-array.js';
+import { OPENAPI_DOCUMENT } from './openapi.js';
+import * as ops from './operations.js';
+import { exportFrom, importInto, tooLarge } from './volume-data.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
+const MAX_JSON_BODY_BYTES = 1024 * 1024;
+const CLOSE_GRACE_MS = 10_000;
 
 const STATUS_BY_CODE: Partial<Record<StorageErrorCode, number>> = {
   INVALID_ARGUMENT: 400,
@@ -30,62 +34,236 @@ const STATUS_BY_CODE: Partial<Record<StorageErrorCode, number>> = {
   NOT_SUPPORTED: 501,
 };
 
-type Handler = (array: FlashArray, body: unknown, params: string[]) => Promise<unknown>;
+export interface RouteContext {
+  array: FlashArray;
+  params: Record<string, string>;
+  query: URLSearchParams;
+  body: unknown;
+}
 
-const ROUTES: Array<{ method: string; pattern: RegExp; handler: Handler }> = [
-  { method: 'GET', pattern: /^\/api\/v1\/metrics$/, handler: async (array) => array.stats() },
-  {
-    method: 'GET',
-    pattern: /^\/api\/v1\/volumes$/,
-    handler: async (array) => [...array.volumes.values()].map((volume) => ({ ...volume.record, logicalBytes: volume.record.mappedBlocks * 4096 })),
-  },
-  { method: 'POST', pattern: /^\/api\/v1\/audit$/, handler: async (array) => auditArray(array) },
+interface RouteBase {
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  /** OpenAPI-style template: `/api/v1/volumes/{name}`. */
+  path: string;
+}
+interface JsonRoute extends RouteBase {
+  status?: number;
+  handler: (context: RouteContext) => unknown;
+}
+interface StreamRoute extends RouteBase {
+  stream: (array: FlashArray, params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse) => Promise<void>;
+}
+export type Route = JsonRoute | StreamRoute;
+
+export const ROUTES: Route[] = [
+  { method: 'GET', path: '/api/v1/openapi.json', handler: () => OPENAPI_DOCUMENT },
+  { method: 'GET', path: '/api/v1/volumes', handler: ({ array }) => ops.listVolumes(array) },
+  { method: 'POST', path: '/api/v1/volumes', status: 201, handler: ({ array, body }) => ops.createVolume(array, body) },
+  { method: 'GET', path: '/api/v1/volumes/{name}', handler: ({ array, params }) => ops.getVolume(array, params.name!) },
+  { method: 'PATCH', path: '/api/v1/volumes/{name}', handler: ({ array, params, body }) => ops.resize(array, params.name!, body) },
+  { method: 'DELETE', path: '/api/v1/volumes/{name}', handler: ({ array, params, query }) => ops.removeVolume(array, params.name!, query.get('force')) },
+  { method: 'GET', path: '/api/v1/volumes/{name}/snapshots', handler: ({ array, params }) => ops.snapshots(array, params.name!) },
+  { method: 'POST', path: '/api/v1/volumes/{name}/snapshots', status: 201, handler: ({ array, params, body }) => ops.snapshot(array, params.name!, body) },
+  { method: 'DELETE', path: '/api/v1/volumes/{name}/snapshots/{snapshot}', handler: ({ array, params }) => ops.removeSnapshot(array, params.name!, params.snapshot!) },
+  { method: 'POST', path: '/api/v1/volumes/{name}/snapshots/{snapshot}/restore', handler: ({ array, params }) => ops.restore(array, params.name!, params.snapshot!) },
+  { method: 'GET', path: '/api/v1/snapshots', handler: ({ array }) => ops.snapshots(array) },
+  { method: 'POST', path: '/api/v1/clones', status: 201, handler: ({ array, body }) => ops.clone(array, body) },
+  { method: 'GET', path: '/api/v1/diff', handler: ({ array, query }) => ops.changes(array, query.get('from'), query.get('to')) },
+  { method: 'GET', path: '/api/v1/metrics', handler: ({ array }) => ops.metrics(array) },
+  { method: 'GET', path: '/api/v1/metrics/reduction', handler: ({ array }) => ops.metrics(array, 'reduction') },
+  { method: 'GET', path: '/api/v1/metrics/flash', handler: ({ array }) => ops.metrics(array, 'flash') },
+  { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
+  { method: 'PUT', path: '/api/v1/volumes/{name}/data', stream: putData },
+  { method: 'GET', path: '/api/v1/volumes/{name}/data', stream: getData },
 ];
 
+/** `/api/v1/volumes/{name}` → a regex with one capture group per parameter, and the names. */
+function compile(template: string): { pattern: RegExp; names: string[] } {
+  const names: string[] = [];
+  const source = template.replace(/[.]/g, '\\.').replace(/\{(\w+)\}/g, (_, name: string) => {
+    names.push(name);
+    return '([^/]+)';
+  });
+  return { pattern: new RegExp(`^${source}$`), names };
+}
+
+const COMPILED = ROUTES.map((route) => ({ route, ...compile(route.path) }));
+
+function matchRoute(method: string, pathname: string): { route: Route; params: Record<string, string> } | { allowed: string[] } | null {
+  const allowed: string[] = [];
+  for (const { route, pattern, names } of COMPILED) {
+    const match = pattern.exec(pathname);
+    if (match === null) continue;
+    if (route.method !== method) {
+      allowed.push(route.method);
+      continue;
+    }
+    const params: Record<string, string> = {};
+    names.forEach((name, i) => (params[name] = decodeParam(match[i + 1]!)));
+    return { route, params };
+  }
+  return allowed.length > 0 ? { allowed } : null;
+}
+
+function decodeParam(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    throw StorageError.invalidArgument(`"${text}" is not a valid URL path segment`);
+  }
+}
+
 export class ApiServer {
-  private server: http.Server | null = null;
+  private readonly servers: http.Server[] = [];
+  private tokenDigest: Buffer | null = null;
 
   constructor(
     private readonly array: FlashArray,
     private readonly logger: Logger,
   ) {}
 
+  /** The Unix socket: no token; its mode 0600 is the guard. */
   async listen(socketPath: string): Promise<void> {
     try {
       if (fs.statSync(socketPath).isSocket()) fs.unlinkSync(socketPath);
     } catch {
       // Nothing there.
     }
-    const server = http.createServer((request, response) => void this.handle(request, response));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socketPath, () => resolve());
-    });
+    await this.start(false, (server) => server.listen(socketPath));
     fs.chmodSync(socketPath, 0o600);
-    this.server = server;
   }
 
-  private async handle(request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {
+  /** Loopback TCP: every request needs `Authorization: Bearer <token>`. Resolves with the bound port. */
+  async listenTcp(address: { host: string; port: number }, token: string): Promise<number> {
+    if (token.length === 0) throw StorageError.invalidArgument('the TCP management API needs a bearer token: pass --api-token TOKEN or set PSTORAGE_API_TOKEN');
+    if (!isLoopback(address.host)) throw StorageError.invalidArgument(`the management API listens on loopback addresses only (127.0.0.1, ::1), not "${address.host}"`);
+    this.tokenDigest = digest(token);
+    const server = await this.start(true, (candidate) => candidate.listen(address.port, address.host));
+    return (server.address() as { port: number }).port;
+  }
+
+  private async start(viaTcp: boolean, bind: (server: http.Server) => void): Promise<http.Server> {
+    // requestTimeout 0: an import or export of a large volume may take longer than Node's default 5 minutes.
+    const server = http.createServer({ requestTimeout: 0 }, (request, response) => void this.handle(request, response, viaTcp));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.once('listening', () => {
+        server.off('error', reject);
+        resolve();
+      });
+      bind(server);
+    });
+    this.servers.push(server);
+    return server;
+  }
+
+  private authorized(request: http.IncomingMessage): boolean {
+    const header = request.headers.authorization ?? '';
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    return match !== null && this.tokenDigest !== null && timingSafeEqual(digest(match[1]!), this.tokenDigest);
+  }
+
+  private async handle(request: http.IncomingMessage, response: http.ServerResponse, viaTcp: boolean): Promise<void> {
     const url = new URL(request.url ?? '/', 'http://pstorage');
-    const route = ROUTES.find((candidate) => candidate.method === request.method && candidate.pattern.test(url.pathname));
     try {
-      if (route === undefined) throw StorageError.notFound(`no route ${request.method} ${url.pathname}`);
+      if (viaTcp && !this.authorized(request)) {
+        request.resume();
+        response.setHeader('www-authenticate', 'Bearer realm="pstorage"');
+        send(response, 401, { error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token: send "Authorization: Bearer TOKEN" with the token pstorage serve was given (--api-token or PSTORAGE_API_TOKEN)' } });
+        return;
+      }
+      const found = matchRoute(request.method ?? 'GET', url.pathname);
+      if (found === null) throw StorageError.notFound(`no route ${request.method} ${url.pathname}; GET /api/v1/openapi.json lists them`);
+      if ('allowed' in found) {
+        request.resume();
+        response.setHeader('allow', found.allowed.join(', '));
+        send(response, 405, { error: { code: 'NOT_SUPPORTED', message: `${request.method} is not allowed on ${url.pathname}; use ${found.allowed.join(' or ')}` } });
+        return;
+      }
+      const { route, params } = found;
+      if ('stream' in route) {
+        await route.stream(this.array, params, request, response);
+        return;
+      }
       const body = await readJson(request);
-      const params = route.pattern.exec(url.pathname)!.slice(1).map(decodeURIComponent);
-      send(response, 200, await route.handler(this.array, body, params));
+      const result = await route.handler({ array: this.array, params, query: url.searchParams, body });
+      send(response, route.status ?? 200, result);
     } catch (error) {
-      const code = isStorageError(error) ? error.code : 'IO';
-      if (!isStorageError(error)) this.logger.error('management request failed', { path: url.pathname, error: (error as Error).message });
-      send(response, STATUS_BY_CODE[code] ?? 500, { error: { code, message: (error as Error).message } });
+      this.fail(request, response, url.pathname, error);
     }
   }
 
-  async close(): Promise<void> {
-    const server = this.server;
-    if (server === null) return;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeAllConnections?.();
+  private fail(request: http.IncomingMessage, response: http.ServerResponse, pathname: string, error: unknown): void {
+    const code = isStorageError(error) ? error.code : 'IO';
+    if (!isStorageError(error)) this.logger.error('management request failed', { method: request.method, path: pathname, error: (error as Error).message });
+    if (response.headersSent) {
+      // A stream already under way: cut it, so the client sees a short body and not a truncated success.
+      response.destroy(error as Error);
+      return;
+    }
+    if (!request.readableEnded) {
+      response.setHeader('connection', 'close');
+      request.resume();
+    }
+    send(response, STATUS_BY_CODE[code] ?? 500, { error: { code, message: (error as Error).message } });
   }
+
+  async close(): Promise<void> {
+    await Promise.all(
+      this.servers.map(async (server) => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        // Running requests (an import, say) get a grace period to finish, then are cut.
+        const timer = setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS);
+        await closed;
+        clearTimeout(timer);
+      }),
+    );
+    this.servers.length = 0;
+  }
+}
+
+/** `PUT /api/v1/volumes/{name}/data`: the raw body becomes the volume's content from offset 0. */
+async function putData(array: FlashArray, params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {
+  const device = ops.deviceFor(array, params.name!);
+  const declared = Number(request.headers['content-length'] ?? NaN);
+  if (Number.isSafeInteger(declared) && declared > device.sizeBytes) throw tooLarge(declared, params.name!, device.sizeBytes);
+  const startedMs = Date.now();
+  const writtenBytes = await importInto(device, params.name!, request);
+  send(response, 200, { volume: params.name, writtenBytes, durationMs: Date.now() - startedMs });
+}
+
+/** `GET /api/v1/volumes/{name}/data`: the volume's (or `volume@snapshot`'s) raw content. */
+async function getData(array: FlashArray, params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {
+  const device = ops.deviceFor(array, params.name!);
+  request.resume();
+  response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': device.sizeBytes });
+  for await (const chunk of exportFrom(device)) {
+    if (response.destroyed) return;
+    if (!response.write(chunk)) await drained(response);
+  }
+  response.end();
+}
+
+/** Resolves when the response can take more, or is gone (the client hung up). */
+function drained(response: http.ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      response.off('drain', done);
+      response.off('close', done);
+      resolve();
+    };
+    response.on('drain', done);
+    response.on('close', done);
+  });
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
 }
 
 async function readJson(request: http.IncomingMessage): Promise<unknown> {
@@ -93,7 +271,7 @@ async function readJson(request: http.IncomingMessage): Promise<unknown> {
   let total = 0;
   for await (const chunk of request) {
     total += (chunk as Buffer).length;
-    if (total > 1024 * 1024) throw StorageError.invalidArgument('request body too large');
+    if (total > MAX_JSON_BODY_BYTES) throw StorageError.invalidArgument('request body too large (1 MiB at most for JSON)');
     chunks.push(chunk as Buffer);
   }
   if (total === 0) return undefined;

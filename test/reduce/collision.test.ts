@@ -138,11 +138,9 @@ test('collision: a block crafted to collide with another tenant\'s block neither
   await expectCleanAudit(t, array);
 });
 
-// BUG (reported): Volume.verifyCandidates records a verified *chunk id*, not a verified
-// (block, chunk) pair. When one write holds a block equal to an existing chunk C and another,
-// different block whose fingerprint also maps to C, the first block's successful compare marks C
-// verified and plan() then shares C for the second block too: it reads back the first block's
-// content. Remove `.failing` once fixed.
+// Regression (fixed): Volume.verifyCandidates used to record a verified *chunk id*, not a verified
+// (block, chunk) pair. When one write held a block equal to an existing chunk C and another,
+// different block whose fingerprint also mapped to C, the second block shared C too.
 test('collision: in one write, a copy of a stored block and a different colliding block each keep their own content', async (t) => {
   const array = await collidingArray(t);
   const volume = await array.createVolume('v', VOLUME_BYTES);
