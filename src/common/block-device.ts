@@ -1,9 +1,9 @@
 /**
  * The backend seam: what an NBD export needs from whatever stores the data.
  *
- * The protocol and server layers see only this interface, so the storage engine replaces the
- * storage engine without touching protocol code (it replaced the first, sparse-file backend). Offsets and lengths are bytes, already
- * checked against `sizeBytes` by the caller; a backend still asserts them. Every operation may
+ * The protocol and server layers see only this interface, so the storage engine replaced the
+ * first (sparse-file) backend without touching protocol code. Offsets and lengths are bytes,
+ * already checked against `sizeBytes` by the caller; a backend still asserts them. Every operation may
  * throw a `StorageError`; nothing else is expected to escape.
  *
  * Durability: `write`, `trim` and `writeZeroes` with `fua: true` resolve only once their effect is
