@@ -24,7 +24,7 @@ export interface ApiResponse {
 /** The data directory is locked by another process (exit code 3). */
 export class DataDirectoryInUse extends StorageError {
   constructor(cause: StorageError) {
-    super('BUSY', `${cause.message}; if a pstorage server owns it, make sure its API socket (${API_SOCKET_NAME}) is reachable`, { cause });
+    super('BUSY', cause.message, { cause });
   }
 }
 

@@ -1,0 +1,177 @@
+/**
+ * The OpenAPI 3 description of the management API, written by hand and served at
+ * `GET /api/v1/openapi.json`. Every route of api-server.ts's ROUTES has an operation here
+ * (test/cli/api.test.ts checks it both ways).
+ */
+
+const json = (schema: unknown) => ({ 'application/json': { schema } });
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const ok = (description: string, schema: unknown) => ({ description, content: json(schema) });
+const errors = (...statuses: number[]) =>
+  Object.fromEntries(statuses.map((status) => [String(status), { $ref: `#/components/responses/Error${status}` }]));
+const pathParam = (name: string, description: string) => ({ name, in: 'path', required: true, description, schema: { type: 'string' } });
+const VOLUME = pathParam('name', 'volume name');
+const VOLUME_OR_SNAPSHOT = pathParam('name', 'volume name, or VOLUME@SNAPSHOT (reads only)');
+const SNAPSHOT = pathParam('snapshot', 'snapshot name');
+const SIZE = { oneOf: [{ type: 'integer', minimum: 512 }, { type: 'string', example: '10G' }], description: 'bytes, or a size with a K/M/G/T suffix (binary); a multiple of 512 bytes' };
+
+const ERROR_TEXT: Record<number, string> = {
+  400: 'invalid argument (bad name, size or range)',
+  401: 'TCP listener only: missing or wrong bearer token',
+  403: 'the target is a read-only snapshot',
+  404: 'no such volume, snapshot or route',
+  409: 'already exists, or busy (clones or snapshots depend on it)',
+  507: 'the array is full',
+};
+
+export const OPENAPI_DOCUMENT = {
+  openapi: '3.0.3',
+  info: {
+    title: 'pstorage management API',
+    version: '1',
+    description:
+      'Volumes, snapshots, clones, changed-block diffs, metrics and audit of a pstorage array. Served on the Unix socket ' +
+      'DATA_DIR/pstorage.sock (mode 0600, no token) and, with `pstorage serve --api-listen`, on loopback TCP, where every ' +
+      'request needs `Authorization: Bearer TOKEN`. Errors are `{"error": {"code", "message"}}`.',
+  },
+  servers: [{ url: 'http://localhost' }],
+  security: [{}, { bearer: [] }],
+  paths: {
+    '/api/v1/openapi.json': { get: { summary: 'This document', responses: { '200': ok('OpenAPI 3 document', { type: 'object' }) } } },
+    '/api/v1/volumes': {
+      get: { summary: 'List volumes', responses: { '200': ok('volumes, by name', { type: 'array', items: ref('Volume') }) } },
+      post: {
+        summary: 'Create a thin volume',
+        requestBody: { required: true, content: json({ type: 'object', required: ['name', 'size'], properties: { name: { type: 'string' }, size: SIZE } }) },
+        responses: { '201': ok('the new volume', ref('Volume')), ...errors(400, 409) },
+      },
+    },
+    '/api/v1/volumes/{name}': {
+      parameters: [VOLUME],
+      get: { summary: 'One volume', responses: { '200': ok('the volume', ref('Volume')), ...errors(404) } },
+      patch: {
+        summary: 'Resize a volume (shrinking needs force: it discards data past the new end)',
+        requestBody: { required: true, content: json({ type: 'object', required: ['size'], properties: { size: SIZE, force: { type: 'boolean', default: false } } }) },
+        responses: { '200': ok('the resized volume, with previousSizeBytes', ref('Volume')), ...errors(400, 404) },
+      },
+      delete: {
+        summary: 'Delete a volume (with force=true, its snapshots too); frees the chunks no one else references',
+        parameters: [{ name: 'force', in: 'query', schema: { type: 'boolean', default: false } }],
+        responses: { '200': ok('what was deleted', { type: 'object', properties: { deleted: { type: 'string' }, snapshotsDeleted: { type: 'array', items: { type: 'string' } } } }), ...errors(404, 409) },
+      },
+    },
+    '/api/v1/volumes/{name}/snapshots': {
+      parameters: [VOLUME],
+      get: { summary: "A volume's snapshots, oldest first", responses: { '200': ok('snapshots', { type: 'array', items: ref('SnapshotInfo') }), ...errors(404) } },
+      post: {
+        summary: 'Take a snapshot (O(1))',
+        requestBody: { required: true, content: json({ type: 'object', required: ['name'], properties: { name: { type: 'string' } } }) },
+        responses: { '201': ok('the snapshot', ref('Snapshot')), ...errors(400, 404, 409) },
+      },
+    },
+    '/api/v1/volumes/{name}/snapshots/{snapshot}': {
+      parameters: [VOLUME, SNAPSHOT],
+      delete: { summary: 'Delete a snapshot (refused while clones depend on it)', responses: { '200': ok('deleted', { type: 'object', properties: { deleted: { type: 'string' } } }), ...errors(404, 409) } },
+    },
+    '/api/v1/volumes/{name}/snapshots/{snapshot}/restore': {
+      parameters: [VOLUME, SNAPSHOT],
+      post: { summary: "Roll the volume back to the snapshot (the volume's later writes are discarded)", responses: { '200': ok('the volume, with restoredFrom', ref('Volume')), ...errors(404) } },
+    },
+    '/api/v1/snapshots': {
+      get: { summary: 'Every snapshot of every volume', responses: { '200': ok('snapshots', { type: 'array', items: ref('SnapshotInfo') }) } },
+    },
+    '/api/v1/clones': {
+      post: {
+        summary: 'Clone a snapshot into a new writable volume (O(1))',
+        requestBody: { required: true, content: json({ type: 'object', required: ['source', 'name'], properties: { source: { type: 'string', example: 'db@monday' }, name: { type: 'string' } } }) },
+        responses: { '201': ok('the clone', ref('Volume')), ...errors(400, 404, 409) },
+      },
+    },
+    '/api/v1/diff': {
+      get: {
+        summary: 'Byte ranges written between two snapshots of one volume (or a snapshot and the volume now)',
+        parameters: [
+          { name: 'from', in: 'query', required: true, schema: { type: 'string', example: 'db@monday' } },
+          { name: 'to', in: 'query', required: true, schema: { type: 'string', example: 'db@tuesday' }, description: 'VOLUME@SNAPSHOT, or VOLUME' },
+        ],
+        responses: { '200': ok('changed ranges', ref('Diff')), ...errors(400, 404) },
+      },
+    },
+    '/api/v1/metrics': { get: { summary: 'Array counters (the `pstorage stats` document)', responses: { '200': ok('stats', { type: 'object' }) } } },
+    '/api/v1/metrics/reduction': { get: { summary: 'Data-reduction counters (patterns, dedup, compression, thin provisioning)', responses: { '200': ok('reduction', { type: 'object' }) } } },
+    '/api/v1/metrics/flash': { get: { summary: 'Flash counters (erase blocks, P/E, GC, failures)', responses: { '200': ok('flash', { type: 'object' }) } } },
+    '/api/v1/audit': {
+      post: { summary: 'Check metadata against the NAND image (commits first; changes nothing)', responses: { '200': ok('audit report; ok is false on any problem', ref('AuditReport')) } },
+    },
+    '/api/v1/volumes/{name}/data': {
+      parameters: [VOLUME_OR_SNAPSHOT],
+      get: {
+        summary: 'The raw content of a volume or VOLUME@SNAPSHOT (holes read as zero bytes)',
+        responses: { '200': { description: 'sizeBytes bytes', content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } } }, ...errors(404) },
+      },
+      put: {
+        summary: 'Write the raw body into the volume from offset 0, then flush (bounded buffering; zero blocks are unmapped)',
+        requestBody: { required: true, content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } } },
+        responses: { '200': ok('bytes written', { type: 'object', properties: { volume: { type: 'string' }, writtenBytes: { type: 'integer' }, durationMs: { type: 'integer' } } }), ...errors(400, 403, 404, 507) },
+      },
+    },
+  },
+  components: {
+    securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'required on the TCP listener only' } },
+    responses: Object.fromEntries(Object.entries(ERROR_TEXT).map(([status, description]) => [`Error${status}`, { description, content: json(ref('Error')) }])),
+    schemas: {
+      Error: {
+        type: 'object',
+        required: ['error'],
+        properties: { error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string', example: 'NOT_FOUND' }, message: { type: 'string' } } } },
+      },
+      Volume: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          name: { type: 'string' },
+          sizeBytes: { type: 'integer' },
+          logicalBytes: { type: 'integer', description: 'mapped logical blocks × 4096' },
+          mappedBlocks: { type: 'integer' },
+          patternBlocks: { type: 'integer' },
+          hostBytesWritten: { type: 'integer' },
+          dedupHits: { type: 'integer' },
+          createdAt: { type: 'string', format: 'date-time' },
+          origin: { type: 'string', nullable: true, description: 'VOLUME@SNAPSHOT a clone was made from' },
+          snapshots: { type: 'array', items: { type: 'string' } },
+        },
+      },
+      Snapshot: {
+        type: 'object',
+        properties: { volume: { type: 'string' }, name: { type: 'string' }, createdAt: { type: 'string', format: 'date-time' }, sizeBytes: { type: 'integer' }, mappedBlocks: { type: 'integer' }, logicalBytes: { type: 'integer' } },
+      },
+      SnapshotInfo: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          volume: { type: 'string' },
+          name: { type: 'string' },
+          createdAt: { type: 'string', format: 'date-time' },
+          sizeBytes: { type: 'integer' },
+          mappedBlocks: { type: 'integer' },
+          patternBlocks: { type: 'integer' },
+          exclusiveBytes: { type: 'integer', description: 'NAND bytes deleting this snapshot would free' },
+        },
+      },
+      Diff: {
+        type: 'object',
+        properties: {
+          from: { type: 'string' },
+          to: { type: 'string' },
+          ranges: { type: 'array', items: { type: 'object', properties: { offsetBytes: { type: 'integer' }, lengthBytes: { type: 'integer' } } } },
+          rangeCount: { type: 'integer' },
+          totalBytes: { type: 'integer' },
+        },
+      },
+      AuditReport: {
+        type: 'object',
+        properties: { ok: { type: 'boolean' }, problems: { type: 'array', items: { type: 'string' } }, volumes: { type: 'integer' }, mappedBlocks: { type: 'integer' }, liveChunks: { type: 'integer' }, checkedRecords: { type: 'integer' }, eraseBlocks: { type: 'integer' }, durationMs: { type: 'integer' } },
+      },
+    },
+  },
+} as const;
