@@ -107,12 +107,15 @@ export async function deleteSnapshot(array: FlashArray, volumeName: string, name
   const volume = findVolume(array, volumeName);
   const snapshot = findSnapshot(array, volume, name);
   const children = childrenOf(array, snapshot.layerId);
-  if (children.length !== 1) {
+  if (children.length > 1) {
     const clones = dependents(array, snapshot.layerId, volume);
     throw StorageError.busy(`snapshot "${volumeName}@${name}" has clones (${clones.join(', ')}); delete them first`);
   }
   await array.commit(true);
-  await mergeLayerInto(array, snapshot.layerId, children[0]!);
+  // One layer above: merge into it. None (the volume was restored to an older snapshot since):
+  // nothing reads through this layer any more, so its entries are simply released.
+  if (children.length === 1) await mergeLayerInto(array, snapshot.layerId, children[0]!);
+  else await releaseLayer(array, snapshot.layerId);
   array.forgetSnapshot(snapshot);
   await array.commit(true);
 }
@@ -211,8 +214,10 @@ export async function deleteVolume(array: FlashArray, name: string, options: { f
   const release = await volume.locks.acquire(0, WHOLE_VOLUME);
   try {
     await array.commit(true);
+    // The volume owns its top layer and its snapshots' layers, on its current chain or not (a
+    // restore leaves newer snapshots off the chain); layers below them belong to an origin.
     const own = new Set([volume.record.topLayerId, ...snapshots.map((snapshot) => snapshot.layerId)]);
-    for (const layerId of volume.chain()) if (own.has(layerId)) await releaseLayer(array, layerId);
+    for (const layerId of own) await releaseLayer(array, layerId);
     for (const snapshot of snapshots) array.forgetSnapshot(snapshot);
     array.forgetVolume(volume);
     await array.commit(true);

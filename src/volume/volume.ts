@@ -526,8 +526,8 @@ export class Volume implements BlockDevice {
 
   private checkRange(offsetBytes: number, lengthBytes: number): void {
     assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && lengthBytes > 0, `bad range ${offsetBytes}+${lengthBytes}`);
-    if (offsetBytes + lengthBytes > this.record.sizeBytes) {
-      throw StorageError.outOfRange(`range ${offsetBytes}+${lengthBytes} is beyond the end of volume ${this.record.name} (${this.record.sizeBytes} bytes)`);
+    if (offsetBytes + lengthBytes > this.sizeBytes) {
+      throw StorageError.outOfRange(`range ${offsetBytes}+${lengthBytes} is beyond the end of ${this.name} (${this.sizeBytes} bytes)`);
     }
   }
 
