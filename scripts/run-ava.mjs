@@ -23,11 +23,12 @@ child.on('exit', (code, signal) => {
     const match = pattern.exec(output);
     return match ? Number(match[1]) : 0;
   };
-  const passed = count(/^\s*(\d+) tests? passed/m);
-  let failed = count(/^\s*(\d+) tests? failed/m);
-  const skipped = count(/^\s*(\d+) tests? skipped/m) + count(/^\s*(\d+) tests? todo/m);
-  const crashes = count(/^\s*(\d+) uncaught exceptions?/m) + count(/^\s*(\d+) unhandled rejections?/m);
-  failed += crashes;
+  const lines = (pattern) => output.split('\n').filter((line) => pattern.test(line)).length;
+  // ava's summary omits the passed count when something failed, so count its verbose lines too.
+  const passed = Math.max(count(/^\s*(\d+) tests? passed/m), lines(/^\s*✔/));
+  const crashes = count(/^\s*(\d+) uncaught exceptions?/m) + count(/^\s*(\d+) unhandled rejections?/m) + lines(/exited with a non-zero exit code/);
+  let failed = Math.max(count(/^\s*(\d+) tests? failed/m), lines(/^\s*✘ \[fail\]/)) + crashes;
+  const skipped = Math.max(count(/^\s*(\d+) tests? skipped/m), lines(/^\s*- \[skip\]/)) + count(/^\s*(\d+) tests? todo/m);
   if (/Timed out while running tests/.test(output)) failed += 1;
   if ((code !== 0 || signal) && failed === 0) failed = 1;
   process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);

@@ -229,6 +229,11 @@ function addDataCommands(program: Command, dataDir: () => string): void {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `pstorage stats | head` closes our stdout early: that is not an error worth a stack trace.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw error;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
