@@ -116,11 +116,20 @@ export class DedupIndex {
     return this.cache.size;
   }
 
+  /** Entries waiting to be written to LevelDB (the caller commits when there are many). */
+  get pendingWrites(): number {
+    return this.dirty.size;
+  }
+
   private remember(key: string, entry: Entry): void {
     this.cache.delete(key);
     this.cache.set(key, entry);
-    while (this.cache.size > this.maxEntries) {
-      const [oldestKey, oldest] = this.cache.entries().next().value as [string, Entry];
+    if (this.cache.size <= this.maxEntries) return;
+    // Evict the oldest eighth in one pass: one iterator walk instead of one per insert (a Map
+    // iterator skips the holes earlier deletes left at its front, which makes that costly).
+    let toEvict = this.cache.size - Math.floor(this.maxEntries * 0.875);
+    for (const [oldestKey, oldest] of this.cache) {
+      if (toEvict-- <= 0) break;
       this.cache.delete(oldestKey);
       // Write-back: an entry leaving memory that LevelDB does not hold yet is written now.
       if (!oldest.persisted && oldest.chunkId !== ABSENT) this.dirty.set(oldestKey, { fingerprint: oldest.fingerprint, chunkId: oldest.chunkId });

@@ -51,6 +51,8 @@ const STATE_KEY = Buffer.from('state');
 const LAYERS_KEY = Buffer.from('layers');
 /** Background write-back starts when dirty metadata passes this share of the cache. */
 const DIRTY_WRITEBACK_SHARE = 0.25;
+/** ...or when this many dedup-index entries wait to be written (each is one LevelDB put). */
+const DEDUP_WRITEBACK_ENTRIES = 8192;
 
 export interface ArrayOptions {
   capacityBytes?: number;
@@ -476,7 +478,9 @@ export class FlashArray implements ExportCatalog {
   maybeWriteback(): void {
     if (this.closed) return;
     const dirty = this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes;
-    if (dirty > DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget) && this.commitRunning === null) {
+    const pageBudget = DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget);
+    const indexWrites = this.dedup?.pendingWrites ?? 0;
+    if ((dirty > pageBudget || indexWrites > DEDUP_WRITEBACK_ENTRIES) && this.commitRunning === null) {
       void this.commit(true).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
     }
   }

@@ -169,16 +169,17 @@ export class PageCache<P extends CachedPage> {
     this.bytes -= page.sizeBytes;
   }
 
+  /** Makes room first, so the page just inserted is never the one evicted. */
   private insert(id: number, page: P): void {
+    this.evict(page.sizeBytes);
     this.pages.set(id, page);
     this.bytes += page.sizeBytes;
-    this.evict();
   }
 
-  private evict(): void {
-    if (this.bytes <= this.budgetBytes) return;
+  private evict(incomingBytes = 0): void {
+    if (this.bytes + incomingBytes <= this.budgetBytes) return;
     for (const [id, page] of this.pages) {
-      if (this.bytes <= this.budgetBytes) return;
+      if (this.bytes + incomingBytes <= this.budgetBytes) return;
       if (page.pins > 0 || page.version !== page.persistedVersion) continue;
       this.pages.delete(id);
       this.bytes -= page.sizeBytes;
