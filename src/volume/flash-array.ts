@@ -164,10 +164,7 @@ export class FlashArray implements ExportCatalog {
     this.reducer = workers > 0 && this.fingerprint === sha256Fingerprint ? new ReductionPool(workers, this.codec, this.dedup !== null) : null;
     ftl.attach(
       {
-        pin: async (chunkIds) => {
-          await this.chunks.load(chunkIds);
-          return this.chunks.pin(chunkIds);
-        },
+        pin: (chunkIds) => this.chunks.cache.loadPinned(this.chunks.pageIdsOf(chunkIds)),
         isAt: (chunkId, address) => {
           const entry = this.chunks.get(chunkId);
           return entry !== undefined && entry.address.block === address.block && entry.address.offsetBytes === address.offsetBytes;

@@ -103,6 +103,33 @@ export class PageCache<P extends CachedPage> {
     await Promise.all(waits);
   }
 
+  /**
+   * Loads and pins every page of `ids`, however small the budget: each page is pinned in the same
+   * turn its load completes, so later loads cannot evict it (the cache may exceed its budget by
+   * the pinned pages until they are released). Returns the unpin function.
+   */
+  async loadPinned(ids: Iterable<number>): Promise<() => void> {
+    const wanted = [...new Set(ids)];
+    const unpins: Array<() => void> = [];
+    const pinned = new Set<number>();
+    const release = () => unpins.splice(0).forEach((unpin) => unpin());
+    try {
+      for (let attempt = 0; attempt < 1000; attempt++) {
+        const missing = wanted.filter((id) => !pinned.has(id));
+        if (missing.length === 0) return release;
+        await this.load(missing);
+        const present = missing.filter((id) => this.pages.has(id));
+        unpins.push(this.pin(present));
+        for (const id of present) pinned.add(id);
+      }
+    } catch (error) {
+      release();
+      throw error;
+    }
+    release();
+    throw new Error('pages kept disappearing while being loaded');
+  }
+
   /** Adds a page known not to exist in the store (a new chunk-table page). */
   create(id: number): P {
     assert(!this.pages.has(id), `page ${id} already cached`);

@@ -157,13 +157,19 @@ export class Volume implements BlockDevice {
   /** Contents of logical blocks `first..last`: a 4 KiB buffer each, or null for zeroes. */
   async readBlocks(first: number, last: number): Promise<Array<Buffer | null>> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      await this.loadMap(first, last);
-      const chunkIds = this.chunkIdsIn(first, last);
-      if (chunkIds === null) continue;
-      await this.array.chunks.load(chunkIds);
-      // Nothing awaited between here and readRecords: the addresses are current when the FTL
-      // registers the read, so GC cannot erase them underneath it.
-      const plan = this.planRead(first, last);
+      const unpinMap = await this.array.mapCache.loadPinned(this.mapPageIds(this.chain(), first, last));
+      let plan: ReturnType<Volume['planRead']>;
+      try {
+        const chunkIds = this.chunkIdsIn(first, last);
+        if (chunkIds === null) continue;
+        const unpinChunks = await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(chunkIds));
+        // Nothing awaited between here and readRecords: the addresses are current when the FTL
+        // registers the read, so GC cannot erase them underneath it.
+        plan = this.planRead(first, last);
+        unpinChunks();
+      } finally {
+        unpinMap();
+      }
       if (plan === null) continue;
       const payloads = await this.array.ftl.readRecords(plan.requests);
       payloads.forEach((payload, k) => (plan.blocks[plan.slots[k]!] = decompressBlock(payload, plan.codecs[k]!, LBA_BYTES)));
@@ -320,15 +326,29 @@ export class Volume implements BlockDevice {
     // Untrusted fingerprints: per block index, the candidate chunk proven byte-identical to it.
     const verified = new Map<number, number>();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      await this.loadMap(first, last);
+      let unpinMap = await this.array.mapCache.loadPinned(this.mapPageIds(this.chain(), first, last));
       const oldChunks = this.topChunkIdsIn(first, last);
-      if (oldChunks === null) continue;
-      if (dedup !== null && fingerprints.length > 0) await dedup.prepare(fingerprints);
-      const candidates = dedup === null ? [] : fingerprints.flatMap((fingerprint) => dedup.peek(fingerprint) ?? []);
-      await chunks.load([...oldChunks, ...candidates]);
-      if (!this.array.fingerprint.cryptographic) await this.verifyCandidates(contents, verified);
+      if (oldChunks === null) {
+        unpinMap();
+        continue;
+      }
+      let unpinChunks: () => void = () => undefined;
+      try {
+        if (dedup !== null && fingerprints.length > 0) await dedup.prepare(fingerprints);
+        const candidates = dedup === null ? [] : fingerprints.flatMap((fingerprint) => dedup.peek(fingerprint) ?? []);
+        unpinChunks = await chunks.cache.loadPinned(chunks.pageIdsOf([...oldChunks, ...candidates]));
+        if (!this.array.fingerprint.cryptographic) await this.verifyCandidates(contents, verified);
+      } catch (error) {
+        unpinMap();
+        unpinChunks();
+        throw error;
+      }
       // From here to apply() nothing is awaited unless we start over.
-      const unpin = this.pinRange(first, last, [...oldChunks, ...candidates]);
+      const unpin = () => {
+        unpinMap();
+        unpinChunks();
+        unpinMap = unpinChunks = () => undefined;
+      };
       try {
         const plan = this.plan(contents, verified);
         const freed = this.freedBytes(first, last);
@@ -389,19 +409,6 @@ export class Volume implements BlockDevice {
       const existing = await this.array.readChunk(candidate).catch(() => null);
       if (existing !== null && existing.equals(content.bytes)) verified.set(index, candidate);
     }
-  }
-
-  private pinRange(first: number, last: number, chunkIds: number[]): () => void {
-    const mapIds = this.mapPageIds(this.chain(), first, last);
-    const unpinMap = this.array.mapCache.pin(mapIds);
-    const unpinChunks = this.array.chunks.pin(chunkIds);
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      unpinMap();
-      unpinChunks();
-    };
   }
 
   private apply(first: number, contents: BlockContent[], decisions: Decision[]): void {
