@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian 12 machine with Node 20: installs every Debian and npm
 # package the tests need, builds, runs every test, and ends with "N passed, N failed, N skipped".
+# (nbdfuse ships in libnbd-bin.)
 # Usage: scripts/test.sh [ava file globs...]   (run as root, or with sudo available, for apt-get)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit nbdfuse fuse3 qemu-utils fio xfsprogs e2fsprogs
+DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs
   util-linux procps)
 
 missing=()
