@@ -3,15 +3,21 @@
  * (process-crash.test.ts) and the soak script (scripts/crash-soak.ts).
  *
  * One cycle: start the workload (crash_workload.py: writes, sub-block writes, pattern blocks,
- * WRITE_ZEROES, TRIM, FUA and periodic FLUSH over two connections, many requests in flight),
- * SIGKILL the server after a random delay, let the client record what it saw, run
- * `pstorage inspect audit` on the killed data directory, sometimes kill the server again while
- * it opens the directory, restart it, read the region back and check it against the journal
- * (crash-model.ts). What was read becomes the starting state of the next cycle, so state and
- * crashes accumulate in one data directory. The last cycle may end with SIGTERM instead, after
- * which every acknowledged write must be there (a clean shutdown flushes).
+ * deduplicable blocks, WRITE_ZEROES, TRIM, FUA and periodic FLUSH over two connections, many
+ * requests in flight), SIGKILL the server after a random delay (or at once if it logs an error,
+ * to freeze the evidence), let the client record what it saw, sometimes kill the server again
+ * while it opens the directory, restart it (its "data directory opened" line gives the recovery
+ * time), read the region back and check it against the journal (crash-model.ts), SIGKILL the now
+ * idle server, and run `pstorage inspect audit` on the stopped data directory (it opens the
+ * directory itself, so it cannot run beside the server). What was read becomes the starting state
+ * of the next cycle, so state and crashes accumulate in one data directory. The last cycle may
+ * end with SIGTERM instead, after which every acknowledged write must be there. Each start draws
+ * the server's metadata cache size and GC policy from the seed.
  *
- * Everything random on this side (delays, which cycles get a startup kill) comes from the seed,
+ * Failures besides the contract: an error reply other than the lost connection, an error line in
+ * the server's log, the server exiting by itself, an audit that exits non-zero.
+ *
+ * Everything random on this side (delays, server settings, startup kills) comes from the seed,
  * and the workload's requests come from (seed, cycle); the exact moment a kill lands depends on
  * timing, so a replay with the same seed repeats the workload, not the interleaving.
  */
