@@ -252,6 +252,8 @@ declare -A USAGE_BYTES=()
 STATS_FAILURES=0
 TRIM_FAILURES=()
 TRIM_REPORTS=()
+SNAPSHOT_FAILURES=()
+SNAPSHOT_TAKEN=0
 # on_guest_wait TAG [key=value...]: the guest is idle at TAG; measure, then let it go on.
 on_guest_wait() {
   local tag=$1 bytes fs before deleted=""
@@ -265,6 +267,17 @@ on_guest_wait() {
   USAGE_BYTES[$tag]=${bytes:-unknown}
   log "array physical bytes at $tag: ${bytes:-unknown} (${USAGE_SOURCE:-not measured})"
   case $tag in
+    snapshot)
+      # Snapshot under load: the guest has frozen its filesystem; take the snapshot now.
+      if [ -z "$DATA_DIR" ]; then
+        SNAPSHOT_FAILURES+=("no data directory: cannot take the snapshot")
+      elif node "$REPO_ROOT/bin/pstorage.js" snapshot create "$EXPORT" guest-snap --data-dir "$DATA_DIR" >> "$WORK/snapshot.log" 2>&1; then
+        SNAPSHOT_TAKEN=1
+        log "snapshot $EXPORT@guest-snap taken while the guest's ext4 was frozen under a write load"
+      else
+        SNAPSHOT_FAILURES+=("pstorage snapshot create failed: $(tail -n 3 "$WORK/snapshot.log")")
+      fi
+      ;;
     *-pre-trim)
       deleted=${1:-}
       USAGE_BYTES[$tag.deleted]=${deleted#deleted_bytes=}
@@ -407,6 +420,8 @@ problems=()
 [ "$GUEST_RESULT" = PASS ] || problems+=("guest result: ${GUEST_RESULT:-none (see the console above)}")
 ((${#TRIM_REPORTS[@]})) || problems+=("the guest never reached a trim check")
 problems+=("${TRIM_FAILURES[@]}")
+problems+=("${SNAPSHOT_FAILURES[@]}")
+if [ -n "$DATA_DIR" ] && [ "$SNAPSHOT_TAKEN" != 1 ]; then problems+=("the guest never reached the snapshot-under-load step"); fi
 [ "$SERVER_EXIT" = 0 ] || problems+=("pstorage exited with code $SERVER_EXIT after SIGTERM")
 if ((${#problems[@]})); then
   for problem in "${problems[@]}"; do log "FAIL: $problem"; done

@@ -20,7 +20,7 @@ KERNEL_VERSION=$2
 OUTPUT=$3
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODULES=(nbd virtio_net virtio_pci xfs)
-TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim dash)
+TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim fsfreeze dash)
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-initramfs.XXXXXX")
 trap 'rm -rf "$ROOT"' EXIT

@@ -5,9 +5,10 @@
 # Usage: guest-test.sh [--quick] [--wait-host] [--device /dev/nbdN] HOST PORT [EXPORT]
 #
 #   --quick      skip the fio jobs (the filesystem rounds still run)
-#   --wait-host  before and after each fstrim, print "PSTORAGE-GUEST-WAIT: <tag>" and read one
-#                line from standard input, so the host can measure the array's space at a
-#                moment when the guest is idle (scripts/vm-test.sh answers on the serial console)
+#   --wait-host  before and after each fstrim, and with the ext4 filesystem frozen under a write
+#                load (tag "snapshot": the host takes a snapshot, which the guest then fscks on
+#                /dev/nbd1), print "PSTORAGE-GUEST-WAIT: <tag>" and read one line from standard
+#                input (scripts/vm-test.sh answers on the serial console)
 #
 # What it proves, per filesystem (ext4 over a 512-byte-block connection, then XFS over a
 # `-b 4096` connection): mkfs, mount, write files of known sha256, sync, umount, an offline
@@ -217,6 +218,39 @@ delete_and_trim() {
   wait_host "$1-post-trim" || return 1
 }
 
+# Snapshot under load (ext4, with --wait-host): a writer keeps writing to the mounted filesystem;
+# the guest freezes it (fsfreeze: the journal is flushed, writes block), the host takes
+# `pstorage snapshot create EXPORT guest-snap`, the guest thaws it, the writer runs on, and the
+# snapshot export EXPORT@guest-snap, attached read-only on a second device, must fsck clean.
+SNAP_DEV=/dev/nbd1
+snapshot_under_load() {
+  [ "$WAIT_HOST" = 1 ] || return 0
+  command -v fsfreeze >/dev/null 2>&1 || { say "fsfreeze is not installed"; return 1; }
+  : > "$WORK/load-on"
+  (
+    i=0
+    while [ -e "$WORK/load-on" ]; do
+      dd if=/dev/urandom of="$MNT/load-$((i % 4))" bs=64k count=16 conv=fsync 2>/dev/null
+      i=$((i + 1))
+    done
+  ) &
+  writer=$!
+  sleep 1
+  if ! fsfreeze -f "$MNT"; then rm -f "$WORK/load-on"; wait "$writer"; return 1; fi
+  wait_host "snapshot name=guest-snap"
+  taken=$?
+  fsfreeze -u "$MNT"
+  sleep 1
+  rm -f "$WORK/load-on"
+  wait "$writer"
+  [ "$taken" = 0 ] || return 1
+  nbd-client "$HOST" "$PORT" "$SNAP_DEV" -N "${EXPORT:-default}@guest-snap" -readonly || return 1
+  e2fsck -fn "$SNAP_DEV"
+  checked=$?
+  nbd-client -d "$SNAP_DEV" >/dev/null 2>&1
+  [ "$checked" = 0 ]
+}
+
 fs_round() { # fs_round FS [BLOCK_SIZE]
   fs=$1
   bs=${2:-}
@@ -231,6 +265,7 @@ fs_round() { # fs_round FS [BLOCK_SIZE]
   step "$fs-reconnect" connect "$bs"
   step "$fs-mount-again" mount_fs "$fs"
   step "$fs-verify" verify_files
+  [ "$fs" = ext4 ] && step "$fs-snapshot-under-load" snapshot_under_load
   step "$fs-trim" delete_and_trim "$fs"
   step "$fs-umount-after-trim" umount "$MNT"
   step "$fs-check-after-trim" check_fs "$fs"
