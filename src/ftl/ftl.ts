@@ -374,6 +374,8 @@ export class Ftl implements StreamHost {
         if (check.reason !== 'erased') problems.push(`erase block ${block} page ${pageIndex}: ${check.reason}`);
         break;
       }
+      // A page from an earlier use of this block (left over by a crash) ends the stream.
+      if (check.header.sequence !== this.table.sequence[block]! >>> 0) break;
       if (inPage >= check.header.usedBytes || this.payloadBytesPerPage - inPage < RECORD_HEADER_BYTES) {
         offset = (pageIndex + 1) * this.payloadBytesPerPage;
         continue;
@@ -526,6 +528,11 @@ export class Ftl implements StreamHost {
     assert(this.locator !== null, 'FTL used before attach()');
     this.busyBlocks.add(block);
     try {
+      if (this.table.validBytes[block] === 0) {
+        // Nothing live: no need to read (after a crash the block may hold stale, never-committed pages).
+        this.pendingRelease.set(block, { generation: this.generation, retire: retire || this.table.state[block] === BlockState.Retiring });
+        return;
+      }
       let parsed = await this.parseBlock(block);
       for (let retry = 0; retry < 3 && parsed.problems.length > 0; retry++) parsed = await this.parseBlock(block);
       const { records, problems } = parsed;

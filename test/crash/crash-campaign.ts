@@ -106,6 +106,8 @@ class Campaign {
   private readonly log: (line: string) => void;
   private server: PstorageProcess | null = null;
   private serverSettings = { cacheMb: 256, gcPolicy: 'cost-benefit' };
+  /** How long the last start took from spawn to "data directory opened" (aims the startup kills). */
+  private startupToOpenMs = 300;
   private loadedServer = '';
   private readonly report: CampaignReport;
 
@@ -192,16 +194,23 @@ class Campaign {
    */
   private async startServer(): Promise<PstorageProcess> {
     this.serverSettings = { cacheMb: CACHE_MB_CHOICES[this.rng.nextInt(CACHE_MB_CHOICES.length)]!, gcPolicy: this.rng.nextInt(2) === 0 ? 'cost-benefit' : 'greedy' };
-    return startPstorage({ dataDir: this.dataDir, args: this.serverArgs() });
+    const spawnedAt = Date.now();
+    const server = await startPstorage({ dataDir: this.dataDir, args: this.serverArgs() });
+    const opened = server.logs().split('\n').find((line) => line.includes('"msg":"data directory opened"') || line.includes('"msg":"data directory created"'));
+    if (opened !== undefined) this.startupToOpenMs = Date.parse((JSON.parse(opened) as { time: string }).time) - spawnedAt;
+    return server;
   }
 
   private serverArgs(): string[] {
     return ['--capacity', this.capacity, '--cache-mb', String(this.serverSettings.cacheMb), '--gc-policy', this.serverSettings.gcPolicy];
   }
 
-  /** Starts the server and SIGKILLs it after a short random delay, while it opens the directory. */
+  /**
+   * Starts the server and SIGKILLs it after a random delay aimed at the opening of the directory:
+   * between 60% and 120% of the last start's time from spawn to "opened" (recovery is its end).
+   */
   private async killDuringStartup(): Promise<{ afterMs: number; opened: boolean }> {
-    const afterMs = 20 + this.rng.nextInt(400);
+    const afterMs = Math.round(this.startupToOpenMs * (0.6 + 0.6 * this.rng.next()));
     const args = [PSTORAGE_BIN, 'serve', '--data-dir', this.dataDir, '--socket', path.join(this.options.workDir, 'startup-kill.sock'), ...this.serverArgs()];
     const child = startChild(process.execPath, args, { ...process.env, PSTORAGE_LOG: 'info', PSTORAGE_LISTEN: 'none' });
     await sleep(afterMs);
