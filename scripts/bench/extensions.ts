@@ -1,26 +1,35 @@
 /**
- * EXTENSION POINTS: experiments 3-5 of the benchmark issue, which need the log-structured storage
- * engine (dedup, compression, garbage collection, recovery) and are NOT IMPLEMENTED yet.
+ * Experiments 3-5 of the benchmark issue, beside the fio matrix: data reduction on realistic
+ * data sets, flash write amplification, memory and recovery. Each lives in its own module under
+ * experiments/ and is one function taking an ExperimentContext and returning an
+ * ExperimentResult, which bench.ts stores under `extensions` in results.json, renders as a
+ * section of results.md (`markdown`) and writes charts for (`charts`, SVG by file name; PNG
+ * copies are made like the block charts').
  *
- * Each experiment is one function taking an ExperimentContext (the running servers, a way to run
- * fio against any of them with CPU accounting, the options and a scratch directory) and returning
- * an ExperimentResult, which bench.ts stores under `extensions` in results.json and lists in
- * results.md. Implementing one means filling in its function here; nothing else has to change.
- * Until then each returns status "not-implemented" with what it is meant to measure.
+ * `--experiments a,b` picks which run (default all; `none` for none); in --quick mode each one
+ * shrinks to a smoke-test size.
  */
 import type { RunOutcome } from './fio.js';
 import type { ServerId } from './jobs.js';
 import type { BenchOptions } from './options.js';
 import type { RunningServer } from './servers.js';
+import { runReductionDatasets } from './experiments/reduction.js';
+import { runWriteAmplification } from './experiments/flash.js';
+import { runMemoryAndRecovery } from './experiments/memory-recovery.js';
 
 export interface ExperimentContext {
   options: BenchOptions;
+  repoRoot: string;
+  /** The servers of the matrix, running (an experiment that needs a fresh array starts its own). */
   servers: ReadonlyMap<ServerId, RunningServer>;
-  /** pstorage's data directory, e.g. to measure the bytes it really stores. */
+  /** The matrix pstorage's data directory. */
   pstorageDataDir: string;
+  /** A directory of the experiment's own inside the work directory, removed at the end. */
   scratchDir: string;
   /** Runs fio with the given arguments (JSON output to `outputPath`) and measures the server's CPU. */
   runFio(serverId: ServerId, args: string[], outputPath: string): Promise<RunOutcome>;
+  /** Registers something to undo at the end or on SIGINT (servers started, mounts...). */
+  cleanup(description: string, action: () => Promise<void>): void;
   log(message: string): void;
 }
 
@@ -29,40 +38,18 @@ export interface ExperimentResult {
   /** What the experiment measures, for the report. */
   purpose: string;
   note?: string;
+  /** The measurements, as plain JSON. */
   data?: unknown;
+  /** Lines of results.md for this experiment (tables, the command, how it was measured). */
+  markdown?: string[];
+  /** SVG documents by file name (e.g. "wa-vs-op.svg"), written beside the block charts. */
+  charts?: Record<string, string>;
 }
 
-function notImplemented(purpose: string): ExperimentResult {
-  return { status: 'not-implemented', purpose, note: 'needs the log-structured storage engine; extension point in scripts/bench/extensions.ts' };
-}
+export type Experiment = (context: ExperimentContext) => Promise<ExperimentResult>;
 
-/**
- * Experiment 3, reduction datasets: write realistic data sets (VM images, logs, databases,
- * already-compressed media) and report the dedup ratio, compression ratio and throughput of each.
- */
-export async function runReductionDatasets(_context: ExperimentContext): Promise<ExperimentResult> {
-  return notImplemented('data reduction (dedup x compression) and throughput on realistic data sets');
-}
-
-/**
- * Experiment 4, write amplification: sustained random overwrites at several fill levels and
- * over-provisioning settings; NAND bytes written per host byte over time, and throughput while
- * garbage collection runs.
- */
-export async function runWriteAmplification(_context: ExperimentContext): Promise<ExperimentResult> {
-  return notImplemented('write amplification and throughput under garbage collection, by fill level');
-}
-
-/**
- * Experiment 5, memory and recovery: server memory per TiB of logical data, and the time to
- * reopen the data directory after a clean stop and after SIGKILL.
- */
-export async function runMemoryAndRecovery(_context: ExperimentContext): Promise<ExperimentResult> {
-  return notImplemented('memory per logical TiB, and recovery time after a clean stop and after SIGKILL');
-}
-
-export const EXPERIMENTS: Record<string, (context: ExperimentContext) => Promise<ExperimentResult>> = {
-  reductionDatasets: runReductionDatasets,
-  writeAmplification: runWriteAmplification,
-  memoryAndRecovery: runMemoryAndRecovery,
+export const EXPERIMENTS: Record<string, Experiment> = {
+  reduction: runReductionDatasets,
+  flash: runWriteAmplification,
+  memory: runMemoryAndRecovery,
 };

@@ -130,6 +130,17 @@ function filesystemSection(report: BenchReport): string[] {
   ];
 }
 
+/** One section per experiment run: its own lines, or its status when it did not finish. */
+function experimentSections(report: BenchReport): string[] {
+  const lines: string[] = [];
+  for (const [name, result] of Object.entries(report.extensions)) {
+    lines.push(`## Experiment \`${name}\`: ${result.purpose}`, '');
+    if (result.status !== 'ok') lines.push(`Status: ${result.status}${result.note ? ` (${result.note})` : ''}.`, '');
+    if (result.markdown !== undefined) lines.push(...result.markdown, '');
+  }
+  return lines;
+}
+
 export function renderMarkdown(report: BenchReport, chartFiles: readonly string[]): string {
   const matrix = report.block.filter((result) => result.job.group === 'matrix');
   const data = report.block.filter((result) => result.job.group === 'data');
@@ -162,10 +173,7 @@ export function renderMarkdown(report: BenchReport, chartFiles: readonly string[
     '',
     ...methodSection(report),
     '',
-    '## Not measured yet (extension points)',
-    '',
-    ...Object.entries(report.extensions).map(([name, result]) => `- \`${name}\` — ${result.purpose}: ${result.status}${result.note ? ` (${result.note})` : ''}.`),
-    '',
+    ...experimentSections(report),
     '## Problems seen during the run',
     '',
     ...(report.problems.length === 0 ? ['None.'] : report.problems.map((problem) => `- ${problem.replace(/\n/g, ' ')}`)),

@@ -27,6 +27,20 @@ export interface BenchOptions {
   json: boolean;
   /** Re-render results.md and the charts from this results.json instead of running anything. */
   renderFrom: string | null;
+  /** False with --no-matrix: no preconditioning, block matrix or filesystem jobs (experiments only). */
+  matrix: boolean;
+  /** Names of the experiments to run (extensions.ts), in order. */
+  experiments: string[];
+}
+
+export const EXPERIMENT_NAMES = ['reduction', 'flash', 'memory'] as const;
+
+function parseExperiments(text: string): string[] {
+  if (text.trim() === 'none') return [];
+  const names = text.split(',').map((name) => name.trim()).filter((name) => name.length > 0);
+  const unknown = names.filter((name) => !(EXPERIMENT_NAMES as readonly string[]).includes(name));
+  if (unknown.length > 0 || names.length === 0) throw new InvalidArgumentError(`use a comma-separated list of ${EXPERIMENT_NAMES.join(', ')} (or none)`);
+  return [...new Set(names)];
 }
 
 const SIZE_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
@@ -75,6 +89,8 @@ export function buildBenchCommand(repoRoot: string, onParsed: (options: BenchOpt
     .option('--no-png', 'do not convert the SVG charts to PNG even if rsvg-convert is installed')
     .option('--keep-work-dir', 'keep the data directory and logs instead of deleting them', false)
     .option('--json', 'print results.json on standard output instead of the summary table', false)
+    .option('--experiments <names>', `experiments to run after the fio jobs: comma-separated ${EXPERIMENT_NAMES.join(', ')}, or none`, parseExperiments, [...EXPERIMENT_NAMES])
+    .option('--no-matrix', 'skip preconditioning, the block matrix and the filesystem jobs (run the experiments only)')
     .option('--render <results.json>', 'only redraw results.md and the charts from an earlier results.json (into --out, default its own directory)')
     .action(async (raw: Record<string, unknown>) => {
       const quick = raw.quick === true;
@@ -95,6 +111,8 @@ export function buildBenchCommand(repoRoot: string, onParsed: (options: BenchOpt
         keepWorkDir: raw.keepWorkDir === true,
         json: raw.json === true,
         renderFrom: raw.render !== undefined ? path.resolve(raw.render as string) : null,
+        matrix: raw.matrix !== false,
+        experiments: raw.experiments as string[],
       });
     });
 }

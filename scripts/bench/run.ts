@@ -7,7 +7,8 @@
  *   3. the block matrix and pstorage's data-pattern jobs, all servers side by side, alternating
  *      A B C / C B A per job and per repetition;
  *   4. ext4 end to end on each server (filesystem.ts);
- *   5. the extension-point experiments (extensions.ts), not implemented yet;
+ *   5. the experiments (extensions.ts): reduction data sets, flash write amplification, memory
+ *      and recovery (--no-matrix skips 2-4 and runs only these);
  *   6. stop the servers (by PID), then write results.json, results.md and the charts.
  *
  * Everything set up is registered on a CleanupStack the caller runs, so servers, mounts, loop
@@ -71,7 +72,7 @@ interface RunState {
 const PRECONDITION_TIMEOUT_MS = 30 * 60_000;
 
 export async function runBench(options: BenchOptions, context: BenchContext): Promise<BenchReport> {
-  const check = await preflight({ repoRoot: context.repoRoot, filesystem: options.filesystem });
+  const check = await preflight({ repoRoot: context.repoRoot, filesystem: options.filesystem && options.matrix });
   if (check.errors.length > 0) throw new BenchSetupError(check.errors.join('\n'));
   const startedAt = new Date();
   fs.mkdirSync(path.join(options.outDir, 'fio'), { recursive: true });
@@ -94,10 +95,11 @@ export async function runBench(options: BenchOptions, context: BenchContext): Pr
     progress: { done: 0, total: countRuns(options) },
   };
   const exportBytes = await startServers(state);
-  await preconditionAll(state);
-  const blockJobs = [...MATRIX_JOBS, ...DATA_JOBS];
+  const blockJobs = options.matrix ? [...MATRIX_JOBS, ...DATA_JOBS] : [];
+  if (options.matrix) await preconditionAll(state);
+  else for (const id of SERVER_IDS) state.preconditioning.set(id, { text: 'none (--no-matrix)', seconds: 0 });
   const blockRuns = await runMatrix(state, blockJobs, (job, server) => nbdTarget(server.uri, regionOffsetBytes(job.region, options.sizeBytes), options.sizeBytes));
-  const filesystem = await runFilesystemPhase(state, check.filesystemUnavailable);
+  const filesystem = await runFilesystemPhase(state, options.matrix ? check.filesystemUnavailable : 'skipped with --no-matrix');
   const extensions = await runExtensions(state);
   const servers = await stopServers(state, exportBytes);
   machine.loadAverageAtEnd = os.loadavg();
@@ -129,6 +131,7 @@ export async function runBench(options: BenchOptions, context: BenchContext): Pr
 function countRuns(options: BenchOptions): number {
   const perRepetition = (jobs: readonly JobSpec[]): number => jobs.reduce((sum, job) => sum + job.servers.length, 0);
   const filesystemRuns = options.filesystem ? perRepetition(FILESYSTEM_JOBS) : 0;
+  if (!options.matrix) return 0;
   return options.repeat * (perRepetition(MATRIX_JOBS) + perRepetition(DATA_JOBS) + filesystemRuns);
 }
 
@@ -266,16 +269,24 @@ async function runExtensions(state: RunState): Promise<Record<string, Experiment
   const scratchDir = path.join(state.workDir, 'experiments');
   const context: ExperimentContext = {
     options: state.options,
+    repoRoot: state.context.repoRoot,
     servers: state.servers,
     pstorageDataDir: path.join(state.workDir, 'pstorage-data'),
     scratchDir,
     runFio: (serverId, args, outputPath) => runFio({ args, outputPath, serverPid: state.servers.get(serverId)!.pid, timeoutMs: PRECONDITION_TIMEOUT_MS }),
+    cleanup: (description, action) => state.context.cleanup.push(description, action),
     log: state.context.log,
   };
   const results: Record<string, ExperimentResult> = {};
-  for (const [name, experiment] of Object.entries(EXPERIMENTS)) {
+  for (const name of state.options.experiments) {
+    const experiment = EXPERIMENTS[name]!;
+    const started = Date.now();
+    state.context.log(`experiment ${name}: starting`);
+    fs.mkdirSync(path.join(scratchDir, name), { recursive: true });
     try {
-      results[name] = await experiment(context);
+      results[name] = await experiment({ ...context, scratchDir: path.join(scratchDir, name) });
+      state.context.log(`experiment ${name}: ${results[name]!.status} after ${((Date.now() - started) / 1000).toFixed(0)} s`);
+      if (results[name]!.status === 'failed') state.problems.push(`experiment ${name} failed: ${results[name]!.note ?? 'no reason given'}`);
     } catch (error) {
       results[name] = { status: 'failed', purpose: name, note: (error as Error).message };
       state.problems.push(`experiment ${name} failed: ${(error as Error).message}`);
@@ -329,7 +340,8 @@ function collectRunProblems(state: RunState, entries: { jobId: string; id: strin
 /** results.json, results.md, the SVG charts and (with rsvg-convert) PNG copies, into options.outDir. */
 export function writeOutputs(report: BenchReport, log: (message: string) => void): void {
   const outDir = report.options.outDir;
-  const charts = renderCharts(report);
+  const charts: Record<string, string> = { ...renderCharts(report) };
+  for (const result of Object.values(report.extensions)) Object.assign(charts, result.charts ?? {});
   const chartFiles: string[] = [];
   for (const [name, svg] of Object.entries(charts)) {
     fs.writeFileSync(path.join(outDir, name), svg);

@@ -105,12 +105,17 @@ export function startupRecord(logText: string): Record<string, unknown> | null {
   return null;
 }
 
-export async function startPstorage(options: { repoRoot: string; dataDir: string; workDir: string; transport: Transport }): Promise<RunningServer> {
-  const socketPath = path.join(options.workDir, 'pstorage.sock');
+/**
+ * `extraArgs` go after `serve` (e.g. `--capacity 32G`); `name` keeps several instances' socket and
+ * log files apart in one work directory (default "pstorage").
+ */
+export async function startPstorage(options: { repoRoot: string; dataDir: string; workDir: string; transport: Transport; extraArgs?: readonly string[]; name?: string }): Promise<RunningServer> {
+  const name = options.name ?? 'pstorage';
+  const socketPath = path.join(options.workDir, `${name}.sock`);
   const listenArgs = options.transport === 'tcp' ? ['--listen', '127.0.0.1:0'] : ['--listen', 'none', '--socket', socketPath];
-  const command = [process.execPath, path.join(options.repoRoot, 'bin/pstorage.js'), 'serve', '--data-dir', options.dataDir, ...listenArgs];
+  const command = [process.execPath, path.join(options.repoRoot, 'bin/pstorage.js'), 'serve', '--data-dir', options.dataDir, ...listenArgs, ...(options.extraArgs ?? [])];
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PSTORAGE_LOG: 'info' } });
-  const logPath = path.join(options.workDir, 'pstorage.log');
+  const logPath = path.join(options.workDir, `${name}.log`);
   const log = logToFile(child, logPath);
   const port = await waitForListening(child, log.text);
   const uri = options.transport === 'tcp' ? `nbd://127.0.0.1:${port}/default` : `nbd+unix:///default?socket=${socketPath}`;
