@@ -117,7 +117,14 @@ export async function startPstorage(options: { repoRoot: string; dataDir: string
   const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PSTORAGE_LOG: 'info' } });
   const logPath = path.join(options.workDir, `${name}.log`);
   const log = logToFile(child, logPath);
-  const port = await waitForListening(child, log.text);
+  let port: number | null;
+  try {
+    port = await waitForListening(child, log.text);
+  } catch (error) {
+    // Started but not serving (timeout, bad arguments): do not leave it behind.
+    await stopChild(child, 5_000);
+    throw error;
+  }
   const uri = options.transport === 'tcp' ? `nbd://127.0.0.1:${port}/default` : `nbd+unix:///default?socket=${socketPath}`;
   let stopping = false;
   return {
