@@ -6,11 +6,15 @@
  * a worker as one message; workers take batches in turn. The queue is bounded: at most
  * `maxQueuedBlocks` blocks may wait or run, and a caller beyond that waits for room, which in turn
  * stops its connection from reading more requests.
+ *
+ * Blocks go to the workers through a ring of slots in shared memory (reduction-worker.ts has the
+ * layout): a batch takes contiguous slots, its blocks are copied in, and the slots are free again
+ * once the batch's results have been copied out, oldest batch first.
  */
 import { Worker } from 'node:worker_threads';
 import { StorageError } from '../common/errors.js';
 import type { Codec } from './codec.js';
-import type { ReduceRequest, ReduceResponse } from './reduction-worker.js';
+import { META_WORDS, SLOT_BYTES, SharedLayout, type ReduceRequest, type ReduceResponse } from './reduction-worker.js';
 import type { Pattern } from './pattern.js';
 
 export interface ReducedBlock {
@@ -25,12 +29,24 @@ interface Pending {
   reject: (error: unknown) => void;
 }
 
-const BLOCK_BYTES = 4096;
+interface Batch {
+  first: number;
+  count: number;
+  pendings: Pending[];
+  done: boolean;
+}
+
+/** Shared slots: 2 x 4 KiB + 52 bytes each, so 2048 slots take 16.1 MiB. */
+const DEFAULT_SLOTS = 2048;
 
 export class ReductionPool {
   private readonly workers: Worker[] = [];
   private readonly idle: Worker[] = [];
-  private readonly inFlight = new Map<number, Pending[]>();
+  private readonly inFlight = new Map<number, Batch>();
+  /** Batches holding slots, oldest first; slots free up from the front. */
+  private readonly ring: Batch[] = [];
+  private head = 0;
+  private readonly layout: SharedLayout;
   private queue: Pending[] = [];
   private readonly waitingForRoom: Array<() => void> = [];
   private queuedBlocks = 0;
@@ -44,9 +60,12 @@ export class ReductionPool {
     private readonly fingerprint: boolean,
     private readonly maxQueuedBlocks = 16384,
     private readonly maxBatchBlocks = 256,
+    slots = DEFAULT_SLOTS,
   ) {
+    this.layout = new SharedLayout(new SharedArrayBuffer(SharedLayout.bytesFor(slots)), slots);
+    this.maxBatchBlocks = Math.min(maxBatchBlocks, slots);
     for (let i = 0; i < workerCount; i++) {
-      const worker = new Worker(new URL('./reduction-worker.js', import.meta.url));
+      const worker = new Worker(new URL('./reduction-worker.js', import.meta.url), { workerData: { memory: this.layout.memory, slots } });
       worker.on('message', (response: ReduceResponse) => this.onResponse(worker, response));
       worker.on('error', (error) => this.failAll(error));
       // An idle worker must not keep the process alive; a busy one must (see dispatch).
@@ -61,6 +80,12 @@ export class ReductionPool {
   async reduce(blocks: Buffer[]): Promise<ReducedBlock[]> {
     if (blocks.length === 0) return [];
     if (this.closed) throw StorageError.shuttingDown('the reduction pool is closed');
+    if (blocks.length > this.maxBatchBlocks) {
+      // A batch must fit in the ring of slots: big writes go as several.
+      const parts: Promise<ReducedBlock[]>[] = [];
+      for (let at = 0; at < blocks.length; at += this.maxBatchBlocks) parts.push(this.reduce(blocks.slice(at, at + this.maxBatchBlocks)));
+      return (await Promise.all(parts)).flat();
+    }
     while (this.queuedBlocks > 0 && this.queuedBlocks + blocks.length > this.maxQueuedBlocks) {
       await new Promise<void>((resolve) => this.waitingForRoom.push(resolve));
     }
@@ -77,23 +102,48 @@ export class ReductionPool {
   private dispatch(): void {
     this.flushScheduled = false;
     while (this.queue.length > 0 && this.idle.length > 0) {
-      const batch: Pending[] = [];
       let count = 0;
-      while (this.queue.length > 0 && (batch.length === 0 || count + this.queue[0]!.blocks.length <= this.maxBatchBlocks)) {
-        const next = this.queue.shift()!;
-        batch.push(next);
-        count += next.blocks.length;
+      let taken = 0;
+      while (taken < this.queue.length && (taken === 0 || count + this.queue[taken]!.blocks.length <= this.maxBatchBlocks)) {
+        count += this.queue[taken]!.blocks.length;
+        taken += 1;
       }
-      const data = Buffer.allocUnsafe(count * BLOCK_BYTES);
-      let at = 0;
-      for (const pending of batch) for (const block of pending.blocks) at += block.copy(data, at);
+      const first = this.allocateSlots(count);
+      if (first < 0) return; // the ring is full: a completion calls dispatch again
+      const pendings = this.queue.splice(0, taken);
+      let slot = first;
+      for (const pending of pendings) {
+        for (const block of pending.blocks) {
+          block.copy(this.layout.input, slot * SLOT_BYTES);
+          slot += 1;
+        }
+      }
+      const batch: Batch = { first, count, pendings, done: false };
+      this.ring.push(batch);
       const id = this.nextId++;
       this.inFlight.set(id, batch);
-      const request: ReduceRequest = { id, blocks: data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer, count, codec: this.codec, fingerprint: this.fingerprint };
+      const request: ReduceRequest = { id, first, count, codec: this.codec, fingerprint: this.fingerprint };
       const worker = this.idle.pop()!;
       worker.ref();
-      worker.postMessage(request, [request.blocks]);
+      worker.postMessage(request);
     }
+  }
+
+  /** The first of `count` contiguous free slots, or -1 when the ring has no such run now. */
+  private allocateSlots(count: number): number {
+    const slots = this.layout.slots;
+    if (this.ring.length === 0) this.head = 0;
+    const oldest = this.ring.length > 0 ? this.ring[0]!.first : slots;
+    let first = -1;
+    if (this.ring.length === 0 || this.head > oldest) {
+      // Free: [head, slots) and, wrapping, [0, oldest).
+      if (this.head + count <= slots) first = this.head;
+      else if (count <= oldest && this.ring.length > 0) first = 0;
+    } else if (this.head + count <= oldest) {
+      first = this.head; // wrapped: free is [head, oldest)
+    }
+    if (first >= 0) this.head = first + count;
+    return first;
   }
 
   private onResponse(worker: Worker, response: ReduceResponse): void {
@@ -102,27 +152,42 @@ export class ReductionPool {
     this.inFlight.delete(response.id);
     worker.unref();
     this.idle.push(worker);
-    const fingerprints = Buffer.from(response.fingerprints);
-    const stored = Buffer.from(response.stored);
-    let index = 0;
+    const { meta } = this.layout;
+    // Results are copied out of the slots, which are reused as soon as the batch is released.
+    let compressedBytes = 0;
+    for (let slot = batch.first; slot < batch.first + batch.count; slot++) {
+      if (meta[slot * META_WORDS] === 0 && meta[slot * META_WORDS + 3] !== 0) compressedBytes += meta[slot * META_WORDS + 4]!;
+    }
+    const stored = Buffer.allocUnsafe(compressedBytes);
+    const fingerprints = this.fingerprint ? Buffer.from(this.layout.fingerprints.subarray(batch.first * 32, (batch.first + batch.count) * 32)) : null;
+    let slot = batch.first;
     let storedAt = 0;
-    for (const pending of batch) {
+    for (const pending of batch.pendings) {
       const results: ReducedBlock[] = [];
-      for (let i = 0; i < pending.blocks.length; i++, index++) {
-        if (response.patterns[index * 3] === 1) {
-          results.push({ pattern: { high: response.patterns[index * 3 + 1]!, low: response.patterns[index * 3 + 2]! }, fingerprint: null, reduced: null });
+      for (let i = 0; i < pending.blocks.length; i++, slot++) {
+        const at = slot * META_WORDS;
+        if (meta[at] === 1) {
+          results.push({ pattern: { high: meta[at + 1]!, low: meta[at + 2]! }, fingerprint: null, reduced: null });
           continue;
         }
-        const length = response.lengths[index]!;
-        const codec = response.codecs[index]! as Codec;
-        // The raw form is the caller's own block; compressed forms come from the worker.
-        const reducedBytes = codec === 0 ? pending.blocks[i]! : stored.subarray(storedAt, storedAt + length);
-        if (codec !== 0) storedAt += length;
-        results.push({ pattern: null, fingerprint: this.fingerprint ? fingerprints.subarray(index * 32, index * 32 + 32) : null, reduced: { stored: reducedBytes, codec } });
+        const codec = meta[at + 3]! as Codec;
+        const length = meta[at + 4]!;
+        let reducedBytes: Buffer;
+        if (codec === 0) {
+          reducedBytes = pending.blocks[i]!; // the raw form is the caller's own block
+        } else {
+          this.layout.output.copy(stored, storedAt, slot * SLOT_BYTES, slot * SLOT_BYTES + length);
+          reducedBytes = stored.subarray(storedAt, storedAt + length);
+          storedAt += length;
+        }
+        const index = slot - batch.first;
+        results.push({ pattern: null, fingerprint: fingerprints === null ? null : fingerprints.subarray(index * 32, index * 32 + 32), reduced: { stored: reducedBytes, codec } });
       }
       this.release(pending.blocks.length);
       pending.resolve(results);
     }
+    batch.done = true;
+    while (this.ring.length > 0 && this.ring[0]!.done) this.ring.shift();
     this.dispatch();
   }
 
@@ -132,9 +197,10 @@ export class ReductionPool {
   }
 
   private failAll(error: unknown): void {
-    for (const batch of this.inFlight.values()) for (const pending of batch) pending.reject(error);
+    for (const batch of this.inFlight.values()) for (const pending of batch.pendings) pending.reject(error);
     for (const pending of this.queue) pending.reject(error);
     this.inFlight.clear();
+    this.ring.length = 0;
     this.queue = [];
   }
 

@@ -305,17 +305,28 @@ export class Connection {
       this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data]);
       return;
     }
+    // Adjacent data extents go out as one OFFSET_DATA chunk (its payload is several buffers), so a
+    // 128 KiB read of 32 separately stored blocks costs one chunk header, not 32.
     const buffers: Buffer[] = [];
     let offset = request.offset;
-    extents.forEach((extent, index) => {
-      const done = index === extents.length - 1;
+    for (let index = 0; index < extents.length; ) {
+      const extent = extents[index]!;
       if (extent.data === null) {
-        buffers.push(encodeOffsetHole(request.cookie, done, offset, extent.lengthBytes));
-      } else {
-        buffers.push(encodeOffsetDataHeader(request.cookie, done, offset, extent.lengthBytes), extent.data.subarray(0, extent.lengthBytes));
+        index += 1;
+        buffers.push(encodeOffsetHole(request.cookie, index === extents.length, offset, extent.lengthBytes));
+        offset += BigInt(extent.lengthBytes);
+        continue;
       }
-      offset += BigInt(extent.lengthBytes);
-    });
+      const headerAt = buffers.push(Buffer.alloc(0)) - 1;
+      let runBytes = 0;
+      for (; index < extents.length && extents[index]!.data !== null; index++) {
+        const data = extents[index]!;
+        buffers.push(data.data!.subarray(0, data.lengthBytes));
+        runBytes += data.lengthBytes;
+      }
+      buffers[headerAt] = encodeOffsetDataHeader(request.cookie, index === extents.length, offset, runBytes);
+      offset += BigInt(runBytes);
+    }
     this.writeAll(buffers);
   }
 
