@@ -204,7 +204,13 @@ export class FlashArray implements ExportCatalog {
     }
     const stateBytes = await meta.get('super', STATE_KEY);
     const state: StateRecord = stateBytes ? (JSON.parse(stateBytes.toString()) as StateRecord) : { nextChunkId: 1, nextSequence: 1, nextVolumeId: 1, counters: { hostBytesWritten: 0, nandBytesWrittenBefore: 0 } };
-    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), state.nextSequence);
+    // Blocks opened after the last commit took sequence numbers at or above the recorded one, and
+    // their pages may still be on NAND. Each block is opened at most once between two commits (a
+    // block is erased only after a synced commit), so skipping one block count of numbers means
+    // a sequence number is never given to two uses of a block, and a page left over from an
+    // uncommitted use can never pass for a page of the current one.
+    const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
+    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence);
     const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
     await array.dedup?.bloom.load(meta);
     const summaries: Array<[number, ReturnType<typeof decodeSummary>]> = [];
