@@ -8,8 +8,9 @@
  *
  * Invariants:
  * - a free block is erased (its NAND write pointer is 0); streams open only free blocks;
- * - the host stream never takes the last `reserveBlocks` free blocks: those keep GC able to move
- *   data, so GC always makes progress;
+ * - host writes never take the last `reserveBlocks` free blocks: those keep GC able to move
+ *   data, so GC always makes progress (with `hotColdSeparation` off, GC appends through the host
+ *   stream and may open a reserve block for it);
  * - valid bytes of a block = record bytes of the chunks the chunk table places in it;
  * - a block is erased (or retired) only after a synced metadata commit that no longer references
  *   it, and only when no read of it is in flight.
@@ -43,6 +44,13 @@ export interface FtlOptions {
   /** Erase blocks GC cleans before one commit. */
   gcBatchBlocks: number;
   programBatchPages: number;
+  /**
+   * GC relocations go to their own log stream, apart from host writes (hot/cold separation:
+   * relocated data has already outlived one erase block, so it is likely colder). False puts
+   * both in the host stream; that is only a baseline for the write-amplification experiments.
+   * Not persisted: each open may choose, since it changes where new records go and nothing else.
+   */
+  hotColdSeparation: boolean;
 }
 
 export function defaultFtlOptions(blockCount: number): FtlOptions {
@@ -56,6 +64,7 @@ export function defaultFtlOptions(blockCount: number): FtlOptions {
     wearSpreadThreshold: 64,
     gcBatchBlocks: 8,
     programBatchPages: 16,
+    hotColdSeparation: true,
   };
 }
 
@@ -98,6 +107,8 @@ export class Ftl implements StreamHost {
   private generation = 0;
   private nextSequence: number;
   private deviceError: StorageError | null = null;
+  /** True while a GC relocation appends, so a shared stream may open a block from the reserve. */
+  private appendingForGc = false;
   private gcRunning: Promise<void> | null = null;
   private locator: ChunkLocator | null = null;
   private committer: (() => Promise<void>) | null = null;
@@ -150,7 +161,9 @@ export class Ftl implements StreamHost {
   // ---- StreamHost ----------------------------------------------------------------------------
 
   openBlock(stream: LogStream): { block: number; sequence: number } {
-    const floor = stream.name === 'host' ? this.options.reserveBlocks : 0;
+    // The reserve is for GC: without hot/cold separation GC appends through the host stream, and
+    // must still reach the reserve, or GC on a full device could not free anything.
+    const floor = stream.name === 'host' && !this.appendingForGc ? this.options.reserveBlocks : 0;
     if (this.table.freeBlocks <= floor) {
       throw StorageError.noSpace(`no free erase block for the ${stream.name} stream (${this.table.freeBlocks} free, ${floor} reserved)`);
     }
@@ -192,7 +205,14 @@ export class Ftl implements StreamHost {
   // ---- Host path -----------------------------------------------------------------------------
 
   append(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array): PhysicalAddress {
-    const address = (stream === 'host' ? this.hostStream : this.gcStream).append(chunkId, stored);
+    const target = stream === 'gc' && this.options.hotColdSeparation ? this.gcStream : this.hostStream;
+    this.appendingForGc = stream === 'gc';
+    let address: PhysicalAddress;
+    try {
+      address = target.append(chunkId, stored);
+    } finally {
+      this.appendingForGc = false;
+    }
     this.table.addValid(address.block, LogStream.recordBytes(stored.length));
     return address;
   }
