@@ -194,7 +194,19 @@ test('model: random write/read/trim/zero/flush/crash sequences keep the durabili
       const meta = new MemoryMetaStore();
       const real: Real = { nand, meta, counter: 0, gcRuns: 0, ...(await open({ nand, meta }, true)) };
       try {
-        await fc.asyncModelRun(() => ({ model: new Model(), real }), cmds);
+        // A flushed prefix that overwrites the region 4 times fills the device, so GC runs here
+        // and keeps running under the random commands, however short they are.
+        const model = new Model();
+        for (let pass = 0; pass < 4; pass++) {
+          for (let lba = 0; lba < REGION_BLOCKS; lba += 16) {
+            const data = content(++real.counter, 16 * B);
+            await real.volume.write(lba * B, data, { fua: false });
+            for (let i = 0; i < 16; i++) model.push(lba + i, data.subarray(i * B, (i + 1) * B));
+          }
+        }
+        await real.array.flush();
+        model.flushed();
+        await fc.asyncModelRun(() => ({ model, real }), cmds);
         await audit(real.array);
       } finally {
         real.array.abandon();
@@ -215,7 +227,19 @@ test('model: a long overwrite run with GC, crashes and flushes', async (t) => {
       const meta = new MemoryMetaStore();
       const real: Real = { nand, meta, counter: 0, gcRuns: 0, ...(await open({ nand, meta }, true)) };
       try {
-        await fc.asyncModelRun(() => ({ model: new Model(), real }), cmds);
+        // A flushed prefix that overwrites the region 4 times fills the device, so GC runs here
+        // and keeps running under the random commands, however short they are.
+        const model = new Model();
+        for (let pass = 0; pass < 4; pass++) {
+          for (let lba = 0; lba < REGION_BLOCKS; lba += 16) {
+            const data = content(++real.counter, 16 * B);
+            await real.volume.write(lba * B, data, { fua: false });
+            for (let i = 0; i < 16; i++) model.push(lba + i, data.subarray(i * B, (i + 1) * B));
+          }
+        }
+        await real.array.flush();
+        model.flushed();
+        await fc.asyncModelRun(() => ({ model, real }), cmds);
         await audit(real.array);
         gcRuns += real.gcRuns + real.array.ftl.counters.gcRuns;
       } finally {
