@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs
+DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs zstd
   util-linux procps)
 
 missing=()

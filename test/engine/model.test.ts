@@ -194,19 +194,7 @@ test('model: random write/read/trim/zero/flush/crash sequences keep the durabili
       const meta = new MemoryMetaStore();
       const real: Real = { nand, meta, counter: 0, gcRuns: 0, ...(await open({ nand, meta }, true)) };
       try {
-        // A flushed prefix that overwrites the region 4 times fills the device, so GC runs here
-        // and keeps running under the random commands, however short they are.
-        const model = new Model();
-        for (let pass = 0; pass < 4; pass++) {
-          for (let lba = 0; lba < REGION_BLOCKS; lba += 16) {
-            const data = content(++real.counter, 16 * B);
-            await real.volume.write(lba * B, data, { fua: false });
-            for (let i = 0; i < 16; i++) model.push(lba + i, data.subarray(i * B, (i + 1) * B));
-          }
-        }
-        await real.array.flush();
-        model.flushed();
-        await fc.asyncModelRun(() => ({ model, real }), cmds);
+        await fc.asyncModelRun(() => ({ model: new Model(), real }), cmds);
         await audit(real.array);
       } finally {
         real.array.abandon();
@@ -216,6 +204,21 @@ test('model: random write/read/trim/zero/flush/crash sequences keep the durabili
   );
   t.true(runs >= 40 || process.env.PSTORAGE_MODEL_RUNS !== undefined);
 });
+
+/** Overwrites the whole region `passes` times with unique data and flushes; the matching model. */
+async function fillAndFlush(real: Real, passes: number): Promise<Model> {
+  const model = new Model();
+  for (let pass = 0; pass < passes; pass++) {
+    for (let lba = 0; lba < REGION_BLOCKS; lba += 16) {
+      const data = content(++real.counter, 16 * B);
+      await real.volume.write(lba * B, data, { fua: false });
+      for (let i = 0; i < 16; i++) model.push(lba + i, data.subarray(i * B, (i + 1) * B));
+    }
+  }
+  await real.array.flush();
+  model.flushed();
+  return model;
+}
 
 test('model: a long overwrite run with GC, crashes and flushes', async (t) => {
   const seed = Number(process.env.PSTORAGE_MODEL_SEED ?? (Date.now() + 1) % 2 ** 31);
@@ -229,16 +232,7 @@ test('model: a long overwrite run with GC, crashes and flushes', async (t) => {
       try {
         // A flushed prefix that overwrites the region 4 times fills the device, so GC runs here
         // and keeps running under the random commands, however short they are.
-        const model = new Model();
-        for (let pass = 0; pass < 4; pass++) {
-          for (let lba = 0; lba < REGION_BLOCKS; lba += 16) {
-            const data = content(++real.counter, 16 * B);
-            await real.volume.write(lba * B, data, { fua: false });
-            for (let i = 0; i < 16; i++) model.push(lba + i, data.subarray(i * B, (i + 1) * B));
-          }
-        }
-        await real.array.flush();
-        model.flushed();
+        const model = await fillAndFlush(real, 4);
         await fc.asyncModelRun(() => ({ model, real }), cmds);
         await audit(real.array);
         gcRuns += real.gcRuns + real.array.ftl.counters.gcRuns;
