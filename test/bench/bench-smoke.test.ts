@@ -1,8 +1,9 @@
 /**
  * The benchmark harness (scripts/bench.ts) in its quick mode with a 2 s runtime: it must start
  * pstorage, nbdkit memory and nbdkit file, run every job of the matrix on every server (and the
- * data-pattern jobs on pstorage, and ext4 end to end on all three), compute the ratios, write
- * results.json, results.md and the charts, and leave no server, mount or work directory behind.
+ * data-pattern jobs on pstorage, and ext4 end to end on all three), run the reduction, flash and
+ * memory/recovery experiments at their quick sizes, compute the ratios, write results.json,
+ * results.md and the charts, and leave no server, mount or work directory behind.
  * The figures themselves are not checked: this machine is shared and they are noise at 2 s.
  *
  * Needs fio, nbdkit, libnbd-bin, nbdfuse and fuse3, root and /dev/fuse (as the filesystem
@@ -65,7 +66,7 @@ function checkJobs(t: ExecutionContext, results: readonly JobResult[], expectedI
 }
 
 test('bench --quick runs every job on every server and writes the JSON, the table and the charts', async (t) => {
-  t.timeout(8 * 60_000);
+  t.timeout(10 * 60_000);
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pstorage-bench-smoke-'));
   t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
   const outDir = path.join(scratch, 'out');
@@ -97,6 +98,20 @@ test('bench --quick runs every job on every server and writes the JSON, the tabl
     t.true(svg.includes('pstorage') && svg.includes('<rect'), `${chart} has no bars`);
   }
   t.true(stdout.includes('pstorage ÷ memory'), 'the summary table is printed');
+
+  // Experiments 3-5 ran at their quick sizes, each with a section in results.md and its charts.
+  t.deepEqual(Object.keys(report.extensions), ['reduction', 'flash', 'memory']);
+  for (const [name, result] of Object.entries(report.extensions)) {
+    t.is(result.status, 'ok', `experiment ${name}: ${result.status} ${result.note ?? ''}`);
+    t.true(markdown.includes(`## Experiment \`${name}\``), `results.md lacks the ${name} section`);
+    const charts = Object.keys(result.charts ?? {});
+    t.true(charts.length > 0, `experiment ${name} drew no chart`);
+    for (const chart of charts) {
+      const svg = fs.readFileSync(path.join(outDir, chart), 'utf8');
+      t.true(svg.startsWith('<svg') && svg.trimEnd().endsWith('</svg>'), `${chart} is not an SVG document`);
+      t.true(report.files.includes(chart), `${chart} is not listed in results.json`);
+    }
+  }
 
   // --render draws the same report again from results.json alone.
   const rerendered = path.join(scratch, 'rerendered');
