@@ -266,7 +266,8 @@ async function preconditionFile(state: RunState, stack: FilesystemStack): Promis
 }
 
 async function runExtensions(state: RunState): Promise<Record<string, ExperimentResult>> {
-  const scratchDir = path.join(state.workDir, 'experiments');
+  // Each experiment's directory is WORK/NAME, short, as the arrays' management sockets live inside.
+  const scratchDir = state.workDir;
   const context: ExperimentContext = {
     options: state.options,
     repoRoot: state.context.repoRoot,

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { createLogger } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
-import { ApiServer, API_SOCKET_NAME } from '../mgmt/api-server.js';
+import { ApiServer, API_SOCKET_NAME, checkApiSocketPath } from '../mgmt/api-server.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
 import type { TcpAddress } from './listen-address.js';
@@ -23,6 +23,7 @@ export interface ServeOptions {
 export async function serve(options: ServeOptions): Promise<void> {
   const logger = createLogger({ component: 'pstorage' });
   const dataDir = path.resolve(options.dataDir);
+  checkApiSocketPath(path.join(dataDir, API_SOCKET_NAME)); // before anything is created
   const startedAt = process.hrtime.bigint();
   const { array, created, recoveryMs } = await FlashArray.open(dataDir, logger, options.array);
   if (created) await array.createVolume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES);

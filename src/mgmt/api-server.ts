@@ -19,6 +19,18 @@ import * as ops from './operations.js';
 import { exportFrom, importInto, tooLarge } from './volume-data.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * sun_path holds 108 bytes with the terminating NUL; a longer path would be cut short by the
+ * kernel and the socket created somewhere else. Throws INVALID_ARGUMENT saying what to do.
+ */
+export function checkApiSocketPath(socketPath: string): void {
+  const pathBytes = Buffer.byteLength(socketPath);
+  if (pathBytes > MAX_SOCKET_PATH_BYTES) {
+    throw StorageError.invalidArgument(`the management socket ${socketPath} would be ${pathBytes} bytes long, and a Unix socket path may have at most ${MAX_SOCKET_PATH_BYTES}: use a data directory with a shorter path`);
+  }
+}
 const MAX_JSON_BODY_BYTES = 1024 * 1024;
 const CLOSE_GRACE_MS = 10_000;
 
@@ -124,6 +136,7 @@ export class ApiServer {
 
   /** The Unix socket: no token; its mode 0600 is the guard. */
   async listen(socketPath: string): Promise<void> {
+    checkApiSocketPath(socketPath);
     try {
       if (fs.statSync(socketPath).isSocket()) fs.unlinkSync(socketPath);
     } catch {

@@ -230,6 +230,15 @@ test('TCP management API: bearer token required (401 without it), refused to sta
   t.regex(notLoopback.stderr, /loopback addresses only/);
 });
 
+test('serve refuses a data directory whose management socket path would not fit a Unix socket, and creates nothing', (t) => {
+  const dir = tempDir(t, 'pstorage-cli-long-');
+  const dataDir = path.join(dir, 'd'.repeat(120));
+  const result = spawnSync(process.execPath, [PSTORAGE_BIN, 'serve', '-d', dataDir, '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 30_000 });
+  t.is(result.status, 2, result.stderr);
+  t.regex(result.stderr, /would be \d+ bytes long, and a Unix socket path may have at most 107: use a data directory with a shorter path/);
+  t.false(fs.existsSync(dataDir), 'nothing was created');
+});
+
 test('management API: OpenAPI document covers every route, errors are JSON with fitting statuses', async (t) => {
   const server = await startServer(t);
   const socket = { socketPath: apiSocketOf(server.dataDir) };

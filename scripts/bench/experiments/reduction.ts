@@ -197,8 +197,9 @@ async function readStats(context: ExperimentContext, session: ArraySession): Pro
 }
 
 async function startArray(context: ExperimentContext, name: string): Promise<ArraySession> {
-  const workDir = path.join(context.scratchDir, 'arrays', name);
-  const dataDir = path.join(workDir, 'data');
+  // Short names: the management socket (DATA_DIR/pstorage.sock) must fit a Unix socket path.
+  const workDir = path.join(context.scratchDir, name);
+  const dataDir = path.join(workDir, 'd');
   fs.mkdirSync(workDir, { recursive: true });
   const server = await startPstorage({ repoRoot: context.repoRoot, dataDir, workDir, transport: context.options.transport, name: `reduction-${name}` });
   context.cleanup(`stop the reduction experiment's pstorage "${name}"`, async () => void (await server.stop()));
