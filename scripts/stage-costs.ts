@@ -11,8 +11,8 @@ import { silentLogger } from '../src/common/log.js';
 import { checksumOf } from '../src/ftl/page-format.js';
 import { MemoryMetaStore } from '../src/meta/memory-store.js';
 import { MemoryNand } from '../src/nand/memory-nand.js';
-import { Codec, compressBlock, decompressBlock } from '../src/reduce/codec.js';
-import { sha256Fingerprint } from '../src/reduce/fingerprint.js';
+import { Codec, compressBlock, decompressBlock, looksIncompressible } from '../src/reduce/codec.js';
+import { keyedFingerprint } from '../src/reduce/fingerprint.js';
 import { detectPattern } from '../src/reduce/pattern.js';
 import { FlashArray } from '../src/volume/flash-array.js';
 
@@ -63,12 +63,14 @@ async function main(): Promise<void> {
   const lz4Text = text.map((block) => compressBlock(block, Codec.Lz4).stored);
   const rows: Array<[string, number]> = [
     ['pattern detection (random block)', timePerBlock(random, detectPattern)],
-    ['SHA-256 fingerprint', timePerBlock(random, sha256Fingerprint)],
+    ['SHA-256 (node:crypto, for comparison)', timePerBlock(random, (block) => crypto.createHash('sha256').update(block).digest())],
+    ['fingerprint (keyed xxHash64)', timePerBlock(random, keyedFingerprint(0x1234n))],
+    ['incompressibility sample (random block)', timePerBlock(random, looksIncompressible)],
     ['LZ4 compress (text, ~2x)', timePerBlock(text, (block) => compressBlock(block, Codec.Lz4))],
     ['LZ4 compress (random: stored raw)', timePerBlock(random, (block) => compressBlock(block, Codec.Lz4))],
     ['zstd compress (text)', timePerBlock(text, (block) => compressBlock(block, Codec.Zstd))],
     ['LZ4 decompress (text)', timePerBlock(lz4Text, (stored) => decompressBlock(stored, Codec.Lz4, B))],
-    ['record checksum (xxh32)', timePerBlock(random, checksumOf)],
+    ['record checksum (xxHash64, low 32 bits)', timePerBlock(random, checksumOf)],
     ['whole write, unique block (inline reduction)', await writeCost('unique', Math.min(count, 20000))],
     ['whole write, duplicate block', await writeCost('duplicate', Math.min(count, 20000))],
     ['whole write, zero block', await writeCost('zero', Math.min(count, 20000))],

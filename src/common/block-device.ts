@@ -2,7 +2,9 @@
  * The backend seam: what an NBD export needs from whatever stores the data.
  *
  * The protocol and server layers see only this interface, so the storage engine replaced the
- * first (sparse-file) backend without touching protocol code. Offsets and lengths are bytes,
+ * first (sparse-file) backend without touching protocol code. The server uses `submit` (one
+ * request object and one callback, no promise per request); the promise methods are the same
+ * operations for everything else (management, tests). Offsets and lengths are bytes,
  * already checked against `sizeBytes` by the caller; a backend still asserts them. Every operation may
  * throw a `StorageError`; nothing else is expected to escape.
  *
@@ -41,6 +43,41 @@ export interface ZeroOptions extends WriteOptions {
 
 export const BASE_ALLOCATION = 'base:allocation';
 
+/** Commands of `IoRequest`. */
+export const enum IoCommand {
+  Read = 0,
+  Write = 1,
+  Trim = 2,
+  WriteZeroes = 3,
+  Flush = 4,
+  Cache = 5,
+}
+
+/** A read's result: the whole range in one buffer (holes as zeros), and its extents. */
+export interface ReadResult {
+  data: Buffer;
+  /** Pieces of `data` in order; `data: null` marks a hole (reads as zeros). */
+  extents: ReadExtent[];
+}
+
+/**
+ * One request on the fast path (`BlockDevice.submit`): no promise per request. The device sets
+ * `result` for reads and calls `done` exactly once, with `error` null on success (a StorageError
+ * otherwise). `done` may be called before `submit` returns (a read served from memory).
+ */
+export interface IoRequest {
+  command: IoCommand;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** The payload of a write (`lengthBytes` long). */
+  data: Buffer | null;
+  fua: boolean;
+  noHole: boolean;
+  fastZero: boolean;
+  result: ReadResult | null;
+  done(request: IoRequest, error: unknown): void;
+}
+
 export interface BlockDevice {
   /** Current size; it may grow while the device is open (volume resize). */
   readonly sizeBytes: number;
@@ -60,6 +97,55 @@ export interface BlockDevice {
   blockStatus(context: string, offsetBytes: number, lengthBytes: number): Promise<StatusExtent[]>;
   /** A prefetch hint (NBD_CMD_CACHE). */
   cache(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /**
+   * The fast path for READ, WRITE, TRIM, WRITE_ZEROES, FLUSH and CACHE: the same operations as the
+   * methods above, with the same durability rules, completed through `request.done`. Requests
+   * that change data take effect in the order they are submitted.
+   */
+  submit(request: IoRequest): void;
+}
+
+/** `submit` for a device that implements the promise methods (simple devices, test fixtures). */
+export function submitThroughPromises(device: BlockDevice, request: IoRequest): void {
+  const { offsetBytes, lengthBytes, fua } = request;
+  let work: Promise<unknown>;
+  switch (request.command) {
+    case IoCommand.Read:
+      work = device.read(offsetBytes, lengthBytes).then((extents) => {
+        request.result = { data: concatReadExtents(extents, lengthBytes), extents };
+      });
+      break;
+    case IoCommand.Write:
+      work = device.write(offsetBytes, request.data!, { fua });
+      break;
+    case IoCommand.Trim:
+      work = device.trim(offsetBytes, lengthBytes, { fua });
+      break;
+    case IoCommand.WriteZeroes:
+      work = device.writeZeroes(offsetBytes, lengthBytes, { fua, noHole: request.noHole, fastZero: request.fastZero });
+      break;
+    case IoCommand.Flush:
+      work = device.flush();
+      break;
+    default:
+      work = device.cache(offsetBytes, lengthBytes);
+  }
+  work.then(
+    () => request.done(request, null),
+    (error: unknown) => request.done(request, error),
+  );
+}
+
+/** Runs one request through `submit` and returns its promise (for callers that want one). */
+export function submitAsync(device: BlockDevice, request: Omit<IoRequest, 'done' | 'result'>): Promise<ReadResult | null> {
+  return new Promise((resolve, reject) => {
+    const full: IoRequest = {
+      ...request,
+      result: null,
+      done: (finished, error) => (error === null ? resolve(finished.result) : reject(error)),
+    };
+    device.submit(full);
+  });
 }
 
 /** An export as the handshake sees it. */

@@ -10,9 +10,14 @@
  *                   │                │
  *                   └──program fails / endurance reached──▶ retiring ──relocated──▶ bad
  *
- * Persistence: a summary per erase block (state, sequence, valid bytes, written bytes) is written
- * in the same metadata batch as the chunk-table changes that alter it, so valid counts always
- * agree with the chunk table after a crash. P/E counts and bad flags come from the NAND device.
+ * Persistence: a summary per erase block (state, sequence, valid bytes, written bytes), grouped in
+ * pages of 1024 blocks ('erase-blocks' sublevel, key u32 page index; value format 2: the columns
+ * one after the other, u8 state, u32 sequence, u32 valid bytes, u32 written bytes, little-endian).
+ * Every page changed since the last commit is written in that commit's batch, with the journal
+ * value holding the chunk-table changes that altered it, so valid counts always agree with the
+ * chunk table after a crash. Random overwrites change most blocks' valid bytes between two
+ * commits: a page costs one put where a summary per block cost a thousand. P/E counts and bad
+ * flags come from the NAND device.
  * After a crash, a block that was open is treated as full: pages past the last commit hold
  * nothing the metadata references.
  */
@@ -35,20 +40,21 @@ export interface BlockSummary {
   writtenBytes: number;
 }
 
-export const SUMMARY_BYTES = 13;
+export const SUMMARIES_PER_PAGE = 1024;
+const SUMMARY_BYTES = 13;
 
-export function encodeSummary(summary: BlockSummary): Buffer {
-  const out = Buffer.alloc(SUMMARY_BYTES);
-  out.writeUInt8(summary.state, 0);
-  out.writeUInt32BE(summary.sequence >>> 0, 1);
-  out.writeUInt32BE(summary.validBytes, 5);
-  out.writeUInt32BE(summary.writtenBytes, 9);
+/** The summaries of the blocks of summary page `pageIndex`, as stored. */
+export function decodeSummaryPage(pageIndex: number, bytes: Buffer): Array<[number, BlockSummary]> {
+  assert(bytes.length % SUMMARY_BYTES === 0 && bytes.length <= SUMMARIES_PER_PAGE * SUMMARY_BYTES, `erase-block summary page of ${bytes.length} bytes`);
+  const count = bytes.length / SUMMARY_BYTES;
+  const out: Array<[number, BlockSummary]> = [];
+  for (let i = 0; i < count; i++) {
+    out.push([
+      pageIndex * SUMMARIES_PER_PAGE + i,
+      { state: bytes[i]! as BlockState, sequence: bytes.readUInt32LE(count + i * 4), validBytes: bytes.readUInt32LE(count * 5 + i * 4), writtenBytes: bytes.readUInt32LE(count * 9 + i * 4) },
+    ]);
+  }
   return out;
-}
-
-export function decodeSummary(bytes: Buffer): BlockSummary {
-  assert(bytes.length === SUMMARY_BYTES, `erase-block summary of ${bytes.length} bytes`);
-  return { state: bytes.readUInt8(0) as BlockState, sequence: bytes.readUInt32BE(1), validBytes: bytes.readUInt32BE(5), writtenBytes: bytes.readUInt32BE(9) };
 }
 
 export class EraseBlockTable {
@@ -57,10 +63,18 @@ export class EraseBlockTable {
   readonly validBytes: Uint32Array;
   readonly writtenBytes: Uint32Array;
   readonly eraseCount: Uint32Array;
-  /** Blocks whose summary changed since the last commit captured it. */
-  readonly dirty = new Set<number>();
+  /** Summary pages changed since the last commit captured them. */
+  private readonly dirtyPages: Uint8Array;
+  private dirtyPageCount = 0;
   private freeCount = 0;
   private badCount = 0;
+  private retiringCount = 0;
+  /**
+   * Free blocks as a binary min-heap on (erase count, block): `pickFree` takes the least-worn in
+   * O(log n) instead of scanning every block at each block opened. Entries go stale when a block
+   * leaves the free state some other way (or its count changes); they are dropped when popped.
+   */
+  private readonly freeHeap: number[] = [];
   private validTotal = 0;
 
   constructor(readonly blockCount: number, readonly streamBytesPerBlock: number) {
@@ -70,6 +84,49 @@ export class EraseBlockTable {
     this.writtenBytes = new Uint32Array(blockCount);
     this.eraseCount = new Uint32Array(blockCount);
     this.freeCount = blockCount;
+    for (let block = 0; block < blockCount; block++) this.freeHeap.push(block);
+    this.dirtyPages = new Uint8Array(Math.ceil(blockCount / SUMMARIES_PER_PAGE));
+  }
+
+  markDirty(block: number): void {
+    const page = Math.floor(block / SUMMARIES_PER_PAGE);
+    if (this.dirtyPages[page] === 0) {
+      this.dirtyPages[page] = 1;
+      this.dirtyPageCount += 1;
+    }
+  }
+
+  get hasDirtySummaries(): boolean {
+    return this.dirtyPageCount > 0;
+  }
+
+  /** Forgets every change (a fresh table, or the state just loaded at recovery). */
+  clearDirty(): void {
+    this.dirtyPages.fill(0);
+    this.dirtyPageCount = 0;
+  }
+
+  /** Encoded summary pages changed since the last capture (they are clean again). */
+  captureSummaryPages(): Array<[number, Buffer]> {
+    const out: Array<[number, Buffer]> = [];
+    for (let page = 0; page < this.dirtyPages.length && out.length < this.dirtyPageCount; page++) {
+      if (this.dirtyPages[page] === 0) continue;
+      const first = page * SUMMARIES_PER_PAGE;
+      const count = Math.min(SUMMARIES_PER_PAGE, this.blockCount - first);
+      const value = Buffer.allocUnsafe(count * SUMMARY_BYTES);
+      value.set(this.state.subarray(first, first + count), 0);
+      value.set(new Uint8Array(this.sequence.buffer, first * 4, count * 4), count);
+      value.set(new Uint8Array(this.validBytes.buffer, first * 4, count * 4), count * 5);
+      value.set(new Uint8Array(this.writtenBytes.buffer, first * 4, count * 4), count * 9);
+      out.push([page, value]);
+    }
+    this.clearDirty();
+    return out;
+  }
+
+  /** A capture whose batch failed: its pages are dirty again. */
+  restoreDirty(pages: Iterable<number>): void {
+    for (const page of pages) this.markDirty(page * SUMMARIES_PER_PAGE);
   }
 
   get freeBlocks(): number {
@@ -101,11 +158,26 @@ export class EraseBlockTable {
   setState(block: number, state: BlockState): void {
     const before = this.state[block]!;
     if (before === BlockState.Free) this.freeCount -= 1;
-    if (state === BlockState.Free) this.freeCount += 1;
+    if (state === BlockState.Free) {
+      this.freeCount += 1;
+      if (before !== BlockState.Free) this.heapPush(block);
+    }
     const lost = (value: number) => value === BlockState.Bad || value === BlockState.Retiring;
     this.badCount += (lost(state) ? 1 : 0) - (lost(before) ? 1 : 0);
+    this.retiringCount += (state === BlockState.Retiring ? 1 : 0) - (before === BlockState.Retiring ? 1 : 0);
     this.state[block] = state;
-    this.dirty.add(block);
+    this.markDirty(block);
+  }
+
+  /** Blocks whose data must move before they are retired. */
+  get retiringBlocks(): number {
+    return this.retiringCount;
+  }
+
+  /** The erase counts changed (the device's counts were loaded): rebuild the free heap. */
+  rebuildFreeHeap(): void {
+    this.freeHeap.length = 0;
+    for (let block = 0; block < this.blockCount; block++) if (this.state[block] === BlockState.Free) this.heapPush(block);
   }
 
   addValid(block: number, deltaBytes: number): void {
@@ -113,23 +185,63 @@ export class EraseBlockTable {
     assert(next >= 0 && next <= this.streamBytesPerBlock, `valid bytes of erase block ${block} would be ${next}`);
     this.validBytes[block] = next;
     this.validTotal += deltaBytes;
-    this.dirty.add(block);
+    this.markDirty(block);
   }
 
   /** Sets valid bytes outright (a block just opened, erased or retired). */
   resetValid(block: number, bytes = 0): void {
     this.validTotal += bytes - this.validBytes[block]!;
     this.validBytes[block] = bytes;
-    this.dirty.add(block);
+    this.markDirty(block);
   }
 
-  /** Dynamic wear leveling: the least-worn free block, or -1. */
+  /** Dynamic wear leveling: the least-worn free block (the lowest index among equals), or -1. */
   pickFree(): number {
-    let best = -1;
-    for (let block = 0; block < this.blockCount; block++) {
-      if (this.state[block] === BlockState.Free && (best < 0 || this.eraseCount[block]! < this.eraseCount[best]!)) best = block;
+    while (this.freeHeap.length > 0) {
+      const block = this.heapPop();
+      // Stale: no longer free, or already in the heap again with its new count.
+      if (this.state[block] !== BlockState.Free) continue;
+      return block;
     }
-    return best;
+    return -1;
+  }
+
+  private less(a: number, b: number): boolean {
+    const wearA = this.eraseCount[a]!;
+    const wearB = this.eraseCount[b]!;
+    return wearA < wearB || (wearA === wearB && a < b);
+  }
+
+  private heapPush(block: number): void {
+    const heap = this.freeHeap;
+    let at = heap.push(block) - 1;
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (!this.less(heap[at]!, heap[parent]!)) break;
+      [heap[at], heap[parent]] = [heap[parent]!, heap[at]!];
+      at = parent;
+    }
+  }
+
+  private heapPop(): number {
+    const heap = this.freeHeap;
+    const top = heap[0]!;
+    const last = heap.pop()!;
+    if (heap.length > 0) {
+      heap[0] = last;
+      let at = 0;
+      for (;;) {
+        const left = 2 * at + 1;
+        const right = left + 1;
+        let smallest = at;
+        if (left < heap.length && this.less(heap[left]!, heap[smallest]!)) smallest = left;
+        if (right < heap.length && this.less(heap[right]!, heap[smallest]!)) smallest = right;
+        if (smallest === at) break;
+        [heap[at], heap[smallest]] = [heap[smallest]!, heap[at]!];
+        at = smallest;
+      }
+    }
+    return top;
   }
 
   /**

@@ -2,10 +2,14 @@
  * A log stream: appends chunk records to one open erase block at a time, page by page.
  *
  * The FTL runs two streams, host writes and GC relocations, so hot and cold data do not share
- * erase blocks. A stream fills a page image in memory, seals it (page header with checksum) when
- * it is full, and programs sealed pages in batches of up to `programBatchPages` with one NAND call.
- * Every page image stays in `PageImages` until its program has completed, so reads of freshly
- * appended records are served from memory and a failed program loses nothing.
+ * erase blocks. A stream fills its open erase block's buffer in memory (one buffer of a whole
+ * erase block, so pages are contiguous and a batch of pages is programmed straight from it with
+ * no copy), seals each page (page header with checksum) when it is full, and programs sealed pages
+ * in batches of up to `programBatchPages` with one NAND call.
+ *
+ * The buffer of an erase block stays in `BlockBuffers` until every program of the block has
+ * completed (or, after a program failure, until the block is erased or retired), so reads of
+ * freshly appended records are served from memory and a failed program loses nothing.
  *
  * `sealPartial()` (called at a commit point) seals the current page even if it is not full; the
  * rest of that page is padding and the stream goes on at the next page. A record header never
@@ -21,45 +25,53 @@ export interface PhysicalAddress {
   offsetBytes: number;
 }
 
-/** Page images not yet known to be on NAND, by erase block and page index. */
-export class PageImages {
-  private readonly byBlock = new Map<number, Map<number, Buffer>>();
+/** Whole-erase-block buffers of blocks not yet known to be entirely on NAND, with a small pool. */
+export class BlockBuffers {
+  private readonly byBlock = new Map<number, Buffer>();
+  private readonly pool: Buffer[] = [];
 
-  get(block: number, pageIndex: number): Buffer | undefined {
-    return this.byBlock.get(block)?.get(pageIndex);
+  constructor(
+    readonly blockBytes: number,
+    private readonly poolLimit = 8,
+  ) {}
+
+  get(block: number): Buffer | undefined {
+    return this.byBlock.get(block);
   }
-  set(block: number, pageIndex: number, image: Buffer): void {
-    let pages = this.byBlock.get(block);
-    if (pages === undefined) this.byBlock.set(block, (pages = new Map()));
-    pages.set(pageIndex, image);
+
+  /** A zeroed buffer for a block being opened (padding and unused pages then hold zeros). */
+  acquire(block: number): Buffer {
+    assert(!this.byBlock.has(block), `erase block ${block} already has a buffer`);
+    const buffer = this.pool.pop()?.fill(0) ?? Buffer.alloc(this.blockBytes);
+    this.byBlock.set(block, buffer);
+    return buffer;
   }
-  delete(block: number, pageIndex: number): void {
-    const pages = this.byBlock.get(block);
-    pages?.delete(pageIndex);
-    if (pages?.size === 0) this.byBlock.delete(block);
-  }
-  dropBlock(block: number): void {
+
+  /** The block's contents are on NAND (or the block was erased or retired): drop its buffer. */
+  release(block: number): void {
+    const buffer = this.byBlock.get(block);
+    if (buffer === undefined) return;
     this.byBlock.delete(block);
+    if (this.pool.length < this.poolLimit) this.pool.push(buffer);
   }
-  get pageCount(): number {
-    let total = 0;
-    for (const pages of this.byBlock.values()) total += pages.size;
-    return total;
+
+  get count(): number {
+    return this.byBlock.size;
   }
 }
 
 /** What a stream needs from the FTL. */
 export interface StreamHost {
   readonly nand: NandDevice;
-  readonly images: PageImages;
+  readonly buffers: BlockBuffers;
   /** Opens a free erase block for this stream; throws NO_SPACE when there is none. */
   openBlock(stream: LogStream): { block: number; sequence: number };
-  /** The stream has finished with this block (it is full). */
+  /** The stream has finished with this block (it is full or padded out). */
   closeBlock(block: number): void;
   /** Stream bytes consumed in a block (records and padding). */
   addWritten(block: number, bytes: number): void;
-  /** Tracks a NAND program until it completes; failures are the FTL's to handle. */
-  trackProgram(block: number, firstPageIndex: number, pages: Buffer[]): void;
+  /** Programs pages (a view of the block's buffer) and tracks the program until it completes. */
+  trackProgram(block: number, firstPageIndex: number, pages: Buffer): void;
 }
 
 export class LogStream {
@@ -67,9 +79,10 @@ export class LogStream {
   private sequence = 0;
   private pageIndex = 0;
   private pageUsedBytes = 0;
-  private page: Buffer | null = null;
-  private sealed: Buffer[] = [];
-  private sealedFirstPage = 0;
+  private buffer: Buffer | null = null;
+  /** First sealed page whose program has not been issued. */
+  private unissuedFrom = 0;
+  private readonly pageBytes: number;
   private readonly payloadBytes: number;
   private readonly pagesPerBlock: number;
 
@@ -78,7 +91,8 @@ export class LogStream {
     private readonly host: StreamHost,
     private readonly programBatchPages = 16,
   ) {
-    this.payloadBytes = host.nand.geometry.pageBytes - PAGE_HEADER_BYTES;
+    this.pageBytes = host.nand.geometry.pageBytes;
+    this.payloadBytes = this.pageBytes - PAGE_HEADER_BYTES;
     this.pagesPerBlock = host.nand.geometry.pagesPerEraseBlock;
   }
 
@@ -91,22 +105,24 @@ export class LogStream {
     return RECORD_HEADER_BYTES + storedBytes;
   }
 
-  append(chunkId: number, stored: Uint8Array): PhysicalAddress {
+  /** Appends a record; `checksum` is `checksumOf(stored)`. */
+  append(chunkId: number, stored: Uint8Array, checksum: number): PhysicalAddress {
     const recordBytes = LogStream.recordBytes(stored.length);
     assert(recordBytes <= this.payloadBytes * this.pagesPerBlock, 'record larger than an erase block');
     if (this.block < 0) this.open();
     if (this.payloadBytes - this.pageUsedBytes < RECORD_HEADER_BYTES) this.finishPage();
     if (this.block >= 0 && this.remainingBytes() < recordBytes) this.abandonRest();
     if (this.block < 0) this.open();
+    const buffer = this.buffer!;
     const address = { block: this.block, offsetBytes: this.pageIndex * this.payloadBytes + this.pageUsedBytes };
-    writeRecordHeader(this.page!, PAGE_HEADER_BYTES + this.pageUsedBytes, chunkId, stored);
+    writeRecordHeader(buffer, this.pageIndex * this.pageBytes + PAGE_HEADER_BYTES + this.pageUsedBytes, chunkId, stored.length, checksum);
     this.pageUsedBytes += RECORD_HEADER_BYTES;
     this.host.addWritten(address.block, recordBytes);
     let copied = 0;
     while (copied < stored.length) {
       if (this.pageUsedBytes === this.payloadBytes) this.finishPage();
       const count = Math.min(stored.length - copied, this.payloadBytes - this.pageUsedBytes);
-      this.page!.set(stored.subarray(copied, copied + count), PAGE_HEADER_BYTES + this.pageUsedBytes);
+      buffer.set(copied === 0 && count === stored.length ? stored : stored.subarray(copied, copied + count), this.pageIndex * this.pageBytes + PAGE_HEADER_BYTES + this.pageUsedBytes);
       this.pageUsedBytes += count;
       copied += count;
     }
@@ -122,14 +138,11 @@ export class LogStream {
 
   /** Stops using the current block (after a program failure); the next append opens another. */
   abandonBlock(): void {
-    if (this.block >= 0 && this.page !== null) {
-      // Keep the partly filled page readable (and parseable) for the relocation that follows.
-      if (this.pageUsedBytes > 0) sealPage(this.page, this.pageIndex, this.sequence, this.pageUsedBytes);
-      else this.host.images.delete(this.block, this.pageIndex);
-    }
+    // Keep a partly filled page readable (and parseable) for the relocation that follows; the
+    // block's buffer stays until the block is retired.
+    if (this.block >= 0 && this.buffer !== null && this.pageUsedBytes > 0) this.sealCurrentPage();
     this.block = -1;
-    this.page = null;
-    this.sealed = [];
+    this.buffer = null;
   }
 
   private remainingBytes(): number {
@@ -142,35 +155,27 @@ export class LogStream {
     this.sequence = sequence;
     this.pageIndex = 0;
     this.pageUsedBytes = 0;
-    this.sealed = [];
-    this.sealedFirstPage = 0;
-    this.newPage();
+    this.unissuedFrom = 0;
+    this.buffer = this.host.buffers.acquire(block);
   }
 
-  private newPage(): void {
-    this.page = Buffer.alloc(this.host.nand.geometry.pageBytes);
-    this.host.images.set(this.block, this.pageIndex, this.page);
+  private sealCurrentPage(): void {
+    const at = this.pageIndex * this.pageBytes;
+    sealPage(this.buffer!.subarray(at, at + this.pageBytes), this.pageIndex, this.sequence, this.pageUsedBytes);
   }
 
   /** Seals the current page, counts its padding as written, and moves to the next page. */
   private finishPage(): void {
-    const page = this.page!;
     this.host.addWritten(this.block, this.payloadBytes - this.pageUsedBytes);
-    sealPage(page, this.pageIndex, this.sequence, this.pageUsedBytes);
-    if (this.sealed.length === 0) this.sealedFirstPage = this.pageIndex;
-    this.sealed.push(page);
+    this.sealCurrentPage();
     this.pageIndex += 1;
     this.pageUsedBytes = 0;
     if (this.pageIndex === this.pagesPerBlock) {
       this.issuePrograms();
-      const block = this.block;
-      this.block = -1;
-      this.page = null;
-      this.host.closeBlock(block);
+      this.closeCurrent();
       return;
     }
-    this.newPage();
-    if (this.sealed.length >= this.programBatchPages) this.issuePrograms();
+    if (this.pageIndex - this.unissuedFrom >= this.programBatchPages) this.issuePrograms();
   }
 
   /** Pads out the rest of the block: the record does not fit in what is left of it. */
@@ -179,17 +184,22 @@ export class LogStream {
     if (this.pageUsedBytes > 0) this.finishPage();
     if (this.block !== block) return;
     this.host.addWritten(block, (this.pagesPerBlock - this.pageIndex) * this.payloadBytes);
-    this.host.images.delete(block, this.pageIndex);
     this.issuePrograms();
+    this.closeCurrent();
+  }
+
+  private closeCurrent(): void {
+    const block = this.block;
     this.block = -1;
-    this.page = null;
+    this.buffer = null;
     this.host.closeBlock(block);
   }
 
   private issuePrograms(): void {
-    if (this.sealed.length === 0) return;
+    if (this.pageIndex === this.unissuedFrom || this.buffer === null) return;
     assert(this.block >= 0, 'sealed pages without an open block');
-    this.host.trackProgram(this.block, this.sealedFirstPage, this.sealed);
-    this.sealed = [];
+    const pages = this.buffer.subarray(this.unissuedFrom * this.pageBytes, this.pageIndex * this.pageBytes);
+    this.host.trackProgram(this.block, this.unissuedFrom, pages);
+    this.unissuedFrom = this.pageIndex;
   }
 }

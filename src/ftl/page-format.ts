@@ -7,23 +7,35 @@
  * back in the stream, so a compressed chunk may span a page boundary and no space is lost to
  * packing. A record header never spans a page boundary (the stream pads to the next page instead).
  *
- * Page header (big-endian):
- *   u16 magic 0x5053 ("PS") | u16 page index | u32 erase-block sequence | u32 used payload bytes |
- *   u32 xxh32 of the header's first 12 bytes and the used payload
+ * Page header (big-endian), format 2:
+ *   u32 checksum | u16 magic 0x5053 ("PS") | u16 page index | u32 erase-block sequence |
+ *   u32 used payload bytes
+ * The checksum covers everything after it up to the end of the used payload (bytes 4 to
+ * 16 + used), one contiguous range, so sealing and checking a page is one hash call over the page
+ * buffer itself (format 1 put the checksum last and hashed a concatenated copy of the page).
  * The used-bytes field lets a page be programmed before it is full (on FLUSH); the rest of such a
  * page is padding, and the stream continues on the next page.
  *
  * Record header (big-endian):
- *   u32 chunk id (high) | u32 chunk id (low) | u32 stored bytes | u32 xxh32 of the stored bytes
+ *   u32 chunk id (high) | u32 chunk id (low) | u32 stored bytes | u32 checksum of the stored bytes
  * A read checks the chunk id and checksum against what the chunk table expects, so misdirected or
  * torn data is an EIO, never another block's data.
+ *
+ * Checksums are the low 32 bits of xxHash64 with a fixed seed: on this machine one xxh64 call
+ * costs about 0.7 µs per 4 KiB (xxh32: 0.8 to 1.2 µs), most of it the call itself.
  */
-import { xxh32 } from '@node-rs/xxhash';
+import { xxh64 } from '@node-rs/xxhash';
 
 export const PAGE_MAGIC = 0x5053;
 export const PAGE_HEADER_BYTES = 16;
 export const RECORD_HEADER_BYTES = 16;
-const CHECKSUM_SEED = 0x70737467; // "pstg"
+/** Offsets of the page header fields. */
+export const PAGE_CHECKSUM_AT = 0;
+export const PAGE_MAGIC_AT = 4;
+export const PAGE_INDEX_AT = 6;
+export const PAGE_SEQUENCE_AT = 8;
+export const PAGE_USED_AT = 12;
+const CHECKSUM_SEED = 0x70737467n; // "pstg"
 
 export interface PageHeader {
   pageIndex: number;
@@ -38,22 +50,22 @@ export interface RecordHeader {
   checksum: number;
 }
 
+/** The 32-bit checksum of `data` used in page and record headers. */
 export function checksumOf(data: Uint8Array): number {
-  return xxh32(data, CHECKSUM_SEED);
+  return Number(BigInt.asUintN(32, xxh64(data, CHECKSUM_SEED)));
 }
 
 /** Fills in the header of a page whose payload (after the header) is already in place. */
 export function sealPage(page: Buffer, pageIndex: number, sequence: number, usedBytes: number): void {
-  page.writeUInt16BE(PAGE_MAGIC, 0);
-  page.writeUInt16BE(pageIndex, 2);
-  page.writeUInt32BE(sequence >>> 0, 4);
-  page.writeUInt32BE(usedBytes, 8);
-  page.writeUInt32BE(pageChecksum(page, usedBytes), 12);
+  page.writeUInt16BE(PAGE_MAGIC, PAGE_MAGIC_AT);
+  page.writeUInt16BE(pageIndex, PAGE_INDEX_AT);
+  page.writeUInt32BE(sequence >>> 0, PAGE_SEQUENCE_AT);
+  page.writeUInt32BE(usedBytes, PAGE_USED_AT);
+  page.writeUInt32BE(pageChecksum(page, usedBytes), PAGE_CHECKSUM_AT);
 }
 
 function pageChecksum(page: Buffer, usedBytes: number): number {
-  const covered = Buffer.concat([page.subarray(0, 12), page.subarray(PAGE_HEADER_BYTES, PAGE_HEADER_BYTES + usedBytes)]);
-  return checksumOf(covered);
+  return checksumOf(page.subarray(PAGE_MAGIC_AT, PAGE_HEADER_BYTES + usedBytes));
 }
 
 export type PageCheck = { ok: true; header: PageHeader } | { ok: false; reason: string };
@@ -63,12 +75,12 @@ export function checkPage(page: Buffer, expectedPageIndex: number): PageCheck | 
   if (page.readUInt32BE(0) === 0 && page.readUInt32BE(4) === 0 && page.readUInt32BE(8) === 0 && page.readUInt32BE(12) === 0) {
     return { ok: false, reason: 'erased' };
   }
-  if (page.readUInt16BE(0) !== PAGE_MAGIC) return { ok: false, reason: 'bad page magic' };
+  if (page.readUInt16BE(PAGE_MAGIC_AT) !== PAGE_MAGIC) return { ok: false, reason: 'bad page magic' };
   const header: PageHeader = {
-    pageIndex: page.readUInt16BE(2),
-    sequence: page.readUInt32BE(4),
-    usedBytes: page.readUInt32BE(8),
-    checksum: page.readUInt32BE(12),
+    pageIndex: page.readUInt16BE(PAGE_INDEX_AT),
+    sequence: page.readUInt32BE(PAGE_SEQUENCE_AT),
+    usedBytes: page.readUInt32BE(PAGE_USED_AT),
+    checksum: page.readUInt32BE(PAGE_CHECKSUM_AT),
   };
   if (header.pageIndex !== expectedPageIndex) return { ok: false, reason: `page header says index ${header.pageIndex}` };
   if (header.usedBytes > page.length - PAGE_HEADER_BYTES) return { ok: false, reason: 'used bytes beyond the page' };
@@ -76,11 +88,12 @@ export function checkPage(page: Buffer, expectedPageIndex: number): PageCheck | 
   return { ok: true, header };
 }
 
-export function writeRecordHeader(target: Buffer, at: number, chunkId: number, stored: Uint8Array): void {
+/** Writes a record header; `checksum` is `checksumOf(stored)` (the reduction stage may have it). */
+export function writeRecordHeader(target: Buffer, at: number, chunkId: number, storedBytes: number, checksum: number): void {
   target.writeUInt32BE(Math.floor(chunkId / 0x100000000), at);
   target.writeUInt32BE(chunkId >>> 0, at + 4);
-  target.writeUInt32BE(stored.length, at + 8);
-  target.writeUInt32BE(checksumOf(stored), at + 12);
+  target.writeUInt32BE(storedBytes, at + 8);
+  target.writeUInt32BE(checksum >>> 0, at + 12);
 }
 
 export function readRecordHeader(source: Buffer, at: number): RecordHeader {

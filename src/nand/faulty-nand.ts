@@ -120,6 +120,21 @@ export class FaultyNand implements NandDevice {
     return data;
   }
 
+  readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer {
+    validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
+    if (this.decide('read', eraseBlockIndex, this.rates.readFailureRate)) {
+      this.injected.readFailures += 1;
+      throw nandFaultError(new NandFault('read', eraseBlockIndex, firstPageIndex));
+    }
+    const data = this.inner.readPagesSync(eraseBlockIndex, firstPageIndex, pageCount, target);
+    this.flipBits(eraseBlockIndex, data);
+    return data;
+  }
+
+  get preferAsyncReads(): boolean {
+    return this.inner.preferAsyncReads;
+  }
+
   async programPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
     validateProgram(this.geometry, this.inner.blockInfo(eraseBlockIndex), eraseBlockIndex, firstPageIndex, data);
     if (this.decide('program', eraseBlockIndex, this.rates.programFailureRate)) {

@@ -96,6 +96,16 @@ export class MemoryNand extends NandDeviceBase {
     return data;
   }
 
+  protected doReadPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target: Buffer): void {
+    const { pageBytes } = this.geometry;
+    const blockPages = this.pages[eraseBlockIndex];
+    for (let i = 0; i < pageCount; i += 1) {
+      const page = blockPages?.[firstPageIndex + i];
+      if (page === undefined) target.fill(0, i * pageBytes, (i + 1) * pageBytes);
+      else page.copy(target, i * pageBytes);
+    }
+  }
+
   protected async doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
     const { pageBytes } = this.geometry;
     // One private copy (not from Buffer's shared pool), sliced into pages that are never changed.

@@ -70,6 +70,8 @@ export abstract class NandDeviceBase implements NandDevice {
 
   /** Reads pages into a new buffer that the caller owns. */
   protected abstract doReadPages(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Promise<Buffer>;
+  /** Reads pages synchronously into `target` from its start. */
+  protected abstract doReadPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target: Buffer): void;
   protected abstract doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void>;
   protected abstract doEraseBlock(eraseBlockIndex: number): Promise<void>;
   /** Makes durable the data written so far and the given completed states of the dirty blocks. */
@@ -84,6 +86,22 @@ export abstract class NandDeviceBase implements NandDevice {
     const data = await this.doReadPages(eraseBlockIndex, firstPageIndex, pageCount);
     this.counters.pagesRead += pageCount;
     return data;
+  }
+
+  readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer {
+    this.checkOpen();
+    validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
+    assert(!this.mutationTails.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    const bytes = pageCount * this.geometry.pageBytes;
+    assert(target === undefined || target.length >= bytes, 'read target too small');
+    const data = target === undefined ? Buffer.allocUnsafe(bytes) : target.subarray(0, bytes);
+    this.doReadPagesSync(eraseBlockIndex, firstPageIndex, pageCount, data);
+    this.counters.pagesRead += pageCount;
+    return data;
+  }
+
+  get preferAsyncReads(): boolean {
+    return false;
   }
 
   programPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {

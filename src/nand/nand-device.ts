@@ -78,6 +78,18 @@ export interface NandDevice {
   readonly counters: Readonly<NandCounters>;
   /** Reads `pageCount` whole pages; never-programmed pages read as zeros. */
   readPages(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Promise<Buffer>;
+  /**
+   * The same read, synchronously, into `target` (from its start; a new buffer when absent), and
+   * returns the view of `target` holding the pages. The caller guarantees that no program or erase
+   * of the block is in flight (the FTL serves such blocks from its own buffers). The FTL's hot
+   * read path uses it while `preferAsyncReads` is false.
+   */
+  readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer;
+  /**
+   * True while synchronous reads would stall the caller: a file image whose recent synchronous
+   * reads went to the disk instead of the page cache. Memory devices never say so.
+   */
+  readonly preferAsyncReads: boolean;
   /** Programs whole pages starting exactly at the write pointer. The device copies `data`. */
   programPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void>;
   eraseBlock(eraseBlockIndex: number): Promise<void>;

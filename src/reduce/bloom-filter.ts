@@ -28,22 +28,27 @@ export class BloomFilter {
     return this.sizeBytes / SEGMENT_BYTES;
   }
 
-  /** Fingerprints are already uniform hashes: their bytes give the probe positions. */
-  private positions(fingerprint: Buffer): number[] {
+  /**
+   * Fingerprints are already uniform hashes: their first 8 bytes give the probe positions
+   * (double hashing: a + i * b for i in 0..HASHES-1, modulo the bit count).
+   */
+  mightContain(fingerprint: Buffer): boolean {
     const bitCount = this.sizeBytes * 8;
     const a = fingerprint.readUInt32LE(0);
     const b = fingerprint.readUInt32LE(4) | 1;
-    const out: number[] = [];
-    for (let i = 0; i < HASHES; i++) out.push((a + Math.imul(i, b)) >>> 0) ;
-    return out.map((value) => value % bitCount);
-  }
-
-  mightContain(fingerprint: Buffer): boolean {
-    return this.positions(fingerprint).every((bit) => (this.bits[bit >>> 3]! & (1 << (bit & 7))) !== 0);
+    for (let i = 0; i < HASHES; i++) {
+      const bit = ((a + Math.imul(i, b)) >>> 0) % bitCount;
+      if ((this.bits[bit >>> 3]! & (1 << (bit & 7))) === 0) return false;
+    }
+    return true;
   }
 
   add(fingerprint: Buffer): void {
-    for (const bit of this.positions(fingerprint)) {
+    const bitCount = this.sizeBytes * 8;
+    const a = fingerprint.readUInt32LE(0);
+    const b = fingerprint.readUInt32LE(4) | 1;
+    for (let i = 0; i < HASHES; i++) {
+      const bit = ((a + Math.imul(i, b)) >>> 0) % bitCount;
       const byte = bit >>> 3;
       if ((this.bits[byte]! & (1 << (bit & 7))) !== 0) continue;
       this.bits[byte] = this.bits[byte]! | (1 << (bit & 7));

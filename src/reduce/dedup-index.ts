@@ -1,26 +1,31 @@
 /**
  * The global dedup index: fingerprint → chunk id, for every volume of the array.
  *
- * Lookups are synchronous against a bounded in-memory LRU; `prepare()` fills it for a request's
- * fingerprints beforehand, asking LevelDB ('fingerprints' sublevel, key = the 32-byte
- * fingerprint, value = u64 chunk id) in one batch only for fingerprints the Bloom filter says may
- * exist. So unique data never waits for LevelDB, and a second copy finds its chunks.
+ * Lookups are synchronous against a bounded in-memory LRU (keyed by the first 48 bits of the
+ * 8-byte fingerprint, a number, so a lookup allocates nothing). `lookup()` answers "this chunk",
+ * "surely not stored" (the Bloom filter says so), or "maybe in LevelDB": then `prepare()` reads the
+ * 'fingerprints' sublevel (key = the 8-byte fingerprint, value = u64 chunk id) in one batch for
+ * all such fingerprints of a request. So unique data never waits for LevelDB, and a second copy
+ * finds its chunks.
+ *
+ * The index is advice, as in dm-vdo: a candidate is shared only after the write path has checked
+ * that the chunk is live, carries the same fingerprint, and holds the same bytes. So a stale entry
+ * (a chunk freed since, a crash, two fingerprints sharing 48 bits) can cost a dedup opportunity but
+ * never alias data.
  *
  * Write-back: a new entry lives only in the LRU until it is evicted (or the array closes), and
  * only then is it written to LevelDB, in the next commit's batch. A LevelDB put costs several
- * microseconds of main-thread time, and a working set that fits the LRU (about 1 GiB of unique
- * data per 50 MB of cache) then costs none. A crash forgets the entries never written: their
- * chunks stay intact, only the chance to share them with later writes is lost.
- *
- * Entries may point at chunks freed since (a crash between a free and the commit that removed
- * the entry): the caller treats a candidate as a hit only if the chunk is live, and chunk ids are
- * never reused, so a stale entry can cost a dedup opportunity but never alias data.
+ * microseconds of main-thread time, and a working set that fits the LRU then costs none. A crash
+ * forgets the entries never written: their chunks stay intact, only the chance to share them with
+ * later writes is lost.
  */
 import { decodeU64Key, u64Key } from '../meta/keys.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { BloomFilter } from './bloom-filter.js';
 
 const ABSENT = -1;
+/** `lookup()`: LevelDB may hold the fingerprint; `prepare()` it first. */
+export const MAYBE_STORED = -2;
 
 export interface DedupCounters {
   lookups: number;
@@ -35,9 +40,14 @@ interface Entry {
   fingerprint: Buffer;
 }
 
+/** The in-memory key of a fingerprint: its first 48 bits. */
+function keyOf(fingerprint: Buffer): number {
+  return fingerprint.readUInt32BE(0) * 0x10000 + fingerprint.readUInt16BE(4);
+}
+
 export class DedupIndex {
-  private readonly cache = new Map<string, Entry>(); // insertion order = LRU order
-  private readonly dirty = new Map<string, { fingerprint: Buffer; chunkId: number | null }>();
+  private readonly cache = new Map<number, Entry>(); // insertion order = LRU order
+  private readonly dirty = new Map<number, { fingerprint: Buffer; chunkId: number | null }>();
   readonly counters: DedupCounters = { lookups: 0, bloomSkips: 0, storeReads: 0 };
 
   constructor(
@@ -46,55 +56,62 @@ export class DedupIndex {
     private readonly maxEntries: number,
   ) {}
 
-  /** Makes `peek` answer for these fingerprints without I/O (until evicted). */
+  /**
+   * The candidate chunk for a fingerprint if known in memory (marking it recently used),
+   * undefined if surely not stored, or MAYBE_STORED if LevelDB must be asked (`prepare`).
+   */
+  lookup(fingerprint: Buffer): number | undefined {
+    this.counters.lookups += 1;
+    const key = keyOf(fingerprint);
+    const entry = this.cache.get(key);
+    if (entry !== undefined) {
+      if (entry.chunkId === ABSENT || !entry.fingerprint.equals(fingerprint)) return undefined;
+      this.cache.delete(key);
+      this.cache.set(key, entry);
+      return entry.chunkId;
+    }
+    if (!this.bloom.mightContain(fingerprint)) {
+      this.counters.bloomSkips += 1;
+      return undefined;
+    }
+    return MAYBE_STORED;
+  }
+
+  /** Makes `lookup` answer for these fingerprints without I/O (until evicted). */
   async prepare(fingerprints: Buffer[]): Promise<void> {
     const wanted: Buffer[] = [];
     for (const fingerprint of fingerprints) {
-      this.counters.lookups += 1;
-      const key = fingerprint.toString('base64');
-      if (this.cache.has(key)) continue;
-      if (!this.bloom.mightContain(fingerprint)) {
-        this.counters.bloomSkips += 1;
-        continue;
-      }
+      if (this.cache.has(keyOf(fingerprint)) || !this.bloom.mightContain(fingerprint)) continue;
       wanted.push(fingerprint);
     }
     if (wanted.length === 0) return;
     this.counters.storeReads += wanted.length;
     const values = await this.store.getMany('fingerprints', wanted);
     wanted.forEach((fingerprint, i) => {
-      const key = fingerprint.toString('base64');
-      if (!this.cache.has(key)) this.remember(key, { chunkId: values[i] === undefined ? ABSENT : decodeU64Key(values[i]!), persisted: true, fingerprint });
+      const key = keyOf(fingerprint);
+      if (!this.cache.has(key)) this.remember(key, { chunkId: values[i] === undefined ? ABSENT : decodeU64Key(values[i]!), persisted: true, fingerprint: Buffer.from(fingerprint) });
     });
   }
 
-  /** The candidate chunk for a fingerprint, if known in memory. */
-  peek(fingerprint: Buffer): number | undefined {
-    const key = fingerprint.toString('base64');
-    const entry = this.cache.get(key);
-    if (entry === undefined || entry.chunkId === ABSENT) return undefined;
-    this.cache.delete(key);
-    this.cache.set(key, entry);
-    return entry.chunkId;
-  }
-
   insert(fingerprint: Buffer, chunkId: number): void {
-    const key = fingerprint.toString('base64');
+    const key = keyOf(fingerprint);
     this.dirty.delete(key);
-    this.remember(key, { chunkId, persisted: false, fingerprint });
+    this.remember(key, { chunkId, persisted: false, fingerprint: Buffer.from(fingerprint) });
     this.bloom.add(fingerprint);
   }
 
   /** The chunk is freed: drop its entry if the entry still names it. */
   remove(fingerprint: Buffer, chunkId: number): void {
-    const key = fingerprint.toString('base64');
+    const key = keyOf(fingerprint);
     const cached = this.cache.get(key);
     if (cached !== undefined && cached.chunkId !== chunkId && cached.chunkId !== ABSENT) return;
-    // An entry inserted in this session and never written needs no delete.
-    const neverWritten = cached !== undefined && !cached.persisted && !this.dirty.has(key);
-    this.remember(key, { chunkId: ABSENT, persisted: neverWritten, fingerprint });
-    if (neverWritten) this.dirty.delete(key);
-    else this.dirty.set(key, { fingerprint, chunkId: null });
+    // An entry inserted in this session and never written needs no delete: forget it.
+    if (cached !== undefined && !cached.persisted && !this.dirty.has(key)) {
+      this.cache.delete(key);
+      return;
+    }
+    this.remember(key, { chunkId: ABSENT, persisted: false, fingerprint });
+    this.dirty.set(key, { fingerprint, chunkId: null });
   }
 
   /** Pending index writes into `ops`; with `everything`, also every entry never written (close). */
@@ -121,7 +138,7 @@ export class DedupIndex {
     return this.dirty.size;
   }
 
-  private remember(key: string, entry: Entry): void {
+  private remember(key: number, entry: Entry): void {
     this.cache.delete(key);
     this.cache.set(key, entry);
     if (this.cache.size <= this.maxEntries) return;

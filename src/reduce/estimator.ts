@@ -1,12 +1,12 @@
 /**
  * The data-reduction estimator: what the array would store for a stream of bytes, computed with
- * the same stages and the same rules as the write path (pattern removal, SHA-256 dedup over 4 KiB
+ * the same stages and the same rules as the write path (pattern removal, exact dedup over 4 KiB
  * logical blocks, compression kept only when it saves `MIN_SAVING_BYTES`, one record header per
  * stored chunk). It writes nothing.
  */
 import { LogStream } from '../ftl/log-stream.js';
 import { codecFor, compressBlock, type CompressionName } from './codec.js';
-import { sha256Fingerprint } from './fingerprint.js';
+import { createHash } from 'node:crypto';
 import { detectPattern } from './pattern.js';
 
 export interface Estimate {
@@ -81,7 +81,9 @@ export class ReductionEstimator {
       return;
     }
     if (this.dedup) {
-      const key = sha256Fingerprint(block).toString('base64');
+      // SHA-256 as an exact content key: the array's own dedup is exact too (every match is
+      // compared byte for byte), so both count the same duplicates.
+      const key = createHash('sha256').update(block).digest('base64');
       if (this.seen.has(key)) {
         t.duplicateBlocks += 1;
         return;

@@ -1,11 +1,12 @@
 /**
- * The reduction pool: pattern detection, SHA-256 and compression of whole 4 KiB blocks on worker
- * threads, so both cores work and the event loop keeps serving.
+ * The reduction pool: pattern detection, fingerprints, compression and record checksums of whole
+ * 4 KiB blocks on worker threads (reduce-block.ts), so both cores work and the event loop keeps
+ * serving.
  *
- * Blocks submitted in the same turn of the event loop (many requests at a high queue depth) go to
- * a worker as one message; workers take batches in turn. The queue is bounded: at most
- * `maxQueuedBlocks` blocks may wait or run, and a caller beyond that waits for room, which in turn
- * stops its connection from reading more requests.
+ * Jobs submitted in the same turn of the event loop (the writes of many requests, several
+ * connections) go to a worker as one message; workers take batches in turn; a job larger than a
+ * batch is split, and completes when its last part does. Results are written straight into the
+ * job's `ReducedBlocks`, and its callback is called once, with no promise per job.
  *
  * Blocks go to the workers through a ring of slots in shared memory (reduction-worker.ts has the
  * layout): a batch takes contiguous slots, its blocks are copied in, and the slots are free again
@@ -14,29 +15,34 @@
 import { Worker } from 'node:worker_threads';
 import { StorageError } from '../common/errors.js';
 import type { Codec } from './codec.js';
+import { FINGERPRINT_BYTES } from './fingerprint.js';
+import type { ReducedBlocks } from './reduce-block.js';
 import { META_WORDS, SLOT_BYTES, SharedLayout, type ReduceRequest, type ReduceResponse } from './reduction-worker.js';
-import type { Pattern } from './pattern.js';
 
-export interface ReducedBlock {
-  pattern: Pattern | null;
-  fingerprint: Buffer | null;
-  reduced: { stored: Buffer; codec: Codec } | null;
+export interface ReductionJob {
+  blocks: readonly Buffer[];
+  out: ReducedBlocks;
+  /** Results of `blocks[i]` go to `out` at `first + i`. */
+  first: number;
+  /** Called once: with null when every result is in place, or with the error. */
+  done(error: unknown): void;
 }
 
-interface Pending {
-  blocks: Buffer[];
-  resolve: (results: ReducedBlock[]) => void;
-  reject: (error: unknown) => void;
+/** A contiguous part of a job, as it sits in the ring. */
+interface Part {
+  job: ReductionJob;
+  from: number;
+  count: number;
 }
 
 interface Batch {
   first: number;
   count: number;
-  pendings: Pending[];
+  parts: Part[];
   done: boolean;
 }
 
-/** Shared slots: 2 x 4 KiB + 52 bytes each, so 2048 slots take 16.1 MiB. */
+/** Shared slots: 2 x 4 KiB + 32 bytes each, so 2048 slots take 16.1 MiB. */
 const DEFAULT_SLOTS = 2048;
 
 export class ReductionPool {
@@ -47,19 +53,19 @@ export class ReductionPool {
   private readonly ring: Batch[] = [];
   private head = 0;
   private readonly layout: SharedLayout;
-  private queue: Pending[] = [];
-  private readonly waitingForRoom: Array<() => void> = [];
-  private queuedBlocks = 0;
+  private queue: Part[] = [];
+  private readonly partsLeft = new Map<ReductionJob, number>();
+  private queuedBlocksCount = 0;
   private nextId = 1;
   private flushScheduled = false;
   private closed = false;
+  private readonly maxBatchBlocks: number;
 
   constructor(
     workerCount: number,
     private readonly codec: Codec,
-    private readonly fingerprint: boolean,
-    private readonly maxQueuedBlocks = 16384,
-    private readonly maxBatchBlocks = 256,
+    private readonly key: bigint | null,
+    maxBatchBlocks = 256,
     slots = DEFAULT_SLOTS,
   ) {
     this.layout = new SharedLayout(new SharedArrayBuffer(SharedLayout.bytesFor(slots)), slots);
@@ -76,27 +82,36 @@ export class ReductionPool {
     }
   }
 
-  /** Reduces whole blocks (each exactly 4 KiB), in order. */
-  async reduce(blocks: Buffer[]): Promise<ReducedBlock[]> {
-    if (blocks.length === 0) return [];
-    if (this.closed) throw StorageError.shuttingDown('the reduction pool is closed');
-    if (blocks.length > this.maxBatchBlocks) {
-      // A batch must fit in the ring of slots: big writes go as several.
-      const parts: Promise<ReducedBlock[]>[] = [];
-      for (let at = 0; at < blocks.length; at += this.maxBatchBlocks) parts.push(this.reduce(blocks.slice(at, at + this.maxBatchBlocks)));
-      return (await Promise.all(parts)).flat();
+  /** Blocks submitted and not yet reduced. */
+  get queuedBlocks(): number {
+    return this.queuedBlocksCount;
+  }
+
+  /** True when no worker is busy and nothing waits. */
+  get isIdle(): boolean {
+    return this.queuedBlocksCount === 0;
+  }
+
+  submit(job: ReductionJob): void {
+    if (this.closed) {
+      job.done(StorageError.shuttingDown('the reduction pool is closed'));
+      return;
     }
-    while (this.queuedBlocks > 0 && this.queuedBlocks + blocks.length > this.maxQueuedBlocks) {
-      await new Promise<void>((resolve) => this.waitingForRoom.push(resolve));
+    if (job.blocks.length === 0) {
+      job.done(null);
+      return;
     }
-    this.queuedBlocks += blocks.length;
-    return new Promise((resolve, reject) => {
-      this.queue.push({ blocks, resolve, reject });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => this.dispatch());
-      }
-    });
+    let parts = 0;
+    for (let from = 0; from < job.blocks.length; from += this.maxBatchBlocks) {
+      this.queue.push({ job, from, count: Math.min(this.maxBatchBlocks, job.blocks.length - from) });
+      parts += 1;
+    }
+    this.partsLeft.set(job, parts);
+    this.queuedBlocksCount += job.blocks.length;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.dispatch());
+    }
   }
 
   private dispatch(): void {
@@ -104,25 +119,25 @@ export class ReductionPool {
     while (this.queue.length > 0 && this.idle.length > 0) {
       let count = 0;
       let taken = 0;
-      while (taken < this.queue.length && (taken === 0 || count + this.queue[taken]!.blocks.length <= this.maxBatchBlocks)) {
-        count += this.queue[taken]!.blocks.length;
+      while (taken < this.queue.length && (taken === 0 || count + this.queue[taken]!.count <= this.maxBatchBlocks)) {
+        count += this.queue[taken]!.count;
         taken += 1;
       }
       const first = this.allocateSlots(count);
       if (first < 0) return; // the ring is full: a completion calls dispatch again
-      const pendings = this.queue.splice(0, taken);
+      const parts = this.queue.splice(0, taken);
       let slot = first;
-      for (const pending of pendings) {
-        for (const block of pending.blocks) {
-          block.copy(this.layout.input, slot * SLOT_BYTES);
+      for (const part of parts) {
+        for (let i = part.from; i < part.from + part.count; i++) {
+          part.job.blocks[i]!.copy(this.layout.input, slot * SLOT_BYTES);
           slot += 1;
         }
       }
-      const batch: Batch = { first, count, pendings, done: false };
+      const batch: Batch = { first, count, parts, done: false };
       this.ring.push(batch);
       const id = this.nextId++;
       this.inFlight.set(id, batch);
-      const request: ReduceRequest = { id, first, count, codec: this.codec, fingerprint: this.fingerprint };
+      const request: ReduceRequest = { id, first, count, codec: this.codec, key: this.key };
       const worker = this.idle.pop()!;
       worker.ref();
       worker.postMessage(request);
@@ -153,55 +168,58 @@ export class ReductionPool {
     worker.unref();
     this.idle.push(worker);
     const { meta } = this.layout;
-    // Results are copied out of the slots, which are reused as soon as the batch is released.
+    // Compressed forms are copied out of the slots (which are reused once the batch is released)
+    // into one buffer for the whole batch.
     let compressedBytes = 0;
     for (let slot = batch.first; slot < batch.first + batch.count; slot++) {
       if (meta[slot * META_WORDS] === 0 && meta[slot * META_WORDS + 3] !== 0) compressedBytes += meta[slot * META_WORDS + 4]!;
     }
-    const stored = Buffer.allocUnsafe(compressedBytes);
-    const fingerprints = this.fingerprint ? Buffer.from(this.layout.fingerprints.subarray(batch.first * 32, (batch.first + batch.count) * 32)) : null;
-    let slot = batch.first;
+    const stored = compressedBytes > 0 ? Buffer.allocUnsafe(compressedBytes) : null;
     let storedAt = 0;
-    for (const pending of batch.pendings) {
-      const results: ReducedBlock[] = [];
-      for (let i = 0; i < pending.blocks.length; i++, slot++) {
+    let slot = batch.first;
+    const finished: ReductionJob[] = [];
+    for (const part of batch.parts) {
+      const { out } = part.job;
+      this.layout.fingerprints.copy(out.fingerprints, (part.job.first + part.from) * FINGERPRINT_BYTES, slot * FINGERPRINT_BYTES, (slot + part.count) * FINGERPRINT_BYTES);
+      for (let i = 0; i < part.count; i++, slot++) {
+        const index = part.job.first + part.from + i;
         const at = slot * META_WORDS;
-        if (meta[at] === 1) {
-          results.push({ pattern: { high: meta[at + 1]!, low: meta[at + 2]! }, fingerprint: null, reduced: null });
-          continue;
-        }
-        const codec = meta[at + 3]! as Codec;
-        const length = meta[at + 4]!;
-        let reducedBytes: Buffer;
-        if (codec === 0) {
-          reducedBytes = pending.blocks[i]!; // the raw form is the caller's own block
-        } else {
-          this.layout.output.copy(stored, storedAt, slot * SLOT_BYTES, slot * SLOT_BYTES + length);
-          reducedBytes = stored.subarray(storedAt, storedAt + length);
+        out.pattern[index] = meta[at]!;
+        out.patternHigh[index] = meta[at + 1]!;
+        out.patternLow[index] = meta[at + 2]!;
+        out.codec[index] = meta[at + 3]!;
+        out.checksum[index] = meta[at + 5]!;
+        if (meta[at] === 0 && meta[at + 3] !== 0) {
+          const length = meta[at + 4]!;
+          this.layout.output.copy(stored!, storedAt, slot * SLOT_BYTES, slot * SLOT_BYTES + length);
+          out.compressed[index] = stored!.subarray(storedAt, storedAt + length);
           storedAt += length;
         }
-        const index = slot - batch.first;
-        results.push({ pattern: null, fingerprint: fingerprints === null ? null : fingerprints.subarray(index * 32, index * 32 + 32), reduced: { stored: reducedBytes, codec } });
       }
-      this.release(pending.blocks.length);
-      pending.resolve(results);
+      this.queuedBlocksCount -= part.count;
+      const left = this.partsLeft.get(part.job)! - 1;
+      if (left > 0) this.partsLeft.set(part.job, left);
+      else {
+        this.partsLeft.delete(part.job);
+        finished.push(part.job);
+      }
     }
     batch.done = true;
     while (this.ring.length > 0 && this.ring[0]!.done) this.ring.shift();
     this.dispatch();
-  }
-
-  private release(count: number): void {
-    this.queuedBlocks -= count;
-    for (const resolve of this.waitingForRoom.splice(0)) resolve();
+    for (const job of finished) job.done(null);
   }
 
   private failAll(error: unknown): void {
-    for (const batch of this.inFlight.values()) for (const pending of batch.pendings) pending.reject(error);
-    for (const pending of this.queue) pending.reject(error);
+    const jobs = new Set<ReductionJob>();
+    for (const batch of this.inFlight.values()) for (const part of batch.parts) jobs.add(part.job);
+    for (const part of this.queue) jobs.add(part.job);
     this.inFlight.clear();
     this.ring.length = 0;
     this.queue = [];
+    this.partsLeft.clear();
+    this.queuedBlocksCount = 0;
+    for (const job of jobs) job.done(error);
   }
 
   async close(): Promise<void> {

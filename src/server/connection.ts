@@ -1,13 +1,17 @@
 /**
  * One NBD client connection: the I/O shell around the sans-IO handshake and request decoder.
  *
- * Requests run concurrently; each reply goes out when its request completes, written in one
- * corked burst so replies never interleave on the wire. Reading stops (the socket is paused)
- * while the bytes of in-flight requests exceed `maxInFlightBytes`, or while the client is not
- * reading our replies, so a fast client cannot make us buffer without bound.
+ * Requests run concurrently: data requests go to the device's fast path (`submit`, one request
+ * object and one callback each, no promise), so a read the device serves from memory completes
+ * before the decoder has moved on. Each reply is queued as it completes, and every reply queued
+ * while one piece of work runs (one socket read, one batch of writes) goes out in one corked
+ * write at the end of it (a microtask), so replies never interleave on the wire and a burst of
+ * requests costs one system call. Reading stops (the socket is paused) while the bytes of
+ * in-flight requests exceed `maxInFlightBytes`, or while the client is not reading our replies, so
+ * a fast client cannot make us buffer without bound.
  */
 import type { Socket } from 'node:net';
-import { concatReadExtents, type ReadExtent } from '../common/block-device.js';
+import { IoCommand, concatReadExtents, type IoRequest, type ReadExtent, type ReadResult } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import * as C from '../protocol/constants.js';
@@ -178,52 +182,42 @@ export class Connection {
     this.inFlightBytes += costBytes;
     this.inFlightRequests += 1;
     this.updateFlow();
-    this.execute(request, payload)
-      .catch((error: unknown) => this.failRequest(request, error))
-      .finally(() => {
-        this.inFlightBytes -= costBytes;
-        this.inFlightRequests -= 1;
-        this.updateFlow();
-        if (this.inFlightRequests === 0) for (const resolve of this.idle.splice(0)) resolve();
-      });
+    if (request.type === C.NBD_CMD_BLOCK_STATUS) {
+      this.sendBlockStatus(request, Number(request.offset)).then(
+        () => this.settled(costBytes),
+        (error: unknown) => {
+          this.failRequest(request, error);
+          this.settled(costBytes);
+        },
+      );
+      return;
+    }
+    const io = new PendingIo(this, request, payload, costBytes);
+    // Zero-length data requests do nothing (a FUA one flushes), and the device never sees them.
+    if (request.length === 0 && request.type !== C.NBD_CMD_FLUSH) {
+      if (io.fua) io.command = IoCommand.Flush;
+      else {
+        this.complete(io, null);
+        return;
+      }
+    }
+    session.exportEntry.device.submit(io);
   }
 
-  private async execute(request: NbdRequest, payload: Buffer | null): Promise<void> {
-    const device = this.session!.exportEntry.device;
-    const offset = Number(request.offset);
-    const fua = (request.flags & C.NBD_CMD_FLAG_FUA) !== 0;
-    switch (request.type) {
-      case C.NBD_CMD_READ: {
-        const extents = request.length === 0 ? [] : await device.read(offset, request.length);
-        return this.sendRead(request, extents);
-      }
-      case C.NBD_CMD_WRITE:
-        if (request.length > 0) await device.write(offset, payload!, { fua });
-        else if (fua) await device.flush();
-        return this.sendOk(request);
-      case C.NBD_CMD_FLUSH:
-        await device.flush();
-        return this.sendOk(request);
-      case C.NBD_CMD_TRIM:
-        if (request.length > 0) await device.trim(offset, request.length, { fua });
-        return this.sendOk(request);
-      case C.NBD_CMD_WRITE_ZEROES:
-        if (request.length > 0) {
-          await device.writeZeroes(offset, request.length, {
-            fua,
-            noHole: (request.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
-            fastZero: (request.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
-          });
-        }
-        return this.sendOk(request);
-      case C.NBD_CMD_CACHE:
-        if (request.length > 0) await device.cache(offset, request.length);
-        return this.sendOk(request);
-      case C.NBD_CMD_BLOCK_STATUS:
-        return this.sendBlockStatus(request, offset);
-      default:
-        throw new Error(`validated request has unexpected type ${request.type}`);
-    }
+  /** A data request finished: reply, and account for it. */
+  complete(io: PendingIo, error: unknown): void {
+    const request = io.nbd;
+    if (error !== null) this.failRequest(request, error);
+    else if (request.type === C.NBD_CMD_READ) this.sendRead(request, io.result);
+    else this.sendOk(request);
+    this.settled(io.costBytes);
+  }
+
+  private settled(costBytes: number): void {
+    this.inFlightBytes -= costBytes;
+    this.inFlightRequests -= 1;
+    this.updateFlow();
+    if (this.inFlightRequests === 0) for (const resolve of this.idle.splice(0)) resolve();
   }
 
   private failRequest(request: NbdRequest, error: unknown): void {
@@ -248,15 +242,15 @@ export class Connection {
   }
 
   /**
-   * Queues one whole reply. Replies completed in the same turn of the event loop go out in one
-   * writev, which matters at high queue depths; a reply is never split by another.
+   * Queues one whole reply. Replies completed by the same piece of work go out in one writev at
+   * its end, which matters at high queue depths; a reply is never split by another.
    */
   private writeAll(buffers: Buffer[]): void {
     if (this.closed) return;
     for (const buffer of buffers) this.outgoing.push(buffer);
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    setImmediate(() => this.flushOutgoing());
+    queueMicrotask(() => this.flushOutgoing());
   }
 
   /** Sends every queued reply, then closes our side. */
@@ -289,19 +283,20 @@ export class Connection {
     else this.writeAll([encodeSimpleReply(request.cookie, errno)]);
   }
 
-  private sendRead(request: NbdRequest, extents: ReadExtent[]): void {
+  private sendRead(request: NbdRequest, result: ReadResult | null): void {
     const session = this.session!;
-    if (!session.structuredReplies) {
-      const data = concatReadExtents(extents, request.length);
-      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), data]);
+    if (request.length === 0 || result === null) {
+      if (session.structuredReplies) this.writeAll([encodeNoneChunk(request.cookie)]);
+      else this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)]);
       return;
     }
-    if (request.length === 0) {
-      this.writeAll([encodeNoneChunk(request.cookie)]);
+    const extents: ReadExtent[] = result.extents;
+    if (!session.structuredReplies) {
+      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data]);
       return;
     }
     if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
-      const data = concatReadExtents(extents, request.length);
+      const data = result.data.length === request.length ? result.data : concatReadExtents(extents, request.length);
       this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data]);
       return;
     }
@@ -348,3 +343,41 @@ export class Connection {
     this.writeAll(chunks.map((chunk, index) => encodeBlockStatusChunk(request.cookie, index === chunks.length - 1, chunk.id, chunk.extents)));
   }
 }
+
+/** An NBD data request on its way through the device's fast path. */
+class PendingIo implements IoRequest {
+  command: IoCommand;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly fua: boolean;
+  readonly noHole: boolean;
+  readonly fastZero: boolean;
+  result: ReadResult | null = null;
+
+  constructor(
+    private readonly connection: Connection,
+    readonly nbd: NbdRequest,
+    readonly data: Buffer | null,
+    readonly costBytes: number,
+  ) {
+    this.command = COMMANDS[nbd.type]!;
+    this.offsetBytes = Number(nbd.offset);
+    this.lengthBytes = nbd.length;
+    this.fua = (nbd.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    this.noHole = (nbd.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0;
+    this.fastZero = (nbd.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0;
+  }
+
+  done(_request: IoRequest, error: unknown): void {
+    this.connection.complete(this, error);
+  }
+}
+
+const COMMANDS: Record<number, IoCommand> = {
+  [C.NBD_CMD_READ]: IoCommand.Read,
+  [C.NBD_CMD_WRITE]: IoCommand.Write,
+  [C.NBD_CMD_TRIM]: IoCommand.Trim,
+  [C.NBD_CMD_WRITE_ZEROES]: IoCommand.WriteZeroes,
+  [C.NBD_CMD_FLUSH]: IoCommand.Flush,
+  [C.NBD_CMD_CACHE]: IoCommand.Cache,
+};

@@ -10,7 +10,7 @@
  * - per erase block, the valid bytes in the summary equal the record bytes of the live chunks the
  *   chunk table places there, and no live chunk sits in a free or bad block.
  *
- * It runs on a committed state: the caller commits first, so LevelDB holds everything in memory.
+ * It runs on a checkpoint (every dirty page written back first), so LevelDB holds everything.
  */
 import { BlockState } from '../ftl/erase-block-table.js';
 import { LogStream, type PhysicalAddress } from '../ftl/log-stream.js';
@@ -35,7 +35,7 @@ const READ_BATCH = 256;
 
 export async function auditArray(array: FlashArray): Promise<AuditReport> {
   const started = process.hrtime.bigint();
-  await array.commit(true);
+  await array.checkpoint();
   const problems: string[] = [];
   const report = (problem: string) => {
     if (problems.length < MAX_PROBLEMS) problems.push(problem);

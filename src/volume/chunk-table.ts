@@ -1,31 +1,36 @@
 /**
- * The chunk table: `chunk id → {physical address, stored length, codec, refcount}`, the second
- * level of address translation. Volume maps (and later snapshots and clones) refer to chunks by
- * id, so GC moves a chunk by rewriting its one entry here and no map ever changes.
+ * The chunk table: `chunk id → {physical address, stored length, codec, refcount, fingerprint}`,
+ * the second level of address translation. Volume maps (and snapshots and clones) refer to chunks
+ * by id, so GC moves a chunk by rewriting its one entry here and no map ever changes.
  *
  * Ids are handed out in increasing order and never reused, so chunks written together share a
- * page. Pages hold 256 entries; value format (LevelDB 'chunks' sublevel, key = u64 page index):
- * 256 entries of 52 bytes (u32 erase block, u32 stream offset, u32 stored bytes, u32 refcount,
- * u8 codec, u8 flags (1 = has fingerprint), 2 bytes reserved, 32-byte fingerprint), big-endian;
- * a page with no live entry is deleted. A refcount of 0 marks a free slot. The fingerprint is
- * kept so that freeing a chunk can remove its dedup-index entry.
+ * page. Pages hold 256 entries; value format 2 (LevelDB 'chunks' sublevel, key = u64 page index):
+ * the columns one after the other, little-endian: u32 erase block[256], u32 stream offset[256],
+ * u32 stored bytes[256], u32 refcount[256], u8 codec[256], u8 fingerprint length[256], then 8-byte
+ * fingerprints[256] (6656 bytes). A page with no live entry is deleted. A refcount of 0 marks a
+ * free slot. The fingerprint is kept so that freeing a chunk can remove its dedup-index entry and
+ * so that a dedup candidate can be checked against the chunk it names.
  *
- * Crash: the table is only ever persisted in the commit batch together with the map pages and
- * erase-block summaries that agree with it; ids allocated after the last commit may be handed out
- * again after a crash, which is safe because every read checks the chunk id in the record header.
+ * Every change goes through this class and is journalled (meta/journal.ts) with absolute values
+ * (the new entry, the new refcount, the new address); pages are written back lazily.
+ *
+ * Crash: ids allocated after the last commit may be handed out again after a crash, which is safe
+ * because every read checks the chunk id in the record header and nothing committed names them.
  */
 import { assert } from '../common/assert.js';
 import type { PhysicalAddress } from '../ftl/log-stream.js';
-import type { MetaOp, MetaStore } from '../meta/meta-store.js';
+import type { MetaJournal } from '../meta/journal.js';
 import { u64Key } from '../meta/keys.js';
+import type { MetaStore } from '../meta/meta-store.js';
 import { Codec } from '../reduce/codec.js';
-import { PageCache, type CachedPage, type CapturedPage } from './page-cache.js';
+import { FINGERPRINT_BYTES } from '../reduce/fingerprint.js';
+import { PageCache } from './page-cache.js';
 
 export { Codec };
 
 export const CHUNKS_PER_PAGE = 256;
-const ENTRY_BYTES = 52;
-const FP_BYTES = 32;
+const N = CHUNKS_PER_PAGE;
+const VALUE_BYTES = N * (16 + 2 + FINGERPRINT_BYTES);
 
 export interface ChunkEntry {
   address: PhysicalAddress;
@@ -35,60 +40,88 @@ export interface ChunkEntry {
   fingerprint: Buffer | null;
 }
 
-export class ChunkPage implements CachedPage {
+export class ChunkPage {
   version = 0;
   persistedVersion = 0;
   pins = 0;
   liveCount = 0;
-  readonly block = new Uint32Array(CHUNKS_PER_PAGE);
-  readonly offset = new Uint32Array(CHUNKS_PER_PAGE);
-  readonly stored = new Uint32Array(CHUNKS_PER_PAGE);
-  readonly refcount = new Uint32Array(CHUNKS_PER_PAGE);
-  readonly codec = new Uint8Array(CHUNKS_PER_PAGE);
-  readonly hasFingerprint = new Uint8Array(CHUNKS_PER_PAGE);
-  readonly fingerprints = new Uint8Array(CHUNKS_PER_PAGE * FP_BYTES);
+  readonly block = new Uint32Array(N);
+  readonly offset = new Uint32Array(N);
+  readonly stored = new Uint32Array(N);
+  readonly refcount = new Uint32Array(N);
+  readonly codec = new Uint8Array(N);
+  readonly fingerprintBytes = new Uint8Array(N);
+  readonly fingerprints = new Uint8Array(N * FINGERPRINT_BYTES);
 
   get sizeBytes(): number {
-    return CHUNKS_PER_PAGE * (18 + FP_BYTES) + 400;
+    return VALUE_BYTES + 400;
   }
 
   fingerprint(slot: number): Buffer | null {
-    if (this.hasFingerprint[slot] === 0) return null;
-    return Buffer.from(this.fingerprints.subarray(slot * FP_BYTES, (slot + 1) * FP_BYTES));
+    const length = this.fingerprintBytes[slot]!;
+    if (length === 0) return null;
+    return Buffer.from(this.fingerprints.subarray(slot * FINGERPRINT_BYTES, slot * FINGERPRINT_BYTES + length));
+  }
+
+  /** True when the live chunk in `slot` has exactly this fingerprint. */
+  hasFingerprint(slot: number, fingerprint: Uint8Array): boolean {
+    if (this.refcount[slot] === 0 || this.fingerprintBytes[slot] !== fingerprint.length) return false;
+    const at = slot * FINGERPRINT_BYTES;
+    for (let i = 0; i < fingerprint.length; i++) if (this.fingerprints[at + i] !== fingerprint[i]) return false;
+    return true;
   }
 
   static decode(bytes: Buffer | undefined): ChunkPage {
     const page = new ChunkPage();
     if (bytes === undefined) return page;
-    assert(bytes.length === CHUNKS_PER_PAGE * ENTRY_BYTES, `chunk page of ${bytes.length} bytes`);
-    for (let i = 0; i < CHUNKS_PER_PAGE; i++) {
-      const at = i * ENTRY_BYTES;
-      page.block[i] = bytes.readUInt32BE(at);
-      page.offset[i] = bytes.readUInt32BE(at + 4);
-      page.stored[i] = bytes.readUInt32BE(at + 8);
-      page.refcount[i] = bytes.readUInt32BE(at + 12);
-      page.codec[i] = bytes[at + 16]!;
-      page.hasFingerprint[i] = bytes[at + 17]! & 1;
-      page.fingerprints.set(bytes.subarray(at + 20, at + 20 + FP_BYTES), i * FP_BYTES);
-      if (page.refcount[i]! > 0) page.liveCount += 1;
+    assert(bytes.length === VALUE_BYTES, `chunk page of ${bytes.length} bytes`);
+    let at = 0;
+    for (const column of page.columns()) {
+      const view = new Uint8Array(column.buffer, column.byteOffset, column.byteLength);
+      view.set(bytes.subarray(at, at + view.length));
+      at += view.length;
     }
+    for (let i = 0; i < N; i++) if (page.refcount[i]! > 0) page.liveCount += 1;
     return page;
   }
 
   encode(): Buffer | null {
     if (this.liveCount === 0) return null;
-    const out = Buffer.alloc(CHUNKS_PER_PAGE * ENTRY_BYTES);
-    for (let i = 0; i < CHUNKS_PER_PAGE; i++) {
-      const at = i * ENTRY_BYTES;
-      out.writeUInt32BE(this.block[i]!, at);
-      out.writeUInt32BE(this.offset[i]!, at + 4);
-      out.writeUInt32BE(this.stored[i]!, at + 8);
-      out.writeUInt32BE(this.refcount[i]!, at + 12);
-      out[at + 16] = this.codec[i]!;
-      out[at + 17] = this.hasFingerprint[i]!;
-      out.set(this.fingerprints.subarray(i * FP_BYTES, (i + 1) * FP_BYTES), at + 20);
+    const out = Buffer.allocUnsafe(VALUE_BYTES);
+    let at = 0;
+    for (const column of this.columns()) {
+      out.set(new Uint8Array(column.buffer, column.byteOffset, column.byteLength), at);
+      at += column.byteLength;
     }
     return out;
+  }
+
+  /** Sets a slot to a new live chunk (refcount 1) or, on replay, to what was journalled. */
+  setEntry(slot: number, block: number, offsetBytes: number, storedBytes: number, refcount: number, codec: Codec, fingerprint: Uint8Array | null): void {
+    if (this.refcount[slot] === 0 && refcount > 0) this.liveCount += 1;
+    this.block[slot] = block;
+    this.offset[slot] = offsetBytes;
+    this.stored[slot] = storedBytes;
+    this.refcount[slot] = refcount;
+    this.codec[slot] = codec;
+    const length = fingerprint === null ? 0 : Math.min(fingerprint.length, FINGERPRINT_BYTES);
+    this.fingerprintBytes[slot] = length;
+    this.fingerprints.fill(0, slot * FINGERPRINT_BYTES, (slot + 1) * FINGERPRINT_BYTES);
+    if (fingerprint !== null) this.fingerprints.set(fingerprint.subarray(0, length), slot * FINGERPRINT_BYTES);
+  }
+
+  setRefcount(slot: number, refcount: number): void {
+    if (refcount === 0) {
+      if (this.refcount[slot] !== 0) this.liveCount -= 1;
+      this.setEntry(slot, 0, 0, 0, 0, Codec.Raw, null);
+      return;
+    }
+    if (this.refcount[slot] === 0) this.liveCount += 1;
+    this.refcount[slot] = refcount;
+  }
+
+  private columns(): Array<Uint32Array | Uint8Array> {
+    return [this.block, this.offset, this.stored, this.refcount, this.codec, this.fingerprintBytes, this.fingerprints];
   }
 }
 
@@ -101,6 +134,7 @@ export class ChunkTable {
     store: MetaStore,
     budgetBytes: number,
     private next: number,
+    private readonly journal: MetaJournal,
   ) {
     this.cache = new PageCache(store, 'chunks', (id) => u64Key(id), (_id, bytes) => ChunkPage.decode(bytes), budgetBytes);
   }
@@ -135,10 +169,15 @@ export class ChunkTable {
     return this.cache.pin(this.pageIdsOf(chunkIds));
   }
 
+  /** The loaded page holding `chunkId` (its slot is `chunkId % CHUNKS_PER_PAGE`), or undefined. */
+  pageOf(chunkId: number): ChunkPage | undefined {
+    return this.cache.get(pageOf(chunkId));
+  }
+
   /** The entry of a live chunk, or undefined if the chunk is free. The page must be loaded. */
   get(chunkId: number): ChunkEntry | undefined {
     const page = this.page(chunkId);
-    const slot = chunkId % CHUNKS_PER_PAGE;
+    const slot = chunkId % N;
     if (page.refcount[slot] === 0) return undefined;
     return {
       address: { block: page.block[slot]!, offsetBytes: page.offset[slot]! },
@@ -153,7 +192,7 @@ export class ChunkTable {
    * Allocates a chunk with refcount 1. `place(chunkId)` stores its record and returns where: the
    * record header carries the id, so the id comes first.
    */
-  add(storedBytes: number, codec: Codec, fingerprint: Buffer | null, place: (chunkId: number) => PhysicalAddress): number {
+  add(storedBytes: number, codec: Codec, fingerprint: Uint8Array | null, place: (chunkId: number) => PhysicalAddress): number {
     const chunkId = this.next;
     const pageId = pageOf(chunkId);
     if (pageId !== this.allocationPageId) {
@@ -165,58 +204,67 @@ export class ChunkTable {
     }
     const address = place(chunkId);
     this.next += 1;
-    const page = this.cache.get(pageId)!;
-    const slot = chunkId % CHUNKS_PER_PAGE;
-    page.block[slot] = address.block;
-    page.offset[slot] = address.offsetBytes;
-    page.stored[slot] = storedBytes;
-    page.refcount[slot] = 1;
-    page.codec[slot] = codec;
-    page.hasFingerprint[slot] = fingerprint === null ? 0 : 1;
-    if (fingerprint !== null) page.fingerprints.set(fingerprint, slot * FP_BYTES);
-    page.liveCount += 1;
-    this.cache.markDirty(pageId, page);
+    const page = this.cache.peek(pageId)!;
+    page.setEntry(chunkId % N, address.block, address.offsetBytes, storedBytes, 1, codec, fingerprint);
+    this.journal.chunkNew(chunkId, address.block, address.offsetBytes, storedBytes, codec, fingerprint);
+    this.cache.markDirty(pageId, page, this.journal.seq);
     return chunkId;
   }
 
   incref(chunkId: number): void {
     const page = this.page(chunkId);
-    const slot = chunkId % CHUNKS_PER_PAGE;
+    const slot = chunkId % N;
     assert(page.refcount[slot]! > 0, `incref of free chunk ${chunkId}`);
-    page.refcount[slot] = page.refcount[slot]! + 1;
-    this.cache.markDirty(pageOf(chunkId), page);
+    this.setRefcount(page, chunkId, page.refcount[slot]! + 1);
   }
 
   /** Drops one reference; returns the entry as it was if this freed the chunk. */
   decref(chunkId: number): ChunkEntry | undefined {
-    const entry = this.get(chunkId);
-    assert(entry !== undefined, `decref of free chunk ${chunkId}`);
     const page = this.page(chunkId);
-    const slot = chunkId % CHUNKS_PER_PAGE;
-    page.refcount[slot] = entry.refcount - 1;
-    if (entry.refcount === 1) {
-      page.liveCount -= 1;
-      page.stored[slot] = 0;
-      page.block[slot] = 0;
-      page.offset[slot] = 0;
-      page.hasFingerprint[slot] = 0;
-      page.fingerprints.fill(0, slot * FP_BYTES, (slot + 1) * FP_BYTES);
-    }
-    this.cache.markDirty(pageOf(chunkId), page);
-    return entry.refcount === 1 ? entry : undefined;
+    const slot = chunkId % N;
+    const refcount = page.refcount[slot]!;
+    assert(refcount > 0, `decref of free chunk ${chunkId}`);
+    const entry = refcount === 1 ? this.get(chunkId) : undefined;
+    this.setRefcount(page, chunkId, refcount - 1);
+    return entry;
   }
 
   moveTo(chunkId: number, address: PhysicalAddress): void {
     const page = this.page(chunkId);
-    const slot = chunkId % CHUNKS_PER_PAGE;
+    const slot = chunkId % N;
     assert(page.refcount[slot]! > 0, `move of free chunk ${chunkId}`);
     page.block[slot] = address.block;
     page.offset[slot] = address.offsetBytes;
-    this.cache.markDirty(pageOf(chunkId), page);
+    this.journal.chunkMove(chunkId, address.block, address.offsetBytes);
+    this.cache.markDirty(pageOf(chunkId), page, this.journal.seq);
   }
 
-  capture(ops: MetaOp[]): Array<CapturedPage<ChunkPage>> {
-    return this.cache.capture(ops);
+  // ---- Replay (journalled changes, applied again at open; no new journal entries) ------------
+
+  replayNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: Codec, fingerprint: Buffer | null, seq: number): void {
+    const page = this.cache.peek(pageOf(chunkId))!;
+    page.setEntry(chunkId % N, block, offsetBytes, storedBytes, 1, codec, fingerprint);
+    this.cache.markDirty(pageOf(chunkId), page, seq);
+    if (chunkId >= this.next) this.next = chunkId + 1;
+  }
+
+  replayRefs(chunkId: number, refcount: number, seq: number): void {
+    const page = this.cache.peek(pageOf(chunkId))!;
+    page.setRefcount(chunkId % N, refcount);
+    this.cache.markDirty(pageOf(chunkId), page, seq);
+  }
+
+  replayMove(chunkId: number, block: number, offsetBytes: number, seq: number): void {
+    const page = this.cache.peek(pageOf(chunkId))!;
+    page.block[chunkId % N] = block;
+    page.offset[chunkId % N] = offsetBytes;
+    this.cache.markDirty(pageOf(chunkId), page, seq);
+  }
+
+  private setRefcount(page: ChunkPage, chunkId: number, refcount: number): void {
+    page.setRefcount(chunkId % N, refcount);
+    this.journal.chunkRefs(chunkId, refcount);
+    this.cache.markDirty(pageOf(chunkId), page, this.journal.seq);
   }
 
   private page(chunkId: number): ChunkPage {

@@ -1,47 +1,65 @@
 /**
  * The flash array: one data directory holding the NAND image and the LevelDB metadata, the FTL
- * over them, the paged chunk table and volume maps, and the volumes exported over NBD.
+ * over them, the paged chunk table and volume maps, the metadata journal, and the volumes exported
+ * over NBD.
  *
  * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area).
- * Superblock (LevelDB 'super' sublevel): `format` (format version, NAND geometry, creation
- * options; written once) and `state` (next chunk id, next erase-block sequence, next volume id,
- * counters; rewritten in every commit). Volumes ('volumes', key u32 id): JSON records.
+ * Superblock (LevelDB 'super' sublevel): `format` (format version, NAND geometry, fingerprint key,
+ * creation time; written once) and `state` (next chunk id, next erase-block sequence, next volume
+ * id, the journal's trim point and next seq, counters; rewritten in every commit). Volumes
+ * ('volumes', key u32 id): JSON records.
  *
  * Commit point (`commit`): the FTL makes appended records durable and, in the same tick as it
- * issues the last programs, we capture every dirty map page, chunk page, erase-block summary and
- * the superblock state; then one LevelDB batch writes them with `sync: true`. Background
- * write-back (for clients that never flush) syncs too: it is rare, and a synced batch can never be
- * reordered with another by a power loss. Concurrent flushes share commits (group commit).
+ * issues the last programs, we capture the journal entries made since the last commit (one value,
+ * meta/journal.ts), the changed erase-block summary pages, the volume and catalog records, the
+ * superblock state, and the map and chunk pages chosen for write-back; then one LevelDB batch
+ * writes them with `sync: true`. Concurrent flushes share commits (group commit). Clients that
+ * never flush still get a commit every `COMMIT_INTERVAL_MS` or every `JOURNAL_COMMIT_BYTES` of
+ * journal, so acknowledged data is never far from durable and nothing grows without bound.
  *
- * Crash: reopening reads the superblock, the volume records and one summary per erase block —
- * nothing proportional to the data stored — and the FTL reclaims blocks touched after the last
+ * Write-back (VDO's block-map eras, in our terms): a commit writes back the dirty pages whose
+ * first unwritten change is older than what the journal may hold (`JOURNAL_BACKLOG_BYTES`), and
+ * the oldest dirty pages beyond `DIRTY_PAGE_SHARE` of each cache; at most `WRITEBACK_PAGES` per
+ * commit, so no commit stalls the event loop for long. The journal values every written page
+ * covers are deleted in the same batch. `checkpoint()` writes everything back (close, audit,
+ * snapshot operations that scan LevelDB).
+ *
+ * Crash: reopening reads the superblock, the volume records and the erase-block summary pages,
+ * then replays the journal values kept since the trim point (bounded by the backlog, so recovery
+ * time does not grow with the data stored), and the FTL reclaims blocks touched after the last
  * commit. Everything the last synced batch references is on NAND, because NAND was synced first.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { assert } from '../common/assert.js';
+import { BufferSlab } from '../common/buffer-slab.js';
 import { StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
-import { decodeSummary } from '../ftl/erase-block-table.js';
+import { decodeSummaryPage } from '../ftl/erase-block-table.js';
 import { Ftl, defaultFtlOptions, type FtlOptions } from '../ftl/ftl.js';
-import { decodeU32Key, decodeVolumeMapKey, u32Key } from '../meta/keys.js';
+import { MetaJournal, decodeJournalValue } from '../meta/journal.js';
+import { decodeU32Key, decodeU64Key, decodeVolumeMapKey, u32Key, u64Key, volumeMapKey } from '../meta/keys.js';
 import { LevelMetaStore } from '../meta/level-store.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { FileNand } from '../nand/file-nand.js';
 import { geometryForCapacity, type NandDevice, type NandGeometry } from '../nand/nand-device.js';
-import { ChunkTable } from './chunk-table.js';
-import { MapPage } from './map-page.js';
-import { PageCache } from './page-cache.js';
-import { Volume, mapCacheId, type SnapshotRecord, type VolumeRecord } from './volume.js';
-import { volumeMapKey } from '../meta/keys.js';
 import { GiB, MiB } from '../common/size.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
-import { codecFor, decompressBlock, type Codec, type CompressionName } from '../reduce/codec.js';
+import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
-import { sha256Fingerprint, type FingerprintFunction } from '../reduce/fingerprint.js';
+import { keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
+import type { ReduceSettings } from '../reduce/reduce-block.js';
 import { ReductionPool } from '../reduce/reduction-pool.js';
+import { ChunkTable, pageOf } from './chunk-table.js';
+import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
+import type { EntryKind } from './map-page.js';
+import { MapTable, mapCacheId } from './map-table.js';
+import type { CapturedPage } from './page-cache.js';
+import { Volume, type Missing, type SnapshotRecord, type VolumeRecord } from './volume.js';
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
 export const DEFAULT_CACHE_BYTES = 256 * MiB;
 export const DEFAULT_VOLUME_NAME = 'default';
@@ -49,8 +67,18 @@ export const DEFAULT_VOLUME_BYTES = 16 * GiB;
 const FORMAT_KEY = Buffer.from('format');
 const STATE_KEY = Buffer.from('state');
 const LAYERS_KEY = Buffer.from('layers');
-/** Background write-back starts when dirty metadata passes this share of the cache. */
-const DIRTY_WRITEBACK_SHARE = 0.25;
+export const DEFAULT_METADATA_POLICY: MetadataPolicy = {
+  /** A background commit at least this often while anything is uncommitted... */
+  commitIntervalMs: 1000,
+  /** ...and as soon as this many journal bytes wait. */
+  journalCommitBytes: 4 * MiB,
+  /** Journal bytes kept for replay: pages whose first change is older get written back. */
+  journalBacklogBytes: 64 * MiB,
+  /** Dirty pages beyond this share of a cache's budget get written back, oldest first. */
+  dirtyPageShare: 0.25,
+  /** At most this many pages per commit (a few ms of capture; 5 MiB or so). */
+  writebackPages: 512,
+};
 /** ...or when this many dedup-index entries wait to be written (each is one LevelDB put). */
 const DEDUP_WRITEBACK_ENTRIES = 8192;
 
@@ -66,10 +94,23 @@ export interface ArrayOptions {
   compression?: CompressionName;
   /** Global deduplication (default on). Pattern removal is always on. */
   dedup?: boolean;
-  /** Tests inject a weak (even colliding) function; non-cryptographic ones are verified on hit. */
+  /** Tests inject a weak (even colliding) function; every match is verified byte for byte anyway. */
   fingerprint?: FingerprintFunction;
-  /** Worker threads for hashing and compression (default 1: the second core); 0 = inline. */
+  /** Worker threads for reduction (default 1: the second core); 0 = on the main thread only. */
   reductionWorkers?: number;
+  /** Write batches with fewer whole blocks than this are reduced on the main thread. */
+  workerMinBlocks?: number;
+  /** Metadata write-back tuning (tests shrink these to exercise trims and replay). */
+  metadata?: Partial<MetadataPolicy>;
+}
+
+/** When commits happen and which pages they write back (see the design note). */
+export interface MetadataPolicy {
+  commitIntervalMs: number;
+  journalCommitBytes: number;
+  journalBacklogBytes: number;
+  dirtyPageShare: number;
+  writebackPages: number;
 }
 
 /** Data-reduction counters kept current as chunks are stored and freed. */
@@ -93,6 +134,8 @@ interface FormatRecord {
   formatVersion: number;
   geometry: NandGeometry;
   createdAt: string;
+  /** The fingerprint key, hex (see reduce/fingerprint.ts). */
+  fingerprintKey: string;
 }
 
 export interface ArrayCounters {
@@ -104,8 +147,25 @@ interface StateRecord {
   nextChunkId: number;
   nextSequence: number;
   nextVolumeId: number;
+  /** Journal values from this seq on are needed for replay... */
+  journalTrimSeq: number;
+  /** ...and the next value goes under this seq. */
+  journalNextSeq: number;
   counters: ArrayCounters;
   reduction?: { dedupHits: number; liveChunks: number; liveStoredBytes: number };
+}
+
+interface Capture {
+  ops: MetaOp[];
+  journal: Array<{ seq: number; value: Buffer }>;
+  mapPages: Array<CapturedPage<import('./map-page.js').MapPage>>;
+  chunkPages: Array<CapturedPage<import('./chunk-table.js').ChunkPage>>;
+  summaryPages: number[];
+  volumes: Volume[];
+  catalog: boolean;
+  deleted: { volumes: number[]; snapshots: number[] };
+  trimSeq: number;
+  generation: number;
 }
 
 export class FlashArray implements ExportCatalog {
@@ -121,7 +181,8 @@ export class FlashArray implements ExportCatalog {
   commits = 0;
   private readonly deletedSnapshots = new Set<number>();
   private readonly deletedVolumes = new Set<number>();
-  readonly mapCache: PageCache<MapPage>;
+  readonly journal: MetaJournal;
+  readonly maps: MapTable;
   readonly chunks: ChunkTable;
   readonly counters: ArrayCounters;
   readonly reduction = new ReductionCounters();
@@ -129,14 +190,28 @@ export class FlashArray implements ExportCatalog {
   readonly codec: Codec;
   readonly compression: CompressionName;
   readonly fingerprint: FingerprintFunction;
-  /** Off-thread hashing and compression; null when reduction runs inline. */
+  readonly reduceSettings: ReduceSettings;
+  /** Off-thread reduction; null when reduction runs inline only. */
   readonly reducer: ReductionPool | null;
+  readonly scheduler: IoScheduler;
+  /** Buffers of read replies. */
+  readonly slab = new BufferSlab();
+  /** Recovery figures of the last open. */
+  readonly recovery = { journalValues: 0, journalBytes: 0, replayMs: 0 };
   private nextVolumeId: number;
+  /** Journal values written and not yet trimmed: seq → bytes (for the backlog). */
+  private readonly journalKept = new Map<number, number>();
+  private journalKeptBytes = 0;
+  private journalTrimSeq: number;
+  /** Journal values whose batch failed, to be written again by the next commit. */
+  private journalRetry: Array<{ seq: number; value: Buffer }> = [];
   private commitRunning: Promise<void> | null = null;
   private commitQueued: Promise<void> | null = null;
   private queuedSync = false;
-  private writebackTimer: NodeJS.Timeout | null = null;
+  private queuedCheckpoint = false;
+  private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  readonly policy: MetadataPolicy;
 
   private constructor(
     readonly dataDir: string,
@@ -145,29 +220,38 @@ export class FlashArray implements ExportCatalog {
     readonly ftl: Ftl,
     readonly logger: Logger,
     state: StateRecord,
+    format: FormatRecord,
     cacheBytes: number,
     options: ArrayOptions,
   ) {
+    assert(os.endianness() === 'LE', 'pstorage stores typed-array pages in little-endian order and needs a little-endian host');
+    this.policy = { ...DEFAULT_METADATA_POLICY, ...options.metadata };
     this.counters = { ...state.counters };
     Object.assign(this.reduction, state.reduction ?? {});
     this.nextVolumeId = state.nextVolumeId;
+    this.journalTrimSeq = state.journalTrimSeq;
+    this.journal = new MetaJournal(state.journalNextSeq);
     this.compression = options.compression ?? 'lz4';
     this.codec = codecFor(this.compression);
-    this.fingerprint = options.fingerprint ?? sha256Fingerprint;
+    const key = BigInt(`0x${format.fingerprintKey}`);
+    this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
     // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
-    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId);
-    this.mapCache = new PageCache(meta, 'map', mapKeyOfCacheId, (_id, bytes) => MapPage.decode(bytes), Math.floor(cacheBytes * 0.4));
+    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
+    this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
     const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
     this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor((cacheBytes * 0.2) / 160));
+    this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint };
     const workers = options.reductionWorkers ?? 1;
-    // Only the built-in SHA-256 runs in workers; an injected function stays on this thread.
-    this.reducer = workers > 0 && this.fingerprint === sha256Fingerprint ? new ReductionPool(workers, this.codec, this.dedup !== null) : null;
+    // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
+    this.reducer = workers > 0 && options.fingerprint === undefined ? new ReductionPool(workers, this.codec, this.dedup === null ? null : key) : null;
+    this.scheduler = new IoScheduler(this, { workerMinBlocks: options.workerMinBlocks ?? DEFAULT_WORKER_MIN_BLOCKS });
     ftl.attach(
       {
         pin: (chunkIds) => this.chunks.cache.loadPinned(this.chunks.pageIdsOf(chunkIds)),
         isAt: (chunkId, address) => {
-          const entry = this.chunks.get(chunkId);
-          return entry !== undefined && entry.address.block === address.block && entry.address.offsetBytes === address.offsetBytes;
+          const page = this.chunks.pageOf(chunkId);
+          const slot = chunkId % 256;
+          return page !== undefined && page.refcount[slot]! > 0 && page.block[slot] === address.block && page.offset[slot] === address.offsetBytes;
         },
         moveTo: (chunkId, address) => this.chunks.moveTo(chunkId, address),
       },
@@ -199,11 +283,14 @@ export class FlashArray implements ExportCatalog {
   /** Builds an array over given devices (tests use memory NAND and a memory metadata store). */
   static async assemble(dataDir: string, meta: MetaStore, nand: NandDevice, logger: Logger, options: ArrayOptions, create: boolean): Promise<FlashArray> {
     if (create) {
-      const format: FormatRecord = { formatVersion: FORMAT_VERSION, geometry: nand.geometry, createdAt: new Date().toISOString() };
+      const format: FormatRecord = { formatVersion: FORMAT_VERSION, geometry: nand.geometry, createdAt: new Date().toISOString(), fingerprintKey: newFingerprintKey().toString(16).padStart(16, '0') };
       await meta.batch([{ type: 'put', sublevel: 'super', key: FORMAT_KEY, value: Buffer.from(JSON.stringify(format)) }], { sync: true });
     }
+    const format = parseFormat((await meta.get('super', FORMAT_KEY))!);
     const stateBytes = await meta.get('super', STATE_KEY);
-    const state: StateRecord = stateBytes ? (JSON.parse(stateBytes.toString()) as StateRecord) : { nextChunkId: 1, nextSequence: 1, nextVolumeId: 1, counters: { hostBytesWritten: 0, nandBytesWrittenBefore: 0 } };
+    const state: StateRecord = stateBytes
+      ? (JSON.parse(stateBytes.toString()) as StateRecord)
+      : { nextChunkId: 1, nextSequence: 1, nextVolumeId: 1, journalTrimSeq: 1, journalNextSeq: 1, counters: { hostBytesWritten: 0, nandBytesWrittenBefore: 0 } };
     // Blocks opened after the last commit took sequence numbers at or above the recorded one, and
     // their pages may still be on NAND. Each block is opened at most once between two commits (a
     // block is erased only after a synced commit), so skipping one block count of numbers means
@@ -211,27 +298,77 @@ export class FlashArray implements ExportCatalog {
     // uncommitted use can never pass for a page of the current one.
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
     const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence);
-    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
-    await array.dedup?.bloom.load(meta);
-    const summaries: Array<[number, ReturnType<typeof decodeSummary>]> = [];
-    for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push([decodeU32Key(key), decodeSummary(value)]);
-    await ftl.recover(summaries);
-    await array.chunks.open();
-    const layers = await meta.get('super', LAYERS_KEY);
-    if (layers !== undefined) for (const [id, parent] of JSON.parse(layers.toString()) as Array<[number, number]>) array.layers.set(id, parent);
-    for await (const [, value] of meta.iterate('volumes')) {
-      const parsed = JSON.parse(value.toString()) as Partial<VolumeRecord> & { id: number };
-      const record = { patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, topLayerId: parsed.id, ...parsed } as VolumeRecord;
-      if (!array.layers.has(record.topLayerId)) array.layers.set(record.topLayerId, 0);
-      array.volumes.set(record.name, new Volume(array, record));
+    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
+    try {
+      await array.dedup?.bloom.load(meta);
+      const summaries: Array<[number, ReturnType<typeof decodeSummaryPage>[number][1]]> = [];
+      for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push(...decodeSummaryPage(decodeU32Key(key), value));
+      await ftl.recover(summaries);
+      const layers = await meta.get('super', LAYERS_KEY);
+      if (layers !== undefined) for (const [id, parent] of JSON.parse(layers.toString()) as Array<[number, number]>) array.layers.set(id, parent);
+      for await (const [, value] of meta.iterate('volumes')) {
+        const parsed = JSON.parse(value.toString()) as Partial<VolumeRecord> & { id: number };
+        const record = { patternBlocks: 0, hostBytesWritten: 0, dedupHits: 0, topLayerId: parsed.id, ...parsed } as VolumeRecord;
+        if (!array.layers.has(record.topLayerId)) array.layers.set(record.topLayerId, 0);
+        array.volumes.set(record.name, new Volume(array, record));
+      }
+      for await (const [, value] of meta.iterate('snapshots')) {
+        const record = JSON.parse(value.toString()) as SnapshotRecord;
+        array.snapshots.set(record.id, record);
+      }
+      await array.replayJournal();
+      await array.chunks.open();
+    } catch (error) {
+      array.abandon();
+      throw error;
     }
-    for await (const [, value] of meta.iterate('snapshots')) {
-      const record = JSON.parse(value.toString()) as SnapshotRecord;
-      array.snapshots.set(record.id, record);
-    }
-    array.writebackTimer = setInterval(() => array.backgroundWriteback(), 5000);
-    array.writebackTimer.unref();
+    array.commitTimer = setInterval(() => array.backgroundCommit(), array.policy.commitIntervalMs);
+    array.commitTimer.unref();
     return array;
+  }
+
+  /**
+   * Applies the journal values kept since the trim point to the pages (meta/journal.ts): each
+   * value's pages are loaded in one go, its entries applied in order, and the pages left dirty
+   * with that value's seq, to be written back by later commits.
+   */
+  private async replayJournal(): Promise<void> {
+    const started = process.hrtime.bigint();
+    for await (const [key, value] of this.meta.iterate('journal', { gte: u64Key(this.journalTrimSeq) })) {
+      const seq = decodeU64Key(key);
+      const where = `journal value ${seq}`;
+      const mapIds = new Set<number>();
+      const chunkPageIds = new Set<number>();
+      decodeJournalValue(value, {
+        map: (layerId, lba) => {
+          if (this.layers.has(layerId)) mapIds.add(mapCacheId(layerId, Math.floor(lba / 1024)));
+        },
+        chunkNew: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
+        chunkRefs: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
+        chunkMove: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
+      }, where);
+      const unpinMaps = await this.maps.cache.loadPinned(mapIds);
+      const unpinChunks = await this.chunks.cache.loadPinned(chunkPageIds);
+      try {
+        decodeJournalValue(value, {
+          map: (layerId, lba, kind, high, low) => {
+            // A layer dropped since (its pages were deleted in that commit) takes no entries.
+            if (this.layers.has(layerId)) this.maps.replay(layerId, lba, kind as EntryKind, high, low, seq);
+          },
+          chunkNew: (chunkId, block, offsetBytes, storedBytes, codec, fingerprint) => this.chunks.replayNew(chunkId, block, offsetBytes, storedBytes, codec as Codec, fingerprint, seq),
+          chunkRefs: (chunkId, refcount) => this.chunks.replayRefs(chunkId, refcount, seq),
+          chunkMove: (chunkId, block, offsetBytes) => this.chunks.replayMove(chunkId, block, offsetBytes, seq),
+        }, where);
+      } finally {
+        unpinMaps();
+        unpinChunks();
+      }
+      this.recovery.journalValues += 1;
+      this.recovery.journalBytes += value.length;
+      this.noteJournalKept(seq, value.length);
+      if (seq >= this.journal.seq) this.journal.skipTo(seq + 1);
+    }
+    this.recovery.replayMs = Number(process.hrtime.bigint() - started) / 1e6;
   }
 
   // ---- Volumes -------------------------------------------------------------------------------
@@ -292,7 +429,7 @@ export class FlashArray implements ExportCatalog {
       const range = { gte: volumeMapKey(layerId, firstPage), lt: volumeMapKey(layerId, lastPage + 1) };
       for await (const [key] of this.meta.iterate('map', range)) found.add(decodeVolumeMapKey(key).mapPageIndex);
       for (let pageIndex = firstPage; pageIndex <= lastPage; pageIndex++) {
-        if ((this.mapCache.peek(mapCacheId(layerId, pageIndex))?.version ?? 0) > 0) found.add(pageIndex);
+        if ((this.maps.cache.peek(mapCacheId(layerId, pageIndex))?.version ?? 0) > 0) found.add(pageIndex);
       }
     }
     return found;
@@ -350,20 +487,7 @@ export class FlashArray implements ExportCatalog {
     return { name: volume.record.name, description: volume.description, device: volume };
   }
 
-  // ---- Chunks -------------------------------------------------------------------------------
-
-  /** Reads one chunk's logical content (loads its chunk-table page if needed). */
-  async readChunk(chunkId: number): Promise<Buffer> {
-    for (let attempt = 0; attempt < 100; attempt++) {
-      await this.chunks.load([chunkId]);
-      if (!this.chunks.isLoaded(chunkId)) continue;
-      const entry = this.chunks.get(chunkId);
-      if (entry === undefined) throw StorageError.notFound(`chunk ${chunkId} is free`);
-      const [payload] = await this.ftl.readRecords([{ address: entry.address, chunkId, storedBytes: entry.storedBytes }]);
-      return decompressBlock(payload!, entry.codec, 4096);
-    }
-    throw StorageError.io(`chunk ${chunkId} could not be loaded (cache thrashing): raise --cache-mb`);
-  }
+  // ---- Chunks and pages ----------------------------------------------------------------------
 
   /** Drops one map reference to a chunk; the last one frees it (NAND space, dedup entry). */
   releaseChunk(chunkId: number): void {
@@ -374,39 +498,82 @@ export class FlashArray implements ExportCatalog {
     if (freed.fingerprint !== null) this.dedup?.remove(freed.fingerprint, chunkId);
   }
 
+  /** Loads and pins what a plan found missing; returns the unpin function. */
+  async loadMissing(missing: Missing): Promise<() => void> {
+    const unpins: Array<() => void> = [];
+    try {
+      if (missing.mapIds.length > 0) unpins.push(await this.maps.cache.loadPinned(missing.mapIds));
+      if (missing.fingerprints.length > 0) await this.dedup?.prepare(missing.fingerprints);
+      if (missing.chunkIds.length > 0) unpins.push(await this.chunks.cache.loadPinned(this.chunks.pageIdsOf(missing.chunkIds)));
+    } catch (error) {
+      for (const unpin of unpins) unpin();
+      throw error;
+    }
+    return () => unpins.forEach((unpin) => unpin());
+  }
+
+  /** Holds evictions in both page caches until the returned function is called. */
+  holdEvictions(): () => void {
+    const maps = this.maps.cache.holdEvictions();
+    const chunks = this.chunks.cache.holdEvictions();
+    return () => {
+      maps();
+      chunks();
+    };
+  }
+
+  withEvictionsHeld<T>(work: () => T): T {
+    const release = this.holdEvictions();
+    try {
+      return work();
+    } finally {
+      release();
+    }
+  }
+
   // ---- Commit --------------------------------------------------------------------------------
 
   /**
    * Group commit: at most one commit runs; callers arriving meanwhile share the next one, which
-   * starts when the running one ends (their writes may have missed its capture).
+   * starts when the running one ends (their writes may have missed its capture). A checkpoint
+   * writes back every dirty page and leaves the journal empty.
    */
-  commit(sync: boolean): Promise<void> {
+  commit(sync: boolean, options: { checkpoint?: boolean } = {}): Promise<void> {
+    const checkpoint = options.checkpoint ?? false;
     if (this.commitRunning === null) {
-      const running = this.doCommit(sync).finally(() => {
+      const running = this.doCommit(sync, checkpoint).finally(() => {
         if (this.commitRunning === running) this.commitRunning = null;
       });
       this.commitRunning = running;
       return running;
     }
     this.queuedSync ||= sync;
+    this.queuedCheckpoint ||= checkpoint;
     if (this.commitQueued === null) {
       this.commitQueued = this.commitRunning
         .catch(() => undefined)
         .then(() => {
           const queuedSync = this.queuedSync;
+          const queuedCheckpoint = this.queuedCheckpoint;
           this.queuedSync = false;
+          this.queuedCheckpoint = false;
           this.commitQueued = null;
-          return this.commit(queuedSync);
+          return this.commit(queuedSync, { checkpoint: queuedCheckpoint });
         });
     }
     return this.commitQueued;
   }
 
-  private async doCommit(sync: boolean): Promise<void> {
-    let previous: ReturnType<FlashArray['captureMetadata']> | null = null;
+  /** Writes back every dirty page (and so empties the journal) and syncs. */
+  checkpoint(): Promise<void> {
+    return this.commit(true, { checkpoint: true });
+  }
+
+  private async doCommit(sync: boolean, checkpoint: boolean): Promise<void> {
+    let previous: Capture | null = null;
     const captured = await this.ftl.makeDurable((generation) => {
       if (previous !== null) this.settleCapture(previous, false);
-      previous = this.captureMetadata(generation);
+      previous = this.captureMetadata(generation, checkpoint);
       return previous;
     });
     let ok = false;
@@ -418,17 +585,31 @@ export class FlashArray implements ExportCatalog {
       this.settleCapture(captured, ok);
     }
     this.commits += 1;
-    this.logger.debug('commit', { ops: captured.ops.length, batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync });
+    this.logger.debug('commit', { ops: captured.ops.length, batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
     if (sync) await this.ftl.releaseAfterCommit(captured.generation);
   }
 
-  private captureMetadata(generation: number) {
+  private captureMetadata(generation: number, checkpoint: boolean): Capture {
     const ops: MetaOp[] = [];
-    const mapPages = this.mapCache.capture(ops);
-    const chunkPages = this.chunks.capture(ops);
-    this.dedup?.capture(ops, this.closed);
+    const journal = [...this.journalRetry];
+    this.journalRetry = [];
+    const value = this.journal.capture();
+    if (value !== null) journal.push(value);
+    for (const { seq, value: bytes } of journal) {
+      ops.push({ type: 'put', sublevel: 'journal', key: u64Key(seq), value: bytes });
+      this.noteJournalKept(seq, bytes.length);
+    }
+    const choice = this.writebackChoice(checkpoint);
+    const mapPages = this.maps.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraMapPages });
+    const chunkPages = this.chunks.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraChunkPages });
+    // Every change older than the oldest page still dirty is now in a written page.
+    const trimSeq = Math.min(this.maps.cache.minDirtySeq() ?? Infinity, this.chunks.cache.minDirtySeq() ?? Infinity, this.journal.seq);
+    for (let seq = this.journalTrimSeq; seq < trimSeq; seq++) {
+      if (this.journalKept.has(seq)) ops.push({ type: 'del', sublevel: 'journal', key: u64Key(seq) });
+    }
+    this.dedup?.capture(ops, this.closed || checkpoint);
     const summaries = this.ftl.captureSummaries();
-    for (const [block, value] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(block), value });
+    for (const [page, bytes] of summaries) ops.push({ type: 'put', sublevel: 'erase-blocks', key: u32Key(page), value: bytes });
     const volumes = [...this.volumes.values()].filter((volume) => volume.recordDirty || this.catalogDirty);
     for (const volume of volumes) {
       volume.recordDirty = false;
@@ -448,25 +629,63 @@ export class FlashArray implements ExportCatalog {
       nextChunkId: this.chunks.nextChunkId,
       nextSequence: this.ftl.sequence,
       nextVolumeId: this.nextVolumeId,
+      journalTrimSeq: trimSeq,
+      journalNextSeq: this.journal.seq,
       counters: this.persistentCounters(),
       reduction: { dedupHits, liveChunks, liveStoredBytes },
     };
     ops.push({ type: 'put', sublevel: 'super', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) });
     const deleted = { volumes: [...this.deletedVolumes], snapshots: [...this.deletedSnapshots] };
-    return { ops, mapPages, chunkPages, summaries, volumes, catalog, deleted, generation };
+    return { ops, journal, mapPages, chunkPages, summaryPages: summaries.map(([page]) => page), volumes, catalog, deleted, trimSeq, generation };
   }
 
-  private settleCapture(captured: ReturnType<FlashArray['captureMetadata']>, ok: boolean): void {
-    this.mapCache.settle(captured.mapPages, ok);
+  /**
+   * Which dirty pages this commit writes back: every one whose first change is in a journal value
+   * the backlog can no longer keep, and the oldest beyond each cache's dirty share.
+   */
+  private writebackChoice(checkpoint: boolean): { beforeSeq: number; maxPages: number; extraMapPages: number; extraChunkPages: number } {
+    if (checkpoint) return { beforeSeq: Infinity, maxPages: Infinity, extraMapPages: 0, extraChunkPages: 0 };
+    let beforeSeq = -Infinity;
+    const { journalBacklogBytes, dirtyPageShare, writebackPages } = this.policy;
+    if (this.journalKeptBytes > journalBacklogBytes) {
+      // Trim to half the backlog: the oldest values until what is left fits.
+      let bytes = this.journalKeptBytes;
+      for (const [seq, valueBytes] of this.journalKept) {
+        if (bytes <= journalBacklogBytes / 2) break;
+        bytes -= valueBytes;
+        beforeSeq = seq + 1;
+      }
+    }
+    const over = (cache: { dirtyBytes: number; budget: number; dirtyCount: number }) =>
+      cache.dirtyCount === 0 ? 0 : Math.max(0, Math.ceil(((cache.dirtyBytes - dirtyPageShare * cache.budget) / cache.dirtyBytes) * cache.dirtyCount));
+    return { beforeSeq, maxPages: writebackPages, extraMapPages: over(this.maps.cache), extraChunkPages: over(this.chunks.cache) };
+  }
+
+  private noteJournalKept(seq: number, bytes: number): void {
+    if (this.journalKept.has(seq)) return;
+    this.journalKept.set(seq, bytes);
+    this.journalKeptBytes += bytes;
+  }
+
+  private settleCapture(captured: Capture, ok: boolean): void {
+    this.maps.cache.settle(captured.mapPages, ok);
     this.chunks.cache.settle(captured.chunkPages, ok);
     if (!ok) {
-      for (const [block] of captured.summaries) this.ftl.table.dirty.add(block);
+      this.journalRetry.push(...captured.journal);
+      this.ftl.table.restoreDirty(captured.summaryPages);
       for (const volume of captured.volumes) volume.recordDirty = true;
       if (captured.catalog) this.catalogDirty = true;
-    } else {
-      for (const id of captured.deleted.volumes) this.deletedVolumes.delete(id);
-      for (const id of captured.deleted.snapshots) this.deletedSnapshots.delete(id);
+      return;
     }
+    for (let seq = this.journalTrimSeq; seq < captured.trimSeq; seq++) {
+      const bytes = this.journalKept.get(seq);
+      if (bytes === undefined) continue;
+      this.journalKept.delete(seq);
+      this.journalKeptBytes -= bytes;
+    }
+    this.journalTrimSeq = Math.max(this.journalTrimSeq, captured.trimSeq);
+    for (const id of captured.deleted.volumes) this.deletedVolumes.delete(id);
+    for (const id of captured.deleted.snapshots) this.deletedSnapshots.delete(id);
   }
 
   private persistentCounters(): ArrayCounters {
@@ -477,21 +696,22 @@ export class FlashArray implements ExportCatalog {
     return this.counters.nandBytesWrittenBefore + this.ftl.counters.nandBytesProgrammed;
   }
 
-  /** Keeps dirty metadata bounded for clients that never flush (unsynced batches are enough). */
-  maybeWriteback(): void {
-    if (this.closed) return;
-    const dirty = this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes;
-    const pageBudget = DIRTY_WRITEBACK_SHARE * (this.mapCache.budget + this.chunks.cache.budget);
-    const indexWrites = this.dedup?.pendingWrites ?? 0;
-    if ((dirty > pageBudget || indexWrites > DEDUP_WRITEBACK_ENTRIES) && this.commitRunning === null) {
-      void this.commit(true).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
-    }
+  /** After a batch of changes: commit in the background when enough is waiting. */
+  maybeCommit(): void {
+    if (this.closed || this.commitRunning !== null) return;
+    const dirtyPressure = (cache: { dirtyBytes: number; budget: number }) => cache.dirtyBytes > this.policy.dirtyPageShare * cache.budget * 1.25;
+    const due =
+      this.journal.pendingBytes >= this.policy.journalCommitBytes ||
+      dirtyPressure(this.maps.cache) ||
+      dirtyPressure(this.chunks.cache) ||
+      (this.dedup?.pendingWrites ?? 0) > DEDUP_WRITEBACK_ENTRIES;
+    if (due) this.backgroundCommit(true);
   }
 
-  private backgroundWriteback(): void {
+  private backgroundCommit(force = false): void {
     if (this.closed || this.commitRunning !== null) return;
-    if (this.mapCache.dirtyCount + this.chunks.cache.dirtyCount === 0 && this.ftl.table.dirty.size === 0) return;
-    void this.commit(true).catch((error: unknown) => this.logger.error('background write-back failed', { error: (error as Error).message }));
+    if (!force && this.journal.pendingBytes === 0 && !this.ftl.table.hasDirtySummaries && this.journalKeptBytes <= this.policy.journalBacklogBytes) return;
+    void this.commit(true).catch((error: unknown) => this.logger.error('background commit failed', { error: (error as Error).message }));
   }
 
   // ---- Stats and shutdown --------------------------------------------------------------------
@@ -543,7 +763,13 @@ export class FlashArray implements ExportCatalog {
         dedupHits: record.dedupHits,
       })),
       flash: this.ftl.stats(),
-      cache: { mapBytes: this.mapCache.cachedBytes, chunkBytes: this.chunks.cache.cachedBytes, dedupEntries: this.dedup?.size ?? 0, dirtyBytes: this.mapCache.dirtyBytes + this.chunks.cache.dirtyBytes },
+      cache: {
+        mapBytes: this.maps.cache.cachedBytes,
+        chunkBytes: this.chunks.cache.cachedBytes,
+        dedupEntries: this.dedup?.size ?? 0,
+        dirtyBytes: this.maps.cache.dirtyBytes + this.chunks.cache.dirtyBytes,
+      },
+      journal: { keptBytes: this.journalKeptBytes, pendingBytes: this.journal.pendingBytes, trimSeq: this.journalTrimSeq, nextSeq: this.journal.seq, commits: this.commits },
     };
   }
 
@@ -554,15 +780,15 @@ export class FlashArray implements ExportCatalog {
   /** A simulated crash: stop background work at once (the caller abandons the devices). */
   abandon(): void {
     this.closed = true;
-    if (this.writebackTimer) clearInterval(this.writebackTimer);
+    if (this.commitTimer) clearInterval(this.commitTimer);
     void this.reducer?.close();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.writebackTimer) clearInterval(this.writebackTimer);
-    await this.commit(true);
+    if (this.commitTimer) clearInterval(this.commitTimer);
+    await this.checkpoint();
     await this.reducer?.close();
     await this.nand.close();
     await this.meta.close();
@@ -577,16 +803,13 @@ function capacityOf(nand: NandDevice): number {
 function parseFormat(bytes: Buffer): FormatRecord {
   const format = JSON.parse(bytes.toString()) as FormatRecord;
   if (format.formatVersion !== FORMAT_VERSION) {
-    throw StorageError.corrupt(`this data directory has format version ${format.formatVersion}; this pstorage reads version ${FORMAT_VERSION}`);
+    throw StorageError.corrupt(
+      `this data directory has format version ${format.formatVersion}; this pstorage reads version ${FORMAT_VERSION}. ` +
+        'Export its volumes with the pstorage that made it ("pstorage export VOLUME FILE") and import them into a new array',
+    );
   }
   return format;
 }
-
-function mapKeyOfCacheId(id: number): Buffer {
-  return volumeMapKey(Math.floor(id / 0x100000000), id % 0x100000000);
-}
-
-export { mapCacheId };
 
 export function validateVolumeName(name: string): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) {
@@ -598,3 +821,4 @@ function round(value: number, digits: number): number {
   const scale = 10 ** digits;
   return Math.round(value * scale) / scale;
 }
+

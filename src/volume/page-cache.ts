@@ -6,10 +6,18 @@
  * entries) per LevelDB value makes a miss cost one get per page, and an LRU over pages bounds
  * memory.
  *
- * Page life cycle: loaded (or created empty) → mutated (version + 1, dirty) → captured by a commit
- * (its encoded bytes at that version) → persisted (persistedVersion = captured version once the
- * batch has resolved). A page may be evicted only when it is clean (persistedVersion == version),
- * unpinned, and not being captured, so an evicted page can always be reloaded as it was.
+ * Page life cycle: loaded (or created empty) → mutated (version + 1, dirty since journal value
+ * `firstDirtySeq`; the change itself is in the metadata journal) → captured for write-back by a
+ * commit (its encoded bytes at that version) → persisted (persistedVersion = captured version once
+ * the batch has resolved). Pages are written back lazily, oldest first change first (see
+ * `captureWriteback` and the policy in flash-array.ts): a page changed a thousand times between
+ * two write-backs costs one put. A page may be evicted only when it is clean (persistedVersion ==
+ * version), unpinned, and not being captured, so an evicted page can always be reloaded as it was.
+ *
+ * The dirty set is kept in the order pages became dirty, which is the order of their
+ * `firstDirtySeq`, so the journal's trim point (the smallest `firstDirtySeq`) is its first entry
+ * and write-back takes from its front. Only a failed batch can disorder it (its pages go back with
+ * their old seq); the next use sorts it again.
  */
 import { assert } from '../common/assert.js';
 import type { MetaOp, MetaStore, Sublevel } from '../meta/meta-store.js';
@@ -27,13 +35,27 @@ export interface CapturedPage<P> {
   id: number;
   page: P;
   version: number;
+  firstDirtySeq: number;
+}
+
+export interface WritebackChoice {
+  /** Capture every dirty page whose first change is in a journal value below this seq... */
+  beforeSeq: number;
+  /** ...and this many more of the oldest others... */
+  extraPages: number;
+  /** ...but never more than this many in all. */
+  maxPages: number;
 }
 
 export class PageCache<P extends CachedPage> {
   private readonly pages = new Map<number, P>(); // insertion order = LRU order
   private readonly loading = new Map<number, Promise<void>>();
-  private readonly dirtyIds = new Set<number>();
+  /** Dirty page id → seq of the journal value holding its first unwritten change. */
+  private readonly dirty = new Map<number, number>();
+  private dirtyOrderBroken = false;
   private bytes = 0;
+  /** While above 0, inserting a page evicts nothing (see `holdEvictions`). */
+  private holds = 0;
 
   constructor(
     private readonly store: MetaStore,
@@ -54,11 +76,11 @@ export class PageCache<P extends CachedPage> {
   /** Approximate: every cached page has about the same size. */
   get dirtyBytes(): number {
     const first = this.pages.values().next().value as P | undefined;
-    return this.dirtyIds.size * (first?.sizeBytes ?? 0);
+    return this.dirty.size * (first?.sizeBytes ?? 0);
   }
 
   get dirtyCount(): number {
-    return this.dirtyIds.size;
+    return this.dirty.size;
   }
 
   /** The page if it is in memory (and marks it recently used). */
@@ -117,7 +139,7 @@ export class PageCache<P extends CachedPage> {
       for (let attempt = 0; attempt < 1000; attempt++) {
         const missing = wanted.filter((id) => !pinned.has(id));
         if (missing.length === 0) return release;
-        await this.load(missing);
+        if (missing.some((id) => !this.pages.has(id))) await this.load(missing);
         const present = missing.filter((id) => this.pages.has(id));
         unpins.push(this.pin(present));
         for (const id of present) pinned.add(id);
@@ -138,32 +160,55 @@ export class PageCache<P extends CachedPage> {
     return page;
   }
 
-  markDirty(id: number, page: P): void {
+  /** The page changed; the change is in the journal value `seq`. */
+  markDirty(id: number, page: P, seq: number): void {
     page.version += 1;
-    this.dirtyIds.add(id);
+    if (!this.dirty.has(id)) this.dirty.set(id, seq);
   }
 
-  /** Encodes every dirty page into `ops` and returns what was captured, for `persisted()`. */
-  capture(ops: MetaOp[]): Array<CapturedPage<P>> {
+  /** The smallest `firstDirtySeq` of any dirty page, or undefined when none is dirty. */
+  minDirtySeq(): number | undefined {
+    this.restoreDirtyOrder();
+    return this.dirty.values().next().value as number | undefined;
+  }
+
+  /**
+   * Encodes the pages `choice` selects, oldest first change first, into `ops`, and returns what
+   * was captured, for `settle()`. Captured pages are no longer dirty; a change made before the
+   * batch resolves makes a page dirty again (with the next journal seq).
+   */
+  captureWriteback(ops: MetaOp[], choice: WritebackChoice): Array<CapturedPage<P>> {
+    this.restoreDirtyOrder();
     const captured: Array<CapturedPage<P>> = [];
-    for (const id of this.dirtyIds) {
+    let extra = choice.extraPages;
+    for (const [id, firstDirtySeq] of this.dirty) {
+      if (captured.length >= choice.maxPages) break;
+      if (firstDirtySeq >= choice.beforeSeq) {
+        if (extra <= 0) break;
+        extra -= 1;
+      }
       const page = this.pages.get(id)!;
       const value = page.encode();
       const key = this.keyOf(id);
       ops.push(value === null ? { type: 'del', sublevel: this.sublevel, key } : { type: 'put', sublevel: this.sublevel, key, value });
       page.pins += 1; // not evictable until the batch resolves
-      captured.push({ id, page, version: page.version });
+      captured.push({ id, page, version: page.version, firstDirtySeq });
     }
-    this.dirtyIds.clear();
+    for (const { id } of captured) this.dirty.delete(id);
     return captured;
   }
 
   /** The batch holding `captured` has resolved (or failed: then the pages become dirty again). */
   settle(captured: Array<CapturedPage<P>>, ok: boolean): void {
-    for (const { id, page, version } of captured) {
+    for (const { id, page, version, firstDirtySeq } of captured) {
       page.pins -= 1;
-      if (ok) page.persistedVersion = Math.max(page.persistedVersion, version);
-      if (page.persistedVersion !== page.version) this.dirtyIds.add(id);
+      if (ok) {
+        page.persistedVersion = Math.max(page.persistedVersion, version);
+      } else {
+        // Its changes since `firstDirtySeq` are still only in the journal.
+        this.dirty.set(id, Math.min(firstDirtySeq, this.dirty.get(id) ?? firstDirtySeq));
+        this.dirtyOrderBroken = true;
+      }
     }
     this.evict();
   }
@@ -192,13 +237,37 @@ export class PageCache<P extends CachedPage> {
     const page = this.pages.get(id);
     if (page === undefined) return;
     this.pages.delete(id);
-    this.dirtyIds.delete(id);
+    this.dirty.delete(id);
     this.bytes -= page.sizeBytes;
+  }
+
+  private restoreDirtyOrder(): void {
+    if (!this.dirtyOrderBroken) return;
+    this.dirtyOrderBroken = false;
+    const sorted = [...this.dirty].sort((a, b) => a[1] - b[1]);
+    this.dirty.clear();
+    for (const [id, seq] of sorted) this.dirty.set(id, seq);
+  }
+
+  /**
+   * Until the returned function is called, no page is evicted (the cache may exceed its budget
+   * meanwhile): the write path plans a change against pages it found cached, then applies it, and
+   * a chunk-table page created in between must not evict one the plan relies on.
+   */
+  holdEvictions(): () => void {
+    this.holds += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.holds -= 1;
+      if (this.holds === 0) this.evict();
+    };
   }
 
   /** Makes room first, so the page just inserted is never the one evicted. */
   private insert(id: number, page: P): void {
-    this.evict(page.sizeBytes);
+    if (this.holds === 0) this.evict(page.sizeBytes);
     this.pages.set(id, page);
     this.bytes += page.sizeBytes;
   }

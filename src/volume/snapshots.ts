@@ -16,14 +16,18 @@
  *   snapshot's layer. Deleting a volume releases its top layer and its snapshots' layers.
  *
  * Every change to the catalog (volumes, snapshots, layer parents) is made in memory in one
- * synchronous step and then committed with sync: true, together with the map pages it touched.
+ * synchronous step and then committed with sync: true. Map entries change through `MapTable`, so
+ * they are journalled like any write; operations that drop a layer, or that scan the stored map
+ * pages, checkpoint first (every dirty page written back), so LevelDB holds every page and a
+ * dropped layer's pages are deleted in the same batch that drops it from the catalog. Delete,
+ * restore and shrink run as exclusive steps of the I/O scheduler: no write is applied meanwhile.
  */
 import { StorageError } from '../common/errors.js';
 import { LogStream } from '../ftl/log-stream.js';
 import { volumeMapRange, decodeVolumeMapKey } from '../meta/keys.js';
 import { validateVolumeName, type FlashArray } from './flash-array.js';
-import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
-import { LBA_BYTES, mapCacheId, type SnapshotRecord, type Volume } from './volume.js';
+import { EntryKind, LBAS_PER_MAP_PAGE, encodedKinds, type MapPage } from './map-page.js';
+import { ChangeMode, LBA_BYTES, mapCacheId, type SnapshotRecord, type Volume } from './volume.js';
 
 export interface SnapshotInfo extends SnapshotRecord {
   volume: string;
@@ -36,7 +40,6 @@ export interface ChangedRange {
   lengthBytes: number;
 }
 
-const WHOLE_VOLUME = Number.MAX_SAFE_INTEGER;
 
 export function findVolume(array: FlashArray, name: string): Volume {
   const volume = array.volumes.get(name);
@@ -111,13 +114,15 @@ export async function deleteSnapshot(array: FlashArray, volumeName: string, name
     const clones = dependents(array, snapshot.layerId, volume);
     throw StorageError.busy(`snapshot "${volumeName}@${name}" has clones (${clones.join(', ')}); delete them first`);
   }
-  await array.commit(true);
-  // One layer above: merge into it. None (the volume was restored to an older snapshot since):
-  // nothing reads through this layer any more, so its entries are simply released.
-  if (children.length === 1) await mergeLayerInto(array, snapshot.layerId, children[0]!);
-  else await releaseLayer(array, snapshot.layerId);
-  array.forgetSnapshot(snapshot);
-  await array.commit(true);
+  await array.scheduler.runExclusive(async () => {
+    await array.checkpoint();
+    // One layer above: merge into it. None (the volume was restored to an older snapshot since):
+    // nothing reads through this layer any more, so its entries are simply released.
+    if (children.length === 1) await mergeLayerInto(array, snapshot.layerId, children[0]!);
+    else await releaseLayer(array, snapshot.layerId);
+    array.forgetSnapshot(snapshot);
+    await array.checkpoint();
+  });
 }
 
 /** Moves `lower`'s entries up into `upper` where `upper` has none; releases the rest; drops `lower`. */
@@ -128,9 +133,10 @@ async function mergeLayerInto(array: FlashArray, lower: number, upper: number): 
       for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
         const kind = from!.kind(slot);
         if (kind === EntryKind.Absent) continue;
-        if (to!.kind(slot) === EntryKind.Absent) to!.set(slot, kind, from!.high[slot]!, from!.low[slot]!);
+        const lba = pageIndex * LBAS_PER_MAP_PAGE + slot;
+        if (to!.kind(slot) === EntryKind.Absent) array.maps.set(to!, upper, lba, kind, from!.high[slot]!, from!.low[slot]!);
         else if (kind === EntryKind.Chunk) array.releaseChunk(from!.chunkId(slot));
-        from!.set(slot, EntryKind.Absent, 0, 0);
+        array.maps.set(from!, lower, lba, EntryKind.Absent, 0, 0);
       }
     });
   }
@@ -142,7 +148,7 @@ async function mergeLayerInto(array: FlashArray, lower: number, upper: number): 
 /** Releases every entry of a layer and drops it. */
 async function releaseLayer(array: FlashArray, layerId: number): Promise<void> {
   for (const pageIndex of await layerPageIndexes(array, layerId)) {
-    await withPages(array, [mapCacheId(layerId, pageIndex)], (page) => page.chunkIdsIn(), ([page]) => clearPage(array, page!));
+    await withPages(array, [mapCacheId(layerId, pageIndex)], (page) => page.chunkIdsIn(), ([page]) => clearPage(array, layerId, pageIndex, page!));
   }
   array.layers.delete(layerId);
   array.catalogDirty = true;
@@ -150,44 +156,35 @@ async function releaseLayer(array: FlashArray, layerId: number): Promise<void> {
 
 /**
  * Loads map pages and the chunk-table pages of the chunks the first map page names, then runs
- * `change` in one synchronous step with all of them pinned, and marks the map pages dirty.
+ * `change` in one synchronous step with all of them pinned (it changes entries through
+ * `array.maps`, which journals them).
  */
 async function withPages(array: FlashArray, ids: number[], chunksOf: (first: MapPage) => number[], change: (pages: MapPage[]) => void): Promise<void> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    await array.mapCache.load(ids);
-    const first = array.mapCache.get(ids[0]!);
-    if (first === undefined) continue;
-    const chunkIds = chunksOf(first);
-    await array.chunks.load(chunkIds);
-    if (!ids.every((id) => array.mapCache.has(id)) || !chunkIds.every((chunkId) => array.chunks.isLoaded(chunkId))) continue;
-    const unpinMap = array.mapCache.pin(ids);
-    const unpinChunks = array.chunks.pin(chunkIds);
+  const unpinMap = await array.maps.cache.loadPinned(ids);
+  try {
+    const unpinChunks = await array.chunks.cache.loadPinned(array.chunks.pageIdsOf(chunksOf(array.maps.cache.peek(ids[0]!)!)));
     try {
-      const pages = ids.map((id) => array.mapCache.get(id)!);
-      change(pages);
-      ids.forEach((id, i) => array.mapCache.markDirty(id, pages[i]!));
+      array.withEvictionsHeld(() => change(ids.map((id) => array.maps.cache.get(id)!)));
     } finally {
-      unpinMap();
       unpinChunks();
     }
-    return;
+  } finally {
+    unpinMap();
   }
-  throw StorageError.io('metadata pages could not be loaded (cache thrashing): raise --cache-mb');
 }
 
-function clearPage(array: FlashArray, page: MapPage, fromSlot = 0): void {
-  for (let slot = fromSlot; slot < LBAS_PER_MAP_PAGE; slot++) {
+function clearPage(array: FlashArray, layerId: number, pageIndex: number, page: MapPage): void {
+  for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
     if (page.kind(slot) === EntryKind.Chunk) array.releaseChunk(page.chunkId(slot));
-    if (page.kind(slot) !== EntryKind.Absent) page.set(slot, EntryKind.Absent, 0, 0);
+    if (page.kind(slot) !== EntryKind.Absent) array.maps.set(page, layerId, pageIndex * LBAS_PER_MAP_PAGE + slot, EntryKind.Absent, 0, 0);
   }
 }
 
 export async function restoreSnapshot(array: FlashArray, volumeName: string, name: string): Promise<void> {
   const volume = findVolume(array, volumeName);
   const snapshot = findSnapshot(array, volume, name);
-  const release = await volume.locks.acquire(0, WHOLE_VOLUME);
-  try {
-    await array.commit(true);
+  await array.scheduler.runExclusive(async () => {
+    await array.checkpoint();
     const oldTop = volume.record.topLayerId;
     const top = array.allocateId();
     array.layers.set(top, snapshot.layerId);
@@ -195,10 +192,8 @@ export async function restoreSnapshot(array: FlashArray, volumeName: string, nam
     volume.recordDirty = true;
     array.catalogDirty = true;
     await releaseLayer(array, oldTop);
-    await array.commit(true);
-  } finally {
-    release();
-  }
+    await array.checkpoint();
+  });
 }
 
 export async function deleteVolume(array: FlashArray, name: string, options: { force: boolean }): Promise<void> {
@@ -211,19 +206,16 @@ export async function deleteVolume(array: FlashArray, name: string, options: { f
   if (snapshots.length > 0 && !options.force) {
     throw StorageError.busy(`volume "${name}" has ${snapshots.length} snapshot(s) (${snapshots.map((s) => s.name).join(', ')}); delete them first, or pass --force to delete them too`);
   }
-  const release = await volume.locks.acquire(0, WHOLE_VOLUME);
-  try {
-    await array.commit(true);
+  await array.scheduler.runExclusive(async () => {
+    await array.checkpoint();
     // The volume owns its top layer and its snapshots' layers, on its current chain or not (a
     // restore leaves newer snapshots off the chain); layers below them belong to an origin.
     const own = new Set([volume.record.topLayerId, ...snapshots.map((snapshot) => snapshot.layerId)]);
     for (const layerId of own) await releaseLayer(array, layerId);
     for (const snapshot of snapshots) array.forgetSnapshot(snapshot);
     array.forgetVolume(volume);
-    await array.commit(true);
-  } finally {
-    release();
-  }
+    await array.checkpoint();
+  });
 }
 
 export async function resizeVolume(array: FlashArray, name: string, sizeBytes: number, options: { force: boolean }): Promise<void> {
@@ -233,15 +225,17 @@ export async function resizeVolume(array: FlashArray, name: string, sizeBytes: n
   if (sizeBytes < old && !options.force) {
     throw StorageError.invalidArgument(`shrinking "${name}" from ${old} to ${sizeBytes} bytes discards data past the new end; pass --force to do it`);
   }
-  if (sizeBytes < old) {
-    // Drop what lies past the new end (whole blocks from the first one fully past it).
-    const first = Math.ceil(sizeBytes / LBA_BYTES);
-    const last = Math.ceil(old / LBA_BYTES) - 1;
-    if (last >= first) await volume.unmapRange(first, last, { type: 'unmap' });
-  }
-  volume.record.sizeBytes = sizeBytes;
-  volume.recordDirty = true;
-  await array.commit(true);
+  await array.scheduler.runExclusive(async () => {
+    if (sizeBytes < old) {
+      // Drop what lies past the new end (whole blocks from the first one fully past it).
+      const first = Math.ceil(sizeBytes / LBA_BYTES);
+      const last = Math.ceil(old / LBA_BYTES) - 1;
+      if (last >= first) await volume.unmapRange(first, last, ChangeMode.Unmap);
+    }
+    volume.record.sizeBytes = sizeBytes;
+    volume.recordDirty = true;
+    await array.commit(true);
+  });
 }
 
 /** Byte ranges written between snapshot `from` and snapshot (or volume) `to` of one volume. */
@@ -260,13 +254,13 @@ export async function diff(array: FlashArray, from: string, to: string): Promise
   } else if (to !== older.volume) {
     throw StorageError.invalidArgument('the second argument must be a snapshot of the same volume, or the volume itself');
   }
-  await array.commit(true);
+  await array.checkpoint();
   const changed = new Set<number>();
   for (const layerId of array.layersBetween(olderSnapshot.layerId, newerLayer)) {
     for await (const [key, value] of array.meta.iterate('map', volumeMapRange(layerId))) {
       const pageIndex = decodeVolumeMapKey(key).mapPageIndex;
-      const kinds = value;
-      for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) if (kinds[slot * 9] !== EntryKind.Absent) changed.add(pageIndex * LBAS_PER_MAP_PAGE + slot);
+      const kinds = encodedKinds(value);
+      for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) if (kinds[slot] !== EntryKind.Absent) changed.add(pageIndex * LBAS_PER_MAP_PAGE + slot);
     }
   }
   return toRanges([...changed].sort((a, b) => a - b), sizeBytes);
@@ -288,7 +282,7 @@ function toRanges(lbas: number[], sizeBytes: number): ChangedRange[] {
 export async function listSnapshots(array: FlashArray, volumeName?: string): Promise<SnapshotInfo[]> {
   const volume = volumeName === undefined ? undefined : findVolume(array, volumeName);
   const snapshots = [...array.snapshots.values()].filter((snapshot) => volume === undefined || snapshot.volumeId === volume.record.id);
-  await array.commit(true);
+  await array.checkpoint();
   const out: SnapshotInfo[] = [];
   for (const snapshot of snapshots) {
     out.push({ ...snapshot, volume: array.volumeById(snapshot.volumeId)?.record.name ?? '?', exclusiveBytes: await exclusiveBytes(array, snapshot) });
@@ -303,7 +297,7 @@ async function exclusiveBytes(array: FlashArray, snapshot: SnapshotRecord): Prom
   for (const pageIndex of await layerPageIndexes(array, snapshot.layerId)) {
     const ids = [snapshot.layerId, ...children].map((layerId) => mapCacheId(layerId, pageIndex));
     await loadPages(array, ids);
-    const [page, ...above] = ids.map((id) => array.mapCache.get(id)!);
+    const [page, ...above] = ids.map((id) => array.maps.cache.get(id)!);
     const chunkIds: number[] = [];
     for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
       if (page!.kind(slot) === EntryKind.Chunk && above.every((upper) => upper.kind(slot) !== EntryKind.Absent)) chunkIds.push(page!.chunkId(slot));
@@ -317,11 +311,11 @@ async function exclusiveBytes(array: FlashArray, snapshot: SnapshotRecord): Prom
   return total;
 }
 
-/** Page indexes a layer has in the store (the caller commits first, so the store is current). */
+/** Page indexes a layer has in the store or in the cache. */
 async function layerPageIndexes(array: FlashArray, layerId: number): Promise<number[]> {
   const indexes: number[] = [];
   for await (const [key] of array.meta.iterate('map', volumeMapRange(layerId))) indexes.push(decodeVolumeMapKey(key).mapPageIndex);
-  for (const [id, page] of array.mapCache.cachedEntries()) {
+  for (const [id, page] of array.maps.cache.cachedEntries()) {
     if (Math.floor(id / 0x100000000) === layerId && page.mappedCount > 0) indexes.push(id % 0x100000000);
   }
   return [...new Set(indexes)];
@@ -329,8 +323,8 @@ async function layerPageIndexes(array: FlashArray, layerId: number): Promise<num
 
 async function loadPages(array: FlashArray, ids: number[]): Promise<void> {
   for (let attempt = 0; attempt < 100; attempt++) {
-    await array.mapCache.load(ids);
-    if (ids.every((id) => array.mapCache.has(id))) return;
+    await array.maps.cache.load(ids);
+    if (ids.every((id) => array.maps.cache.has(id))) return;
   }
   throw StorageError.io('map pages could not be loaded (cache thrashing): raise --cache-mb');
 }

@@ -1,29 +1,41 @@
 /**
- * A thin volume: the `BlockDevice` an NBD export serves, over the array's volume map, chunk
- * table and FTL.
+ * A thin volume: the `BlockDevice` an NBD export serves, over the array's volume maps, chunk table
+ * and FTL.
  *
- * Logical blocks are 4 KiB. A write is split into logical blocks; a block only partly covered is
- * read, merged and rewritten (read-modify-write) under a range lock so concurrent sector writes to
- * one block never lose each other. All-zero blocks become pattern entries and cost no NAND; every
- * other block becomes a chunk appended to the host log stream. TRIM and WRITE_ZEROES unmap whole
- * blocks (WRITE_ZEROES with NO_HOLE stores zero patterns instead) and zero the partial edges.
+ * Logical blocks are 4 KiB. All-zero (and other one-word) blocks become pattern entries and cost
+ * no NAND; every other block becomes a chunk appended to the host log stream, or shares a stored
+ * chunk with the same content (dedup). TRIM and WRITE_ZEROES unmap whole blocks (WRITE_ZEROES
+ * with NO_HOLE stores zero patterns instead) and zero the partial edges.
+ *
+ * Reads are served at once, synchronously when every map and chunk page they need is cached and
+ * the NAND's pages come from the page cache (the common case: one resolve, one pread, one copy,
+ * no promise). Otherwise the pages are loaded and the read is planned again.
+ *
+ * Writes, TRIM and WRITE_ZEROES go through the array's I/O scheduler (io-scheduler.ts), which
+ * reduces whole blocks in batches and then applies requests one at a time in submission order by
+ * calling `applyChange`. That function first plans the whole request without changing anything:
+ * it resolves every block, reads the old content of partly written blocks (read-modify-write),
+ * decides per block (pattern, dedup hit after a byte-for-byte check, or a new chunk), and checks
+ * space. If a page it needs is not cached it returns what is missing (the scheduler loads it and
+ * calls again); if the host stream needs GC first it says how many bytes. Only then does it apply
+ * every change in one synchronous step, so a crash or a concurrent read sees each request old or
+ * new, never mixed, and a write that cannot fit fails with NO_SPACE having changed nothing.
  *
  * Layers: a volume's map is a chain of layers (snapshots.ts). Reads take, per block, the entry of
  * the first layer that holds one; writes go to the top layer only, and release only the top
  * layer's old chunk (a lower layer belongs to a snapshot and keeps its reference). A snapshot is
  * served by the same class as a read-only view whose top is the snapshot's frozen layer.
- *
- * Each logical block changes in one synchronous step (map entry, chunk refcounts, valid bytes),
- * after every page it needs is loaded, so a crash or a concurrent read sees it old or new, never
- * mixed. Before that step the write checks space: if the array cannot hold the new data it fails
- * with NO_SPACE and changes nothing.
  */
 import {
   BASE_ALLOCATION,
+  IoCommand,
   STATE_HOLE,
   STATE_ZERO,
+  submitAsync,
   type BlockDevice,
+  type IoRequest,
   type ReadExtent,
+  type ReadResult,
   type StatusExtent,
   type WriteOptions,
   type ZeroOptions,
@@ -31,12 +43,13 @@ import {
 import { assert } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import { LogStream } from '../ftl/log-stream.js';
-import { compressBlock, decompressBlock, type Codec } from '../reduce/codec.js';
-import { detectPattern, expandPattern } from '../reduce/pattern.js';
-import type { ReducedBlock } from '../reduce/reduction-pool.js';
+import type { RecordRef } from '../ftl/ftl.js';
+import { Codec, decompressBlock } from '../reduce/codec.js';
+import { MAYBE_STORED } from '../reduce/dedup-index.js';
+import { ReducedBlocks, reduceInline } from '../reduce/reduce-block.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
-import { RangeLock } from './range-lock.js';
+import { mapCacheId } from './map-table.js';
 
 export const LBA_BYTES = 4096;
 /** Unmap and block-status work is done this many map pages at a time. */
@@ -46,6 +59,8 @@ const MAX_ATTEMPTS = 100;
 export const CHANGED_CONTEXT_PREFIX = 'pstorage:changed:';
 /** The status bit of that context: the block was written after the older snapshot. */
 export const STATE_CHANGED = 1;
+
+export { mapCacheId };
 
 export interface VolumeRecord {
   id: number;
@@ -74,33 +89,56 @@ export interface SnapshotRecord {
   patternBlocks: number;
 }
 
-export function mapCacheId(layerId: number, mapPageIndex: number): number {
-  return layerId * 0x100000000 + mapPageIndex;
+/** Pages a plan needs that are not cached, and fingerprints the dedup index must look up. */
+export interface Missing {
+  mapIds: number[];
+  chunkIds: number[];
+  fingerprints: Buffer[];
 }
 
-/** The entry deciding a block's content: where it is, or null when no layer holds one. */
-interface Resolved {
-  page: MapPage;
-  slot: number;
+/** What `applyChange` did: null when applied, else what it needs first. */
+export type ChangeOutcome = null | { missing: Missing } | { spaceBytes: number };
+
+/** What a change does to its whole blocks. */
+export const enum ChangeMode {
+  /** WRITE: `data` gives every byte. */
+  Data,
+  /** TRIM / WRITE_ZEROES without NO_HOLE: whole blocks become holes. */
+  Unmap,
+  /** WRITE_ZEROES with NO_HOLE: whole blocks become zero patterns. */
+  ZeroPattern,
 }
 
-/** What a logical block becomes. */
-interface DataContent {
-  type: 'data';
-  bytes: Buffer;
-  fingerprint: Buffer | null;
-  /** Compressed (or raw) form, computed once when the block has to be stored. */
-  reduced?: { stored: Buffer; codec: Codec };
+/** Per-block decisions of a planned change. */
+const enum Decision {
+  /** Nothing to do (unmapping what is already a hole). */
+  None,
+  Pattern,
+  Hole,
+  /** Share an existing chunk (checked byte for byte). */
+  Hit,
+  /** Share the chunk an earlier block of the same request stores. */
+  SameAs,
+  Store,
 }
-type BlockContent = DataContent | { type: 'unmap' } | { type: 'pattern'; high: number; low: number };
 
-/** What the write does with one data block. */
-type Decision = { kind: 'none' } | { kind: 'hit'; chunkId: number } | { kind: 'same-as'; index: number } | { kind: 'store' };
+/** A read planned against the metadata: what is not a chunk is already in `data`. */
+interface ReadPlan {
+  data: Buffer;
+  offsetBytes: number;
+  first: number;
+  count: number;
+  /** 1 where the logical block reads as zeros and may be reported as a hole. */
+  holes: Uint8Array;
+  refs: RecordRef[];
+  /** Per ref: its block's index in the range, and its codec. */
+  refIndex: number[];
+  refCodec: Codec[];
+}
 
 export class Volume implements BlockDevice {
   readonly readOnly: boolean;
   recordDirty = false;
-  readonly locks = new RangeLock();
 
   constructor(
     private readonly array: FlashArray,
@@ -134,330 +172,427 @@ export class Volume implements BlockDevice {
     return [BASE_ALLOCATION, ...this.array.olderSnapshots(this.snapshot).map((older) => `${CHANGED_CONTEXT_PREFIX}${older.name}`)];
   }
 
-  // ---- Reads ---------------------------------------------------------------------------------
+  // ---- The fast path ---------------------------------------------------------------------------
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<ReadExtent[]> {
-    this.checkRange(offsetBytes, lengthBytes);
-    const first = Math.floor(offsetBytes / LBA_BYTES);
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
-    const blocks = await this.readBlocks(first, last);
-    const extents: ReadExtent[] = [];
-    for (let i = 0; i < blocks.length; i++) {
-      const blockStart = (first + i) * LBA_BYTES;
-      const from = Math.max(offsetBytes, blockStart) - blockStart;
-      const to = Math.min(offsetBytes + lengthBytes, blockStart + LBA_BYTES) - blockStart;
-      const data = blocks[i]!;
-      const last = extents[extents.length - 1];
-      if (data === null && last !== undefined && last.data === null) last.lengthBytes += to - from;
-      else extents.push({ lengthBytes: to - from, data: data === null ? null : data.subarray(from, to) });
+  submit(request: IoRequest): void {
+    try {
+      if (request.command !== IoCommand.Flush) this.checkRange(request.offsetBytes, request.lengthBytes);
+      switch (request.command) {
+        case IoCommand.Read:
+          this.readRequest(request);
+          return;
+        case IoCommand.Cache:
+          void this.loadMap(Math.floor(request.offsetBytes / LBA_BYTES), Math.floor((request.offsetBytes + request.lengthBytes - 1) / LBA_BYTES)).then(
+            () => request.done(request, null),
+            (error: unknown) => request.done(request, error),
+          );
+          return;
+        case IoCommand.Flush:
+          break;
+        default:
+          this.checkWritable();
+          if (request.command === IoCommand.Write) assert(request.data !== null && request.data.length === request.lengthBytes, 'write payload length');
+      }
+    } catch (error) {
+      request.done(request, error);
+      return;
     }
-    return extents;
+    this.array.scheduler.enqueue(this, request);
   }
 
-  /** Contents of logical blocks `first..last`: a 4 KiB buffer each, or null for zeroes. */
-  async readBlocks(first: number, last: number): Promise<Array<Buffer | null>> {
+  // ---- The promise API (management, tests) -----------------------------------------------------
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<ReadExtent[]> {
+    return (await this.request(IoCommand.Read, offsetBytes, lengthBytes, null, false))!.extents;
+  }
+
+  async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
+    await this.request(IoCommand.Write, offsetBytes, data.length, data, options.fua);
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    await this.request(IoCommand.Trim, offsetBytes, lengthBytes, null, options.fua);
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    await submitAsync(this, { command: IoCommand.WriteZeroes, offsetBytes, lengthBytes, data: null, fua: options.fua, noHole: options.noHole, fastZero: options.fastZero });
+  }
+
+  async flush(): Promise<void> {
+    await this.request(IoCommand.Flush, 0, 0, null, false);
+  }
+
+  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+    await this.request(IoCommand.Cache, offsetBytes, lengthBytes, null, false);
+  }
+
+  private request(command: IoCommand, offsetBytes: number, lengthBytes: number, data: Buffer | null, fua: boolean): Promise<ReadResult | null> {
+    return submitAsync(this, { command, offsetBytes, lengthBytes, data, fua, noHole: false, fastZero: false });
+  }
+
+  // ---- Reads -----------------------------------------------------------------------------------
+
+  private readRequest(request: IoRequest): void {
+    const ftl = this.array.ftl;
+    if (ftl.canReadSync) {
+      const plan = this.planRead(request.offsetBytes, request.lengthBytes);
+      if (!('mapIds' in plan)) {
+        this.readChunksSync(plan);
+        request.result = this.finishRead(plan);
+        request.done(request, null);
+        return;
+      }
+    }
+    this.readSlow(request).then(
+      () => request.done(request, null),
+      (error: unknown) => request.done(request, error),
+    );
+  }
+
+  /** Loads what the read needs, then plans it again; chunk records are read asynchronously when the NAND prefers that. */
+  private async readSlow(request: IoRequest): Promise<void> {
+    const { offsetBytes, lengthBytes } = request;
+    let missing: Missing = { mapIds: this.mapPageIds(this.chain(), offsetBytes, lengthBytes), chunkIds: [], fingerprints: [] };
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const unpinMap = await this.array.mapCache.loadPinned(this.mapPageIds(this.chain(), first, last));
-      let plan: ReturnType<Volume['planRead']>;
+      const unpinMap = await this.array.maps.cache.loadPinned(missing.mapIds);
+      let unpinChunks = () => {};
+      let plan: ReadPlan | Missing;
       try {
-        const chunkIds = this.chunkIdsIn(first, last);
-        if (chunkIds === null) continue;
-        const unpinChunks = await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(chunkIds));
-        // Nothing awaited between here and readRecords: the addresses are current when the FTL
-        // registers the read, so GC cannot erase them underneath it.
-        plan = this.planRead(first, last);
-        unpinChunks();
+        unpinChunks = await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(missing.chunkIds));
+        plan = this.planRead(offsetBytes, lengthBytes);
       } finally {
         unpinMap();
+        unpinChunks();
       }
-      if (plan === null) continue;
-      const payloads = await this.array.ftl.readRecords(plan.requests);
-      payloads.forEach((payload, k) => (plan.blocks[plan.slots[k]!] = decompressBlock(payload, plan.codecs[k]!, LBA_BYTES)));
-      return plan.blocks;
+      if ('mapIds' in plan) {
+        missing = plan;
+        continue;
+      }
+      // Nothing awaited between planning and readRecords (which registers the read with the FTL
+      // at once): GC cannot erase the addresses underneath it.
+      if (this.array.ftl.canReadSync) this.readChunksSync(plan);
+      else await this.readChunksAsync(plan);
+      request.result = this.finishRead(plan);
+      return;
     }
     throw StorageError.io('read could not load its metadata (cache thrashing): raise --cache-mb');
   }
 
-  private planRead(first: number, last: number) {
-    const blocks: Array<Buffer | null> = new Array(last - first + 1).fill(null);
-    const requests: Array<{ address: { block: number; offsetBytes: number }; chunkId: number; storedBytes: number }> = [];
-    const slots: number[] = [];
-    const codecs: Codec[] = [];
+  /**
+   * Resolves every block of the range. Holes and patterns are written into the result buffer at
+   * once; chunks become record reads. Returns what is not cached instead, changing nothing.
+   */
+  private planRead(offsetBytes: number, lengthBytes: number): ReadPlan | Missing {
+    const first = Math.floor(offsetBytes / LBA_BYTES);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
+    const count = last - first + 1;
     const chain = this.chain();
-    for (let lba = first; lba <= last; lba++) {
-      const resolved = this.resolve(chain, lba);
-      if (resolved === undefined) return null;
-      if (resolved === null) continue;
-      const { page, slot } = resolved;
-      const kind = page.kind(slot);
-      if (kind === EntryKind.Pattern) {
-        blocks[lba - first] = patternBlock(page.high[slot]!, page.low[slot]!);
-      } else if (kind === EntryKind.Chunk) {
-        const chunkId = page.chunkId(slot);
-        if (!this.array.chunks.isLoaded(chunkId)) return null;
-        const entry = this.array.chunks.get(chunkId);
-        assert(entry !== undefined, `volume ${this.record.name} lba ${lba} maps to free chunk ${chunkId}`);
-        requests.push({ address: entry.address, chunkId, storedBytes: entry.storedBytes });
-        slots.push(lba - first);
-        codecs.push(entry.codec);
-      }
-    }
-    return { blocks, requests, slots, codecs };
-  }
-
-  // ---- Writes --------------------------------------------------------------------------------
-
-  async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
-    this.checkWritable();
-    this.checkRange(offsetBytes, data.length);
-    // Whole blocks are hashed and compressed on the reduction workers before taking any lock.
-    const firstWhole = Math.ceil(offsetBytes / LBA_BYTES);
-    const endWhole = Math.floor((offsetBytes + data.length) / LBA_BYTES);
-    const wholeBlocks: Buffer[] = [];
-    for (let lba = firstWhole; lba < endWhole; lba++) wholeBlocks.push(data.subarray(lba * LBA_BYTES - offsetBytes, (lba + 1) * LBA_BYTES - offsetBytes));
-    const reduced = this.array.reducer === null ? null : await this.array.reducer.reduce(wholeBlocks);
-    await this.mutate(offsetBytes, data.length, (lba, old) => {
-      const blockStart = lba * LBA_BYTES;
-      const from = Math.max(offsetBytes, blockStart);
-      const to = Math.min(offsetBytes + data.length, blockStart + LBA_BYTES);
-      if (to - from === LBA_BYTES) {
-        const bytes = data.subarray(from - offsetBytes, to - offsetBytes);
-        return reduced === null ? this.dataContent(bytes) : this.reducedContent(bytes, reduced[lba - firstWhole]!);
-      }
-      const merged = Buffer.alloc(LBA_BYTES);
-      old?.copy(merged);
-      data.copy(merged, from - blockStart, from - offsetBytes, to - offsetBytes);
-      return this.dataContent(merged);
-    });
-    this.array.counters.hostBytesWritten += data.length;
-    this.record.hostBytesWritten += data.length;
-    this.recordDirty = true;
-    if (options.fua) await this.array.flush();
-  }
-
-  async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
-    this.checkWritable();
-    this.checkRange(offsetBytes, lengthBytes);
-    // TRIM is a hint: only whole logical blocks are unmapped.
-    const first = Math.ceil(offsetBytes / LBA_BYTES);
-    const end = Math.floor((offsetBytes + lengthBytes) / LBA_BYTES);
-    if (end > first) await this.unmapRange(first, end - 1, { type: 'unmap' });
-    if (options.fua) await this.array.flush();
-  }
-
-  async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
-    this.checkWritable();
-    this.checkRange(offsetBytes, lengthBytes);
-    // Zeroing is a metadata change here, always faster than writing, so FAST_ZERO never fails.
-    const first = Math.ceil(offsetBytes / LBA_BYTES);
-    const end = Math.floor((offsetBytes + lengthBytes) / LBA_BYTES);
-    const whole: BlockContent = options.noHole ? { type: 'pattern', high: 0, low: 0 } : { type: 'unmap' };
-    if (end > first) await this.unmapRange(first, end - 1, whole);
-    const zeroPart = (from: number, to: number) => (to > from ? this.write(from, Buffer.alloc(to - from), { fua: false }) : undefined);
-    if (end > first) {
-      await zeroPart(offsetBytes, first * LBA_BYTES);
-      await zeroPart(end * LBA_BYTES, offsetBytes + lengthBytes);
-    } else {
-      await zeroPart(offsetBytes, offsetBytes + lengthBytes);
-    }
-    if (options.fua) await this.array.flush();
-  }
-
-  async flush(): Promise<void> {
-    await this.array.flush();
-  }
-
-  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
-    this.checkRange(offsetBytes, lengthBytes);
-    const first = Math.floor(offsetBytes / LBA_BYTES);
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
-    await this.loadMap(first, Math.min(last, first + MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE - 1));
-  }
-
-  /** Unmaps (or zero-patterns) whole logical blocks, a bounded number of map pages at a time. */
-  async unmapRange(first: number, last: number, content: BlockContent): Promise<void> {
-    const step = MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE;
-    for (let from = first; from <= last; from += step) {
-      const to = Math.min(last, from + step - 1);
-      if (content.type !== 'unmap') {
-        await this.mutate(from * LBA_BYTES, (to - from + 1) * LBA_BYTES, () => content);
-        continue;
-      }
-      // Unmapping what no layer holds changes nothing: only visit map pages that exist.
-      const pages = await this.array.existingMapPages(this.chain(), Math.floor(from / LBAS_PER_MAP_PAGE), Math.floor(to / LBAS_PER_MAP_PAGE));
-      for (const pageIndex of [...pages].sort((a, b) => a - b)) {
-        const pageFirst = Math.max(from, pageIndex * LBAS_PER_MAP_PAGE);
-        const pageLast = Math.min(to, (pageIndex + 1) * LBAS_PER_MAP_PAGE - 1);
-        await this.mutate(pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES, () => content);
-      }
-    }
-  }
-
-  /**
-   * The write path shared by WRITE, TRIM and WRITE_ZEROES: lock the blocks, read the partial
-   * ones, compute the new contents, then load, check space, and apply in one synchronous step.
-   */
-  private async mutate(offsetBytes: number, lengthBytes: number, produce: (lba: number, old: Buffer | null) => BlockContent): Promise<void> {
-    const first = Math.floor(offsetBytes / LBA_BYTES);
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
-    const release = await this.locks.acquire(first, last);
-    try {
-      const headPartial = offsetBytes % LBA_BYTES !== 0 || lengthBytes < LBA_BYTES;
-      const tailPartial = (offsetBytes + lengthBytes) % LBA_BYTES !== 0;
-      const head = headPartial ? (await this.readBlocks(first, first))[0]! : null;
-      const tail = tailPartial && last !== first ? (await this.readBlocks(last, last))[0]! : tailPartial ? head : null;
-      const contents: BlockContent[] = [];
-      for (let lba = first; lba <= last; lba++) contents.push(produce(lba, lba === first ? head : lba === last ? tail : null));
-      await this.applyWhenReady(first, contents);
-    } finally {
-      release();
-    }
-  }
-
-  /**
-   * Loads what the change needs, decides per block (pattern, dedup hit, or new chunk), checks
-   * space, and applies — the last three in one synchronous step, so the plan still holds when it
-   * is applied and a concurrent identical block finds the chunk this one creates.
-   */
-  private async applyWhenReady(first: number, contents: BlockContent[]): Promise<void> {
-    const last = first + contents.length - 1;
-    const { ftl, chunks, dedup } = this.array;
-    const fingerprints = contents.flatMap((content) => (content.type === 'data' && content.fingerprint !== null ? [content.fingerprint] : []));
-    // Untrusted fingerprints: per block index, the candidate chunk proven byte-identical to it.
-    const verified = new Map<number, number>();
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      let unpinMap = await this.array.mapCache.loadPinned(this.mapPageIds(this.chain(), first, last));
-      const oldChunks = this.topChunkIdsIn(first, last);
-      if (oldChunks === null) {
-        unpinMap();
-        continue;
-      }
-      let unpinChunks: () => void = () => undefined;
-      try {
-        if (dedup !== null && fingerprints.length > 0) await dedup.prepare(fingerprints);
-        const candidates = dedup === null ? [] : fingerprints.flatMap((fingerprint) => dedup.peek(fingerprint) ?? []);
-        unpinChunks = await chunks.cache.loadPinned(chunks.pageIdsOf([...oldChunks, ...candidates]));
-        if (!this.array.fingerprint.cryptographic) await this.verifyCandidates(contents, verified);
-      } catch (error) {
-        unpinMap();
-        unpinChunks();
-        throw error;
-      }
-      // From here to apply() nothing is awaited unless we start over.
-      const unpin = () => {
-        unpinMap();
-        unpinChunks();
-        unpinMap = unpinChunks = () => undefined;
-      };
-      try {
-        const plan = this.plan(contents, verified);
-        const freed = this.freedBytes(first, last);
-        if (freed === null) continue;
-        if (plan.newBytes > 0 && ftl.liveBytes + plan.newBytes - freed > ftl.usableBytes) {
-          throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
-        }
-        if (plan.newBytes > 0 && !ftl.hasHostSpace(plan.newBytes)) {
-          unpin();
-          await ftl.ensureHostSpace(plan.newBytes);
+    const chunks = this.array.chunks;
+    const data = this.array.slab.take(lengthBytes);
+    const holes = new Uint8Array(count);
+    const refs: RecordRef[] = [];
+    const refIndex: number[] = [];
+    const refCodec: Codec[] = [];
+    let missingChunks: number[] | null = null;
+    for (let i = 0; i < count; i++) {
+      const lba = first + i;
+      const page = this.resolve(chain, lba);
+      if (page === undefined) return { mapIds: this.mapPageIds(chain, offsetBytes, lengthBytes), chunkIds: [], fingerprints: [] };
+      const from = Math.max(offsetBytes, lba * LBA_BYTES);
+      const to = Math.min(offsetBytes + lengthBytes, (lba + 1) * LBA_BYTES);
+      const destination = from - offsetBytes;
+      const slot = lba % LBAS_PER_MAP_PAGE;
+      const kind = page === null ? EntryKind.Absent : page.kinds[slot]!;
+      if (kind === EntryKind.Chunk) {
+        const chunkId = page!.chunkId(slot);
+        const chunkPage = chunks.pageOf(chunkId);
+        if (chunkPage === undefined) {
+          (missingChunks ??= []).push(chunkId);
           continue;
         }
-        this.apply(first, contents, plan.decisions);
-      } finally {
-        unpin();
+        const chunkSlot = chunkId % 256;
+        assert(chunkPage.refcount[chunkSlot]! > 0, `${this.name} lba ${lba} maps to free chunk ${chunkId}`);
+        refs.push({ address: { block: chunkPage.block[chunkSlot]!, offsetBytes: chunkPage.offset[chunkSlot]! }, chunkId, storedBytes: chunkPage.stored[chunkSlot]! });
+        refIndex.push(i);
+        refCodec.push(chunkPage.codec[chunkSlot]! as Codec);
+      } else if (kind === EntryKind.Pattern && (page!.high[slot] !== 0 || page!.low[slot] !== 0)) {
+        fillPattern(data, destination, from - lba * LBA_BYTES, to - from, page!.high[slot]!, page!.low[slot]!);
+      } else {
+        data.fill(0, destination, destination + (to - from));
+        holes[i] = 1;
       }
-      this.array.maybeWriteback();
-      return;
     }
-    throw StorageError.io('write could not load its metadata (cache thrashing): raise --cache-mb');
+    if (missingChunks !== null) return { mapIds: [], chunkIds: missingChunks, fingerprints: [] };
+    return { data, offsetBytes, first, count, holes, refs, refIndex, refCodec };
   }
 
-  /** Per block: share an existing chunk, share one created earlier in this request, or store anew. */
-  private plan(contents: BlockContent[], verified: ReadonlyMap<number, number>): { decisions: Decision[]; newBytes: number } {
-    const { chunks, dedup } = this.array;
-    const trusted = this.array.fingerprint.cryptographic;
-    const firstMiss = new Map<string, number>();
-    let newBytes = 0;
-    const decisions = contents.map((content, index): Decision => {
-      if (content.type !== 'data') return { kind: 'none' };
-      if (content.fingerprint !== null && dedup !== null) {
-        const candidate = dedup.peek(content.fingerprint);
-        if (candidate !== undefined && chunks.isLoaded(candidate) && chunks.get(candidate) !== undefined && (trusted || verified.get(index) === candidate)) {
-          return { kind: 'hit', chunkId: candidate };
-        }
-        const key = content.fingerprint.toString('base64');
-        const earlier = firstMiss.get(key);
-        if (earlier !== undefined && (trusted || (contents[earlier] as DataContent).bytes.equals(content.bytes))) return { kind: 'same-as', index: earlier };
-        firstMiss.set(key, index);
+  private readChunksSync(plan: ReadPlan): void {
+    if (plan.refs.length > 0) this.array.ftl.readRecordsSync(plan.refs, (k, payload) => this.placeBlock(plan, k, payload));
+  }
+
+  private async readChunksAsync(plan: ReadPlan): Promise<void> {
+    if (plan.refs.length === 0) return;
+    const payloads = await this.array.ftl.readRecords(plan.refs);
+    payloads.forEach((payload, k) => this.placeBlock(plan, k, payload));
+  }
+
+  /** Copies (decompressing) the `k`th record of the plan into its place in the result. */
+  private placeBlock(plan: ReadPlan, k: number, payload: Buffer): void {
+    const lba = plan.first + plan.refIndex[k]!;
+    const block = decompressBlock(payload, plan.refCodec[k]!, LBA_BYTES);
+    const { offsetBytes } = plan;
+    const from = Math.max(offsetBytes, lba * LBA_BYTES);
+    const to = Math.min(offsetBytes + plan.data.length, (lba + 1) * LBA_BYTES);
+    block.copy(plan.data, from - offsetBytes, from - lba * LBA_BYTES, to - lba * LBA_BYTES);
+  }
+
+  /** The result of a read whose chunks are in place: extents alternate data and holes. */
+  private finishRead(plan: ReadPlan): ReadResult {
+    const { data, holes, count, first, offsetBytes } = plan;
+    const lengthBytes = data.length;
+    if (count === 1) return { data, extents: [{ lengthBytes, data: holes[0] === 1 ? null : data }] };
+    const extents: ReadExtent[] = [];
+    let runStart = 0;
+    for (let i = 0; i < count; i++) {
+      const lba = first + i;
+      const to = Math.min(offsetBytes + lengthBytes, (lba + 1) * LBA_BYTES) - offsetBytes;
+      const hole = holes[i] === 1;
+      if (i + 1 < count && (holes[i + 1] === 1) === hole) continue;
+      extents.push({ lengthBytes: to - runStart, data: hole ? null : data.subarray(runStart, to) });
+      runStart = to;
+    }
+    return { data, extents };
+  }
+
+  // ---- Changes (called by the I/O scheduler, in submission order) -------------------------------
+
+  /**
+   * Plans and applies one change of logical blocks `first..last` (see the design note). For a
+   * WRITE, `data` covers `offsetBytes..+data.length` and the whole blocks in it were reduced into
+   * `reduced` from index `reducedFirst` on (null: reduce them here). Synchronous.
+   */
+  applyChange(mode: ChangeMode, offsetBytes: number, lengthBytes: number, data: Buffer | null, reduced: ReducedBlocks | null, reducedFirst: number): ChangeOutcome {
+    const plan = this.planChange(mode, offsetBytes, lengthBytes, data, reduced, reducedFirst);
+    if (plan instanceof ChangePlan) {
+      this.applyPlan(plan);
+      return null;
+    }
+    return plan;
+  }
+
+  private planChange(mode: ChangeMode, offsetBytes: number, lengthBytes: number, data: Buffer | null, reduced: ReducedBlocks | null, reducedFirst: number): ChangePlan | { missing: Missing } | { spaceBytes: number } {
+    const { array } = this;
+    const { chunks, dedup, ftl } = array;
+    const first = Math.floor(offsetBytes / LBA_BYTES);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
+    const firstWhole = Math.ceil(offsetBytes / LBA_BYTES);
+    const chain = this.chain();
+    const top = chain[0]!;
+    // Every map page of the chain over the range, or nothing can be decided.
+    for (const layerId of chain) {
+      for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) {
+        if (!array.maps.cache.has(mapCacheId(layerId, index))) return { missing: { mapIds: this.mapPageIds(chain, offsetBytes, lengthBytes), chunkIds: [], fingerprints: [] } };
       }
-      content.reduced ??= compressBlock(content.bytes, this.array.codec);
-      newBytes += LogStream.recordBytes(content.reduced.stored.length);
-      return { kind: 'store' };
-    });
-    return { decisions, newBytes };
+    }
+    const plan = new ChangePlan(this, first, last - first + 1, chain);
+    const missing: Missing = { mapIds: [], chunkIds: [], fingerprints: [] };
+    for (let i = 0; i < plan.count; i++) {
+      const lba = first + i;
+      const page = array.maps.pageOf(top, lba)!;
+      plan.pages[i] = page;
+      const slot = lba % LBAS_PER_MAP_PAGE;
+      plan.before[i] = chain.length === 1 ? page.kinds[slot]! : resolvedKind(this.resolve(chain, lba)!, slot);
+      if (page.kinds[slot] === EntryKind.Chunk) {
+        const old = page.chunkId(slot);
+        plan.oldChunk[i] = old;
+        if (!chunks.isLoaded(old)) missing.chunkIds.push(old);
+      }
+      const blockStart = lba * LBA_BYTES;
+      const from = Math.max(offsetBytes, blockStart);
+      const to = Math.min(offsetBytes + lengthBytes, blockStart + LBA_BYTES);
+      if (mode !== ChangeMode.Data && to - from === LBA_BYTES) {
+        plan.decision[i] = mode === ChangeMode.ZeroPattern ? Decision.Pattern : Decision.Hole;
+        continue;
+      }
+      let block: Buffer;
+      let index: number;
+      let source: ReducedBlocks;
+      if (to - from === LBA_BYTES && reduced !== null) {
+        block = data!.subarray(from - offsetBytes, to - offsetBytes);
+        source = reduced;
+        index = reducedFirst + (lba - firstWhole);
+      } else {
+        // A block written only in part (or not reduced yet): merge with its old content.
+        block = to - from === LBA_BYTES ? data!.subarray(from - offsetBytes, to - offsetBytes) : this.mergeOld(chain, lba, from - blockStart, data, from - offsetBytes, to - from, missing);
+        source = plan.ownReduced(i);
+        index = i;
+        reduceInline([block], source, i, { codec: array.codec, fingerprint: dedup === null ? null : array.fingerprint });
+      }
+      plan.blocks[i] = block;
+      plan.source[i] = source;
+      plan.sourceIndex[i] = index;
+      if (source.pattern[index] === 1) {
+        plan.decision[i] = Decision.Pattern;
+        plan.patternHigh[i] = source.patternHigh[index]!;
+        plan.patternLow[i] = source.patternLow[index]!;
+        continue;
+      }
+      plan.decision[i] = Decision.Store;
+      if (dedup === null) continue;
+      const fingerprint = source.fingerprint(index);
+      const candidate = dedup.lookup(fingerprint);
+      if (candidate === MAYBE_STORED) {
+        missing.fingerprints.push(fingerprint);
+      } else if (candidate !== undefined) {
+        if (!chunks.isLoaded(candidate)) missing.chunkIds.push(candidate);
+        else if (this.sameContent(candidate, fingerprint, block, source, index)) {
+          plan.decision[i] = Decision.Hit;
+          plan.shared[i] = candidate;
+          continue;
+        }
+      }
+      const earlier = plan.earlierCopy(i, fingerprint, block);
+      if (earlier >= 0) {
+        plan.decision[i] = Decision.SameAs;
+        plan.shared[i] = earlier;
+      }
+    }
+    if (missing.chunkIds.length > 0 || missing.fingerprints.length > 0 || missing.mapIds.length > 0) return { missing };
+    let newBytes = 0;
+    let freedBytes = 0;
+    for (let i = 0; i < plan.count; i++) {
+      if (plan.decision[i] === Decision.Store) newBytes += LogStream.recordBytes(plan.storedOf(i).length);
+      const old = plan.oldChunk[i]!;
+      if (old >= 0) {
+        const chunkPage = chunks.pageOf(old)!;
+        if (chunkPage.refcount[old % 256] === 1) freedBytes += LogStream.recordBytes(chunkPage.stored[old % 256]!);
+      }
+    }
+    if (newBytes > 0 && ftl.liveBytes + newBytes - freedBytes > ftl.usableBytes) {
+      throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
+    }
+    if (newBytes > 0 && !ftl.hasHostSpace(newBytes)) return { spaceBytes: newBytes };
+    return plan;
   }
 
   /**
-   * Untrusted fingerprints: a candidate is shared with a block only if its bytes equal that very
-   * block's (verification is per block, never per chunk: two different blocks may collide).
+   * A 4 KiB block: the old content of `lba` with `length` bytes of `data` (from `dataAt`; zeros
+   * when `data` is null) written over it at `inBlock`. Notes a chunk page it cannot read.
    */
-  private async verifyCandidates(contents: BlockContent[], verified: Map<number, number>): Promise<void> {
-    const dedup = this.array.dedup!;
-    for (const [index, content] of contents.entries()) {
-      if (content.type !== 'data' || content.fingerprint === null) continue;
-      const candidate = dedup.peek(content.fingerprint);
-      if (candidate === undefined || verified.get(index) === candidate) continue;
-      const existing = await this.array.readChunk(candidate).catch(() => null);
-      if (existing !== null && existing.equals(content.bytes)) verified.set(index, candidate);
+  private mergeOld(chain: readonly number[], lba: number, inBlock: number, data: Buffer | null, dataAt: number, length: number, missing: Missing): Buffer {
+    const merged = Buffer.alloc(LBA_BYTES);
+    const page = this.resolve(chain, lba)!;
+    const slot = lba % LBAS_PER_MAP_PAGE;
+    const kind = page === null ? EntryKind.Absent : page.kinds[slot];
+    if (kind === EntryKind.Pattern) fillPattern(merged, 0, 0, LBA_BYTES, page!.high[slot]!, page!.low[slot]!);
+    else if (kind === EntryKind.Chunk) {
+      const chunkId = page!.chunkId(slot);
+      const chunkPage = this.array.chunks.pageOf(chunkId);
+      if (chunkPage === undefined) missing.chunkIds.push(chunkId);
+      else {
+        const s = chunkId % 256;
+        const ref: RecordRef = { address: { block: chunkPage.block[s]!, offsetBytes: chunkPage.offset[s]! }, chunkId, storedBytes: chunkPage.stored[s]! };
+        const codec = chunkPage.codec[s]! as Codec;
+        this.array.ftl.readRecordsSync([ref], (_k, payload) => decompressBlock(payload, codec, LBA_BYTES).copy(merged));
+      }
     }
+    if (data !== null) data.copy(merged, inBlock, dataAt, dataAt + length);
+    else merged.fill(0, inBlock, inBlock + length);
+    return merged;
   }
 
-  private apply(first: number, contents: BlockContent[], decisions: Decision[]): void {
-    const { chunks, ftl, dedup, reduction } = this.array;
-    const chain = this.chain();
-    const hasParent = chain.length > 1;
-    const created: number[] = [];
-    // Old chunks are released after every new reference is in place: a block of this write may
+  /**
+   * Whether live chunk `chunkId` holds exactly `block`: it must carry the same fingerprint, and its
+   * stored record must equal the block's stored form (same codec) or, decompressed, the block.
+   * Every dedup hit goes through here: fingerprints are advice (see fingerprint.ts).
+   */
+  private sameContent(chunkId: number, fingerprint: Buffer, block: Buffer, source: ReducedBlocks, index: number): boolean {
+    const chunkPage = this.array.chunks.pageOf(chunkId)!;
+    const slot = chunkId % 256;
+    if (!chunkPage.hasFingerprint(slot, fingerprint)) return false;
+    const codec = chunkPage.codec[slot]! as Codec;
+    const ours = source.compressed[index];
+    const ref: RecordRef = { address: { block: chunkPage.block[slot]!, offsetBytes: chunkPage.offset[slot]! }, chunkId, storedBytes: chunkPage.stored[slot]! };
+    let same = false;
+    try {
+      this.array.ftl.readRecordsSync([ref], (_k, payload) => {
+        if (codec === Codec.Raw) same = payload.equals(block);
+        else if (ours !== null && codec === source.codec[index]) same = payload.equals(ours);
+        else same = decompressBlock(payload, codec, LBA_BYTES).equals(block);
+      });
+    } catch (error) {
+      if ((error as StorageError).code !== 'CORRUPT') throw error;
+      return false; // a damaged candidate is simply not shared
+    }
+    return same;
+  }
+
+  /** Applies a plan: every change in one synchronous step. */
+  private applyPlan(plan: ChangePlan): void {
+    const { chunks, ftl, dedup, reduction, maps } = this.array;
+    const top = plan.chain[0]!;
+    const hasParent = plan.chain.length > 1;
+    const created = plan.shared; // SameAs reads the chunk an earlier block created from here
+    // Old chunks are released after every new reference is in place: a block of this change may
     // share the very chunk that another block of it overwrites.
-    const released: number[] = [];
     let mappedDelta = 0;
     let patternDelta = 0;
-    contents.forEach((content, i) => {
-      const lba = first + i;
-      const page = this.topPage(lba)!;
+    let dedupHits = 0;
+    for (let i = 0; i < plan.count; i++) {
+      const decision = plan.decision[i]!;
+      const lba = plan.first + i;
+      const page = plan.pages[i]!;
       const slot = lba % LBAS_PER_MAP_PAGE;
-      const before = resolvedKind(this.resolve(chain, lba)!);
-      const oldTopKind = page.kind(slot);
-      const oldChunk = oldTopKind === EntryKind.Chunk ? page.chunkId(slot) : -1;
-      if (content.type === 'unmap' && (before === EntryKind.Absent || before === EntryKind.Hole) && oldTopKind !== EntryKind.Chunk) return;
-      const decision = decisions[i]!;
-      if (content.type === 'data') {
-        let chunkId: number;
-        if (decision.kind === 'hit' || decision.kind === 'same-as') {
-          chunkId = decision.kind === 'hit' ? decision.chunkId : created[decision.index]!;
-          chunks.incref(chunkId);
-          reduction.dedupHits += 1;
-          this.record.dedupHits += 1;
-        } else {
-          const { stored, codec } = content.reduced!;
-          chunkId = chunks.add(stored.length, codec, content.fingerprint, (id) => ftl.append('host', id, stored));
-          reduction.onChunkStored(stored.length);
-          if (content.fingerprint !== null && dedup !== null) dedup.insert(content.fingerprint, chunkId);
-        }
-        created[i] = chunkId;
-        page.setChunk(slot, chunkId);
-      } else if (content.type === 'pattern') {
-        page.set(slot, EntryKind.Pattern, content.high, content.low);
-      } else {
-        // With a parent layer an explicit hole must hide what the parent holds.
-        page.set(slot, hasParent ? EntryKind.Hole : EntryKind.Absent, 0, 0);
+      const before = plan.before[i]! as EntryKind;
+      const topKind = page.kinds[slot]!;
+      if (decision === Decision.Hole && (before === EntryKind.Absent || before === EntryKind.Hole) && topKind !== EntryKind.Chunk) {
+        plan.oldChunk[i] = -1;
+        continue;
       }
-      const after = resolvedKind({ page, slot });
+      let after: EntryKind;
+      switch (decision) {
+        case Decision.Hit:
+        case Decision.SameAs: {
+          const chunkId = decision === Decision.Hit ? plan.shared[i]! : created[plan.shared[i]!]!;
+          chunks.incref(chunkId);
+          created[i] = chunkId;
+          dedupHits += 1;
+          maps.setChunk(page, top, lba, chunkId);
+          after = EntryKind.Chunk;
+          break;
+        }
+        case Decision.Store: {
+          const source = plan.source[i]!;
+          const index = plan.sourceIndex[i]!;
+          const stored = plan.storedOf(i);
+          const checksum = source.checksum[index]!;
+          const fingerprint = dedup === null ? null : source.fingerprint(index);
+          const chunkId = chunks.add(stored.length, source.codec[index]! as Codec, fingerprint, (id) => ftl.append('host', id, stored, checksum));
+          reduction.onChunkStored(stored.length);
+          if (fingerprint !== null) dedup!.insert(fingerprint, chunkId);
+          created[i] = chunkId;
+          maps.setChunk(page, top, lba, chunkId);
+          after = EntryKind.Chunk;
+          break;
+        }
+        case Decision.Pattern:
+          maps.set(page, top, lba, EntryKind.Pattern, plan.patternHigh[i]!, plan.patternLow[i]!);
+          after = EntryKind.Pattern;
+          break;
+        default:
+          // With a parent layer an explicit hole must hide what the parent holds.
+          after = hasParent ? EntryKind.Hole : EntryKind.Absent;
+          maps.set(page, top, lba, after, 0, 0);
+      }
       mappedDelta += (isMapped(after) ? 1 : 0) - (isMapped(before) ? 1 : 0);
       patternDelta += (after === EntryKind.Pattern ? 1 : 0) - (before === EntryKind.Pattern ? 1 : 0);
-      if (oldChunk >= 0) released.push(oldChunk);
-      this.array.mapCache.markDirty(mapCacheId(this.topLayerId, Math.floor(lba / LBAS_PER_MAP_PAGE)), page);
-    });
-    for (const chunkId of released) this.array.releaseChunk(chunkId);
+    }
+    for (let i = 0; i < plan.count; i++) if (plan.oldChunk[i]! >= 0) this.array.releaseChunk(plan.oldChunk[i]!);
+    if (dedupHits > 0) {
+      reduction.dedupHits += dedupHits;
+      this.record.dedupHits += dedupHits;
+      this.recordDirty = true;
+    }
     if (mappedDelta !== 0 || patternDelta !== 0) {
       this.record.mappedBlocks += mappedDelta;
       this.record.patternBlocks += patternDelta;
@@ -465,33 +600,65 @@ export class Volume implements BlockDevice {
     }
   }
 
-  /** Record bytes that overwriting `first..last` would free, or null if a page is not loaded. */
-  private freedBytes(first: number, last: number): number | null {
-    let freed = 0;
-    for (let lba = first; lba <= last; lba++) {
-      const page = this.topPage(lba);
-      if (page === undefined) return null;
-      const slot = lba % LBAS_PER_MAP_PAGE;
-      if (page.kind(slot) !== EntryKind.Chunk) continue;
-      const chunkId = page.chunkId(slot);
-      if (!this.array.chunks.isLoaded(chunkId)) return null;
-      const entry = this.array.chunks.get(chunkId);
-      if (entry !== undefined && entry.refcount === 1) freed += LogStream.recordBytes(entry.storedBytes);
+  /** Counts a WRITE's payload once it is applied. */
+  countWrite(lengthBytes: number): void {
+    this.array.counters.hostBytesWritten += lengthBytes;
+    this.record.hostBytesWritten += lengthBytes;
+    this.recordDirty = true;
+  }
+
+  /**
+   * TRIM and WRITE_ZEROES: whole blocks are unmapped (or zero-patterned), a bounded number of map
+   * pages at a time; partial edges of WRITE_ZEROES are written with zeros. TRIM is a hint: its
+   * partial edges are left alone. Called by the scheduler, which waits for it.
+   */
+  async applyUnmapRequest(request: IoRequest): Promise<void> {
+    const { offsetBytes, lengthBytes } = request;
+    const first = Math.ceil(offsetBytes / LBA_BYTES);
+    const end = Math.floor((offsetBytes + lengthBytes) / LBA_BYTES);
+    const zeroing = request.command === IoCommand.WriteZeroes;
+    const mode = zeroing && request.noHole ? ChangeMode.ZeroPattern : ChangeMode.Unmap;
+    if (end > first) await this.unmapRange(first, end - 1, mode);
+    if (!zeroing) return;
+    // Zeroing is a metadata change here, always faster than writing, so FAST_ZERO never fails.
+    const edges: Array<[number, number]> = end > first ? [[offsetBytes, first * LBA_BYTES], [end * LBA_BYTES, offsetBytes + lengthBytes]] : [[offsetBytes, offsetBytes + lengthBytes]];
+    for (const [from, to] of edges) if (to > from) await this.changeUntilDone(ChangeMode.Unmap, from, to - from);
+  }
+
+  /** Unmaps (or zero-patterns) whole logical blocks, a bounded number of map pages at a time. */
+  async unmapRange(first: number, last: number, mode: ChangeMode): Promise<void> {
+    const step = MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE;
+    for (let from = first; from <= last; from += step) {
+      const to = Math.min(last, from + step - 1);
+      if (mode !== ChangeMode.Unmap) {
+        await this.changeUntilDone(mode, from * LBA_BYTES, (to - from + 1) * LBA_BYTES);
+        continue;
+      }
+      // Unmapping what no layer holds changes nothing: only visit map pages that exist.
+      const pages = await this.array.existingMapPages(this.chain(), Math.floor(from / LBAS_PER_MAP_PAGE), Math.floor(to / LBAS_PER_MAP_PAGE));
+      for (const pageIndex of [...pages].sort((a, b) => a - b)) {
+        const pageFirst = Math.max(from, pageIndex * LBAS_PER_MAP_PAGE);
+        const pageLast = Math.min(to, (pageIndex + 1) * LBAS_PER_MAP_PAGE - 1);
+        await this.changeUntilDone(mode, pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES);
+      }
     }
-    return freed;
   }
 
-  /** A whole block the reduction workers already looked at. */
-  private reducedContent(bytes: Buffer, result: ReducedBlock): BlockContent {
-    if (result.pattern !== null) return { type: 'pattern', high: result.pattern.high, low: result.pattern.low };
-    return { type: 'data', bytes, fingerprint: this.array.dedup === null ? null : result.fingerprint, reduced: result.reduced ?? undefined };
-  }
-
-  /** Pattern removal first (it costs nothing to store); then the block's fingerprint for dedup. */
-  private dataContent(bytes: Buffer): BlockContent {
-    const pattern = detectPattern(bytes);
-    if (pattern !== null) return { type: 'pattern', high: pattern.high, low: pattern.low };
-    return { type: 'data', bytes, fingerprint: this.array.dedup === null ? null : this.array.fingerprint(bytes) };
+  /** A change outside the batched write path: loads and retries until it is applied. */
+  private async changeUntilDone(mode: ChangeMode, offsetBytes: number, lengthBytes: number): Promise<void> {
+    let unpins: Array<() => void> = [];
+    try {
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const outcome = this.array.withEvictionsHeld(() => this.applyChange(mode, offsetBytes, lengthBytes, null, null, 0));
+        if (outcome === null) return;
+        if ('spaceBytes' in outcome) await this.array.ftl.ensureHostSpace(outcome.spaceBytes);
+        else unpins.push(await this.array.loadMissing(outcome.missing));
+      }
+    } finally {
+      for (const unpin of unpins) unpin();
+      unpins = [];
+    }
+    throw StorageError.io('a change could not load its metadata (cache thrashing): raise --cache-mb');
   }
 
   // ---- Block status --------------------------------------------------------------------------
@@ -507,7 +674,7 @@ export class Volume implements BlockDevice {
     const existing = await this.array.existingMapPages(layers, Math.floor(first / LBAS_PER_MAP_PAGE), Math.floor(last / LBAS_PER_MAP_PAGE));
     const empty = changedSince === null ? STATE_HOLE | STATE_ZERO : 0;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      await this.array.mapCache.load(layers.flatMap((layerId) => [...existing].map((pageIndex) => mapCacheId(layerId, pageIndex))));
+      await this.array.maps.cache.load(layers.flatMap((layerId) => [...existing].map((pageIndex) => mapCacheId(layerId, pageIndex))));
       const chain = this.chain();
       const extents: StatusExtent[] = [];
       let complete = true;
@@ -547,63 +714,35 @@ export class Volume implements BlockDevice {
     return this.array.layerChain(this.topLayerId);
   }
 
-  private mapPageIds(chain: readonly number[], first: number, last: number): number[] {
+  private mapPageIds(chain: readonly number[], offsetBytes: number, lengthBytes: number): number[] {
+    const first = Math.floor(Math.floor(offsetBytes / LBA_BYTES) / LBAS_PER_MAP_PAGE);
+    const last = Math.floor(Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES) / LBAS_PER_MAP_PAGE);
     const ids: number[] = [];
-    for (const layerId of chain) {
-      for (let index = Math.floor(first / LBAS_PER_MAP_PAGE); index <= Math.floor(last / LBAS_PER_MAP_PAGE); index++) ids.push(mapCacheId(layerId, index));
-    }
+    for (const layerId of chain) for (let index = first; index <= last; index++) ids.push(mapCacheId(layerId, index));
     return ids;
   }
 
-  private topPage(lba: number): MapPage | undefined {
-    return this.array.mapCache.get(mapCacheId(this.topLayerId, Math.floor(lba / LBAS_PER_MAP_PAGE)));
-  }
-
-  /** The first layer's entry for `lba`; null if no layer holds one; undefined if not loaded. */
-  private resolve(chain: readonly number[], lba: number): Resolved | null | undefined {
+  /** The page holding the first layer's entry for `lba` (slot `lba % 1024`); null if no layer holds one; undefined if a page is not loaded. */
+  private resolve(chain: readonly number[], lba: number): MapPage | null | undefined {
     const pageIndex = Math.floor(lba / LBAS_PER_MAP_PAGE);
     const slot = lba % LBAS_PER_MAP_PAGE;
-    for (const layerId of chain) {
-      const page = this.array.mapCache.get(mapCacheId(layerId, pageIndex));
+    for (let i = 0; i < chain.length; i++) {
+      const page = this.array.maps.cache.get(mapCacheId(chain[i]!, pageIndex));
       if (page === undefined) return undefined;
-      if (page.kind(slot) !== EntryKind.Absent) return { page, slot };
+      if (page.kinds[slot] !== EntryKind.Absent) return page;
     }
     return null;
   }
 
   loadMap(first: number, last: number): Promise<void> {
-    return this.array.mapCache.load(this.mapPageIds(this.chain(), first, last));
-  }
-
-  /** Chunk ids the resolved entries of `first..last` name, or null if a page is not loaded. */
-  private chunkIdsIn(first: number, last: number): number[] | null {
-    const chain = this.chain();
-    const ids: number[] = [];
-    for (let lba = first; lba <= last; lba++) {
-      const resolved = this.resolve(chain, lba);
-      if (resolved === undefined) return null;
-      if (resolved !== null && resolved.page.kind(resolved.slot) === EntryKind.Chunk) ids.push(resolved.page.chunkId(resolved.slot));
-    }
-    return ids;
-  }
-
-  /** Chunk ids the top layer holds for `first..last` (the ones a write may release). */
-  private topChunkIdsIn(first: number, last: number): number[] | null {
-    const ids: number[] = [];
-    for (let lba = first; lba <= last; lba++) {
-      const page = this.topPage(lba);
-      if (page === undefined) return null;
-      const slot = lba % LBAS_PER_MAP_PAGE;
-      if (page.kind(slot) === EntryKind.Chunk) ids.push(page.chunkId(slot));
-    }
-    return ids;
+    return this.array.maps.cache.load(this.mapPageIds(this.chain(), first * LBA_BYTES, (last - first + 1) * LBA_BYTES));
   }
 
   private allocationFlags(chain: readonly number[], lba: number): number | undefined {
-    const resolved = this.resolve(chain, lba);
-    if (resolved === undefined) return undefined;
-    if (resolved === null) return STATE_HOLE | STATE_ZERO;
-    const { page, slot } = resolved;
+    const page = this.resolve(chain, lba);
+    if (page === undefined) return undefined;
+    if (page === null) return STATE_HOLE | STATE_ZERO;
+    const slot = lba % LBAS_PER_MAP_PAGE;
     switch (page.kind(slot)) {
       case EntryKind.Hole:
         return STATE_HOLE | STATE_ZERO;
@@ -627,7 +766,7 @@ export class Volume implements BlockDevice {
     const pageIndex = Math.floor(lba / LBAS_PER_MAP_PAGE);
     const slot = lba % LBAS_PER_MAP_PAGE;
     for (const layerId of layers) {
-      const page = this.array.mapCache.get(mapCacheId(layerId, pageIndex));
+      const page = this.array.maps.cache.get(mapCacheId(layerId, pageIndex));
       if (page === undefined) return undefined;
       if (page.kind(slot) !== EntryKind.Absent) return STATE_CHANGED;
     }
@@ -635,15 +774,90 @@ export class Volume implements BlockDevice {
   }
 }
 
-function resolvedKind(resolved: Resolved | null): EntryKind {
-  return resolved === null ? EntryKind.Absent : resolved.page.kind(resolved.slot);
+/** A change planned against the metadata, per block of the range. */
+class ChangePlan {
+  readonly decision: Uint8Array;
+  /** The entry kind each block resolves to before the change. */
+  readonly before: Uint8Array;
+  readonly pages: Array<MapPage | undefined>;
+  /** The top layer's chunk each block releases, or -1. */
+  readonly oldChunk: Float64Array;
+  /** Hit: the chunk shared; SameAs: the earlier block's index; after apply: the chunk mapped. */
+  readonly shared: Float64Array;
+  readonly patternHigh: Uint32Array;
+  readonly patternLow: Uint32Array;
+  readonly blocks: Array<Buffer | undefined>;
+  readonly source: Array<ReducedBlocks | undefined>;
+  readonly sourceIndex: Uint32Array;
+  private own: ReducedBlocks | null = null;
+  /** First block storing each fingerprint (by its first 48 bits), for `earlierCopy`. */
+  private stores: Map<number, number> | null = null;
+
+  constructor(
+    readonly volume: Volume,
+    readonly first: number,
+    readonly count: number,
+    readonly chain: readonly number[],
+  ) {
+    this.decision = new Uint8Array(count);
+    this.before = new Uint8Array(count);
+    this.pages = new Array(count);
+    this.oldChunk = new Float64Array(count).fill(-1);
+    this.shared = new Float64Array(count);
+    this.patternHigh = new Uint32Array(count);
+    this.patternLow = new Uint32Array(count);
+    this.blocks = new Array(count);
+    this.source = new Array(count);
+    this.sourceIndex = new Uint32Array(count);
+  }
+
+  /** Results for blocks reduced during planning (partial blocks), indexed like the plan. */
+  ownReduced(_index: number): ReducedBlocks {
+    this.own ??= new ReducedBlocks(this.count);
+    return this.own;
+  }
+
+  /** The stored form of block `i`: its compressed form, or the block itself. */
+  storedOf(i: number): Buffer {
+    return this.source[i]!.compressed[this.sourceIndex[i]!] ?? this.blocks[i]!;
+  }
+
+  /**
+   * An earlier block of this change that stores the same bytes, or -1; otherwise block `i` is
+   * noted as the one storing its fingerprint.
+   */
+  earlierCopy(i: number, fingerprint: Buffer, block: Buffer): number {
+    if (this.count === 1) return -1;
+    const key = fingerprint.readUInt32BE(0) * 0x10000 + fingerprint.readUInt16BE(4);
+    this.stores ??= new Map();
+    const j = this.stores.get(key);
+    if (j === undefined) {
+      this.stores.set(key, i);
+      return -1;
+    }
+    if (this.blocks[j]!.equals(block)) return j;
+    // Two different blocks with one fingerprint (a collision): look at every earlier block.
+    for (let k = 0; k < i; k++) {
+      if (this.decision[k] === Decision.Store && this.source[k]!.fingerprint(this.sourceIndex[k]!).equals(fingerprint) && this.blocks[k]!.equals(block)) return k;
+    }
+    return -1;
+  }
+}
+
+function resolvedKind(page: MapPage | null, slot: number): EntryKind {
+  return page === null ? EntryKind.Absent : (page.kinds[slot]! as EntryKind);
 }
 
 function isMapped(kind: EntryKind): boolean {
   return kind === EntryKind.Chunk || kind === EntryKind.Pattern;
 }
 
-function patternBlock(high: number, low: number): Buffer | null {
-  if (high === 0 && low === 0) return null;
-  return expandPattern({ high, low }, LBA_BYTES);
+/** Fills `length` bytes of `target` at `at` with the pattern word, starting `phase` bytes into the block. */
+function fillPattern(target: Buffer, at: number, phase: number, length: number, high: number, low: number): void {
+  const word = Buffer.allocUnsafe(16);
+  word.writeUInt32BE(high >>> 0, 0);
+  word.writeUInt32BE(low >>> 0, 4);
+  word.copy(word, 8, 0, 8);
+  const shift = phase % 8;
+  target.fill(word.subarray(shift, shift + 8), at, at + length);
 }

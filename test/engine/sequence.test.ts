@@ -7,7 +7,7 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import { silentLogger } from '../../src/common/log.js';
-import { PAGE_MAGIC } from '../../src/ftl/page-format.js';
+import { PAGE_MAGIC, PAGE_MAGIC_AT, PAGE_SEQUENCE_AT } from '../../src/ftl/page-format.js';
 import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import { MemoryNand } from '../../src/nand/memory-nand.js';
 import { FlashArray } from '../../src/volume/flash-array.js';
@@ -22,7 +22,7 @@ async function highestSequenceOnNand(nand: MemoryNand): Promise<number> {
     const data = await nand.readPages(block, 0, pages);
     for (let page = 0; page < pages; page++) {
       const at = page * nand.geometry.pageBytes;
-      if (data.readUInt16BE(at) === PAGE_MAGIC) highest = Math.max(highest, data.readUInt32BE(at + 4));
+      if (data.readUInt16BE(at + PAGE_MAGIC_AT) === PAGE_MAGIC) highest = Math.max(highest, data.readUInt32BE(at + PAGE_SEQUENCE_AT));
     }
   }
   return highest;

@@ -1,5 +1,5 @@
 /** Small in-memory exports and byte builders shared by the protocol unit tests. */
-import { BASE_ALLOCATION, STATE_HOLE, STATE_ZERO, type BlockDevice, type ExportCatalog, type ExportEntry } from '../../src/common/block-device.js';
+import { BASE_ALLOCATION, STATE_HOLE, STATE_ZERO, submitThroughPromises, type BlockDevice, type ExportCatalog, type ExportEntry, type IoRequest } from '../../src/common/block-device.js';
 import * as C from '../../src/protocol/constants.js';
 
 export class MemoryDevice implements BlockDevice {
@@ -28,6 +28,9 @@ export class MemoryDevice implements BlockDevice {
     return [{ lengthBytes: length, flags: STATE_HOLE | STATE_ZERO }];
   }
   async cache() {}
+  submit(request: IoRequest) {
+    submitThroughPromises(this, request);
+  }
 }
 
 export function catalogOf(...entries: ExportEntry[]): ExportCatalog {

@@ -6,7 +6,9 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import { Codec, compressBlock } from '../../src/reduce/codec.js';
-import { sha256Fingerprint } from '../../src/reduce/fingerprint.js';
+import { keyedFingerprint } from '../../src/reduce/fingerprint.js';
+import { ReducedBlocks, reduceInline } from '../../src/reduce/reduce-block.js';
+import { checksumOf } from '../../src/ftl/page-format.js';
 import { detectPattern } from '../../src/reduce/pattern.js';
 import { ReductionPool } from '../../src/reduce/reduction-pool.js';
 
@@ -28,28 +30,43 @@ function block(kind: number, seed: number): Buffer {
   }
 }
 
+const KEY = 0x0123456789abcdefn;
+
+function submit(pool: ReductionPool, blocks: Buffer[]): Promise<ReducedBlocks> {
+  return new Promise((resolve, reject) => {
+    const out = new ReducedBlocks(blocks.length);
+    pool.submit({ blocks, out, first: 0, done: (error) => (error === null ? resolve(out) : reject(error)) });
+  });
+}
+
 for (const codec of [Codec.Lz4, Codec.Zstd]) {
   test(`codec ${codec}: results through a 16-slot ring with 2 workers equal the direct computation`, async (t) => {
-    const pool = new ReductionPool(2, codec, true, 64, 6, 16);
+    const pool = new ReductionPool(2, codec, KEY, 6, 16);
     t.teardown(() => pool.close());
     let seed = 0;
     const submissions = Array.from({ length: 300 }, (_, i) => Array.from({ length: 1 + ((i * 7) % 13) }, () => block(seed * 31 + i, seed++)));
-    const results = await Promise.all(submissions.map((blocks) => pool.reduce(blocks)));
+    const results = await Promise.all(submissions.map((blocks) => submit(pool, blocks)));
+    const settings = { codec, fingerprint: keyedFingerprint(KEY) };
     results.forEach((reduced, i) => {
-      t.is(reduced.length, submissions[i]!.length);
-      reduced.forEach((result, j) => {
-        const input = submissions[i]![j]!;
+      const blocks = submissions[i]!;
+      const expected = new ReducedBlocks(blocks.length);
+      reduceInline(blocks, expected, 0, settings);
+      t.is(reduced.count, blocks.length);
+      for (let j = 0; j < blocks.length; j++) {
+        const input = blocks[j]!;
         const pattern = detectPattern(input);
+        t.is(reduced.pattern[j], pattern === null ? 0 : 1, `pattern of submission ${i} block ${j}`);
         if (pattern !== null) {
-          t.deepEqual(result.pattern, pattern);
-          return;
+          t.deepEqual([reduced.patternHigh[j], reduced.patternLow[j]], [pattern.high, pattern.low]);
+          continue;
         }
-        t.is(result.pattern, null);
-        t.true(result.fingerprint!.equals(sha256Fingerprint(input)), `fingerprint of submission ${i} block ${j}`);
-        const expected = compressBlock(input, codec);
-        t.is(result.reduced!.codec, expected.codec);
-        t.true(result.reduced!.stored.equals(expected.stored), `stored form of submission ${i} block ${j}`);
-      });
+        t.true(reduced.fingerprint(j).equals(keyedFingerprint(KEY)(input)), `fingerprint of submission ${i} block ${j}`);
+        const direct = compressBlock(input, codec);
+        t.is(reduced.codec[j], direct.codec);
+        t.true((reduced.compressed[j] ?? input).equals(direct.stored), `stored form of submission ${i} block ${j}`);
+        t.is(reduced.checksum[j], checksumOf(direct.stored), `checksum of submission ${i} block ${j}`);
+        t.is(reduced.checksum[j], expected.checksum[j]);
+      }
     });
   });
 }
