@@ -28,7 +28,7 @@ import type { Logger } from '../common/log.js';
 import { isNandFault, type NandDevice } from '../nand/nand-device.js';
 import { BlockState, EraseBlockTable, type BlockSummary, type VictimPolicy } from './erase-block-table.js';
 import { BlockBuffers, LogStream, type PhysicalAddress, type StreamHost } from './log-stream.js';
-import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
+import { DEFAULT_CHECKSUM_SEED, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
 
 export interface FtlOptions {
   victimPolicy: VictimPolicy;
@@ -136,6 +136,8 @@ export class Ftl implements StreamHost {
     readonly options: FtlOptions,
     private readonly logger: Logger,
     nextSequence = 1,
+    /** Seed of record checksums (page-format.ts): the array's fingerprint key. */
+    readonly recordSeed = DEFAULT_CHECKSUM_SEED,
   ) {
     const { pageBytes, pagesPerEraseBlock, eraseBlockCount } = nand.geometry;
     this.payloadBytesPerPage = pageBytes - PAGE_HEADER_BYTES;
@@ -236,8 +238,8 @@ export class Ftl implements StreamHost {
 
   // ---- Host path -----------------------------------------------------------------------------
 
-  /** Appends a record; `checksum` is `checksumOf(stored)` (computed here when not given). */
-  append(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array, checksum = checksumOf(stored)): PhysicalAddress {
+  /** Appends a record; `checksum` is its record checksum (computed here when not given). */
+  append(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array, checksum = checksumOf(stored, this.recordSeed)): PhysicalAddress {
     const target = stream === 'gc' && this.options.hotColdSeparation ? this.gcStream : this.hostStream;
     this.appendingForGc = stream === 'gc';
     let address: PhysicalAddress;
@@ -430,7 +432,7 @@ export class Ftl implements StreamHost {
     const foundChunk = record.readUInt32BE(0) * 0x100000000 + record.readUInt32BE(4);
     const foundBytes = record.readUInt32BE(8);
     const payload = record.subarray(RECORD_HEADER_BYTES);
-    if (foundChunk !== chunkId || foundBytes !== storedBytes || checksumOf(payload) !== record.readUInt32BE(12)) {
+    if (foundChunk !== chunkId || foundBytes !== storedBytes || checksumOf(payload, this.recordSeed) !== record.readUInt32BE(12)) {
       throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (found chunk ${foundChunk}, ${foundBytes} bytes)`);
     }
     return payload;
@@ -608,9 +610,17 @@ export class Ftl implements StreamHost {
 
   /** Moves the live records of blocks whose programs failed, before a commit references them. */
   private async relocateRetiring(): Promise<void> {
-    for (let block = 0; block < this.table.blockCount; block++) {
-      if (this.table.state[block] === BlockState.Retiring && !this.busyBlocks.has(block) && !this.pendingRelease.has(block)) {
-        await this.relocateBlock(block, true);
+    // A program may fail while this awaits a relocation, retiring a block the scan has passed:
+    // scan again until a pass finds no block it has not tried (each is tried once per call).
+    const tried = new Set<number>();
+    for (let found = true; found; ) {
+      found = false;
+      for (let block = 0; block < this.table.blockCount; block++) {
+        if (this.table.state[block] === BlockState.Retiring && !this.busyBlocks.has(block) && !this.pendingRelease.has(block) && !tried.has(block)) {
+          tried.add(block);
+          found = true;
+          await this.relocateBlock(block, true);
+        }
       }
     }
   }

@@ -105,7 +105,7 @@ export class LogStream {
     return RECORD_HEADER_BYTES + storedBytes;
   }
 
-  /** Appends a record; `checksum` is `checksumOf(stored)`. */
+  /** Appends a record; `checksum` is the record checksum of `stored` (page-format.ts). */
   append(chunkId: number, stored: Uint8Array, checksum: number): PhysicalAddress {
     const recordBytes = LogStream.recordBytes(stored.length);
     assert(recordBytes <= this.payloadBytes * this.pagesPerBlock, 'record larger than an erase block');

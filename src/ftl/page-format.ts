@@ -21,8 +21,10 @@
  * A read checks the chunk id and checksum against what the chunk table expects, so misdirected or
  * torn data is an EIO, never another block's data.
  *
- * Checksums are the low 32 bits of xxHash64 with a fixed seed: on this machine one xxh64 call
- * costs about 0.7 µs per 4 KiB (xxh32: 0.8 to 1.2 µs), most of it the call itself.
+ * Checksums are the low 32 bits of xxHash64: on this machine one xxh64 call costs about 0.7 µs per
+ * 4 KiB (xxh32: 0.8 to 1.2 µs), most of it the call itself. Page headers use a fixed seed; record
+ * headers use the array's own seed (its fingerprint key, see reduce/fingerprint.ts), so that a
+ * block stored as it is needs one hash for both its dedup fingerprint and its record checksum.
  */
 import { xxh64 } from '@node-rs/xxhash';
 
@@ -35,7 +37,8 @@ export const PAGE_MAGIC_AT = 4;
 export const PAGE_INDEX_AT = 6;
 export const PAGE_SEQUENCE_AT = 8;
 export const PAGE_USED_AT = 12;
-const CHECKSUM_SEED = 0x70737467n; // "pstg"
+/** The seed of page checksums, and of record checksums unless an array gives its own. */
+export const DEFAULT_CHECKSUM_SEED = 0x70737467n; // "pstg"
 
 export interface PageHeader {
   pageIndex: number;
@@ -51,8 +54,13 @@ export interface RecordHeader {
 }
 
 /** The 32-bit checksum of `data` used in page and record headers. */
-export function checksumOf(data: Uint8Array): number {
-  return Number(BigInt.asUintN(32, xxh64(data, CHECKSUM_SEED)));
+export function checksumOf(data: Uint8Array, seed = DEFAULT_CHECKSUM_SEED): number {
+  return Number(BigInt.asUintN(32, xxh64(data, seed)));
+}
+
+/** The checksum carried by a 64-bit hash of the same data with the same seed. */
+export function checksumOfHash(hash: bigint): number {
+  return Number(BigInt.asUintN(32, hash));
 }
 
 /** Fills in the header of a page whose payload (after the header) is already in place. */

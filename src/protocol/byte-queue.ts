@@ -17,8 +17,11 @@ export class ByteQueue {
     this.total += chunk.length;
   }
 
-  /** Returns the next `n` bytes (a view when they sit in one chunk, else a copy). */
-  take(n: number): Buffer {
+  /**
+   * Returns the next `n` bytes: a view when they sit in one chunk, else a copy into a buffer from
+   * `allocate` (a new one by default).
+   */
+  take(n: number, allocate: (lengthBytes: number) => Buffer = Buffer.allocUnsafe): Buffer {
     if (n > this.total) throw new RangeError(`take(${n}) with ${this.total} bytes queued`);
     const first = this.chunks[0];
     if (n === 0) return Buffer.alloc(0);
@@ -27,7 +30,7 @@ export class ByteQueue {
       this.advance(n);
       return view;
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = allocate(n);
     let filled = 0;
     while (filled < n) {
       const chunk = this.chunks[0]!;

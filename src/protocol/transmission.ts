@@ -34,7 +34,14 @@ export class RequestDecoder {
   private skipping: NbdRequest | null = null; // the oversized WRITE whose payload is being skipped
   private failed = false;
 
-  constructor(private readonly maxPayloadBytes: number) {}
+  /**
+   * `allocatePayload` provides the buffer for a WRITE payload that arrived in several chunks (the
+   * caller may pool them); a payload inside one chunk is a view of it.
+   */
+  constructor(
+    private readonly maxPayloadBytes: number,
+    private readonly allocatePayload: (lengthBytes: number) => Buffer = Buffer.allocUnsafe,
+  ) {}
 
   /** Bytes received but not yet framed (counts toward the connection's buffered bytes). */
   get bufferedBytes(): number {
@@ -56,7 +63,7 @@ export class RequestDecoder {
       }
       if (this.pending !== null) {
         if (this.queue.length < this.pending.length) return events;
-        events.push({ type: 'request', request: this.pending, payload: this.queue.take(this.pending.length) });
+        events.push({ type: 'request', request: this.pending, payload: this.queue.take(this.pending.length, this.allocatePayload) });
         this.pending = null;
         continue;
       }

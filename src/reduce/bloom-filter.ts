@@ -17,11 +17,13 @@ const HASHES = 6;
 
 export class BloomFilter {
   private readonly bits: Uint8Array;
-  private readonly dirtySegments = new Set<number>();
+  /** 1 for each segment changed since it was last captured. */
+  private readonly dirtySegments: Uint8Array;
 
   constructor(readonly sizeBytes: number) {
     this.sizeBytes = Math.max(SEGMENT_BYTES, Math.ceil(sizeBytes / SEGMENT_BYTES) * SEGMENT_BYTES);
     this.bits = new Uint8Array(this.sizeBytes);
+    this.dirtySegments = new Uint8Array(this.segmentCount);
   }
 
   get segmentCount(): number {
@@ -52,7 +54,7 @@ export class BloomFilter {
       const byte = bit >>> 3;
       if ((this.bits[byte]! & (1 << (bit & 7))) !== 0) continue;
       this.bits[byte] = this.bits[byte]! | (1 << (bit & 7));
-      this.dirtySegments.add(Math.floor(byte / SEGMENT_BYTES));
+      this.dirtySegments[(byte / SEGMENT_BYTES) | 0] = 1;
     }
   }
 
@@ -62,10 +64,11 @@ export class BloomFilter {
   capture(ops: MetaOp[], force = false, nowMs = Date.now()): void {
     if (!force && nowMs - this.lastSavedMs < 60_000) return;
     this.lastSavedMs = nowMs;
-    for (const segment of this.dirtySegments) {
+    for (let segment = 0; segment < this.segmentCount; segment++) {
+      if (this.dirtySegments[segment] === 0) continue;
+      this.dirtySegments[segment] = 0;
       ops.push({ type: 'put', sublevel: 'fingerprints', key: segmentKey(segment), value: Buffer.from(this.bits.subarray(segment * SEGMENT_BYTES, (segment + 1) * SEGMENT_BYTES)) });
     }
-    this.dirtySegments.clear();
   }
 
   async load(store: MetaStore): Promise<void> {

@@ -6,9 +6,14 @@
  *
  * Results are kept column by column for a whole batch (`ReducedBlocks`), so a batch of any size
  * costs a handful of allocations, not a few objects per block.
+ *
+ * On the main thread the stored form is computed lazily (`ensureStored`): only for blocks the write
+ * path decides to store. A block that turns out to be a dedup hit is never sampled or compressed
+ * (that was an eighth of the main thread's time writing a second copy of data). The workers
+ * compute everything, since the main thread is what they save.
  */
 import { xxh64 } from '@node-rs/xxhash';
-import { checksumOf } from '../ftl/page-format.js';
+import { checksumOf, checksumOfHash } from '../ftl/page-format.js';
 import { Codec, compressBlock } from './codec.js';
 import { FINGERPRINT_BYTES, fingerprintKeyOf, type FingerprintFunction } from './fingerprint.js';
 import { detectPattern } from './pattern.js';
@@ -28,6 +33,13 @@ export class ReducedBlocks {
   readonly checksum: Uint32Array;
   /** The compressed form, or null when the block is stored as it is (codec Raw). */
   readonly compressed: Array<Buffer | null>;
+  /** 1 once `codec`, `compressed` and `checksum` hold the stored form. */
+  readonly stored: Uint8Array;
+  /** Stored forms computed so far, and how many of them compressed (for the scheduler). */
+  storedCount = 0;
+  compressedCount = 0;
+  /** Low 32 bits of the block's keyed hash: its record checksum if it is stored raw. */
+  readonly hashLow: Uint32Array;
 
   constructor(readonly count: number) {
     this.pattern = new Uint8Array(count);
@@ -37,6 +49,18 @@ export class ReducedBlocks {
     this.codec = new Uint8Array(count);
     this.checksum = new Uint32Array(count);
     this.compressed = new Array<Buffer | null>(count).fill(null);
+    this.stored = new Uint8Array(count);
+    this.hashLow = new Uint32Array(count);
+  }
+
+  /** Records the stored form of block `index`. */
+  setStored(index: number, codec: Codec, compressed: Buffer | null, checksum: number): void {
+    this.codec[index] = codec;
+    this.compressed[index] = compressed;
+    this.checksum[index] = checksum;
+    this.stored[index] = 1;
+    this.storedCount += 1;
+    if (compressed !== null) this.compressedCount += 1;
   }
 
   fingerprint(index: number): Buffer {
@@ -48,10 +72,17 @@ export interface ReduceSettings {
   codec: Codec;
   /** Null when dedup is off (no fingerprints). */
   fingerprint: FingerprintFunction | null;
+  /** Seed of record checksums: the array's fingerprint key (page-format.ts). */
+  recordSeed: bigint;
 }
 
-/** Reduces `blocks[i]` into `out` at `first + i`, on this thread. */
-export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, first: number, settings: ReduceSettings): void {
+/**
+ * Reduces `blocks[i]` into `out` at `first + i`, on this thread: patterns and fingerprints, and
+ * the stored forms too when `stored` is set (else `ensureStored` computes them on demand). With
+ * the array's keyed fingerprint, one xxHash64 of the block is its fingerprint and, when it is
+ * stored as it is, its record checksum too (both use the array's key as seed).
+ */
+export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, first: number, settings: ReduceSettings, stored = true): void {
   const key = settings.fingerprint === null ? null : fingerprintKeyOf(settings.fingerprint);
   for (let i = 0; i < blocks.length; i++) {
     const block = blocks[i]!;
@@ -63,11 +94,22 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
       out.patternLow[index] = pattern.low;
       continue;
     }
-    if (key !== null) out.fingerprints.writeBigUInt64BE(xxh64(block, key), index * FINGERPRINT_BYTES);
-    else if (settings.fingerprint !== null) settings.fingerprint(block).copy(out.fingerprints, index * FINGERPRINT_BYTES, 0, FINGERPRINT_BYTES);
-    const { stored, codec } = compressBlock(block, settings.codec);
-    out.codec[index] = codec;
-    out.compressed[index] = codec === Codec.Raw ? null : stored;
-    out.checksum[index] = checksumOf(stored);
+    if (key !== null) {
+      const hash = xxh64(block, key);
+      out.fingerprints.writeBigUInt64BE(hash, index * FINGERPRINT_BYTES);
+      if (key === settings.recordSeed) out.hashLow[index] = checksumOfHash(hash);
+    } else if (settings.fingerprint !== null) {
+      settings.fingerprint(block).copy(out.fingerprints, index * FINGERPRINT_BYTES, 0, FINGERPRINT_BYTES);
+    }
+    if (stored) ensureStored(out, index, block, settings);
   }
+}
+
+/** Computes block `index`'s stored form (compressed when that pays) and record checksum, once. */
+export function ensureStored(out: ReducedBlocks, index: number, block: Buffer, settings: ReduceSettings): void {
+  if (out.stored[index] === 1) return;
+  const { stored, codec } = compressBlock(block, settings.codec);
+  const hashIsChecksum = settings.fingerprint !== null && fingerprintKeyOf(settings.fingerprint) === settings.recordSeed;
+  const checksum = codec === Codec.Raw && hashIsChecksum ? out.hashLow[index]! : checksumOf(stored, settings.recordSeed);
+  out.setStored(index, codec, codec === Codec.Raw ? null : stored, checksum);
 }

@@ -65,6 +65,7 @@ export class ReductionPool {
     workerCount: number,
     private readonly codec: Codec,
     private readonly key: bigint | null,
+    private readonly recordSeed: bigint,
     maxBatchBlocks = 256,
     slots = DEFAULT_SLOTS,
   ) {
@@ -137,7 +138,7 @@ export class ReductionPool {
       this.ring.push(batch);
       const id = this.nextId++;
       this.inFlight.set(id, batch);
-      const request: ReduceRequest = { id, first, count, codec: this.codec, key: this.key };
+      const request: ReduceRequest = { id, first, count, codec: this.codec, key: this.key, recordSeed: this.recordSeed };
       const worker = this.idle.pop()!;
       worker.ref();
       worker.postMessage(request);
@@ -187,14 +188,15 @@ export class ReductionPool {
         out.pattern[index] = meta[at]!;
         out.patternHigh[index] = meta[at + 1]!;
         out.patternLow[index] = meta[at + 2]!;
-        out.codec[index] = meta[at + 3]!;
-        out.checksum[index] = meta[at + 5]!;
-        if (meta[at] === 0 && meta[at + 3] !== 0) {
+        if (meta[at] !== 0) continue;
+        let compressed: Buffer | null = null;
+        if (meta[at + 3] !== 0) {
           const length = meta[at + 4]!;
           this.layout.output.copy(stored!, storedAt, slot * SLOT_BYTES, slot * SLOT_BYTES + length);
-          out.compressed[index] = stored!.subarray(storedAt, storedAt + length);
+          compressed = stored!.subarray(storedAt, storedAt + length);
           storedAt += length;
         }
+        out.setStored(index, meta[at + 3]!, compressed, meta[at + 5]!);
       }
       this.queuedBlocksCount -= part.count;
       const left = this.partsLeft.get(part.job)! - 1;

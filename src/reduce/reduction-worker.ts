@@ -8,8 +8,9 @@
  * slots: a message carrying the blocks themselves cost the main thread about 10 µs per 4 KiB and
  * more for bigger batches (measured), one that names slots about 3.6 µs.
  *
- * Message in:  { id, first, count, codec, key }: reduce the blocks in slots first..first+count,
- *              fingerprinting with the keyed xxHash64 `key` (null: dedup is off)
+ * Message in:  { id, first, count, codec, key, recordSeed }: reduce the blocks in slots
+ *              first..first+count, fingerprinting with the keyed xxHash64 `key` (null: dedup is
+ *              off) and checksumming records with `recordSeed`
  * Message out: { id } once every slot's results are in place.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -27,6 +28,7 @@ export interface ReduceRequest {
   count: number;
   codec: Codec;
   key: bigint | null;
+  recordSeed: bigint;
 }
 
 export interface ReduceResponse {
@@ -66,7 +68,7 @@ export function reduceSlots(layout: SharedLayout, request: ReduceRequest): void 
     fingerprintsByKey.set(request.key, fingerprint);
   }
   const out = new ReducedBlocks(request.count);
-  reduceInline(blocks, out, 0, { codec: request.codec, fingerprint });
+  reduceInline(blocks, out, 0, { codec: request.codec, fingerprint, recordSeed: request.recordSeed });
   const { meta } = layout;
   for (let i = 0; i < request.count; i++) {
     const slot = request.first + i;

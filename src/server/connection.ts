@@ -30,12 +30,15 @@ import {
   type RequestEvent,
 } from '../protocol/transmission.js';
 import type { ExportCatalog } from '../common/block-device.js';
+import type { PayloadPool } from './payload-pool.js';
 
 export interface ConnectionOptions {
   catalog: ExportCatalog;
   logger: Logger;
   blockSizes: BlockSizeConstraints;
   maxInFlightBytes: number;
+  /** Where WRITE payloads that arrive split over several reads are copied (and given back). */
+  payloads: PayloadPool;
   maxInFlightRequests: number;
   isShuttingDown: () => boolean;
 }
@@ -120,7 +123,7 @@ export class Connection {
           return;
         case 'transmission':
           this.session = action.session;
-          this.decoder = new RequestDecoder(action.session.blockSizes.maximumPayloadBytes);
+          this.decoder = new RequestDecoder(action.session.blockSizes.maximumPayloadBytes, (lengthBytes) => this.options.payloads.take(lengthBytes));
           this.options.logger.info('client attached', {
             export: action.session.exportEntry.name,
             structuredReplies: action.session.structuredReplies,
@@ -210,6 +213,7 @@ export class Connection {
     if (error !== null) this.failRequest(request, error);
     else if (request.type === C.NBD_CMD_READ) this.sendRead(request, io.result);
     else this.sendOk(request);
+    this.options.payloads.give(io.data);
     this.settled(io.costBytes);
   }
 

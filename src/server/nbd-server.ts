@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import type { ExportCatalog } from '../common/block-device.js';
 import type { Logger } from '../common/log.js';
 import { DEFAULT_BLOCK_SIZES, type BlockSizeConstraints } from '../protocol/handshake.js';
+import { PayloadPool } from './payload-pool.js';
 import { Connection } from './connection.js';
 
 export interface NbdServerOptions {
@@ -24,6 +25,8 @@ export interface NbdServerOptions {
 export type ListenAddress = { host: string; port: number } | { path: string };
 
 export class NbdServer {
+  /** Buffers for split WRITE payloads, shared by every connection. */
+  private readonly payloads = new PayloadPool();
   private readonly servers: net.Server[] = [];
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
@@ -63,6 +66,7 @@ export class NbdServer {
       logger,
       blockSizes: this.options.blockSizes ?? DEFAULT_BLOCK_SIZES,
       maxInFlightBytes: this.options.maxInFlightBytes ?? 64 * 1024 * 1024,
+      payloads: this.payloads,
       maxInFlightRequests: this.options.maxInFlightRequests ?? 1024,
       isShuttingDown: () => this.shuttingDown,
     });

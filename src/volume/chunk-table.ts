@@ -41,6 +41,7 @@ export interface ChunkEntry {
 }
 
 export class ChunkPage {
+  referenced = false;
   version = 0;
   persistedVersion = 0;
   pins = 0;

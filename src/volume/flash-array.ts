@@ -233,17 +233,17 @@ export class FlashArray implements ExportCatalog {
     this.journal = new MetaJournal(state.journalNextSeq);
     this.compression = options.compression ?? 'lz4';
     this.codec = codecFor(this.compression);
-    const key = BigInt(`0x${format.fingerprintKey}`);
+    const key = fingerprintKey(format);
     this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
     // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
     this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
     this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
     const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
-    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor((cacheBytes * 0.2) / 160));
-    this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint };
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor(cacheBytes * 0.2));
+    this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint, recordSeed: key };
     const workers = options.reductionWorkers ?? 1;
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
-    this.reducer = workers > 0 && options.fingerprint === undefined ? new ReductionPool(workers, this.codec, this.dedup === null ? null : key) : null;
+    this.reducer = workers > 0 && options.fingerprint === undefined ? new ReductionPool(workers, this.codec, this.dedup === null ? null : key, key) : null;
     this.scheduler = new IoScheduler(this, { workerMinBlocks: options.workerMinBlocks ?? DEFAULT_WORKER_MIN_BLOCKS });
     ftl.attach(
       {
@@ -297,7 +297,7 @@ export class FlashArray implements ExportCatalog {
     // a sequence number is never given to two uses of a block, and a page left over from an
     // uncommitted use can never pass for a page of the current one.
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
-    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence);
+    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, fingerprintKey(format));
     const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
     try {
       await array.dedup?.bloom.load(meta);
@@ -793,6 +793,11 @@ export class FlashArray implements ExportCatalog {
     await this.nand.close();
     await this.meta.close();
   }
+}
+
+/** The array's secret: the key of its fingerprints and the seed of its record checksums. */
+function fingerprintKey(format: FormatRecord): bigint {
+  return BigInt(`0x${format.fingerprintKey}`);
 }
 
 function capacityOf(nand: NandDevice): number {

@@ -4,17 +4,25 @@
  * without a lock or a promise per request.
  *
  * Requests submitted in one turn of the event loop (what one socket read, or several connections'
- * reads, brought) form a batch. Its whole 4 KiB blocks are reduced together (reduce-block.ts):
- * on the main thread when that costs less than handing the batch to a worker, or on the reduction
- * workers with one message for the whole batch. A hand-off costs the main thread about
- * `WORKER_HANDOFF_US` on these machines (posting the message, copying into shared slots, the
- * reply's event), while reducing a random 4 KiB block inline costs about 3 µs and a compressible
- * one 8 to 10: so a batch goes to a worker when its blocks times the measured inline cost per
- * block exceeds the hand-off. Small batches of random data stay inline; big or compressible ones
- * use the second core. Batches then run strictly in order: each request is planned and applied synchronously by
+ * reads, brought) form a batch. Its whole 4 KiB blocks are reduced together (reduce-block.ts),
+ * on the main thread or on a reduction worker with one message for the whole batch. The worker
+ * costs more CPU in all (a hand-off costs the main thread about `WORKER_HANDOFF_US` here, and the
+ * worker as much again: 6.8 µs of worker per random block against 3 µs inline, measured), so it is
+ * used only when it buys time the main thread does not have: when the main thread was busy more
+ * than `WORKER_WHEN_BUSY` of the last interval (Node's event-loop utilization), the batch is big
+ * enough to pay for the hand-off (`WORKER_MIN_BLOCKS`), and the data is costly to reduce: most
+ * recent blocks were compressible, so LZ4 or zstd really runs (8 to 10 µs a block). Random data
+ * (two hashes and a sample, 3 µs a block) is always reduced inline: the second core is better
+ * left to the client, the kernel and the garbage collector. Batches then run strictly in order: each request is planned and applied synchronously by
  * `Volume.applyChange`; when that needs pages or dedup entries that are not cached, or GC to make
  * room, the batch waits for them (later batches wait behind it) and the request is planned again.
  * TRIM and WRITE_ZEROES, which may cover gigabytes, run as asynchronous steps in their place.
+ *
+ * Pipelining: a batch is applied in slices of at most `TURN_BUDGET_MS` of work; between two slices
+ * the event loop turns, so the replies of the slice go out (one write per connection) and new
+ * requests are read while the rest is applied. Applying a whole queue-depth's worth in one go
+ * made the client and the server wait for each other in turn (one connection at QD32 reached half
+ * the rate of four connections at QD8).
  *
  * Completion: a request is done as soon as it is applied, except that FUA requests of a batch
  * share one commit after it, and a FLUSH is done when a commit started after every earlier request
@@ -50,13 +58,19 @@ class Batch {
 }
 
 export interface SchedulerOptions {
-  /** Batches with fewer whole blocks than this are always reduced on the main thread. */
+  /** Batches with fewer whole blocks than this are always reduced on the main thread (0: every batch goes to a worker, for tests). */
   workerMinBlocks: number;
 }
 
-export const DEFAULT_WORKER_MIN_BLOCKS = 2;
-/** Main-thread cost of handing a batch to a reduction worker (measured on these machines). */
-const WORKER_HANDOFF_US = 250;
+export const DEFAULT_WORKER_MIN_BLOCKS = 32;
+/** Smallest batch worth a worker hand-off (about 60 µs of main thread, 250 µs in all, here). */
+const WORKER_MIN_BLOCKS = 32;
+/** Event-loop utilization above which the main thread counts as busy... */
+const WORKER_WHEN_BUSY = 0.85;
+/** ...measured over intervals this long. */
+const UTILIZATION_INTERVAL_MS = 100;
+/** Work applied in one turn of the event loop before the replies go out. */
+const TURN_BUDGET_MS = 0.25;
 
 export class IoScheduler {
   private pending: Entry[] = [];
@@ -64,8 +78,12 @@ export class IoScheduler {
   private readonly queue: Batch[] = [];
   /** The head batch waits for something asynchronous (a load, GC, an unmap, an exclusive step). */
   private waiting = false;
-  /** Recent cost of reducing one block on this thread (moving average, µs). */
-  private inlineUsPerBlock = 3;
+  /** Share of recent non-pattern blocks stored compressed (moving average). */
+  private compressibleShare = 0;
+  /** Event-loop utilization of the last complete interval, and where the current one started. */
+  private utilization = 0;
+  private utilizationMark = performance.eventLoopUtilization();
+  private utilizationAtMs = performance.now();
 
   constructor(
     private readonly array: FlashArray,
@@ -133,11 +151,11 @@ export class IoScheduler {
     batch.reduced = reduced;
     const pool = this.array.reducer;
     const settings = this.array.reduceSettings;
-    if (pool === null || count < this.options.workerMinBlocks || count * this.inlineUsPerBlock < WORKER_HANDOFF_US) {
-      const started = performance.now();
-      reduceInline(batch.blocks, reduced, 0, settings);
-      const usPerBlock = ((performance.now() - started) * 1000) / count;
-      this.inlineUsPerBlock += (usPerBlock - this.inlineUsPerBlock) * Math.min(1, count / 64);
+    const forced = this.options.workerMinBlocks === 0; // tests: every batch through the worker
+    const worthIt = count >= Math.max(this.options.workerMinBlocks, WORKER_MIN_BLOCKS) && this.compressibleShare > 0.5 && this.mainThreadBusy();
+    if (pool === null || !(forced || worthIt)) {
+      // Stored forms are computed when the write path decides to store a block (dedup hits never).
+      reduceInline(batch.blocks, reduced, 0, settings, false);
       batch.ready = true;
       return;
     }
@@ -152,6 +170,24 @@ export class IoScheduler {
         this.pump();
       },
     });
+  }
+
+  /** Learns from an applied batch how costly its data was to reduce. */
+  private learn(results: ReducedBlocks): void {
+    const data = results.storedCount;
+    if (data > 0) this.compressibleShare += (results.compressedCount / data - this.compressibleShare) * Math.min(1, data / 64);
+  }
+
+  /** Whether the main thread was busy (event-loop utilization) in the last interval. */
+  private mainThreadBusy(): boolean {
+    const now = performance.now();
+    if (now - this.utilizationAtMs >= UTILIZATION_INTERVAL_MS) {
+      const mark = performance.eventLoopUtilization();
+      this.utilization = performance.eventLoopUtilization(mark, this.utilizationMark).utilization;
+      this.utilizationMark = mark;
+      this.utilizationAtMs = now;
+    }
+    return this.utilization > WORKER_WHEN_BUSY;
   }
 
   private pump(): void {
@@ -175,16 +211,20 @@ export class IoScheduler {
   /** Applies the batch from its cursor on; a promise when it must wait (then it is run again). */
   private runBatch(batch: Batch): Promise<void> | null {
     const release = this.array.holdEvictions();
+    const started = performance.now();
     try {
-      for (; batch.cursor < batch.entries.length; batch.cursor++) {
+      while (batch.cursor < batch.entries.length) {
+        if (performance.now() - started > TURN_BUDGET_MS) return nextTurn();
         const entry = batch.entries[batch.cursor]!;
         const wait = this.runEntry(batch, entry);
         if (wait !== null) return wait;
+        batch.cursor += 1;
       }
     } finally {
       release();
     }
     for (const unpin of batch.unpins.splice(0)) unpin();
+    if (batch.reduced !== null) this.learn(batch.reduced);
     if (batch.durable.length > 0) {
       const durable = batch.durable;
       this.array.commit(true).then(
@@ -245,4 +285,9 @@ export class IoScheduler {
     entry.request.done(entry.request, error);
     batch.cursor += 1;
   }
+}
+
+/** Resolves in the next turn of the event loop, after its I/O (replies out, requests in). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

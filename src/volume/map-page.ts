@@ -29,6 +29,7 @@ export const enum EntryKind {
 }
 
 export class MapPage implements CachedPage {
+  referenced = false;
   version = 0;
   persistedVersion = 0;
   pins = 0;

@@ -46,7 +46,7 @@ import { LogStream } from '../ftl/log-stream.js';
 import type { RecordRef } from '../ftl/ftl.js';
 import { Codec, decompressBlock } from '../reduce/codec.js';
 import { MAYBE_STORED } from '../reduce/dedup-index.js';
-import { ReducedBlocks, reduceInline } from '../reduce/reduce-block.js';
+import { ReducedBlocks, ensureStored, reduceInline } from '../reduce/reduce-block.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
 import { mapCacheId } from './map-table.js';
@@ -374,9 +374,14 @@ export class Volume implements BlockDevice {
   applyChange(mode: ChangeMode, offsetBytes: number, lengthBytes: number, data: Buffer | null, reduced: ReducedBlocks | null, reducedFirst: number): ChangeOutcome {
     const plan = this.planChange(mode, offsetBytes, lengthBytes, data, reduced, reducedFirst);
     if (plan instanceof ChangePlan) {
-      this.applyPlan(plan);
+      try {
+        this.applyPlan(plan);
+      } finally {
+        plan.release();
+      }
       return null;
     }
+    CHANGE_PLAN.release();
     return plan;
   }
 
@@ -394,7 +399,7 @@ export class Volume implements BlockDevice {
         if (!array.maps.cache.has(mapCacheId(layerId, index))) return { missing: { mapIds: this.mapPageIds(chain, offsetBytes, lengthBytes), chunkIds: [], fingerprints: [] } };
       }
     }
-    const plan = new ChangePlan(this, first, last - first + 1, chain);
+    const plan = CHANGE_PLAN.reset(first, last - first + 1, chain);
     const missing: Missing = { mapIds: [], chunkIds: [], fingerprints: [] };
     for (let i = 0; i < plan.count; i++) {
       const lba = first + i;
@@ -412,6 +417,8 @@ export class Volume implements BlockDevice {
       const to = Math.min(offsetBytes + lengthBytes, blockStart + LBA_BYTES);
       if (mode !== ChangeMode.Data && to - from === LBA_BYTES) {
         plan.decision[i] = mode === ChangeMode.ZeroPattern ? Decision.Pattern : Decision.Hole;
+        plan.patternHigh[i] = 0;
+        plan.patternLow[i] = 0;
         continue;
       }
       let block: Buffer;
@@ -426,7 +433,7 @@ export class Volume implements BlockDevice {
         block = to - from === LBA_BYTES ? data!.subarray(from - offsetBytes, to - offsetBytes) : this.mergeOld(chain, lba, from - blockStart, data, from - offsetBytes, to - from, missing);
         source = plan.ownReduced(i);
         index = i;
-        reduceInline([block], source, i, { codec: array.codec, fingerprint: dedup === null ? null : array.fingerprint });
+        reduceInline([block], source, i, array.reduceSettings);
       }
       plan.blocks[i] = block;
       plan.source[i] = source;
@@ -461,7 +468,10 @@ export class Volume implements BlockDevice {
     let newBytes = 0;
     let freedBytes = 0;
     for (let i = 0; i < plan.count; i++) {
-      if (plan.decision[i] === Decision.Store) newBytes += LogStream.recordBytes(plan.storedOf(i).length);
+      if (plan.decision[i] === Decision.Store) {
+        ensureStored(plan.source[i]!, plan.sourceIndex[i]!, plan.blocks[i]!, array.reduceSettings);
+        newBytes += LogStream.recordBytes(plan.storedOf(i).length);
+      }
       const old = plan.oldChunk[i]!;
       if (old >= 0) {
         const chunkPage = chunks.pageOf(old)!;
@@ -774,41 +784,63 @@ export class Volume implements BlockDevice {
   }
 }
 
-/** A change planned against the metadata, per block of the range. */
+/**
+ * A change planned against the metadata, per block of the range. One plan is reused for every
+ * change (planning and applying are one synchronous step, so two never overlap): a change of one
+ * block used to allocate nine typed arrays.
+ */
 class ChangePlan {
-  readonly decision: Uint8Array;
+  decision = new Uint8Array(0);
   /** The entry kind each block resolves to before the change. */
-  readonly before: Uint8Array;
-  readonly pages: Array<MapPage | undefined>;
+  before = new Uint8Array(0);
+  pages: Array<MapPage | undefined> = [];
   /** The top layer's chunk each block releases, or -1. */
-  readonly oldChunk: Float64Array;
+  oldChunk = new Float64Array(0);
   /** Hit: the chunk shared; SameAs: the earlier block's index; after apply: the chunk mapped. */
-  readonly shared: Float64Array;
-  readonly patternHigh: Uint32Array;
-  readonly patternLow: Uint32Array;
-  readonly blocks: Array<Buffer | undefined>;
-  readonly source: Array<ReducedBlocks | undefined>;
-  readonly sourceIndex: Uint32Array;
+  shared = new Float64Array(0);
+  patternHigh = new Uint32Array(0);
+  patternLow = new Uint32Array(0);
+  blocks: Array<Buffer | undefined> = [];
+  source: Array<ReducedBlocks | undefined> = [];
+  sourceIndex = new Uint32Array(0);
+  first = 0;
+  count = 0;
+  chain: readonly number[] = [];
   private own: ReducedBlocks | null = null;
   /** First block storing each fingerprint (by its first 48 bits), for `earlierCopy`. */
   private stores: Map<number, number> | null = null;
 
-  constructor(
-    readonly volume: Volume,
-    readonly first: number,
-    readonly count: number,
-    readonly chain: readonly number[],
-  ) {
-    this.decision = new Uint8Array(count);
-    this.before = new Uint8Array(count);
-    this.pages = new Array(count);
-    this.oldChunk = new Float64Array(count).fill(-1);
-    this.shared = new Float64Array(count);
-    this.patternHigh = new Uint32Array(count);
-    this.patternLow = new Uint32Array(count);
-    this.blocks = new Array(count);
-    this.source = new Array(count);
-    this.sourceIndex = new Uint32Array(count);
+  /** Makes the plan ready for `count` blocks from `first` (growing its columns if needed). */
+  reset(first: number, count: number, chain: readonly number[]): this {
+    if (this.decision.length < count) {
+      const size = Math.max(count, 2 * this.decision.length, 8);
+      this.decision = new Uint8Array(size);
+      this.before = new Uint8Array(size);
+      this.oldChunk = new Float64Array(size);
+      this.shared = new Float64Array(size);
+      this.patternHigh = new Uint32Array(size);
+      this.patternLow = new Uint32Array(size);
+      this.sourceIndex = new Uint32Array(size);
+    }
+    this.decision.fill(0, 0, count);
+    this.oldChunk.fill(-1, 0, count);
+    this.pages.length = 0;
+    this.blocks.length = 0;
+    this.source.length = 0;
+    this.first = first;
+    this.count = count;
+    this.chain = chain;
+    this.own = null;
+    this.stores?.clear();
+    return this;
+  }
+
+  /** Drops references to buffers once the plan is applied (or abandoned). */
+  release(): void {
+    this.pages.length = 0;
+    this.blocks.length = 0;
+    this.source.length = 0;
+    this.own = null;
   }
 
   /** Results for blocks reduced during planning (partial blocks), indexed like the plan. */
@@ -843,6 +875,8 @@ class ChangePlan {
     return -1;
   }
 }
+
+const CHANGE_PLAN = new ChangePlan();
 
 function resolvedKind(page: MapPage | null, slot: number): EntryKind {
   return page === null ? EntryKind.Absent : (page.kinds[slot]! as EntryKind);

@@ -41,12 +41,12 @@ function submit(pool: ReductionPool, blocks: Buffer[]): Promise<ReducedBlocks> {
 
 for (const codec of [Codec.Lz4, Codec.Zstd]) {
   test(`codec ${codec}: results through a 16-slot ring with 2 workers equal the direct computation`, async (t) => {
-    const pool = new ReductionPool(2, codec, KEY, 6, 16);
+    const pool = new ReductionPool(2, codec, KEY, KEY, 6, 16);
     t.teardown(() => pool.close());
     let seed = 0;
     const submissions = Array.from({ length: 300 }, (_, i) => Array.from({ length: 1 + ((i * 7) % 13) }, () => block(seed * 31 + i, seed++)));
     const results = await Promise.all(submissions.map((blocks) => submit(pool, blocks)));
-    const settings = { codec, fingerprint: keyedFingerprint(KEY) };
+    const settings = { codec, fingerprint: keyedFingerprint(KEY), recordSeed: KEY };
     results.forEach((reduced, i) => {
       const blocks = submissions[i]!;
       const expected = new ReducedBlocks(blocks.length);
@@ -64,7 +64,7 @@ for (const codec of [Codec.Lz4, Codec.Zstd]) {
         const direct = compressBlock(input, codec);
         t.is(reduced.codec[j], direct.codec);
         t.true((reduced.compressed[j] ?? input).equals(direct.stored), `stored form of submission ${i} block ${j}`);
-        t.is(reduced.checksum[j], checksumOf(direct.stored), `checksum of submission ${i} block ${j}`);
+        t.is(reduced.checksum[j], checksumOf(direct.stored, KEY), `checksum of submission ${i} block ${j}`);
         t.is(reduced.checksum[j], expected.checksum[j]);
       }
     });

@@ -8,7 +8,7 @@
  * pattern, zero), so most written blocks are duplicates of blocks in other volumes.
  *
  * After a run: every volume equals its model, the audit is clean (each chunk's refcount equals the
- * map entries naming it, valid bytes add up, records verify), and — where dedup is exact (SHA-256,
+ * map entries naming it, valid bytes add up, records verify), and — where dedup is exact (a real fingerprint, every match verified,
  * cache large enough) — there is exactly one live chunk per distinct data content still
  * referenced, and physicalBytes is exactly the record bytes of those contents.
  */
@@ -129,8 +129,9 @@ const collidingFingerprint: FingerprintFunction = Object.assign((_block: Buffer)
 const prefixFingerprint: FingerprintFunction = Object.assign((block: Buffer) => Buffer.concat([block.subarray(0, 8), Buffer.alloc(24)]), { cryptographic: false });
 
 const CONFIGS: Config[] = [
-  { name: 'SHA-256, lz4', options: { compression: 'lz4' }, exact: true },
-  { name: 'SHA-256, zstd, small metadata cache', options: { compression: 'zstd', cacheBytes: 96 * 1024 }, exact: true },
+  { name: 'keyed xxHash64, lz4', options: { compression: 'lz4' }, exact: true },
+  { name: 'keyed xxHash64, lz4, every batch reduced on the worker', options: { compression: 'lz4', reductionWorkers: 1, workerMinBlocks: 0 }, exact: true },
+  { name: 'keyed xxHash64, zstd, small metadata cache', options: { compression: 'zstd', cacheBytes: 96 * 1024 }, exact: true },
   // Regression (fixed bug, see test/reduce/collision.test.ts): with a non-cryptographic fingerprint,
   // one write holding a copy of a stored chunk C and a different block whose fingerprint also maps
   // to C used to share C for both.

@@ -1,0 +1,84 @@
+/**
+ * The dedup index's table (typed arrays, linear probing, CLOCK eviction, tombstones and rehash)
+ * against a plain Map: a lookup never names a chunk the model does not map that fingerprint to;
+ * while the table has room, every mapping is found; what is evicted before being written reaches
+ * LevelDB through `capture`, and `prepare` brings it back; deletions reach LevelDB too.
+ */
+import test from 'ava';
+import fc from 'fast-check';
+import { MemoryMetaStore } from '../../src/meta/memory-store.js';
+import { BloomFilter } from '../../src/reduce/bloom-filter.js';
+import { DEDUP_SLOT_BYTES, DedupIndex, MAYBE_STORED } from '../../src/reduce/dedup-index.js';
+
+function fingerprint(n: number): Buffer {
+  // Spread keys so that many share low bits (long probe chains) and some share high bits.
+  const out = Buffer.alloc(8);
+  out.writeUInt32BE((n * 2654435761) >>> 0, 0);
+  out.writeUInt32BE((n % 7) * 1024 + (n % 3), 4);
+  return out;
+}
+
+
+const ops = fc.array(
+  fc.oneof(
+    { weight: 6, arbitrary: fc.record({ op: fc.constant('insert' as const), key: fc.integer({ min: 0, max: 3000 }), chunk: fc.integer({ min: 1, max: 1e9 }) }) },
+    { weight: 3, arbitrary: fc.record({ op: fc.constant('remove' as const), key: fc.integer({ min: 0, max: 3000 }) }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'commit' as const }) },
+  ),
+  { maxLength: 4000 },
+);
+
+test('the table agrees with a Map through inserts, removals, evictions and write-back', async (t) => {
+  await fc.assert(
+    fc.asyncProperty(ops, async (sequence) => {
+      const store = new MemoryMetaStore();
+      // 1024 slots: 768 entries before eviction, so long runs evict and rehash.
+      const index = new DedupIndex(store, new BloomFilter(64 * 1024), 2048 * DEDUP_SLOT_BYTES - 1);
+      const model = new Map<number, number>();
+      for (const step of sequence) {
+        if (step.op === 'insert') {
+          index.insert(fingerprint(step.key), step.chunk);
+          model.set(step.key, step.chunk);
+        } else if (step.op === 'remove') {
+          const chunk = model.get(step.key);
+          if (chunk === undefined) continue;
+          index.remove(fingerprint(step.key), chunk);
+          model.delete(step.key);
+        } else {
+          const batch: Parameters<typeof index.capture>[0] = [];
+          index.capture(batch);
+          await store.batch(batch, { sync: true });
+        }
+        if (index.size > index.capacity) throw new Error(`${index.size} entries in a table for ${index.capacity}`);
+      }
+      // Everything evicted unwritten goes to LevelDB; then every mapping is found again.
+      const batch: Parameters<typeof index.capture>[0] = [];
+      index.capture(batch);
+      await store.batch(batch, { sync: true });
+      for (let key = 0; key <= 3000; key++) {
+        let found = index.lookup(fingerprint(key));
+        if (found === MAYBE_STORED) {
+          await index.prepare([fingerprint(key)]);
+          found = index.lookup(fingerprint(key));
+        }
+        t.is(found, model.get(key), `key ${key}`);
+      }
+    }),
+    { numRuns: 30 },
+  );
+});
+
+test('an index that fits in memory answers without LevelDB and writes nothing until a checkpoint', (t) => {
+  const store = new MemoryMetaStore();
+  const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1 << 20);
+  for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
+  for (let key = 0; key < 10_000; key++) t.is(index.lookup(fingerprint(key)), key + 1);
+  t.is(index.lookup(fingerprint(20_000)), undefined, 'a fingerprint never added is a Bloom-filter miss');
+  const quiet: Parameters<typeof index.capture>[0] = [];
+  index.capture(quiet);
+  t.is(quiet.filter((op) => op.key.length === 8).length, 0, 'nothing to write while everything fits');
+  const all: Parameters<typeof index.capture>[0] = [];
+  index.capture(all, true);
+  t.is(all.filter((op) => op.key.length === 8).length, 10_000, 'a checkpoint writes every entry');
+  t.true(index.memoryBytes <= 1 << 20);
+});
