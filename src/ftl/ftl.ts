@@ -307,15 +307,18 @@ export class Ftl implements StreamHost {
   /**
    * Reads and verifies records synchronously, handing each payload to `sink` in the caller's order
    * of `requests` by index. The payload is a view that is valid only during the call (it may sit
-   * in a block buffer or in scratch memory): copy or decompress it there. Adjacent records share
-   * one NAND read. A record whose header names another chunk, or whose checksum fails, is CORRUPT.
+   * in a block buffer, the NAND's mapping or scratch memory): copy or decompress it there, unless
+   * `destinations[index]` was given (exactly the payload's length): then the payload is copied
+   * straight there (one copy, even for a record that spans pages) and verified there, and that
+   * buffer is what `sink` gets. Adjacent records share one NAND read. A record whose header names
+   * another chunk, or whose checksum fails, is CORRUPT.
    */
-  readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void): void {
+  readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
     if (requests.length === 1) {
       const only = requests[0]!;
       const firstPage = this.firstPageOf(only.address);
       const pages = this.pagesSync(only.address.block, firstPage, this.lastPageOf(only.address, only.storedBytes) - firstPage + 1);
-      sink(0, this.extractRecord(pages, firstPage, only.address, only.chunkId, only.storedBytes, this.recordScratch));
+      sink(0, this.extractRecord(pages, firstPage, only.address, only.chunkId, only.storedBytes, destinations?.[0] ?? this.recordScratch));
       return;
     }
     const order = addressOrder(requests);
@@ -325,7 +328,7 @@ export class Ftl implements StreamHost {
       for (let k = start; k < end; k++) {
         const index = order[k]!;
         const wanted = requests[index]!;
-        sink(index, this.extractRecord(pages, firstPage, wanted.address, wanted.chunkId, wanted.storedBytes, this.recordScratch));
+        sink(index, this.extractRecord(pages, firstPage, wanted.address, wanted.chunkId, wanted.storedBytes, destinations?.[index] ?? this.recordScratch));
       }
       start = end;
     }
@@ -387,12 +390,12 @@ export class Ftl implements StreamHost {
     return Math.floor((address.offsetBytes + RECORD_HEADER_BYTES + storedBytes - 1) / this.payloadBytesPerPage);
   }
 
-  /** Contiguous pages: a view of the block's buffer, or read from NAND into scratch memory. */
+  /** Contiguous pages: a view of the block's buffer, of the NAND's mapping, or read into scratch memory. */
   private pagesSync(block: number, firstPage: number, pageCount: number): Buffer {
     const pageBytes = this.nand.geometry.pageBytes;
     const buffer = this.buffers.get(block);
     if (buffer !== undefined) return buffer.subarray(firstPage * pageBytes, (firstPage + pageCount) * pageBytes);
-    return this.nand.readPagesSync(block, firstPage, pageCount, this.pageScratch);
+    return this.nand.viewPagesSync(block, firstPage, pageCount) ?? this.nand.readPagesSync(block, firstPage, pageCount, this.pageScratch);
   }
 
   private async pagesAsync(block: number, firstPage: number, pageCount: number): Promise<Buffer> {
@@ -404,35 +407,40 @@ export class Ftl implements StreamHost {
 
   /**
    * The verified payload of the record at `address`, from contiguous `pages` starting at
-   * `firstPage`: a view when the record lies in one page, else assembled in `scratch` (or in a
-   * new buffer when `scratch` is null).
+   * `firstPage`. With `into` of exactly the payload's length, the payload is copied there; else
+   * it is a view when it lies in one page, or assembled at the start of `into` (a scratch buffer;
+   * a new buffer when `into` is null). A record header never spans a page boundary.
    */
-  private extractRecord(pages: Buffer, firstPage: number, address: PhysicalAddress, chunkId: number, storedBytes: number, scratch: Buffer | null): Buffer {
+  private extractRecord(pages: Buffer, firstPage: number, address: PhysicalAddress, chunkId: number, storedBytes: number, into: Buffer | null): Buffer {
     const pageBytes = this.nand.geometry.pageBytes;
     const payloadBytes = this.payloadBytesPerPage;
-    const total = RECORD_HEADER_BYTES + storedBytes;
     const inPage = address.offsetBytes % payloadBytes;
-    const start = (Math.floor(address.offsetBytes / payloadBytes) - firstPage) * pageBytes + PAGE_HEADER_BYTES + inPage;
-    let record: Buffer;
-    if (inPage + total <= payloadBytes) {
-      record = pages.subarray(start, start + total);
+    const headerAt = (Math.floor(address.offsetBytes / payloadBytes) - firstPage) * pageBytes + PAGE_HEADER_BYTES + inPage;
+    const foundChunk = pages.readUInt32BE(headerAt) * 0x100000000 + pages.readUInt32BE(headerAt + 4);
+    const foundBytes = pages.readUInt32BE(headerAt + 8);
+    const checksum = pages.readUInt32BE(headerAt + 12);
+    let payload: Buffer;
+    const roomInPage = payloadBytes - inPage - RECORD_HEADER_BYTES;
+    if (storedBytes <= roomInPage && (into === null || into.length !== storedBytes)) {
+      payload = pages.subarray(headerAt + RECORD_HEADER_BYTES, headerAt + RECORD_HEADER_BYTES + storedBytes);
     } else {
-      record = scratch === null ? Buffer.allocUnsafe(total) : scratch.subarray(0, total);
+      payload = into === null ? Buffer.allocUnsafe(storedBytes) : into.length === storedBytes ? into : into.subarray(0, storedBytes);
       let copied = 0;
-      let from = start;
-      let room = payloadBytes - inPage;
-      while (copied < total) {
-        const count = Math.min(total - copied, room);
-        pages.copy(record, copied, from, from + count);
+      let from = headerAt + RECORD_HEADER_BYTES;
+      let room = roomInPage;
+      while (copied < storedBytes) {
+        if (room === 0) {
+          from += PAGE_HEADER_BYTES; // the next page's header
+          room = payloadBytes;
+        }
+        const count = Math.min(storedBytes - copied, room);
+        pages.copy(payload, copied, from, from + count);
         copied += count;
-        from += count + PAGE_HEADER_BYTES; // skip the next page's header
-        room = payloadBytes;
+        from += count;
+        room -= count;
       }
     }
-    const foundChunk = record.readUInt32BE(0) * 0x100000000 + record.readUInt32BE(4);
-    const foundBytes = record.readUInt32BE(8);
-    const payload = record.subarray(RECORD_HEADER_BYTES);
-    if (foundChunk !== chunkId || foundBytes !== storedBytes || checksumOf(payload, this.recordSeed) !== record.readUInt32BE(12)) {
+    if (foundChunk !== chunkId || foundBytes !== storedBytes || checksumOf(payload, this.recordSeed) !== checksum) {
       throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (found chunk ${foundChunk}, ${foundBytes} bytes)`);
     }
     return payload;

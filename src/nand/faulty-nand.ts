@@ -131,6 +131,11 @@ export class FaultyNand implements NandDevice {
     return data;
   }
 
+  /** Never a view: injected read faults and bit flips need a copy to act on. */
+  viewPagesSync(): Buffer | null {
+    return null;
+  }
+
   get preferAsyncReads(): boolean {
     return this.inner.preferAsyncReads;
   }

@@ -13,7 +13,20 @@
  *     per erase block; see `spare-area.ts` for the layout. It is locked (an OFD lock) while open,
  *     so two processes, or two opens in one process, cannot share an image.
  *
- * Reads: `readPagesSync` is one `pread` on the calling thread. While the image's pages sit in the
+ * Reads: the image is mapped read-only into memory (MAP_SHARED, through the `pstorage-nand-map`
+ * addon; Node has no mmap), and `viewPagesSync` hands the FTL a view of the mapped pages: no
+ * system call and no copy. Measured here, a 4 KiB record costs 0.6 µs that way against 2 µs for
+ * an 8 KiB pread (two pages) plus the copy, and a 128 KiB read of 32 scattered records spent
+ * 60 % of its time in pread. Mapped pages count in the process's resident set although they
+ * are page cache; every `RESIDENT_CHECK_BYTES` read through the mapping it looks at the resident
+ * set, and above `residentLimitBytes` drops the mapped pages from it (madvise DONTNEED: the page
+ * cache keeps them; they come back with a minor fault each, so this is not done often: dropping
+ * every 256 MiB read cost a fifth of a 128 KiB sequential read's time). The price: a disk error under the
+ * image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
+ * nothing acknowledged is lost by that (the durability contract holds across any crash), and
+ * without the addon (or where mmap fails) reads fall back to pread.
+ *
+ * `readPagesSync` is one `pread` on the calling thread. While the image's pages sit in the
  * page cache that costs about 1.5 µs per 4 KiB, against 5 to 17 µs of CPU for a hand-off to
  * libuv's thread pool (measured here), so the FTL reads synchronously. A synchronous read that
  * went to the disk instead would stall the event loop, so each one is timed: when a quarter of
@@ -51,6 +64,7 @@ import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { mkdir, open, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { trim, tryLock } from 'fs-native-extensions';
 import { StorageError, fromSystemError } from '../common/errors.js';
 import type { NandBlockInfo, NandGeometry } from './nand-device.js';
@@ -67,12 +81,23 @@ import {
   spareRecordOffsetBytes,
 } from './spare-area.js';
 
+/** The mmap addon (native/nand-map), or null where it was not built. */
+const nandMap: typeof import('pstorage-nand-map') | null = (() => {
+  try {
+    return createRequire(import.meta.url)('pstorage-nand-map') as typeof import('pstorage-nand-map');
+  } catch {
+    return null;
+  }
+})();
+
 export const IMAGE_FILE_NAME = 'nand.img';
 export const SPARE_FILE_NAME = 'nand.oob';
 
 export interface FileNandOpenOptions {
   /** Create the image if the directory has none (then `geometry` is required). */
   create?: boolean;
+  /** Resident set size above which the mapping's pages are dropped from it (default 1 GiB). */
+  residentLimitBytes?: number;
 }
 
 /** Records read per I/O when loading the spare file (1 MiB). */
@@ -82,6 +107,12 @@ const SYNC_WRITES_IN_FLIGHT = 32;
 /** A synchronous read slower than this (plus `SLOW_SYNC_READ_US_PER_PAGE` a page) went to the disk. */
 const SLOW_SYNC_READ_US = 500;
 const SLOW_SYNC_READ_US_PER_PAGE = 20;
+/** The image is mapped in pieces of about this size (a Node 20 Buffer holds at most 4 GiB). */
+const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
+/** Bytes read through the mapping between two looks at the resident set... */
+const RESIDENT_CHECK_BYTES = 64 * 1024 * 1024;
+/** ...and the resident set size above which the mapped pages leave it, by default. */
+const DEFAULT_RESIDENT_LIMIT_BYTES = 1024 * 1024 * 1024;
 /** Slow reads among the last 32 that switch reads to the thread pool... */
 const SLOW_READS_TO_SWITCH = 8;
 /** ...for this long. */
@@ -95,6 +126,12 @@ export class FileNand extends NandDeviceBase {
   private asyncReadsUntilMs = 0;
   /** One bit per recent synchronous read, newest lowest: 1 when it was slow. */
   private slowReads = 0;
+  /** The image mapped read-only in pieces of `segmentBytes`, or null (no addon, or mmap failed). */
+  private mapping: Buffer[] | null = null;
+  private readonly segmentBytes: number;
+  private mappedBytesRead = 0;
+  /** Kept so that touching the pages of a view cannot be optimised away (read in `stats`). */
+  lastTouched = 0;
 
   private constructor(
     readonly directory: string,
@@ -102,8 +139,16 @@ export class FileNand extends NandDeviceBase {
     states: NandBlockStates,
     private readonly image: FileHandle,
     private readonly spare: FileHandle,
+    private readonly residentLimitBytes: number,
   ) {
     super(geometry, states);
+    this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
+    this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
+  }
+
+  /** True when reads go through the memory mapping. */
+  get mapped(): boolean {
+    return this.mapping !== null;
   }
 
   /**
@@ -126,7 +171,7 @@ export class FileNand extends NandDeviceBase {
       if (geometry !== undefined) checkSameGeometry(directory, recorded, geometry);
       await checkImageSize(handles.image, path.join(directory, IMAGE_FILE_NAME), capacityBytes(recorded));
       const states = await loadBlockStates(handles.spare, recorded, sparePath);
-      return new FileNand(directory, recorded, states, handles.image, handles.spare);
+      return new FileNand(directory, recorded, states, handles.image, handles.spare, options.residentLimitBytes ?? DEFAULT_RESIDENT_LIMIT_BYTES);
     } catch (error) {
       await Promise.allSettled([handles.image.close(), handles.spare.close()]);
       throw error;
@@ -172,7 +217,33 @@ export class FileNand extends NandDeviceBase {
     } catch (error) {
       throw fromSystemError(error, `NAND read of erase block ${eraseBlockIndex}`);
     }
-    const slow = (performance.now() - started) * 1000 > SLOW_SYNC_READ_US + SLOW_SYNC_READ_US_PER_PAGE * pageCount;
+    this.noteSyncRead(started, pageCount);
+  }
+
+  protected override doViewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
+    const mapping = this.mapping;
+    if (mapping === null) return null;
+    const started = performance.now();
+    const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
+    // Segments hold whole erase blocks, so a range of pages of one block lies in one segment.
+    const at = offset % this.segmentBytes;
+    const view = mapping[Math.floor(offset / this.segmentBytes)]!.subarray(at, at + pageCount * this.geometry.pageBytes);
+    // Touch every page now, so a page that must come from the disk is timed here (see above).
+    let touched = 0;
+    for (let offset = 0; offset < view.length; offset += this.geometry.pageBytes) touched ^= view[offset]!;
+    this.lastTouched = touched;
+    this.noteSyncRead(started, pageCount);
+    this.mappedBytesRead += view.length;
+    if (this.mappedBytesRead >= RESIDENT_CHECK_BYTES) {
+      this.mappedBytesRead = 0;
+      if (process.memoryUsage.rss() > this.residentLimitBytes) for (const segment of mapping) dropResident(segment);
+    }
+    return view;
+  }
+
+  /** Times a synchronous read (see the design note): too many slow ones switch to the thread pool. */
+  private noteSyncRead(startedMs: number, pageCount: number): void {
+    const slow = (performance.now() - startedMs) * 1000 > SLOW_SYNC_READ_US + SLOW_SYNC_READ_US_PER_PAGE * pageCount;
     this.slowReads = ((this.slowReads << 1) | (slow ? 1 : 0)) >>> 0;
     if (slow && popcount(this.slowReads) >= SLOW_READS_TO_SWITCH) {
       this.asyncReadsUntilMs = performance.now() + ASYNC_READS_MS;
@@ -407,6 +478,22 @@ async function writeFully(handle: FileHandle, data: Buffer, positionBytes: numbe
     if (bytesWritten === 0) throw StorageError.io(`the NAND image accepted no bytes at byte ${positionBytes + doneBytes}`);
     doneBytes += bytesWritten;
   }
+}
+
+/** The image mapped read-only in segments, or null when the addon is missing or mmap fails (pread then). */
+function mapImage(fd: number, lengthBytes: number, segmentBytes: number): Buffer[] | null {
+  if (nandMap === null) return null;
+  const segments: Buffer[] = [];
+  try {
+    for (let offset = 0; offset < lengthBytes; offset += segmentBytes) segments.push(nandMap.map(fd, offset, Math.min(segmentBytes, lengthBytes - offset)));
+    return segments;
+  } catch {
+    return null;
+  }
+}
+
+function dropResident(mapping: Buffer): void {
+  nandMap?.dropResident(mapping);
 }
 
 function popcount(bits: number): number {

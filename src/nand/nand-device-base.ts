@@ -54,6 +54,11 @@ export abstract class NandDeviceBase implements NandDevice {
   private readonly dirtyBlocks = new Set<number>();
   /** The last queued program/erase of each erase block that has one in flight. */
   private readonly mutationTails = new Map<number, Promise<void>>();
+  /**
+   * Programs and erases queued or running per erase block, counted down inside the operation
+   * itself, so that whoever awaits an operation sees it finished here too.
+   */
+  private readonly mutationsPending = new Map<number, number>();
   private syncTail: Promise<void> = Promise.resolve();
   private closed = false;
 
@@ -91,13 +96,27 @@ export abstract class NandDeviceBase implements NandDevice {
   readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer {
     this.checkOpen();
     validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
-    assert(!this.mutationTails.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    assert(!this.mutationsPending.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
     const bytes = pageCount * this.geometry.pageBytes;
     assert(target === undefined || target.length >= bytes, 'read target too small');
     const data = target === undefined ? Buffer.allocUnsafe(bytes) : target.subarray(0, bytes);
     this.doReadPagesSync(eraseBlockIndex, firstPageIndex, pageCount, data);
     this.counters.pagesRead += pageCount;
     return data;
+  }
+
+  viewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
+    this.checkOpen();
+    validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
+    assert(!this.mutationsPending.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    const view = this.doViewPagesSync(eraseBlockIndex, firstPageIndex, pageCount);
+    if (view !== null) this.counters.pagesRead += pageCount;
+    return view;
+  }
+
+  /** A view of the pages in the device's own memory, or null (the default: no such memory). */
+  protected doViewPagesSync(_eraseBlockIndex: number, _firstPageIndex: number, _pageCount: number): Buffer | null {
+    return null;
   }
 
   get preferAsyncReads(): boolean {
@@ -204,8 +223,18 @@ export abstract class NandDeviceBase implements NandDevice {
 
   private enqueueMutation(eraseBlockIndex: number, work: () => Promise<void>): Promise<void> {
     const previous = this.mutationTails.get(eraseBlockIndex);
+    this.mutationsPending.set(eraseBlockIndex, (this.mutationsPending.get(eraseBlockIndex) ?? 0) + 1);
+    const counted = async () => {
+      try {
+        await work();
+      } finally {
+        const left = this.mutationsPending.get(eraseBlockIndex)! - 1;
+        if (left > 0) this.mutationsPending.set(eraseBlockIndex, left);
+        else this.mutationsPending.delete(eraseBlockIndex);
+      }
+    };
     // A failed earlier operation does not stop later ones: the FTL sees each failure itself.
-    const run = previous === undefined ? work() : previous.then(work, work);
+    const run = previous === undefined ? counted() : previous.then(counted, counted);
     const tail = run.then(ignore, ignore);
     this.mutationTails.set(eraseBlockIndex, tail);
     void tail.then(() => {

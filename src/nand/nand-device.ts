@@ -86,6 +86,13 @@ export interface NandDevice {
    */
   readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer;
   /**
+   * The pages as a read-only view of the device's own memory (a file image's memory mapping),
+   * without a copy, or null when the device has none (the caller then uses `readPagesSync`). The
+   * view is valid only until the caller returns to the event loop. Same conditions as
+   * `readPagesSync`.
+   */
+  viewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null;
+  /**
    * True while synchronous reads would stall the caller: a file image whose recent synchronous
    * reads went to the disk instead of the page cache. Memory devices never say so.
    */

@@ -134,6 +134,8 @@ interface ReadPlan {
   /** Per ref: its block's index in the range, and its codec. */
   refIndex: number[];
   refCodec: Codec[];
+  /** Per ref: where its payload goes as it is (a raw block the read covers whole), or undefined. */
+  refDestination: Array<Buffer | undefined>;
 }
 
 export class Volume implements BlockDevice {
@@ -293,6 +295,7 @@ export class Volume implements BlockDevice {
     const refs: RecordRef[] = [];
     const refIndex: number[] = [];
     const refCodec: Codec[] = [];
+    const refDestination: Array<Buffer | undefined> = [];
     let missingChunks: number[] | null = null;
     for (let i = 0; i < count; i++) {
       const lba = first + i;
@@ -314,7 +317,9 @@ export class Volume implements BlockDevice {
         assert(chunkPage.refcount[chunkSlot]! > 0, `${this.name} lba ${lba} maps to free chunk ${chunkId}`);
         refs.push({ address: { block: chunkPage.block[chunkSlot]!, offsetBytes: chunkPage.offset[chunkSlot]! }, chunkId, storedBytes: chunkPage.stored[chunkSlot]! });
         refIndex.push(i);
-        refCodec.push(chunkPage.codec[chunkSlot]! as Codec);
+        const codec = chunkPage.codec[chunkSlot]! as Codec;
+        refCodec.push(codec);
+        refDestination.push(codec === Codec.Raw && to - from === LBA_BYTES ? data.subarray(destination, destination + LBA_BYTES) : undefined);
       } else if (kind === EntryKind.Pattern && (page!.high[slot] !== 0 || page!.low[slot] !== 0)) {
         fillPattern(data, destination, from - lba * LBA_BYTES, to - from, page!.high[slot]!, page!.low[slot]!);
       } else {
@@ -323,11 +328,11 @@ export class Volume implements BlockDevice {
       }
     }
     if (missingChunks !== null) return { mapIds: [], chunkIds: missingChunks, fingerprints: [] };
-    return { data, offsetBytes, first, count, holes, refs, refIndex, refCodec };
+    return { data, offsetBytes, first, count, holes, refs, refIndex, refCodec, refDestination };
   }
 
   private readChunksSync(plan: ReadPlan): void {
-    if (plan.refs.length > 0) this.array.ftl.readRecordsSync(plan.refs, (k, payload) => this.placeBlock(plan, k, payload));
+    if (plan.refs.length > 0) this.array.ftl.readRecordsSync(plan.refs, (k, payload) => this.placeBlock(plan, k, payload), plan.refDestination);
   }
 
   private async readChunksAsync(plan: ReadPlan): Promise<void> {
@@ -338,6 +343,7 @@ export class Volume implements BlockDevice {
 
   /** Copies (decompressing) the `k`th record of the plan into its place in the result. */
   private placeBlock(plan: ReadPlan, k: number, payload: Buffer): void {
+    if (payload === plan.refDestination[k]) return; // the FTL put it in place
     const lba = plan.first + plan.refIndex[k]!;
     const block = decompressBlock(payload, plan.refCodec[k]!, LBA_BYTES);
     const { offsetBytes } = plan;

@@ -172,3 +172,34 @@ test('an invalid geometry is refused at creation', async (t) => {
     t.false(fs.existsSync(path.join(directory, SPARE_FILE_NAME)));
   });
 });
+
+test('reads through the memory mapping equal preads, see programs at once and zeros after an erase', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    t.true(device.mapped, 'the pstorage-nand-map addon is built and the image is mapped');
+    await device.programPages(10, 0, pagesOf(4096, 8, 10));
+    await device.programPages(10, 8, pagesOf(4096, 4, 11));
+    const view = device.viewPagesSync(10, 2, 10)!;
+    t.true(view.equals(device.readPagesSync(10, 2, 10)), 'view = pread');
+    t.true(view.equals(Buffer.concat([pagesOf(4096, 8, 10), pagesOf(4096, 4, 11)]).subarray(2 * 4096, 12 * 4096)));
+    t.true(device.viewPagesSync(11, 0, 1)!.equals(Buffer.alloc(4096)), 'a page never programmed reads as zeros');
+    await device.eraseBlock(10);
+    t.true(device.viewPagesSync(10, 0, 12)!.equals(Buffer.alloc(12 * 4096)), 'an erased (punched) block reads as zeros through the mapping');
+    t.throws(() => device.viewPagesSync(64, 0, 1), { code: 'INVALID_ARGUMENT' }, 'ranges are checked as for any read');
+    await device.close();
+  });
+});
+
+test('a mapped image bigger than one mapping segment (1 GiB) reads right across segments', async (t) => {
+  await withDirectory(async (directory) => {
+    // 2.5 GiB of sparse image, mapped in three pieces; a Node Buffer cannot hold it in one.
+    const geometry: NandGeometry = { pageBytes: 4096, pagesPerEraseBlock: 64, eraseBlockCount: 10240, enduranceCycles: 3000 };
+    const device = await FileNand.open(directory, geometry, { create: true });
+    t.true(device.mapped);
+    for (const block of [0, 4095, 4096, 10239]) {
+      await device.programPages(block, 0, pagesOf(4096, 2, block));
+      t.true(device.viewPagesSync(block, 0, 2)!.equals(pagesOf(4096, 2, block)), `erase block ${block}`);
+    }
+    await device.close();
+  });
+});

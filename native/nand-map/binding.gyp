@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "nand_map",
+      "sources": ["nand_map.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}
