@@ -31,15 +31,34 @@ export class ByteQueue {
       return view;
     }
     const out = allocate(n);
+    this.copyOut(out, 0, n);
+    return out;
+  }
+
+  /** Copies the next `n` bytes into `target` at `at` and drops them from the queue. */
+  copyOut(target: Buffer, at: number, n: number): void {
+    if (n > this.total) throw new RangeError(`copyOut(${n}) with ${this.total} bytes queued`);
     let filled = 0;
     while (filled < n) {
       const chunk = this.chunks[0]!;
       const count = Math.min(n - filled, chunk.length - this.head);
-      chunk.copy(out, filled, this.head, this.head + count);
+      chunk.copy(target, at + filled, this.head, this.head + count);
       filled += count;
       this.advance(count);
     }
-    return out;
+  }
+
+  /**
+   * Replaces whatever is still queued by a copy that the queue owns: for chunks that live in a
+   * buffer the caller reuses once `push` returns (a socket's read buffer).
+   */
+  retain(): void {
+    if (this.total === 0) return;
+    const copy = Buffer.allocUnsafe(this.total);
+    this.copyOut(copy, 0, this.total);
+    this.chunks = [copy];
+    this.head = 0;
+    this.total = copy.length;
   }
 
   /** Drops up to `n` bytes; returns how many were dropped. */

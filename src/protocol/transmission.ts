@@ -29,14 +29,17 @@ export type RequestEvent =
 
 export class RequestDecoder {
   private readonly queue = new ByteQueue();
-  private pending: NbdRequest | null = null; // a WRITE waiting for its payload
+  private pending: NbdRequest | null = null; // a WRITE waiting for the rest of its payload
+  private payload: Buffer | null = null; // where that payload is being gathered
+  private payloadFilled = 0;
   private skipBytesLeft = 0;
   private skipping: NbdRequest | null = null; // the oversized WRITE whose payload is being skipped
   private failed = false;
 
   /**
-   * `allocatePayload` provides the buffer for a WRITE payload that arrived in several chunks (the
-   * caller may pool them); a payload inside one chunk is a view of it.
+   * `allocatePayload` provides the buffer a WRITE payload is copied into (the caller may pool
+   * them): one that arrives in several chunks is gathered there as it comes, and so is every
+   * payload of a transient chunk. A payload inside one chunk that is not transient is a view of it.
    */
   constructor(
     private readonly maxPayloadBytes: number,
@@ -45,35 +48,59 @@ export class RequestDecoder {
 
   /** Bytes received but not yet framed (counts toward the connection's buffered bytes). */
   get bufferedBytes(): number {
-    return this.queue.length;
+    return this.queue.length + this.payloadFilled;
   }
 
-  push(chunk: Buffer): RequestEvent[] {
+  /**
+   * Frames what `chunk` completes. A `transient` chunk is reused by the caller once this returns
+   * (a socket read buffer): nothing returned or kept refers to it.
+   */
+  push(chunk: Buffer, transient = false): RequestEvent[] {
     const events: RequestEvent[] = [];
     if (this.failed) return events;
     this.queue.push(chunk);
+    this.frame(events, transient);
+    if (transient) this.queue.retain();
+    return events;
+  }
+
+  private frame(events: RequestEvent[], transient: boolean): void {
     for (;;) {
       if (this.skipBytesLeft > 0) {
         this.skipBytesLeft -= this.queue.skip(this.skipBytesLeft);
-        if (this.skipBytesLeft > 0) return events;
+        if (this.skipBytesLeft > 0) return;
       }
       if (this.skipping !== null) {
         events.push({ type: 'oversized-write', request: this.skipping });
         this.skipping = null;
       }
       if (this.pending !== null) {
-        if (this.queue.length < this.pending.length) return events;
-        events.push({ type: 'request', request: this.pending, payload: this.queue.take(this.pending.length, this.allocatePayload) });
+        const request = this.pending;
+        if (this.payload === null) {
+          if (this.queue.length >= request.length && !transient) {
+            events.push({ type: 'request', request, payload: this.queue.take(request.length, this.allocatePayload) });
+            this.pending = null;
+            continue;
+          }
+          this.payload = this.allocatePayload(request.length);
+        }
+        const count = Math.min(request.length - this.payloadFilled, this.queue.length);
+        this.queue.copyOut(this.payload, this.payloadFilled, count);
+        this.payloadFilled += count;
+        if (this.payloadFilled < request.length) return;
+        events.push({ type: 'request', request, payload: this.payload });
         this.pending = null;
+        this.payload = null;
+        this.payloadFilled = 0;
         continue;
       }
-      if (this.queue.length < C.REQUEST_HEADER_BYTES) return events;
+      if (this.queue.length < C.REQUEST_HEADER_BYTES) return;
       const header = this.queue.take(C.REQUEST_HEADER_BYTES);
       const magic = header.readUInt32BE(0);
       if (magic !== C.NBD_REQUEST_MAGIC) {
         this.failed = true;
         events.push({ type: 'fatal', reason: `bad request magic 0x${magic.toString(16)}` });
-        return events;
+        return;
       }
       const request: NbdRequest = {
         flags: header.readUInt16BE(4),

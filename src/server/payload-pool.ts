@@ -1,15 +1,16 @@
 /**
- * Buffers for WRITE payloads that arrive split over several socket reads, reused from one request
- * to the next. A 128 KiB write almost always spans two 64 KiB reads, and allocating a fresh buffer
- * for each one (about 450 MB/s of new memory at full speed) kept the garbage collector running a
- * full collection every 60 ms: V8 collects when the memory outside its heap grows.
+ * Buffers for WRITE payloads, reused from one request to the next: the connection copies every
+ * payload out of its socket read buffer into one of these. Allocating a fresh buffer per payload
+ * (about 450 MB/s of new memory at full speed) kept the garbage collector running a full
+ * collection every 60 ms: V8 collects when the memory outside its heap grows.
  *
- * Sizes are rounded up to a power of two (from 8 KiB); each size keeps a few free buffers, and the
- * pool as a whole keeps at most `maxPooledBytes`. A buffer goes back only when its request is
- * completely done (replied to, nothing of the engine still reading it).
+ * Sizes are rounded up to a power of two (from 4 KiB); each size keeps up to
+ * max(16, PER_CLASS_BYTES / size) free buffers (enough for a few queues of 4 KiB writes at depth
+ * 32), and the pool as a whole keeps at most `maxPooledBytes`. A buffer goes back only when its
+ * request is completely done (replied to, nothing of the engine still reading it).
  */
-const MIN_CLASS_BYTES = 8 * 1024;
-const PER_CLASS = 16;
+const MIN_CLASS_BYTES = 4 * 1024;
+const PER_CLASS_BYTES = 4 * 1024 * 1024;
 
 export class PayloadPool {
   private readonly free = new Map<number, Buffer[]>();
@@ -39,7 +40,7 @@ export class PayloadPool {
     if (view.byteOffset !== 0 || size !== sizeClass(size) || this.pooledBytes + size > this.maxPooledBytes) return;
     let list = this.free.get(size);
     if (list === undefined) this.free.set(size, (list = []));
-    if (list.length >= PER_CLASS) return;
+    if (list.length >= Math.max(16, PER_CLASS_BYTES / size)) return;
     list.push(whole);
     this.pooledBytes += size;
   }

@@ -121,6 +121,30 @@ test('property: any chunking of a request stream gives the same events', (t) => 
   );
 });
 
+test('property: transient chunks (one reused read buffer) give the same events, and nothing refers to the buffer', (t) => {
+  const expected = JSON.stringify(decodeAll(new RequestDecoder(MAX), [stream]), (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  t.notThrows(() =>
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: stream.length }), { maxLength: 12 }), (cuts) => {
+        const points = [...new Set(cuts)].sort((a, b) => a - b);
+        points.push(stream.length);
+        const readBuffer = Buffer.alloc(stream.length);
+        const decoder = new RequestDecoder(MAX);
+        const events: RequestEvent[] = [];
+        let last = 0;
+        for (const point of points) {
+          const count = stream.copy(readBuffer, 0, last, point);
+          events.push(...decoder.push(readBuffer.subarray(0, count), true));
+          readBuffer.fill(0xee); // the next read overwrites it
+          last = point;
+        }
+        return JSON.stringify(events, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) === expected;
+      }),
+      { numRuns: 500 },
+    ),
+  );
+});
+
 test('property: random bytes only ever produce typed events', (t) => {
   const types = new Set<string>();
   t.notThrows(() =>
