@@ -39,10 +39,15 @@ export class BlockBuffers {
     return this.byBlock.get(block);
   }
 
-  /** A zeroed buffer for a block being opened (padding and unused pages then hold zeros). */
+  /**
+   * A buffer for a block being opened. A pooled one still holds an earlier block's bytes beyond
+   * what the stream writes: nothing reads past a block's written bytes (parseBlock stops there),
+   * and the stream zeroes the padding of every page it seals, so no stale byte reaches NAND.
+   * (Zeroing whole 4 MiB buffers cost 3.6 % of the main thread at 128K sequential writes.)
+   */
   acquire(block: number): Buffer {
     assert(!this.byBlock.has(block), `erase block ${block} already has a buffer`);
-    const buffer = this.pool.pop()?.fill(0) ?? Buffer.alloc(this.blockBytes);
+    const buffer = this.pool.pop() ?? Buffer.alloc(this.blockBytes);
     this.byBlock.set(block, buffer);
     return buffer;
   }
@@ -161,6 +166,7 @@ export class LogStream {
 
   private sealCurrentPage(): void {
     const at = this.pageIndex * this.pageBytes;
+    if (this.pageUsedBytes < this.payloadBytes) this.buffer!.fill(0, at + PAGE_HEADER_BYTES + this.pageUsedBytes, at + this.pageBytes);
     sealPage(this.buffer!.subarray(at, at + this.pageBytes), this.pageIndex, this.sequence, this.pageUsedBytes);
   }
 
