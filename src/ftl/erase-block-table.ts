@@ -245,28 +245,33 @@ export class EraseBlockTable {
   }
 
   /**
-   * The next block to clean: retiring blocks first (their data must move), then by policy among
-   * full blocks with something to gain. Cost-benefit (Rosenblum & Ousterhout): maximise
-   * (1 - u) * age / (1 + u), u being the valid fraction. Greedy: least valid bytes.
+   * Up to `count` blocks to clean, best first, from one scan: retiring blocks first (their data
+   * must move), then by policy among full blocks with something to gain. Cost-benefit (Rosenblum
+   * & Ousterhout): maximise (1 - u) * age / (1 + u), u being the valid fraction. Greedy: least
+   * valid bytes. (One scan per GC round, not one per victim: a round may take hundreds.)
    */
-  pickVictim(policy: VictimPolicy, currentSequence: number, exclude: ReadonlySet<number>): number {
-    let best = -1;
-    let bestScore = -Infinity;
+  pickVictims(policy: VictimPolicy, currentSequence: number, exclude: ReadonlySet<number>, count: number): number[] {
+    const retiring: number[] = [];
+    const candidates: number[] = [];
+    const scores = new Float64Array(this.blockCount);
     for (let block = 0; block < this.blockCount; block++) {
       if (exclude.has(block)) continue;
       const state = this.state[block];
-      if (state === BlockState.Retiring) return block;
+      if (state === BlockState.Retiring) {
+        retiring.push(block);
+        continue;
+      }
       if (state !== BlockState.Full) continue;
       const valid = this.validBytes[block]!;
       if (valid >= this.writtenBytes[block]! && valid > 0) continue; // nothing to gain
       const u = valid / this.streamBytesPerBlock;
-      const score = policy === 'greedy' ? -valid : ((1 - u) * (currentSequence - this.sequence[block]! + 1)) / (1 + u);
-      if (score > bestScore) {
-        bestScore = score;
-        best = block;
-      }
+      scores[block] = policy === 'greedy' ? -valid : ((1 - u) * (currentSequence - this.sequence[block]! + 1)) / (1 + u);
+      candidates.push(block);
     }
-    return best;
+    if (retiring.length >= count) return retiring.slice(0, count);
+    // Best score first; equal scores keep block order (the sort is stable).
+    candidates.sort((a, b) => scores[b]! - scores[a]!);
+    return retiring.concat(candidates.slice(0, count - retiring.length));
   }
 
   /** Static wear leveling: the full block with the lowest P/E count, if the spread is too wide. */
