@@ -7,8 +7,9 @@
  * `length` bytes of the file from `offset` (a multiple of the page size); the mapping is unmapped
  * when that Buffer is garbage-collected. A Buffer holds at most 4 GiB in Node 20, so a bigger file
  * is mapped in several pieces.
- * dropResident(buffer) calls madvise(MADV_DONTNEED) on the whole mapping: the pages leave the
- * process's page tables (and its resident set) but stay in the page cache.
+ * dropResident(buffer) calls madvise(MADV_DONTNEED) on the whole pages of a mapping (or of a
+ * view of part of one): they leave the process's page tables (and its resident set) but stay in
+ * the page cache.
  *
  * Reading a page of a mapping whose file cannot be read (a disk error) raises SIGBUS, which ends
  * the process: the caller accepts that, see file-nand.ts.
@@ -18,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define CHECK(env, call)                                          \
   do {                                                            \
@@ -53,8 +55,11 @@ static napi_value map(napi_env env, napi_callback_info info) {
     napi_throw(env, error);
     return NULL;
   }
-  /* Reads are small and scattered: read-ahead would only fill the page cache with neighbours. */
-  madvise(address, (size_t)length, MADV_RANDOM);
+  /*
+   * No MADV_RANDOM: besides read-ahead it turns off the kernel's fault-around, which maps up to 16
+   * neighbouring page-cache pages per fault; without it every 4 KiB page of a record read after
+   * dropResident() was a fault of its own.
+   */
   napi_value buffer;
   if (napi_create_external_buffer(env, (size_t)length, address, unmap, (void*)(uintptr_t)length, &buffer) != napi_ok) {
     munmap(address, (size_t)length);
@@ -74,7 +79,11 @@ static napi_value drop_resident(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "dropResident(buffer) takes a Buffer from map()");
     return NULL;
   }
-  madvise(data, length, MADV_DONTNEED);
+  /* A view of part of a mapping: only the whole pages inside it. */
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t start = ((uintptr_t)data + page - 1) & ~(page - 1);
+  uintptr_t end = ((uintptr_t)data + length) & ~(page - 1);
+  if (end > start) madvise((void*)start, end - start, MADV_DONTNEED);
   return NULL;
 }
 

@@ -75,6 +75,11 @@ export interface IoRequest {
   noHole: boolean;
   fastZero: boolean;
   result: ReadResult | null;
+  /**
+   * For a read: a buffer of exactly `lengthBytes` that the device may fill and return as the
+   * result's data (the caller pools them; null: the device allocates).
+   */
+  readInto?: Buffer | null;
   done(request: IoRequest, error: unknown): void;
 }
 

@@ -18,10 +18,13 @@
  * system call and no copy. Measured here, a 4 KiB record costs 0.6 µs that way against 2 µs for
  * an 8 KiB pread (two pages) plus the copy, and a 128 KiB read of 32 scattered records spent
  * 60 % of its time in pread. Mapped pages count in the process's resident set although they
- * are page cache; every `RESIDENT_CHECK_BYTES` read through the mapping it looks at the resident
- * set, and above `residentLimitBytes` drops the mapped pages from it (madvise DONTNEED: the page
- * cache keeps them; they come back with a minor fault each, so this is not done often: dropping
- * every 256 MiB read cost a fifth of a 128 KiB sequential read's time). The price: a disk error under the
+ * are page cache; every `RESIDENT_CHECK_BYTES` read through the mapping it looks at how many
+ * file pages the process has mapped (the "shared" count of /proc/self/statm), and above
+ * `mappedLimitBytes` drops the mapped pages (madvise DONTNEED: the page cache keeps them; they
+ * come back with minor faults, 16 pages a fault by the kernel's fault-around, so this is not done
+ * often, and only erase blocks not read lately go: see dropColdBlocks). It counts mapped pages only: with the whole resident set as the measure, a process whose
+ * heap and caches alone passed the limit dropped the mapping every 64 MiB read, and 128 KiB reads
+ * ran at a third of their speed. The price: a disk error under the
  * image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
  * nothing acknowledged is lost by that (the durability contract holds across any crash), and
  * without the addon (or where mmap fails) reads fall back to pread.
@@ -96,8 +99,8 @@ export const SPARE_FILE_NAME = 'nand.oob';
 export interface FileNandOpenOptions {
   /** Create the image if the directory has none (then `geometry` is required). */
   create?: boolean;
-  /** Resident set size above which the mapping's pages are dropped from it (default 1 GiB). */
-  residentLimitBytes?: number;
+  /** Mapped image pages resident above which cold ones are dropped from the mapping (default 1 GiB). */
+  mappedLimitBytes?: number;
 }
 
 /** Records read per I/O when loading the spare file (1 MiB). */
@@ -109,10 +112,10 @@ const SLOW_SYNC_READ_US = 500;
 const SLOW_SYNC_READ_US_PER_PAGE = 20;
 /** The image is mapped in pieces of about this size (a Node 20 Buffer holds at most 4 GiB). */
 const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
-/** Bytes read through the mapping between two looks at the resident set... */
+/** Bytes read through the mapping between two looks at the mapped pages resident... */
 const RESIDENT_CHECK_BYTES = 64 * 1024 * 1024;
-/** ...and the resident set size above which the mapped pages leave it, by default. */
-const DEFAULT_RESIDENT_LIMIT_BYTES = 1024 * 1024 * 1024;
+/** ...and how many may be, by default, before they are dropped. */
+const DEFAULT_MAPPED_LIMIT_BYTES = 1024 * 1024 * 1024;
 /** Slow reads among the last 32 that switch reads to the thread pool... */
 const SLOW_READS_TO_SWITCH = 8;
 /** ...for this long. */
@@ -130,6 +133,11 @@ export class FileNand extends NandDeviceBase {
   private mapping: Buffer[] | null = null;
   private readonly segmentBytes: number;
   private mappedBytesRead = 0;
+  /** Per erase block, the check interval (`readEpoch`) of its last read through the mapping; 0: not mapped since the last drop. */
+  private readonly blockReadEpoch: Uint32Array;
+  private readEpoch = 1;
+  /** Erase blocks dropped from the mapping so far (each drop of a block that was read counts once). */
+  droppedEraseBlocks = 0;
   /** Kept so that touching the pages of a view cannot be optimised away (read in `stats`). */
   lastTouched = 0;
 
@@ -139,10 +147,11 @@ export class FileNand extends NandDeviceBase {
     states: NandBlockStates,
     private readonly image: FileHandle,
     private readonly spare: FileHandle,
-    private readonly residentLimitBytes: number,
+    private readonly mappedLimitBytes: number,
   ) {
     super(geometry, states);
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
+    this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
   }
 
@@ -171,7 +180,7 @@ export class FileNand extends NandDeviceBase {
       if (geometry !== undefined) checkSameGeometry(directory, recorded, geometry);
       await checkImageSize(handles.image, path.join(directory, IMAGE_FILE_NAME), capacityBytes(recorded));
       const states = await loadBlockStates(handles.spare, recorded, sparePath);
-      return new FileNand(directory, recorded, states, handles.image, handles.spare, options.residentLimitBytes ?? DEFAULT_RESIDENT_LIMIT_BYTES);
+      return new FileNand(directory, recorded, states, handles.image, handles.spare, options.mappedLimitBytes ?? DEFAULT_MAPPED_LIMIT_BYTES);
     } catch (error) {
       await Promise.allSettled([handles.image.close(), handles.spare.close()]);
       throw error;
@@ -233,12 +242,41 @@ export class FileNand extends NandDeviceBase {
     for (let offset = 0; offset < view.length; offset += this.geometry.pageBytes) touched ^= view[offset]!;
     this.lastTouched = touched;
     this.noteSyncRead(started, pageCount);
+    this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
     this.mappedBytesRead += view.length;
     if (this.mappedBytesRead >= RESIDENT_CHECK_BYTES) {
       this.mappedBytesRead = 0;
-      if (process.memoryUsage.rss() > this.residentLimitBytes) for (const segment of mapping) dropResident(segment);
+      this.readEpoch += 1;
+      if (mappedResidentBytes() > this.mappedLimitBytes) this.dropColdBlocks(mapping);
     }
     return view;
+  }
+
+  /**
+   * Drops from the mapping the erase blocks read since the last drop but not in the last two
+   * check intervals (a CLOCK of sorts, with read epochs), so the blocks being read stay mapped.
+   */
+  private dropColdBlocks(mapping: Buffer[]): void {
+    const epochs = this.blockReadEpoch;
+    const cold = this.readEpoch - 2;
+    const blockBytes = eraseBlockBytes(this.geometry);
+    for (let block = 0; block < epochs.length; ) {
+      const epoch = epochs[block]!;
+      if (epoch === 0 || epoch > cold) {
+        block += 1;
+        continue;
+      }
+      // A run of cold blocks in one segment: one madvise.
+      const start = block;
+      const segment = Math.floor(this.pageOffsetBytes(start, 0) / this.segmentBytes);
+      while (block < epochs.length && epochs[block] !== 0 && epochs[block]! <= cold && Math.floor(this.pageOffsetBytes(block, 0) / this.segmentBytes) === segment) {
+        epochs[block] = 0;
+        block += 1;
+      }
+      const from = this.pageOffsetBytes(start, 0) % this.segmentBytes;
+      dropResident(mapping[segment]!.subarray(from, from + (block - start) * blockBytes));
+      this.droppedEraseBlocks += block - start;
+    }
   }
 
   /** Times a synchronous read (see the design note): too many slow ones switch to the thread pool. */
@@ -491,6 +529,22 @@ function mapImage(fd: number, lengthBytes: number, segmentBytes: number): Buffer
     return null;
   }
 }
+
+/**
+ * File-backed pages the process has resident (statm's third field: its mapped page-cache pages;
+ * the image's mapping is nearly all of them), or 0 where /proc cannot tell.
+ */
+function mappedResidentBytes(): number {
+  try {
+    const shared = Number(fs.readFileSync('/proc/self/statm', 'latin1').split(' ')[2]);
+    return Number.isFinite(shared) ? shared * PAGE_SIZE_BYTES : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The kernel's page size (the mapping's unit). */
+const PAGE_SIZE_BYTES = 4096;
 
 function dropResident(mapping: Buffer): void {
   nandMap?.dropResident(mapping);

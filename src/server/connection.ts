@@ -100,6 +100,8 @@ export class Connection {
   private closed = false;
   private readonly idle: Array<() => void> = [];
   private outgoing: Buffer[] = [];
+  /** Pooled read buffers in `outgoing`, given back once the write that carries them completes. */
+  private releases: Buffer[] = [];
   private flushScheduled = false;
   readonly finished: Promise<void>;
   private resolveFinished!: () => void;
@@ -238,6 +240,8 @@ export class Connection {
       return;
     }
     const io = new PendingIo(this, request, payload, costBytes);
+    // A read fills a pooled buffer, which goes back once its reply has been written.
+    if (request.type === C.NBD_CMD_READ && request.length > 0) io.readInto = this.options.payloads.take(request.length);
     // Zero-length data requests do nothing (a FUA one flushes), and the device never sees them.
     if (request.length === 0 && request.type !== C.NBD_CMD_FLUSH) {
       if (io.fua) io.command = IoCommand.Flush;
@@ -252,8 +256,10 @@ export class Connection {
   /** A data request finished: reply, and account for it. */
   complete(io: PendingIo, error: unknown): void {
     const request = io.nbd;
-    if (error !== null) this.failRequest(request, error);
-    else if (request.type === C.NBD_CMD_READ) this.sendRead(request, io.result);
+    if (error !== null) {
+      this.failRequest(request, error);
+      this.options.payloads.give(io.readInto);
+    } else if (request.type === C.NBD_CMD_READ) this.sendRead(request, io.result, io.readInto);
     else this.sendOk(request);
     this.options.payloads.give(io.data);
     this.settled(io.costBytes);
@@ -291,9 +297,13 @@ export class Connection {
    * Queues one whole reply. Replies completed by the same piece of work go out in one writev at
    * its end, which matters at high queue depths; a reply is never split by another.
    */
-  private writeAll(buffers: Buffer[]): void {
-    if (this.closed) return;
+  private writeAll(buffers: Buffer[], release: Buffer | null = null): void {
+    if (this.closed) {
+      this.options.payloads.give(release);
+      return;
+    }
     for (const buffer of buffers) this.outgoing.push(buffer);
+    if (release !== null) this.releases.push(release);
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => this.flushOutgoing());
@@ -308,10 +318,16 @@ export class Connection {
   private flushOutgoing(): void {
     this.flushScheduled = false;
     const buffers = this.outgoing;
+    const releases = this.releases;
     this.outgoing = [];
+    this.releases = [];
     if (this.closed || buffers.length === 0) return;
     this.socket.cork();
-    for (const buffer of buffers) this.socket.write(buffer);
+    const last = buffers.length - 1;
+    for (let i = 0; i < last; i++) this.socket.write(buffers[i]!);
+    if (releases.length === 0) this.socket.write(buffers[last]!);
+    // Called once the kernel has every byte of this flush (or the socket failed): not sooner.
+    else this.socket.write(buffers[last]!, () => releases.forEach((buffer) => this.options.payloads.give(buffer)));
     this.socket.uncork();
     this.updateFlow();
   }
@@ -329,8 +345,11 @@ export class Connection {
     else this.writeAll([encodeSimpleReply(request.cookie, errno)]);
   }
 
-  private sendRead(request: NbdRequest, result: ReadResult | null): void {
+  /** The reply to a read; `readInto` (the pooled buffer it was offered) goes back after it is written. */
+  private sendRead(request: NbdRequest, result: ReadResult | null, readInto: Buffer | null): void {
     const session = this.session!;
+    const release = readInto !== null && result !== null && result.data.buffer === readInto.buffer ? readInto : null;
+    if (release === null) this.options.payloads.give(readInto);
     if (request.length === 0 || result === null) {
       if (session.structuredReplies) this.writeAll([encodeNoneChunk(request.cookie)]);
       else this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)]);
@@ -338,12 +357,12 @@ export class Connection {
     }
     const extents: ReadExtent[] = result.extents;
     if (!session.structuredReplies) {
-      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data]);
+      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data], release);
       return;
     }
     if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
       const data = result.data.length === request.length ? result.data : concatReadExtents(extents, request.length);
-      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data]);
+      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data], release);
       return;
     }
     // Adjacent data extents go out as one OFFSET_DATA chunk (its payload is several buffers), so a
@@ -368,7 +387,7 @@ export class Connection {
       buffers[headerAt] = encodeOffsetDataHeader(request.cookie, index === extents.length, offset, runBytes);
       offset += BigInt(runBytes);
     }
-    this.writeAll(buffers);
+    this.writeAll(buffers, release);
   }
 
   private async sendBlockStatus(request: NbdRequest, offset: number): Promise<void> {
@@ -399,6 +418,7 @@ class PendingIo implements IoRequest {
   readonly noHole: boolean;
   readonly fastZero: boolean;
   result: ReadResult | null = null;
+  readInto: Buffer | null = null;
 
   constructor(
     private readonly connection: Connection,

@@ -272,8 +272,7 @@ export class FlashArray implements ExportCatalog {
       const created = formatBytes === undefined;
       const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
       // Mapped NAND pages count in the resident set: keep them to a share beside the caches.
-      const residentLimitBytes = (options.cacheBytes ?? DEFAULT_CACHE_BYTES) + 512 * MiB;
-      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created, residentLimitBytes });
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created });
       const array = await FlashArray.assemble(dataDir, meta, nand, logger, options, created);
       return { array, created, recoveryMs: Number(process.hrtime.bigint() - started) / 1e6 };
     } catch (error) {

@@ -237,7 +237,7 @@ export class Volume implements BlockDevice {
   private readRequest(request: IoRequest): void {
     const ftl = this.array.ftl;
     if (ftl.canReadSync) {
-      const plan = this.planRead(request.offsetBytes, request.lengthBytes);
+      const plan = this.planRead(request.offsetBytes, request.lengthBytes, request.readInto ?? null);
       if (!('mapIds' in plan)) {
         this.readChunksSync(plan);
         request.result = this.finishRead(plan);
@@ -261,7 +261,7 @@ export class Volume implements BlockDevice {
       let plan: ReadPlan | Missing;
       try {
         unpinChunks = await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(missing.chunkIds));
-        plan = this.planRead(offsetBytes, lengthBytes);
+        plan = this.planRead(offsetBytes, lengthBytes, request.readInto ?? null);
       } finally {
         unpinMap();
         unpinChunks();
@@ -284,13 +284,13 @@ export class Volume implements BlockDevice {
    * Resolves every block of the range. Holes and patterns are written into the result buffer at
    * once; chunks become record reads. Returns what is not cached instead, changing nothing.
    */
-  private planRead(offsetBytes: number, lengthBytes: number): ReadPlan | Missing {
+  private planRead(offsetBytes: number, lengthBytes: number, into: Buffer | null): ReadPlan | Missing {
     const first = Math.floor(offsetBytes / LBA_BYTES);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
     const count = last - first + 1;
     const chain = this.chain();
     const chunks = this.array.chunks;
-    const data = this.array.slab.take(lengthBytes);
+    const data = into !== null && into.length === lengthBytes ? into : this.array.slab.take(lengthBytes);
     const holes = new Uint8Array(count);
     const refs: RecordRef[] = [];
     const refIndex: number[] = [];

@@ -190,6 +190,21 @@ test('reads through the memory mapping equal preads, see programs at once and ze
   });
 });
 
+test('past the mapped-pages limit, erase blocks not read lately leave the mapping and read back right', async (t) => {
+  await withDirectory(async (directory) => {
+    // A limit of one byte: every check (each 64 MiB read through the mapping) finds it exceeded.
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, mappedLimitBytes: 1 });
+    t.true(device.mapped);
+    for (let block = 0; block < 10; block++) await device.programPages(block, 0, pagesOf(4096, 64, block));
+    for (let block = 0; block < 5; block++) t.true(device.viewPagesSync(block, 0, 64)!.equals(pagesOf(4096, 64, block)));
+    // Block 9 alone for three check intervals: blocks 0-4 turn cold after two and are dropped.
+    for (let i = 0; i < 3 * 256; i++) device.viewPagesSync(9, 0, 64);
+    t.is(device.droppedEraseBlocks, 5, 'the five cold blocks, and not the one being read');
+    for (let block = 0; block < 10; block++) t.true(device.viewPagesSync(block, 0, 64)!.equals(pagesOf(4096, 64, block)), `erase block ${block} after the drop`);
+    await device.close();
+  });
+});
+
 test('a mapped image bigger than one mapping segment (1 GiB) reads right across segments', async (t) => {
   await withDirectory(async (directory) => {
     // 2.5 GiB of sparse image, mapped in three pieces; a Node Buffer cannot hold it in one.
