@@ -21,7 +21,7 @@
  * After a crash, a block that was open is treated as full: pages past the last commit hold
  * nothing the metadata references.
  */
-import { assert } from '../common/assert.js';
+import { fail } from '../common/assert.js';
 
 export const enum BlockState {
   Free = 0,
@@ -45,7 +45,7 @@ const SUMMARY_BYTES = 13;
 
 /** The summaries of the blocks of summary page `pageIndex`, as stored. */
 export function decodeSummaryPage(pageIndex: number, bytes: Buffer): Array<[number, BlockSummary]> {
-  assert(bytes.length % SUMMARY_BYTES === 0 && bytes.length <= SUMMARIES_PER_PAGE * SUMMARY_BYTES, `erase-block summary page of ${bytes.length} bytes`);
+  if (!(bytes.length % SUMMARY_BYTES === 0 && bytes.length <= SUMMARIES_PER_PAGE * SUMMARY_BYTES)) fail(`erase-block summary page of ${bytes.length} bytes`);
   const count = bytes.length / SUMMARY_BYTES;
   const out: Array<[number, BlockSummary]> = [];
   for (let i = 0; i < count; i++) {
@@ -182,7 +182,7 @@ export class EraseBlockTable {
 
   addValid(block: number, deltaBytes: number): void {
     const next = this.validBytes[block]! + deltaBytes;
-    assert(next >= 0 && next <= this.streamBytesPerBlock, `valid bytes of erase block ${block} would be ${next}`);
+    if (!(next >= 0 && next <= this.streamBytesPerBlock)) fail(`valid bytes of erase block ${block} would be ${next}`);
     this.validBytes[block] = next;
     this.validTotal += deltaBytes;
     this.markDirty(block);

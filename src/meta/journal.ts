@@ -30,7 +30,7 @@
  * A unique 4 KiB overwrite journals about 60 bytes: its map entry, its new chunk and the old
  * chunk's refcount.
  */
-import { assert } from '../common/assert.js';
+import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 
 export const enum JournalEntryType {
@@ -194,7 +194,7 @@ export function decodeJournalValue(value: Buffer, visitor: JournalVisitor, where
 }
 
 function writeId(target: Buffer, id: number, at: number): void {
-  assert(id >= 0 && id < MAX_ID, `journal id ${id} out of range`);
+  if (!(id >= 0 && id < MAX_ID)) fail(`journal id ${id} out of range`);
   target.writeUInt32LE(id % TWO_POW_32, at);
   target.writeUInt16LE(Math.floor(id / TWO_POW_32), at + 4);
 }

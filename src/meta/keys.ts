@@ -15,7 +15,7 @@
  * Encoding an out-of-range number is a programmer error (assertion). Decoding bytes of the wrong
  * length, or a u64 beyond 2^53, means the stored metadata is damaged: `StorageError` `CORRUPT`.
  */
-import { assert } from '../common/assert.js';
+import { fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 
 const TWO_POW_32 = 0x1_0000_0000;
@@ -39,11 +39,11 @@ export interface PrefixRange {
 }
 
 function checkU32(n: number, what: string): void {
-  assert(Number.isInteger(n) && n >= 0 && n < TWO_POW_32, `${what} ${n} is not a whole number in [0, 2^32)`);
+  if (!(Number.isInteger(n) && n >= 0 && n < TWO_POW_32)) fail(`${what} ${n} is not a whole number in [0, 2^32)`);
 }
 
 function checkU64(n: number, what: string): void {
-  assert(Number.isSafeInteger(n) && n >= 0, `${what} ${n} is not a whole number in [0, 2^53)`);
+  if (!(Number.isSafeInteger(n) && n >= 0)) fail(`${what} ${n} is not a whole number in [0, 2^53)`);
 }
 
 function checkLength(key: Uint8Array, lengthBytes: number, what: string): Buffer {

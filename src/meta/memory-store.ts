@@ -24,7 +24,7 @@
  * process crash; for a power loss it assumes the file system kept the log's unsynced tail in
  * order (see `level-store.ts`).
  */
-import { assert } from '../common/assert.js';
+import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import {
   type BatchOptions,
@@ -213,12 +213,12 @@ export class MemoryMetaStore implements MetaStore {
     assert(keepUnsynced === undefined || random === undefined, 'crash takes keepUnsynced or random, not both');
     if (random !== undefined) {
       const draw = random();
-      assert(draw >= 0 && draw < 1, `random() returned ${draw}, outside [0, 1)`);
+      if (!(draw >= 0 && draw < 1)) fail(`random() returned ${draw}, outside [0, 1)`);
       return Math.floor(draw * (count + 1));
     }
     if (keepUnsynced === undefined || keepUnsynced === 'none') return 0;
     if (keepUnsynced === 'all') return count;
-    assert(Number.isSafeInteger(keepUnsynced) && keepUnsynced >= 0 && keepUnsynced <= count, `cannot keep ${keepUnsynced} of ${count} unsynced batches`);
+    if (!(Number.isSafeInteger(keepUnsynced) && keepUnsynced >= 0 && keepUnsynced <= count)) fail(`cannot keep ${keepUnsynced} of ${count} unsynced batches`);
     return keepUnsynced;
   }
 

@@ -29,7 +29,7 @@
  * and fails an assertion. Disk failures are `StorageError` `IO`, a damaged store is `CORRUPT`, and
  * any call after `close()` rejects with `SHUTTING_DOWN`.
  */
-import { assert } from '../common/assert.js';
+import { assert, fail } from '../common/assert.js';
 
 export type Sublevel = 'super' | 'volumes' | 'snapshots' | 'map' | 'chunks' | 'erase-blocks' | 'fingerprints' | 'journal';
 
@@ -70,7 +70,7 @@ export function isSublevel(name: unknown): name is Sublevel {
 }
 
 export function checkSublevel(sublevel: Sublevel): void {
-  assert(isSublevel(sublevel), `unknown metadata sublevel ${String(sublevel)}`);
+  if (!(isSublevel(sublevel))) fail(`unknown metadata sublevel ${String(sublevel)}`);
 }
 
 export function checkKey(key: Uint8Array): void {
@@ -85,7 +85,7 @@ export function checkBatch(ops: MetaOp[], options: BatchOptions): void {
   assert(Array.isArray(ops), 'a metadata batch must be an array of operations');
   assert(typeof options?.sync === 'boolean', 'a metadata batch needs an explicit { sync: true | false }');
   for (const op of ops) {
-    assert(op.type === 'put' || op.type === 'del', `unknown metadata operation type ${String((op as { type?: unknown }).type)}`);
+    if (!(op.type === 'put' || op.type === 'del')) fail(`unknown metadata operation type ${String((op as { type?: unknown }).type)}`);
     checkSublevel(op.sublevel);
     checkKey(op.key);
     if (op.type === 'put') assert(op.value instanceof Uint8Array, 'a metadata value must be a Uint8Array');
@@ -96,6 +96,6 @@ export function checkRange(range: IterateRange): void {
   if (range.gte !== undefined) checkKey(range.gte);
   if (range.lt !== undefined) checkKey(range.lt);
   if (range.limit !== undefined) {
-    assert(Number.isSafeInteger(range.limit) && range.limit >= 0, `iteration limit ${range.limit} must be a whole number >= 0`);
+    if (!(Number.isSafeInteger(range.limit) && range.limit >= 0)) fail(`iteration limit ${range.limit} must be a whole number >= 0`);
   }
 }

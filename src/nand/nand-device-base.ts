@@ -23,7 +23,7 @@
  * pointer stays past them; if an erase fails, the block's contents are unknown. Either way the FTL
  * should retire the block (`markBad`).
  */
-import { assert } from '../common/assert.js';
+import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import type { NandBlockInfo, NandCounters, NandDevice, NandGeometry } from './nand-device.js';
 import { validateGeometry } from './nand-device.js';
@@ -96,7 +96,7 @@ export abstract class NandDeviceBase implements NandDevice {
   readPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target?: Buffer): Buffer {
     this.checkOpen();
     validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
-    assert(!this.mutationsPending.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    if (!(!this.mutationsPending.has(eraseBlockIndex))) fail(`synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
     const bytes = pageCount * this.geometry.pageBytes;
     assert(target === undefined || target.length >= bytes, 'read target too small');
     const data = target === undefined ? Buffer.allocUnsafe(bytes) : target.subarray(0, bytes);
@@ -108,7 +108,7 @@ export abstract class NandDeviceBase implements NandDevice {
   viewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
     this.checkOpen();
     validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
-    assert(!this.mutationsPending.has(eraseBlockIndex), `synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    if (!(!this.mutationsPending.has(eraseBlockIndex))) fail(`synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
     const view = this.doViewPagesSync(eraseBlockIndex, firstPageIndex, pageCount);
     if (view !== null) this.counters.pagesRead += pageCount;
     return view;

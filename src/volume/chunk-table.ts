@@ -17,7 +17,7 @@
  * Crash: ids allocated after the last commit may be handed out again after a crash, which is safe
  * because every read checks the chunk id in the record header and nothing committed names them.
  */
-import { assert } from '../common/assert.js';
+import { fail } from '../common/assert.js';
 import type { PhysicalAddress } from '../ftl/log-stream.js';
 import type { MetaJournal } from '../meta/journal.js';
 import { u64Key } from '../meta/keys.js';
@@ -75,7 +75,7 @@ export class ChunkPage {
   static decode(bytes: Buffer | undefined): ChunkPage {
     const page = new ChunkPage();
     if (bytes === undefined) return page;
-    assert(bytes.length === VALUE_BYTES, `chunk page of ${bytes.length} bytes`);
+    if (!(bytes.length === VALUE_BYTES)) fail(`chunk page of ${bytes.length} bytes`);
     let at = 0;
     for (const column of page.columns()) {
       const view = new Uint8Array(column.buffer, column.byteOffset, column.byteLength);
@@ -215,7 +215,7 @@ export class ChunkTable {
   incref(chunkId: number): void {
     const page = this.page(chunkId);
     const slot = chunkId % N;
-    assert(page.refcount[slot]! > 0, `incref of free chunk ${chunkId}`);
+    if (!(page.refcount[slot]! > 0)) fail(`incref of free chunk ${chunkId}`);
     this.setRefcount(page, chunkId, page.refcount[slot]! + 1);
   }
 
@@ -224,7 +224,7 @@ export class ChunkTable {
     const page = this.page(chunkId);
     const slot = chunkId % N;
     const refcount = page.refcount[slot]!;
-    assert(refcount > 0, `decref of free chunk ${chunkId}`);
+    if (!(refcount > 0)) fail(`decref of free chunk ${chunkId}`);
     const entry = refcount === 1 ? this.get(chunkId) : undefined;
     this.setRefcount(page, chunkId, refcount - 1);
     return entry;
@@ -233,7 +233,7 @@ export class ChunkTable {
   moveTo(chunkId: number, address: PhysicalAddress): void {
     const page = this.page(chunkId);
     const slot = chunkId % N;
-    assert(page.refcount[slot]! > 0, `move of free chunk ${chunkId}`);
+    if (!(page.refcount[slot]! > 0)) fail(`move of free chunk ${chunkId}`);
     page.block[slot] = address.block;
     page.offset[slot] = address.offsetBytes;
     this.journal.chunkMove(chunkId, address.block, address.offsetBytes);
@@ -270,7 +270,7 @@ export class ChunkTable {
 
   private page(chunkId: number): ChunkPage {
     const page = this.cache.get(pageOf(chunkId));
-    assert(page !== undefined, `chunk page of ${chunkId} is not loaded`);
+    if (!(page !== undefined)) fail(`chunk page of ${chunkId} is not loaded`);
     return page;
   }
 }

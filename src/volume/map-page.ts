@@ -13,7 +13,7 @@
  * little-endian (the host order of the typed arrays, asserted at start-up), so encoding and
  * decoding are three memory copies. An all-absent page is deleted instead.
  */
-import { assert } from '../common/assert.js';
+import { fail } from '../common/assert.js';
 import type { CachedPage } from './page-cache.js';
 
 export const LBAS_PER_MAP_PAGE = 1024;
@@ -45,7 +45,7 @@ export class MapPage implements CachedPage {
   static decode(bytes: Buffer | undefined): MapPage {
     const page = new MapPage();
     if (bytes === undefined) return page;
-    assert(bytes.length === VALUE_BYTES, `map page of ${bytes.length} bytes`);
+    if (!(bytes.length === VALUE_BYTES)) fail(`map page of ${bytes.length} bytes`);
     page.kinds.set(bytes.subarray(0, HIGH_AT));
     new Uint8Array(page.high.buffer).set(bytes.subarray(HIGH_AT, LOW_AT));
     new Uint8Array(page.low.buffer).set(bytes.subarray(LOW_AT, VALUE_BYTES));
@@ -90,6 +90,6 @@ export class MapPage implements CachedPage {
 
 /** The kind column of an encoded map page (a scan of stored pages needs nothing else). */
 export function encodedKinds(value: Buffer): Buffer {
-  assert(value.length === VALUE_BYTES, `map page of ${value.length} bytes`);
+  if (!(value.length === VALUE_BYTES)) fail(`map page of ${value.length} bytes`);
   return value.subarray(0, HIGH_AT);
 }

@@ -21,7 +21,7 @@
  * and write-back takes from its front. Only a failed batch can disorder it (its pages go back with
  * their old seq); the next use sorts it again.
  */
-import { assert } from '../common/assert.js';
+import { fail } from '../common/assert.js';
 import type { MetaOp, MetaStore, Sublevel } from '../meta/meta-store.js';
 
 export interface CachedPage {
@@ -155,7 +155,7 @@ export class PageCache<P extends CachedPage> {
 
   /** Adds a page known not to exist in the store (a new chunk-table page). */
   create(id: number): P {
-    assert(!this.pages.has(id), `page ${id} already cached`);
+    if (!(!this.pages.has(id))) fail(`page ${id} already cached`);
     const page = this.decode(id, undefined);
     this.insert(id, page);
     return page;

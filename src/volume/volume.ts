@@ -40,7 +40,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from '../common/block-device.js';
-import { assert } from '../common/assert.js';
+import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import { LogStream } from '../ftl/log-stream.js';
 import type { RecordRef } from '../ftl/ftl.js';
@@ -314,7 +314,7 @@ export class Volume implements BlockDevice {
           continue;
         }
         const chunkSlot = chunkId % 256;
-        assert(chunkPage.refcount[chunkSlot]! > 0, `${this.name} lba ${lba} maps to free chunk ${chunkId}`);
+        if (!(chunkPage.refcount[chunkSlot]! > 0)) fail(`${this.name} lba ${lba} maps to free chunk ${chunkId}`);
         refs.push({ address: { block: chunkPage.block[chunkSlot]!, offsetBytes: chunkPage.offset[chunkSlot]! }, chunkId, storedBytes: chunkPage.stored[chunkSlot]! });
         refIndex.push(i);
         const codec = chunkPage.codec[chunkSlot]! as Codec;
@@ -715,7 +715,7 @@ export class Volume implements BlockDevice {
   // ---- Helpers -------------------------------------------------------------------------------
 
   private checkRange(offsetBytes: number, lengthBytes: number): void {
-    assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && lengthBytes > 0, `bad range ${offsetBytes}+${lengthBytes}`);
+    if (!(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && lengthBytes > 0)) fail(`bad range ${offsetBytes}+${lengthBytes}`);
     if (offsetBytes + lengthBytes > this.sizeBytes) {
       throw StorageError.outOfRange(`range ${offsetBytes}+${lengthBytes} is beyond the end of ${this.name} (${this.sizeBytes} bytes)`);
     }
@@ -771,9 +771,9 @@ export class Volume implements BlockDevice {
 
   /** For `pstorage:changed:OLDER`: the layers written after OLDER, up to this snapshot. */
   private changedContextLayers(context: string): number[] {
-    assert(this.snapshot !== null && context.startsWith(CHANGED_CONTEXT_PREFIX), `unknown meta context ${context}`);
+    if (!(this.snapshot !== null && context.startsWith(CHANGED_CONTEXT_PREFIX))) fail(`unknown meta context ${context}`);
     const older = this.array.olderSnapshots(this.snapshot).find((candidate) => `${CHANGED_CONTEXT_PREFIX}${candidate.name}` === context);
-    assert(older !== undefined, `unknown meta context ${context}`);
+    if (!(older !== undefined)) fail(`unknown meta context ${context}`);
     return this.array.layersBetween(older.layerId, this.snapshot.layerId);
   }
 
