@@ -1,6 +1,7 @@
 /**
  * Cost of each data-reduction stage, in microseconds per 4 KiB block, on this machine's main
- * thread (medians of several rounds): pattern detection, SHA-256, LZ4 and zstd compression of
+ * thread (medians of several rounds): pattern detection, the keyed fingerprint (and SHA-256 for
+ * comparison), the incompressibility sample, LZ4 and zstd compression of
  * text-like and random blocks, LZ4 decompression, the record checksum, and a whole write through
  * an in-memory array (unique, duplicate and zero blocks) for comparison.
  *

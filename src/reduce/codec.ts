@@ -42,9 +42,12 @@ export function codecFor(name: CompressionName): Codec {
   return name === 'lz4' ? Codec.Lz4 : name === 'zstd' ? Codec.Zstd : Codec.Raw;
 }
 
-/** The stored form of `block` and its codec: compressed if that pays, else the block itself. */
-export function compressBlock(block: Buffer, codec: Codec): { stored: Buffer; codec: Codec } {
-  if (codec === Codec.Raw || (block.length === 4096 && looksIncompressible(block))) return { stored: block, codec: Codec.Raw };
+/**
+ * The stored form of `block` and its codec: compressed if that pays, else the block itself.
+ * `looksRandom` is `looksIncompressible(block)` when the caller has it already.
+ */
+export function compressBlock(block: Buffer, codec: Codec, looksRandom?: boolean): { stored: Buffer; codec: Codec } {
+  if (codec === Codec.Raw || (block.length === 4096 && (looksRandom ?? looksIncompressible(block)))) return { stored: block, codec: Codec.Raw };
   const compressed = codec === Codec.Lz4 ? lz4Compress(block) : zstdCompress(block, { compressionLevel: 3 });
   if (compressed.length + MIN_SAVING_BYTES > block.length) return { stored: block, codec: Codec.Raw };
   return { stored: compressed, codec };
