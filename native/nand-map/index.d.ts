@@ -2,3 +2,22 @@
 export function map(fd: number, offset: number, length: number): Buffer;
 /** madvise(MADV_DONTNEED) over the whole mapping: its pages leave the resident set, not the page cache. */
 export function dropResident(mapping: Buffer): void;
+/** XXH64 of `data` with `seed`, the same function as @node-rs/xxhash's xxh64 (for tests). */
+export function xxh64(data: Uint8Array, seed: bigint): bigint;
+/**
+ * Copies and verifies a batch of raw records read through mapping `segments` (see nand_map.c for
+ * the layout of `plan`: rows of [page offset in the image, header offset in the page's payload,
+ * stored bytes, chunk id, index into destinations]). Returns the first row that failed
+ * verification, or -1.
+ */
+export function copyRecords(
+  segments: readonly Buffer[],
+  segmentBytes: number,
+  pageBytes: number,
+  pageHeaderBytes: number,
+  recordHeaderBytes: number,
+  seed: bigint,
+  plan: Float64Array,
+  count: number,
+  destinations: ReadonlyArray<Buffer | undefined>,
+): number;

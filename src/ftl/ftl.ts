@@ -24,6 +24,7 @@
  */
 import { assert } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
+import { copyRecords } from '../common/native.js';
 import type { Logger } from '../common/log.js';
 import { isNandFault, type NandDevice } from '../nand/nand-device.js';
 import { BlockState, EraseBlockTable, type BlockSummary, type VictimPolicy } from './erase-block-table.js';
@@ -123,6 +124,8 @@ export class Ftl implements StreamHost {
   /** Scratch for NAND pages read synchronously, and for records that span pages. */
   private readonly pageScratch: Buffer;
   private readonly recordScratch: Buffer;
+  /** Rows of the native batch read (readMappedRecords), grown as needed. */
+  private mappedPlan = new Float64Array(64 * PLAN_FIELDS);
   private readonly readers = new Map<number, number>();
   private readonly readersDone = new Map<number, Array<() => void>>();
   /** Blocks relocated and waiting for a synced commit, with the capture generation that covers them. */
@@ -322,14 +325,19 @@ export class Ftl implements StreamHost {
    * another chunk, or whose checksum fails, is CORRUPT.
    */
   readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
-    if (requests.length === 1) {
+    let rest: readonly number[] | null = null;
+    if (destinations !== undefined && copyRecords !== null && this.nand.mappedImage !== null) {
+      rest = this.readMappedRecords(requests, sink, destinations);
+      if (rest.length === 0) return;
+    }
+    if (rest === null && requests.length === 1) {
       const only = requests[0]!;
       const firstPage = this.firstPageOf(only.address);
       const pages = this.pagesSync(only.address.block, firstPage, this.lastPageOf(only.address, only.storedBytes) - firstPage + 1);
       sink(0, this.extractRecord(pages, firstPage, only.address, only.chunkId, only.storedBytes, destinations?.[0] ?? this.recordScratch));
       return;
     }
-    const order = addressOrder(requests);
+    const order = addressOrder(requests, rest);
     for (let start = 0; start < order.length; ) {
       const { end, block, firstPage, lastPage } = this.groupAt(requests, order, start);
       const pages = this.pagesSync(block, firstPage, lastPage - firstPage + 1);
@@ -340,6 +348,54 @@ export class Ftl implements StreamHost {
       }
       start = end;
     }
+  }
+
+  /**
+   * The mapped part of `readRecordsSync`: every record with a destination of its length in an
+   * erase block the NAND has mapped (not one still buffered here) is copied and verified by one
+   * native call (native/nand-map's copyRecords), which overlaps the cache and TLB misses of
+   * scattered records and has no per-record JavaScript. Returns the indices left for the view path.
+   */
+  private readMappedRecords(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>): readonly number[] {
+    if (this.mappedPlan.length < requests.length * PLAN_FIELDS) this.mappedPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
+    const plan = this.mappedPlan;
+    const payloadBytes = this.payloadBytesPerPage;
+    let rest: number[] | null = null;
+    let rows = 0;
+    let pageCount = 0;
+    for (let i = 0; i < requests.length; i++) {
+      const { address, chunkId, storedBytes } = requests[i]!;
+      const firstPage = this.firstPageOf(address);
+      const pages = this.lastPageOf(address, storedBytes) - firstPage + 1;
+      const at = destinations[i]?.length !== storedBytes || this.buffers.get(address.block) !== undefined ? -1 : this.nand.mapPagesSync(address.block, firstPage, pages);
+      if (at < 0) {
+        (rest ??= []).push(i);
+        continue;
+      }
+      const row = rows * PLAN_FIELDS;
+      plan[row] = at;
+      plan[row + 1] = address.offsetBytes % payloadBytes;
+      plan[row + 2] = storedBytes;
+      plan[row + 3] = chunkId;
+      plan[row + 4] = i;
+      rows += 1;
+      pageCount += pages;
+    }
+    if (rows > 0) {
+      const image = this.nand.mappedImage!;
+      const started = performance.now();
+      const failed = copyRecords!(image.segments, image.segmentBytes, this.nand.geometry.pageBytes, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, this.recordSeed, plan, rows, destinations);
+      this.nand.noteMappedRead(started, pageCount);
+      if (failed >= 0) {
+        const { address, chunkId, storedBytes } = requests[plan[failed * PLAN_FIELDS + 4]!]!;
+        throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (${storedBytes} bytes expected)`);
+      }
+      for (let row = 0; row < rows; row++) {
+        const index = plan[row * PLAN_FIELDS + 4]!;
+        sink(index, destinations[index]!);
+      }
+    }
+    return rest ?? NONE;
   }
 
   /**
@@ -759,8 +815,12 @@ export class Ftl implements StreamHost {
 }
 
 /** Indexes of `requests` sorted by physical address (so adjacent records can share a read). */
-function addressOrder(requests: readonly RecordRef[]): number[] {
-  const order = requests.map((_, i) => i);
+/** Fields of a row of the native batch read's plan (see native/nand-map/nand_map.c). */
+const PLAN_FIELDS = 5;
+const NONE: readonly number[] = [];
+
+function addressOrder(requests: readonly RecordRef[], subset: readonly number[] | null = null): number[] {
+  const order = subset === null ? requests.map((_, i) => i) : subset.slice();
   order.sort((a, b) => requests[a]!.address.block - requests[b]!.address.block || requests[a]!.address.offsetBytes - requests[b]!.address.offsetBytes);
   return order;
 }

@@ -136,6 +136,17 @@ export class FaultyNand implements NandDevice {
     return null;
   }
 
+  /** Never mapped, for the same reason. */
+  get mappedImage(): null {
+    return null;
+  }
+
+  mapPagesSync(): number {
+    return -1;
+  }
+
+  noteMappedRead(): void {}
+
   get preferAsyncReads(): boolean {
     return this.inner.preferAsyncReads;
   }

@@ -17,15 +17,18 @@
  * addon; Node has no mmap), and `viewPagesSync` hands the FTL a view of the mapped pages: no
  * system call and no copy. Measured here, a 4 KiB record costs 0.6 µs that way against 2 µs for
  * an 8 KiB pread (two pages) plus the copy, and a 128 KiB read of 32 scattered records spent
- * 60 % of its time in pread. Mapped pages count in the process's resident set although they
+ * 60 % of its time in pread. For many records at once the FTL goes further: `mappedImage` and
+ * `mapPagesSync` give it the mapping and the pages' offsets, and one native call copies and
+ * verifies the whole batch (see ftl.ts, readMappedRecords); `noteMappedRead` times it as a
+ * view's touch is timed. Mapped pages count in the process's resident set although they
  * are page cache; every `RESIDENT_CHECK_BYTES` read through the mapping it looks at how many
  * file pages the process has mapped (the "shared" count of /proc/self/statm), and above
  * `mappedLimitBytes` drops the mapped pages (madvise DONTNEED: the page cache keeps them; they
  * come back with minor faults, 16 pages a fault by the kernel's fault-around, so this is not done
- * often, and only erase blocks not read lately go: see dropColdBlocks). It counts mapped pages only: with the whole resident set as the measure, a process whose
- * heap and caches alone passed the limit dropped the mapping every 64 MiB read, and 128 KiB reads
- * ran at a third of their speed. The price: a disk error under the
- * image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
+ * often, and only erase blocks not read lately go: see dropColdBlocks). It counts mapped pages
+ * only: with the whole resident set as the measure, a process whose heap and caches alone passed
+ * the limit dropped the mapping every 64 MiB read, and 128 KiB reads ran at a third of their
+ * speed. The price: a disk error under the image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
  * nothing acknowledged is lost by that (the durability contract holds across any crash), and
  * without the addon (or where mmap fails) reads fall back to pread.
  *
@@ -67,10 +70,10 @@ import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { mkdir, open, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createRequire } from 'node:module';
 import { trim, tryLock } from 'fs-native-extensions';
 import { StorageError, fromSystemError } from '../common/errors.js';
-import type { NandBlockInfo, NandGeometry } from './nand-device.js';
+import { nandMap } from '../common/native.js';
+import type { MappedImage, NandBlockInfo, NandGeometry } from './nand-device.js';
 import { capacityBytes, eraseBlockBytes, validateGeometry } from './nand-device.js';
 import { NandDeviceBase, type NandBlockStates, freshBlockStates } from './nand-device-base.js';
 import {
@@ -83,15 +86,6 @@ import {
   spareFileBytes,
   spareRecordOffsetBytes,
 } from './spare-area.js';
-
-/** The mmap addon (native/nand-map), or null where it was not built. */
-const nandMap: typeof import('pstorage-nand-map') | null = (() => {
-  try {
-    return createRequire(import.meta.url)('pstorage-nand-map') as typeof import('pstorage-nand-map');
-  } catch {
-    return null;
-  }
-})();
 
 export const IMAGE_FILE_NAME = 'nand.img';
 export const SPARE_FILE_NAME = 'nand.oob';
@@ -132,6 +126,8 @@ export class FileNand extends NandDeviceBase {
   /** The image mapped read-only in pieces of `segmentBytes`, or null (no addon, or mmap failed). */
   private mapping: Buffer[] | null = null;
   private readonly segmentBytes: number;
+  /** The mapping as the FTL's batch reads see it (`mappedImage`). */
+  private readonly image_: MappedImage | null;
   private mappedBytesRead = 0;
   /** Per erase block, the check interval (`readEpoch`) of its last read through the mapping; 0: not mapped since the last drop. */
   private readonly blockReadEpoch: Uint32Array;
@@ -153,6 +149,7 @@ export class FileNand extends NandDeviceBase {
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
     this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
+    this.image_ = this.mapping === null ? null : { segments: this.mapping, segmentBytes: this.segmentBytes };
   }
 
   /** True when reads go through the memory mapping. */
@@ -242,14 +239,34 @@ export class FileNand extends NandDeviceBase {
     for (let offset = 0; offset < view.length; offset += this.geometry.pageBytes) touched ^= view[offset]!;
     this.lastTouched = touched;
     this.noteSyncRead(started, pageCount);
+    this.noteMappedPages(mapping, eraseBlockIndex, view.length);
+    return view;
+  }
+
+  override get mappedImage(): MappedImage | null {
+    return this.image_;
+  }
+
+  protected override doMapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number {
+    const mapping = this.mapping;
+    if (mapping === null) return -1;
+    this.noteMappedPages(mapping, eraseBlockIndex, pageCount * this.geometry.pageBytes);
+    return this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
+  }
+
+  override noteMappedRead(startedMs: number, pageCount: number): void {
+    this.noteSyncRead(startedMs, pageCount);
+  }
+
+  /** Read epochs and the look at the mapped pages resident (see the design note). */
+  private noteMappedPages(mapping: Buffer[], eraseBlockIndex: number, bytes: number): void {
     this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
-    this.mappedBytesRead += view.length;
+    this.mappedBytesRead += bytes;
     if (this.mappedBytesRead >= RESIDENT_CHECK_BYTES) {
       this.mappedBytesRead = 0;
       this.readEpoch += 1;
       if (mappedResidentBytes() > this.mappedLimitBytes) this.dropColdBlocks(mapping);
     }
-    return view;
   }
 
   /**

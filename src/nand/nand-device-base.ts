@@ -25,7 +25,7 @@
  */
 import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
-import type { NandBlockInfo, NandCounters, NandDevice, NandGeometry } from './nand-device.js';
+import type { MappedImage, NandBlockInfo, NandCounters, NandDevice, NandGeometry } from './nand-device.js';
 import { validateGeometry } from './nand-device.js';
 
 /** Per-block state to start a device from (a reopened image, or the durable state after a crash). */
@@ -113,6 +113,26 @@ export abstract class NandDeviceBase implements NandDevice {
     if (view !== null) this.counters.pagesRead += pageCount;
     return view;
   }
+
+  get mappedImage(): MappedImage | null {
+    return null;
+  }
+
+  mapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number {
+    this.checkOpen();
+    validateRead(this.geometry, eraseBlockIndex, firstPageIndex, pageCount);
+    if (this.mutationsPending.has(eraseBlockIndex)) fail(`synchronous read of erase block ${eraseBlockIndex} while a program or erase of it is in flight`);
+    const at = this.doMapPagesSync(eraseBlockIndex, firstPageIndex, pageCount);
+    if (at >= 0) this.counters.pagesRead += pageCount;
+    return at;
+  }
+
+  /** The pages' offset in `mappedImage`, or -1 (the default: no mapping). */
+  protected doMapPagesSync(_eraseBlockIndex: number, _firstPageIndex: number, _pageCount: number): number {
+    return -1;
+  }
+
+  noteMappedRead(_startedMs: number, _pageCount: number): void {}
 
   /** A view of the pages in the device's own memory, or null (the default: no such memory). */
   protected doViewPagesSync(_eraseBlockIndex: number, _firstPageIndex: number, _pageCount: number): Buffer | null {

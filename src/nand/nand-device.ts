@@ -73,6 +73,12 @@ export interface NandCounters {
   syncs: number;
 }
 
+/** A device's memory as read-only segments of `segmentBytes` (the last may be shorter). */
+export interface MappedImage {
+  readonly segments: readonly Buffer[];
+  readonly segmentBytes: number;
+}
+
 export interface NandDevice {
   readonly geometry: NandGeometry;
   readonly counters: Readonly<NandCounters>;
@@ -92,6 +98,19 @@ export interface NandDevice {
    * `readPagesSync`.
    */
   viewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null;
+  /**
+   * The device's memory mapping, for reads of many records in one native call (the FTL's
+   * `copyRecords` path), or null when it has none (every device but a mapped file image).
+   */
+  readonly mappedImage: MappedImage | null;
+  /**
+   * The batch form of `viewPagesSync`: the byte offset of the pages in `mappedImage`, or -1 when
+   * there is none. Same conditions; the caller reads them before returning to the event loop and
+   * then reports how long that took with `noteMappedRead`.
+   */
+  mapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number;
+  /** How long reading `pageCount` pages through `mappedImage` took (a disk read is slow). */
+  noteMappedRead(startedMs: number, pageCount: number): void;
   /**
    * True while synchronous reads would stall the caller: a file image whose recent synchronous
    * reads went to the disk instead of the page cache. Memory devices never say so.
