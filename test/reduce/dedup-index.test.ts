@@ -82,3 +82,24 @@ test('an index that fits in memory answers without LevelDB and writes nothing un
   t.is(all.filter((op) => op.key.length === 8).length, 10_000, 'a checkpoint writes every entry');
   t.true(index.memoryBytes <= 1 << 20);
 });
+
+test('probe runs stay short while unique fingerprints turn the full table over many times', (t) => {
+  // Slot order is hash order: a CLOCK hand sweeping slots in order emptied one stretch of the
+  // table at a time while new entries landed everywhere, and the stretch ahead of it filled until
+  // runs of occupied slots grew without bound (20,000 slots at 1.5 M entries; ms per lookup).
+  const index = new DedupIndex(new MemoryMetaStore(), new BloomFilter(64 * 1024), 65_536 * DEDUP_SLOT_BYTES);
+  const key = Buffer.alloc(8);
+  let state = 12345;
+  const random32 = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0);
+  const longest: number[] = [];
+  for (let i = 1; i <= 12 * index.capacity; i++) {
+    key.writeUInt32BE(random32(), 0);
+    key.writeUInt32BE(random32(), 4);
+    index.lookup(key);
+    index.insert(key, i);
+    if (i % 2048 === 0) index.capture([]);
+    if (i % index.capacity === 0) longest.push(index.longestRun());
+  }
+  t.log(`longest run of occupied slots after each turnover: ${longest.join(', ')} (65,536 slots)`);
+  t.true(Math.max(...longest) < 1000, `runs stay short: ${longest.join(', ')}`);
+});
