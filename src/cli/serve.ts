@@ -4,7 +4,7 @@
  * ESHUTDOWN, flush, and exit 0.
  */
 import path from 'node:path';
-import { createLogger } from '../common/log.js';
+import { createLogger, fdLineWriter } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
 import { ApiServer, API_SOCKET_NAME, checkApiSocketPath } from '../mgmt/api-server.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
@@ -59,7 +59,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   });
   const defaultVolume = array.lookup('');
   if (defaultVolume !== undefined) {
-    process.stdout.write(`pstorage: serving ${array.list().length} volume(s); default volume ${formatBytes(defaultVolume.device.sizeBytes)} at ${urls.join(' and ')}\n`);
+    // Not process.stdout: a closed pipe there must not end the array (see fdLineWriter).
+    fdLineWriter(1)(`pstorage: serving ${array.list().length} volume(s); default volume ${formatBytes(defaultVolume.device.sizeBytes)} at ${urls.join(' and ')}\n`);
   }
 
   let stopping = false;
