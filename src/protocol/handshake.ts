@@ -49,7 +49,8 @@ export interface NegotiatedSession {
 
 export type HandshakeAction =
   | { type: 'send'; bytes: Buffer }
-  | { type: 'close'; reason: string }
+  /** `normal`: the client ended the handshake as the protocol allows (listing or probing exports). */
+  | { type: 'close'; reason: string; normal: boolean }
   | { type: 'transmission'; session: NegotiatedSession; leftover: Buffer };
 
 export interface HandshakeOptions {
@@ -196,7 +197,7 @@ export class Handshake {
   private handleOption(option: number, data: Buffer, actions: HandshakeAction[]): void {
     if (option === C.NBD_OPT_ABORT) {
       actions.push(this.send(this.optionReply(C.NBD_REP_ACK)));
-      this.finish(actions, 'client aborted the handshake');
+      this.finish(actions, 'client ended the handshake without attaching (NBD_OPT_ABORT, as after listing exports)', true);
       return;
     }
     if (this.isShuttingDown()) {
@@ -372,9 +373,9 @@ export class Handshake {
     });
   }
 
-  private finish(actions: HandshakeAction[], reason: string): void {
+  private finish(actions: HandshakeAction[], reason: string, normal = false): void {
     this.phase = 'done';
-    actions.push({ type: 'close', reason });
+    actions.push({ type: 'close', reason, normal });
   }
 
   private send(bytes: Buffer): HandshakeAction {

@@ -162,7 +162,9 @@ export class Connection {
           this.socket.write(action.bytes);
           break;
         case 'close':
-          this.options.logger.info('handshake ended', { reason: action.reason });
+          // A client that lists exports and leaves is routine: debug, not info.
+          if (action.normal) this.options.logger.debug('handshake ended', { reason: action.reason });
+          else this.options.logger.info('handshake ended', { reason: action.reason });
           this.socket.end();
           return;
         case 'transmission':
