@@ -31,10 +31,16 @@ export interface BlockSizeConstraints {
   maximumPayloadBytes: number;
 }
 
+/**
+ * The largest READ or WRITE accepted, advertised in NBD_INFO_BLOCK_SIZE: 64 MiB, twice the 32 MiB
+ * a client that negotiated nothing may assume, because clients send more (nbd-tester-client's
+ * integrityhuge mode: 40 MiB; nbdkit and nbd-server accept it) and 64 MiB is libnbd's own limit.
+ * A request this size is still inside one connection's in-flight memory bound (nbd-server.ts).
+ */
 export const DEFAULT_BLOCK_SIZES: BlockSizeConstraints = {
   minimumBytes: 1,
   preferredBytes: 4096,
-  maximumPayloadBytes: 32 * 1024 * 1024,
+  maximumPayloadBytes: 64 * 1024 * 1024,
 };
 
 /** What the handshake settled, handed to the transmission phase. */

@@ -51,7 +51,7 @@ function assertDefaultExport(t: import('ava').ExecutionContext, info: NbdinfoExp
   t.deepEqual(flags, EXPECTED_FLAGS, `${label}: advertised flags`);
   t.deepEqual(
     [info.block_size_minimum, info.block_size_preferred, info.block_size_maximum],
-    [1, 4096, 32 * MiB],
+    [1, 4096, 64 * MiB],
     `${label}: block sizes (minimum, preferred, maximum)`,
   );
   t.true(info.contexts?.includes('base:allocation'), `${label}: base:allocation in contexts ${JSON.stringify(info.contexts)}`);

@@ -65,7 +65,7 @@ test('INFO answers INFO_EXPORT first, then requested infos, ignores unknown ones
   t.is(got[1]!.data.subarray(2).toString(), 'default');
   t.is(got[2]!.data.subarray(2).toString(), 'the default volume');
   const sizes = got[3]!.data;
-  t.deepEqual([sizes.readUInt16BE(0), sizes.readUInt32BE(2), sizes.readUInt32BE(6), sizes.readUInt32BE(10)], [C.NBD_INFO_BLOCK_SIZE, 1, 4096, 32 * 1024 * 1024]);
+  t.deepEqual([sizes.readUInt16BE(0), sizes.readUInt32BE(2), sizes.readUInt32BE(6), sizes.readUInt32BE(10)], [C.NBD_INFO_BLOCK_SIZE, 1, 4096, 64 * 1024 * 1024]);
 });
 
 test('INFO on an unknown export is ERR_UNKNOWN with a message; malformed INFO is ERR_INVALID', (t) => {

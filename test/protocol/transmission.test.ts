@@ -5,7 +5,7 @@ import { RequestDecoder, validateRequest, type NbdRequest, type RequestContext, 
 import { request } from './fixtures.js';
 
 const SIZE = 1 << 20;
-const MAX = 32 * 1024 * 1024;
+const MAX = 64 * 1024 * 1024;
 const base: RequestContext = { sizeBytes: SIZE, readOnly: false, structuredReplies: true, metaContextCount: 1, maxPayloadBytes: MAX, minimumBlockBytes: 1 };
 
 function req(type: number, fields: Partial<NbdRequest> = {}): NbdRequest {
@@ -40,7 +40,7 @@ const RULES: Array<[string, NbdRequest, Partial<RequestContext>, number]> = [
   ['flush with a length', req(C.NBD_CMD_FLUSH, { length: 1 }), {}, C.NBD_EINVAL],
   ['flush with an offset', req(C.NBD_CMD_FLUSH, { offset: 1n, length: 0 }), {}, C.NBD_EINVAL],
   ['read above the maximum payload', req(C.NBD_CMD_READ, { length: MAX + 1 }), { sizeBytes: 2 * MAX }, C.NBD_EINVAL],
-  ['read of exactly 32 MiB', req(C.NBD_CMD_READ, { length: MAX }), { sizeBytes: 2 * MAX }, C.NBD_OK],
+  ['read of exactly 64 MiB', req(C.NBD_CMD_READ, { length: MAX }), { sizeBytes: 2 * MAX }, C.NBD_OK],
   ['trim above the maximum payload (length-only command)', req(C.NBD_CMD_TRIM, { length: MAX * 2 }), { sizeBytes: 4 * MAX }, C.NBD_OK],
   ['block status without structured replies', req(C.NBD_CMD_BLOCK_STATUS), { structuredReplies: false }, C.NBD_EINVAL],
   ['block status without a meta context', req(C.NBD_CMD_BLOCK_STATUS), { metaContextCount: 0 }, C.NBD_EINVAL],
