@@ -71,6 +71,10 @@ const WORKER_WHEN_BUSY = 0.85;
 const UTILIZATION_INTERVAL_MS = 100;
 /** Work applied in one turn of the event loop before the replies go out. */
 const TURN_BUDGET_MS = 0.25;
+/** A WRITE larger than this is applied as parts of this size (enqueueParts)... */
+const WRITE_PART_BYTES = 1024 * 1024;
+/** ...and a batch holds at most this many whole blocks (4 MiB); the rest waits for the next turn. */
+const MAX_BATCH_BLOCKS = 1024;
 
 export class IoScheduler {
   private pending: Entry[] = [];
@@ -98,20 +102,65 @@ export class IoScheduler {
   }
 
   enqueue(volume: Volume, request: IoRequest): void {
-    this.pending.push({ volume, request, reducedFirst: 0 });
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => {
-        this.scheduled = false;
-        this.formBatch();
-        this.pump();
-      });
+    if (request.command === IoCommand.Write && request.lengthBytes > WRITE_PART_BYTES) {
+      this.enqueueParts(volume, request);
+      return;
     }
+    this.pending.push({ volume, request, reducedFirst: 0 });
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.formBatch();
+      if (this.pending.length > 0) this.schedule();
+      this.pump();
+    });
+  }
+
+  /**
+   * A WRITE over `WRITE_PART_BYTES` goes in as parts of about that size, cut at block boundaries,
+   * one after the other in the FIFO; it is done when every part is (a FUA write then commits
+   * once). With `MAX_BATCH_BLOCKS` per batch, a 64 MiB write is reduced and applied a few MiB a
+   * turn instead of in one go, which held other connections' reads for up to 172 ms.
+   */
+  private enqueueParts(volume: Volume, request: IoRequest): void {
+    const end = request.offsetBytes + request.lengthBytes;
+    const cuts: number[] = [request.offsetBytes];
+    while (cuts[cuts.length - 1]! < end) {
+      const from = cuts[cuts.length - 1]!;
+      cuts.push(Math.min(end, Math.floor((from + WRITE_PART_BYTES) / BLOCK_BYTES) * BLOCK_BYTES));
+    }
+    let left = cuts.length - 1;
+    let failure: unknown = null;
+    const partDone = (_part: IoRequest, error: unknown): void => {
+      if (error !== null && error !== undefined && failure === null) failure = error;
+      left -= 1;
+      if (left > 0) return;
+      if (failure !== null || !request.fua) {
+        request.done(request, failure);
+        return;
+      }
+      this.array.commit(true).then(
+        () => request.done(request, null),
+        (error: unknown) => request.done(request, error),
+      );
+    };
+    for (let k = 0; k + 1 < cuts.length; k++) {
+      const at = cuts[k]! - request.offsetBytes;
+      const lengthBytes = cuts[k + 1]! - cuts[k]!;
+      const part: IoRequest = { command: IoCommand.Write, offsetBytes: cuts[k]!, lengthBytes, data: request.data!.subarray(at, at + lengthBytes), fua: false, noHole: false, fastZero: false, result: null, done: partDone };
+      this.pending.push({ volume, request: part, reducedFirst: 0 });
+    }
+    this.schedule();
   }
 
   /** Runs `work` once every request submitted before has been applied, and nothing else meanwhile. */
   runExclusive<T>(work: () => Promise<T>): Promise<T> {
-    this.formBatch();
+    while (this.pending.length > 0) this.formBatch();
     return new Promise<T>((resolve, reject) => {
       const batch = new Batch();
       batch.ready = true;
@@ -121,11 +170,25 @@ export class IoScheduler {
     });
   }
 
+  /** Makes a batch of what is pending, up to `MAX_BATCH_BLOCKS` whole blocks (at least one request). */
   private formBatch(): void {
     if (this.pending.length === 0) return;
     const batch = new Batch();
-    batch.entries = this.pending;
-    this.pending = [];
+    let taken = 0;
+    let blocks = 0;
+    for (; taken < this.pending.length; taken++) {
+      const { request } = this.pending[taken]!;
+      const whole = request.command === IoCommand.Write ? Math.max(0, Math.floor((request.offsetBytes + request.lengthBytes) / BLOCK_BYTES) - Math.ceil(request.offsetBytes / BLOCK_BYTES)) : 0;
+      if (taken > 0 && blocks + whole > MAX_BATCH_BLOCKS) break;
+      blocks += whole;
+    }
+    if (taken === this.pending.length) {
+      batch.entries = this.pending;
+      this.pending = [];
+    } else {
+      batch.entries = this.pending.slice(0, taken);
+      this.pending = this.pending.slice(taken);
+    }
     for (const entry of batch.entries) {
       const { request } = entry;
       if (request.command !== IoCommand.Write) continue;

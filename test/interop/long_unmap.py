@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Latency of other clients while one connection TRIMs (or zeroes) a large range of unique data.
+"""Latency of other clients while one connection TRIMs (or zeroes) a large range of unique data,
+or writes it in 64 MiB requests.
 
-Usage: long_unmap.py SOCKET MIB (trim|zero)
-Fills MIB MiB with unique data, flushes, then unmaps it all in one request on one connection while
-a second connection reads 4 KiB outside the range in a loop; prints one JSON line: how long the
-unmap took, how many reads completed meanwhile, their p50/p99/max latency in ms, and whether the
-range reads back as zeros and the data beside it is intact afterwards.
+Usage: long_unmap.py SOCKET MIB (trim|zero|write64)
+trim, zero: fills MIB MiB with unique data, flushes, then unmaps it all in one request on one
+connection while a second connection reads 4 KiB outside the range in a loop. write64: writes MIB
+MiB of unique data in 64 MiB requests while the second connection reads. Prints one JSON line: how
+long the long requests took, how many reads completed meanwhile, their p50/p99/max latency in
+ms, whether the range reads back as expected (zeros, or what was written) and whether the data
+beside it is intact afterwards.
 """
 import json
 import os
@@ -22,8 +25,9 @@ size = mib * MiB
 
 writer = nbd.NBD()
 writer.connect_uri(uri)
-for offset in range(0, size, 4 * MiB):
-    writer.pwrite(os.urandom(4 * MiB), offset)
+if kind != 'write64':
+    for offset in range(0, size, 4 * MiB):
+        writer.pwrite(os.urandom(4 * MiB), offset)
 beside = os.urandom(64 * 1024)
 writer.pwrite(beside, size + MiB)
 writer.flush()
@@ -35,12 +39,19 @@ latencies = []
 result = {}
 
 
+written = {}
+
+
 def unmap():
     started = time.perf_counter()
     if kind == 'trim':
         writer.trim(size, 0)
-    else:
+    elif kind == 'zero':
         writer.zero(size, 0, nbd.CMD_FLAG_NO_HOLE)
+    else:
+        for offset in range(0, size, 64 * MiB):
+            written[offset] = os.urandom(64 * MiB)
+            writer.pwrite(written[offset], offset)
     result['unmap_s'] = time.perf_counter() - started
 
 
@@ -57,7 +68,7 @@ result.update(
     p50_ms=latencies[len(latencies) // 2] if latencies else None,
     p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
     max_ms=latencies[-1] if latencies else None,
-    zeros=all(writer.pread(4 * MiB, offset) == bytes(4 * MiB) for offset in range(0, size, 64 * MiB)),
+    zeros=all(writer.pread(4 * MiB, offset) == (written[offset][:4 * MiB] if written else bytes(4 * MiB)) for offset in range(0, size, 64 * MiB)),
     beside_intact=reader.pread(len(beside), size + MiB) == beside,
 )
 print(json.dumps(result))
