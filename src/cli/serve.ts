@@ -52,17 +52,9 @@ export async function serve(options: ServeOptions): Promise<void> {
   const bound: ListenAddress[] = [];
   if (options.listen !== null) bound.push(await server.listen(options.listen));
   if (options.socketPath !== null) bound.push(await server.listen({ path: path.resolve(options.socketPath) }));
-  const urls = bound.map((address) => ('path' in address ? `nbd+unix:///default?socket=${address.path}` : `nbd://${formatHost(address.host)}:${address.port}/default`));
-  logger.info('listening', {
-    tcp: bound.filter((a): a is { host: string; port: number } => 'port' in a).map((a) => `${formatHost(a.host)}:${a.port}`),
-    unix: bound.filter((a): a is { path: string } => 'path' in a).map((a) => a.path),
-  });
-  const defaultVolume = array.lookup('');
-  if (defaultVolume !== undefined) {
-    // Not process.stdout: a closed pipe there must not end the array (see fdLineWriter).
-    fdLineWriter(1)(`pstorage: serving ${array.list().length} volume(s); default volume ${formatBytes(defaultVolume.device.sizeBytes)} at ${urls.join(' and ')}\n`);
-  }
-
+  // Signals are handled from here on, before "listening" is logged: a supervisor (or a test) that
+  // sends SIGTERM as soon as it sees that line got Node's default action, an exit by signal with
+  // no clean shutdown, when the handlers were installed after it.
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {
@@ -84,6 +76,16 @@ export async function serve(options: ServeOptions): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  const urls = bound.map((address) => ('path' in address ? `nbd+unix:///default?socket=${address.path}` : `nbd://${formatHost(address.host)}:${address.port}/default`));
+  logger.info('listening', {
+    tcp: bound.filter((a): a is { host: string; port: number } => 'port' in a).map((a) => `${formatHost(a.host)}:${a.port}`),
+    unix: bound.filter((a): a is { path: string } => 'path' in a).map((a) => a.path),
+  });
+  const defaultVolume = array.lookup('');
+  if (defaultVolume !== undefined) {
+    // Not process.stdout: a closed pipe there must not end the array (see fdLineWriter).
+    fdLineWriter(1)(`pstorage: serving ${array.list().length} volume(s); default volume ${formatBytes(defaultVolume.device.sizeBytes)} at ${urls.join(' and ')}\n`);
+  }
 }
 
 function formatHost(host: string): string {
