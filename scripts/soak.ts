@@ -116,7 +116,7 @@ function fioArgs(server: Server, options: Options, round: number, verifyOnly: bo
   return [
     '--name=soak', '--ioengine=nbd', `--uri=${server.uri}`, `--numjobs=${options.connections}`, '--group_reporting=1',
     `--size=${options.regionMiB}M`, `--offset_increment=${options.regionMiB}M`, '--rw=randwrite', '--bsrange=4k-128k', '--iodepth=8',
-    '--verify=crc32c', '--verify_fatal=1', `--randseed=${1000 + round}`, '--end_fsync=1', '--output-format=terse',
+    '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', `--randseed=${1000 + round}`, '--end_fsync=1', '--output-format=terse',
     ...(verifyOnly ? ['--verify_only=1'] : ['--do_verify=1']),
   ];
 }
