@@ -178,7 +178,8 @@ export class IoScheduler {
     let blocks = 0;
     for (; taken < this.pending.length; taken++) {
       const { request } = this.pending[taken]!;
-      const whole = request.command === IoCommand.Write ? Math.max(0, Math.floor((request.offsetBytes + request.lengthBytes) / BLOCK_BYTES) - Math.ceil(request.offsetBytes / BLOCK_BYTES)) : 0;
+      const [firstBlock, endBlock] = wholeBlocks(request);
+      const whole = request.command === IoCommand.Write ? Math.max(0, endBlock - firstBlock) : 0;
       if (taken > 0 && blocks + whole > MAX_BATCH_BLOCKS) break;
       blocks += whole;
     }
@@ -193,8 +194,7 @@ export class IoScheduler {
       const { request } = entry;
       if (request.command !== IoCommand.Write) continue;
       entry.reducedFirst = batch.blocks.length;
-      const first = Math.ceil(request.offsetBytes / BLOCK_BYTES);
-      const end = Math.floor((request.offsetBytes + request.lengthBytes) / BLOCK_BYTES);
+      const [first, end] = wholeBlocks(request);
       for (let lba = first; lba < end; lba++) {
         const at = lba * BLOCK_BYTES - request.offsetBytes;
         batch.blocks.push(request.data!.subarray(at, at + BLOCK_BYTES));
@@ -351,6 +351,11 @@ export class IoScheduler {
 }
 
 /** Resolves in the next turn of the event loop, after its I/O (replies out, requests in). */
+/** The whole 4 KiB blocks a request covers: [first, end). */
+function wholeBlocks(request: IoRequest): [number, number] {
+  return [Math.ceil(request.offsetBytes / BLOCK_BYTES), Math.floor((request.offsetBytes + request.lengthBytes) / BLOCK_BYTES)];
+}
+
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }

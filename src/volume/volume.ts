@@ -659,24 +659,20 @@ export class Volume implements BlockDevice {
     };
     for (let from = first; from <= last; from += step) {
       const to = Math.min(last, from + step - 1);
-      if (mode !== ChangeMode.Unmap) {
-        // One map page at a time, so that a slice stays short.
-        for (let pageFirst = from; pageFirst <= to; pageFirst = (Math.floor(pageFirst / LBAS_PER_MAP_PAGE) + 1) * LBAS_PER_MAP_PAGE) {
-          const pageLast = Math.min(to, (Math.floor(pageFirst / LBAS_PER_MAP_PAGE) + 1) * LBAS_PER_MAP_PAGE - 1);
-          await this.changeUntilDone(mode, pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES);
-          await yieldWhenDue();
-        }
-        continue;
-      }
-      // Unmapping what no layer holds changes nothing: only visit map pages that exist.
-      const pages = await this.array.existingMapPages(this.chain(), Math.floor(from / LBAS_PER_MAP_PAGE), Math.floor(to / LBAS_PER_MAP_PAGE));
-      for (const pageIndex of [...pages].sort((a, b) => a - b)) {
+      const firstPage = Math.floor(from / LBAS_PER_MAP_PAGE);
+      const lastPage = Math.floor(to / LBAS_PER_MAP_PAGE);
+      // Unmapping what no layer holds changes nothing: only visit map pages that exist. Zeroing
+      // with NO_HOLE writes patterns, so every page. One map page at a time keeps slices short.
+      const pages =
+        mode === ChangeMode.Unmap
+          ? [...(await this.array.existingMapPages(this.chain(), firstPage, lastPage))].sort((a, b) => a - b)
+          : Array.from({ length: lastPage - firstPage + 1 }, (_, k) => firstPage + k);
+      for (const pageIndex of pages) {
         const pageFirst = Math.max(from, pageIndex * LBAS_PER_MAP_PAGE);
         const pageLast = Math.min(to, (pageIndex + 1) * LBAS_PER_MAP_PAGE - 1);
         await this.changeUntilDone(mode, pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES);
         await yieldWhenDue();
       }
-      await yieldWhenDue();
     }
   }
 
