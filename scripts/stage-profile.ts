@@ -5,8 +5,10 @@
  * thread and reduction workers apart) to a stage by the first pstorage module on its stack.
  *
  *   node build/scripts/stage-profile.js [--job randwrite] [--bs 4k] [--qd 32] [--size 512M]
- *       [--runtime 8] [--repo DIR] [--json]
+ *       [--runtime 8] [--repo DIR] [--top N] [--keep DIR] [--json]
  *
+ * `--top N` also lists the N functions with the most self time on the main thread (µs per block).
+ * `--keep DIR` copies the .cpuprofile files there (open them in Chrome DevTools).
  * `--repo` profiles another checkout (built), e.g. an older commit in a git worktree, so the same
  * command gives the "before" and "after" of a change. Samples are wall-clock: a thread that is
  * descheduled inside a system call is counted there, which inflates system calls that wake another
@@ -25,12 +27,14 @@ interface Options {
   size: string;
   runtime: number;
   repo: string;
+  top: number;
+  keep: string | null;
   json: boolean;
 }
 
 interface ProfileNode {
   id: number;
-  callFrame: { functionName: string; url: string };
+  callFrame: { functionName: string; url: string; lineNumber?: number };
   children?: number[];
 }
 
@@ -55,7 +59,7 @@ const STAGES: Array<[RegExp, string]> = [
 
 function parseOptions(argv: string[]): Options {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const options: Options = { job: 'randwrite', bs: '4k', qd: 32, size: '512M', runtime: 8, repo: path.resolve(here, '../..'), json: false };
+  const options: Options = { job: 'randwrite', bs: '4k', qd: 32, size: '512M', runtime: 8, repo: path.resolve(here, '../..'), top: 0, keep: null, json: false };
   for (let i = 0; i < argv.length; i++) {
     const value = argv[i + 1];
     switch (argv[i]) {
@@ -76,6 +80,12 @@ function parseOptions(argv: string[]): Options {
         break;
       case '--repo':
         options.repo = path.resolve(value!);
+        break;
+      case '--top':
+        options.top = Number(value);
+        break;
+      case '--keep':
+        options.keep = path.resolve(value!);
         break;
       case '--json':
         options.json = true;
@@ -148,6 +158,21 @@ function stagesOf(profile: CpuProfile, fromUs: number, toUs: number): Map<string
   return out;
 }
 
+/** Self time per function (name and place) inside [fromUs, toUs], most first. */
+function selfTimes(profile: CpuProfile, fromUs: number, toUs: number): Array<[string, number]> {
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
+  const out = new Map<string, number>();
+  let at = profile.startTime;
+  profile.samples.forEach((id, i) => {
+    at += profile.timeDeltas[i] ?? 0;
+    if (at < fromUs || at > toUs) return;
+    const { functionName, url, lineNumber } = byId.get(id)!.callFrame;
+    const key = `${functionName || '(anonymous)'} ${url.replace(/^.*\/build\//, '').replace(/^file:\/\//, '')}:${(lineNumber ?? 0) + 1}`;
+    out.set(key, (out.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
+  return [...out].sort((a, b) => b[1] - a[1]);
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pstorage-stages-'));
@@ -166,16 +191,19 @@ async function main(): Promise<void> {
     const ioBytes = job.read!.io_bytes + job.write!.io_bytes;
     const blocks = ioBytes / 4096;
     const files = fs.readdirSync(path.join(workDir, 'prof')).sort();
+    if (options.keep !== null) fs.cpSync(path.join(workDir, 'prof'), options.keep, { recursive: true });
     const rows: Array<{ thread: string; stage: string; usPerBlock: number }> = [];
+    let top: Array<{ place: string; usPerBlock: number }> = [];
     files.forEach((file, index) => {
       const profile = JSON.parse(fs.readFileSync(path.join(workDir, 'prof', file), 'utf8')) as CpuProfile;
+      if (index === 0) top = selfTimes(profile, fromUs, toUs).slice(0, options.top).map(([place, us]) => ({ place, usPerBlock: us / blocks }));
       const thread = index === 0 ? 'main' : `worker ${index}`;
       for (const [stage, us] of [...stagesOf(profile, fromUs, toUs)].sort((a, b) => b[1] - a[1])) {
         if (stage === 'idle' && thread !== 'main') continue;
         rows.push({ thread, stage, usPerBlock: us / blocks });
       }
     });
-    const summary = { job: `${options.job} ${options.bs} QD${options.qd}`, iops: job.read!.iops + job.write!.iops, blocks, rows };
+    const summary = { job: `${options.job} ${options.bs} QD${options.qd}`, iops: job.read!.iops + job.write!.iops, blocks, rows, top };
     if (options.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
       return;
@@ -187,6 +215,8 @@ async function main(): Promise<void> {
       const busy = rows.filter((row) => row.thread === thread && row.stage !== 'idle').reduce((sum, row) => sum + row.usPerBlock, 0);
       process.stdout.write(`${thread.padEnd(10)}${'total (not idle)'.padEnd(36)}${busy.toFixed(2).padStart(8)}\n`);
     }
+    if (top.length > 0) process.stdout.write('main thread, self time      us per 4 KiB block\n');
+    for (const row of top) process.stdout.write(`${row.usPerBlock.toFixed(3).padStart(8)}  ${row.place}\n`);
   } finally {
     fs.rmSync(workDir, { recursive: true, force: true });
   }
