@@ -161,7 +161,11 @@ test('a bit flipped on read is CORRUPT, never wrong bytes, and the stored data i
   const nand = faulty(h);
   const live = 300;
   await fill(h, live);
-  await h.volume.flush(); // every page is on NAND now, none is served from memory
+  // Then an erase block's worth more, so the blocks holding the first `live` are full and, after
+  // the flush, on NAND: the open block's pages are served from its buffer, never from NAND.
+  const blockLbas = h.array.ftl.nand.geometry.pagesPerEraseBlock + 8;
+  await fill(h, blockLbas, live);
+  await h.volume.flush(); // every page of the first `live` is on NAND now, none is served from memory
   let corrupt = 0;
   const trials = 64;
   for (let i = 0; i < trials; i++) {
