@@ -3,7 +3,9 @@
  * over them, the paged chunk table and volume maps, the metadata journal, and the volumes exported
  * over NBD.
  *
- * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area).
+ * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area),
+ * `catalog.json` (a copy of the format record and the volume catalog for `pstorage inspect repair`,
+ * see catalog-copy.ts).
  * Superblock (LevelDB 'super' sublevel): `format` (format version, NAND geometry, fingerprint key,
  * creation time; written once) and `state` (next chunk id, next erase-block sequence, next volume
  * id, the journal's trim point and next seq, counters; rewritten in every commit). Volumes

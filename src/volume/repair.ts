@@ -164,11 +164,13 @@ export async function repairArray(dataDir: string, logger: Logger = silentLogger
     await rebuildChunks(repair, scan, nand);
     const ops = buildStore(repair, scan, nand);
     await writeStore(path.join(dataDir, 'meta.repair'), ops);
+    logger.info('new metadata written', { ops: ops.length });
   } finally {
     await nand.close();
   }
   const damagedCopy = swapDirectories(dataDir);
   const audit = await verify(dataDir);
+  logger.info('repaired array audited', { ok: audit.ok, auditMs: audit.durationMs });
   return report(repair, dataDir, damagedCopy, audit, Number(process.hrtime.bigint() - started) / 1e6);
 }
 
@@ -225,14 +227,14 @@ async function scanNand(nand: FileNand, key: bigint): Promise<NandScan> {
   const ftl = new Ftl(nand, defaultFtlOptions(eraseBlockCount), silentLogger, 1, key);
   const scan: NandScan = { byChunk: new Map(), byAddress: new Map(), sequence: new Uint32Array(eraseBlockCount), pagesWritten: new Uint32Array(eraseBlockCount), problems: [], maxChunkId: 0 };
   for (let block = 0; block < eraseBlockCount; block++) {
-    const pages = await nand.readPages(block, 0, pagesPerEraseBlock);
-    if (pages.readBigUInt64LE(0) === 0n && pages.readBigUInt64LE(8) === 0n) continue; // erased
-    const first = checkPage(pages.subarray(0, pageBytes), 0);
+    // Most blocks of a young array are erased: one page says so.
+    const first = checkPage(nand.readPagesSync(block, 0, 1), 0);
     if (!first.ok) {
       if (first.reason !== 'erased') scan.problems.push(`erase block ${block} page 0: ${first.reason}`);
       continue;
     }
     const sequence = first.header.sequence;
+    const pages = nand.readPagesSync(block, 0, pagesPerEraseBlock);
     let written = 0;
     while (written < pagesPerEraseBlock) {
       const check = checkPage(pages.subarray(written * pageBytes, (written + 1) * pageBytes), written);
