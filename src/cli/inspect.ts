@@ -94,7 +94,7 @@ function describeRepair(report: RepairReport): string {
     ['result', report.ok ? (lostBytes > 0 ? `repaired; ${formatBytes(lostBytes)} of volume data lost (reads EIO)` : 'repaired; nothing lost') : 'repaired, but the audit still finds problems'],
     ['damaged sublevels', report.damagedSublevels.join(', ') || 'none found'],
     ['metadata read', `${report.salvage.files} file(s), ${formatBytes(report.salvage.bytes)}, ${report.salvage.versions} entries intact`],
-    ['damaged old copy', report.damagedCopy],
+    ['old metadata kept in', report.damagedCopy],
     ['audit', report.audit.ok ? `clean (${report.audit.checkedRecords} records verified)` : `${report.audit.problems.length} problem(s)`],
     ['duration', `${report.durationMs} ms`],
   ]);
