@@ -1,7 +1,11 @@
-/** `pstorage stats` and `pstorage inspect audit`. */
+/** `pstorage stats`, `pstorage inspect audit` and `pstorage inspect repair`. */
+import path from 'node:path';
+import { StorageError } from '../common/errors.js';
+import { createLogger } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
 import { auditArray, type AuditReport } from '../volume/audit.js';
-import { callApi, withArray } from './api-client.js';
+import { repairArray, type RepairReport } from '../volume/repair.js';
+import { DataDirectoryInUse, callApi, withArray } from './api-client.js';
 import { keyValues, printJson, table } from './output.js';
 
 type Stats = Record<string, unknown> & {
@@ -56,4 +60,55 @@ export async function auditCommand(dataDir: string, json: boolean): Promise<numb
     for (const problem of report.problems) process.stdout.write(`problem: ${problem}\n`);
   }
   return report.ok ? 0 : 1;
+}
+
+/** Exit code of a repair that finished but had to mark blocks lost (they read as EIO). */
+export const EXIT_REPAIRED_WITH_LOSS = 4;
+/** Ranges listed per volume in the human output (--json lists all). */
+const RANGES_SHOWN = 16;
+
+/**
+ * Returns the exit code: 0 repaired with nothing lost, 4 repaired with blocks lost (listed), 1
+ * when the repaired array does not pass its audit. Refuses (exit 3) while a server runs.
+ */
+export async function repairCommand(dataDir: string, json: boolean): Promise<number> {
+  if ((await callApi(dataDir, 'GET', '/api/v1/volumes')) !== null) {
+    throw new DataDirectoryInUse(StorageError.busy(`a pstorage server is running on ${path.resolve(dataDir)}: stop it first (repair works on an idle data directory)`));
+  }
+  let report: RepairReport;
+  try {
+    report = await repairArray(path.resolve(dataDir), createLogger({ component: 'repair' }));
+  } catch (error) {
+    if (error instanceof StorageError && error.code === 'BUSY') throw new DataDirectoryInUse(error);
+    throw error;
+  }
+  if (json) printJson(report);
+  else process.stdout.write(describeRepair(report));
+  if (!report.ok) return 1;
+  return report.lost.exports.length > 0 || report.lost.chunks > 0 ? EXIT_REPAIRED_WITH_LOSS : 0;
+}
+
+function describeRepair(report: RepairReport): string {
+  const lostBytes = report.lost.exports.reduce((sum, entry) => sum + entry.lostBytes, 0);
+  const lines = keyValues([
+    ['result', report.ok ? (lostBytes > 0 ? `repaired; ${formatBytes(lostBytes)} of volume data lost (reads EIO)` : 'repaired; nothing lost') : 'repaired, but the audit still finds problems'],
+    ['damaged sublevels', report.damagedSublevels.join(', ') || 'none found'],
+    ['metadata read', `${report.salvage.files} file(s), ${formatBytes(report.salvage.bytes)}, ${report.salvage.versions} entries intact`],
+    ['old metadata kept in', report.damagedCopy],
+    ['audit', report.audit.ok ? `clean (${report.audit.checkedRecords} records verified)` : `${report.audit.problems.length} problem(s)`],
+    ['duration', `${report.durationMs} ms`],
+  ]);
+  const out = [lines];
+  for (const where of [...report.salvage.damagedBlocks, ...report.salvage.logDamage]) out.push(`damaged: ${where}\n`);
+  for (const line of report.rebuilt) out.push(`rebuilt: ${line}\n`);
+  for (const note of report.notes) out.push(`note: ${note}\n`);
+  if (report.lost.counters) out.push('lost: the host and NAND byte counters (reset to 0)\n');
+  for (const entry of report.lost.exports) {
+    const shown = entry.ranges.slice(0, RANGES_SHOWN).map((range) => `${range.offsetBytes}+${range.lengthBytes}`);
+    const more = entry.ranges.length > RANGES_SHOWN ? ` ... (${entry.ranges.length - RANGES_SHOWN} more; --json lists all)` : '';
+    out.push(`lost: ${entry.name}: ${formatBytes(entry.lostBytes)} in ${entry.ranges.length} range(s) (offset+length bytes): ${shown.join(' ')}${more}\n`);
+  }
+  for (const problem of report.audit.problems) out.push(`problem: ${problem}\n`);
+  if (report.lost.exports.length > 0) out.push('Lost blocks read as EIO until they are written again; restore them from a backup.\n');
+  return out.join('');
 }

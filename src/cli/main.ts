@@ -14,7 +14,7 @@ import { DataDirectoryInUse, OperationConflict } from './api-client.js';
 import { exportCommand, importCommand } from './data-commands.js';
 import { DEFAULT_LISTEN, parseListen, type TcpAddress } from './listen-address.js';
 import { estimateCommand } from './estimate.js';
-import { auditCommand, statsCommand } from './inspect.js';
+import { auditCommand, repairCommand, statsCommand } from './inspect.js';
 import { serve } from './serve.js';
 import * as volumes from './volume-commands.js';
 
@@ -30,6 +30,7 @@ Exit codes:
   2  bad usage: unknown command or option, bad size or name, no such volume or snapshot,
      an image larger than its volume
   3  the data directory is in use by another process (a server whose API socket is unreachable)
+  4  inspect repair: the array was repaired, but some blocks were lost (listed; they read as EIO)
 
 Every command that works on an array takes -d/--data-dir DIR (env PSTORAGE_DATA_DIR, default
 ./pstorage-data). It talks to the running "pstorage serve" through DIR/pstorage.sock, or opens
@@ -156,6 +157,16 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .action(async (options: { dataDir: string; json?: boolean }) => {
       process.exitCode = await auditCommand(options.dataDir, options.json ?? false);
+    });
+
+  inspect
+    .command('repair')
+    .description('rebuild damaged metadata (LevelDB) from what survives and the NAND image; lists exactly which blocks were lost (they then read as EIO); the server must be stopped')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExit codes: 0 repaired, nothing lost; 4 repaired, blocks lost (listed); 1 failed or the audit still finds problems; 3 a server is running.\nThe damaged metadata directory is kept as DATA_DIR/meta.damaged-TIME.')
+    .action(async (options: { dataDir: string; json?: boolean }) => {
+      process.exitCode = await repairCommand(options.dataDir, options.json ?? false);
     });
 
   return program;

@@ -5,7 +5,7 @@
  * Checks:
  * - every map entry that names a chunk names a live chunk, and each chunk's refcount equals the
  *   number of map entries naming it;
- * - each volume's mapped-block count equals its map;
+ * - each volume's mapped-block count equals its map (blocks a repair marked lost count as mapped);
  * - every live chunk's record reads back from NAND with the right chunk id, length and checksum;
  * - per erase block, the valid bytes in the summary equal the record bytes of the live chunks the
  *   chunk table places there, and no live chunk sits in a free or bad block.
@@ -102,7 +102,7 @@ async function checkMappedCount(array: FlashArray, name: string, chain: number[]
   }
   let mapped = 0;
   for (const [lba, kind] of resolved) {
-    if (kind !== EntryKind.Chunk && kind !== EntryKind.Pattern) continue;
+    if (kind !== EntryKind.Chunk && kind !== EntryKind.Pattern && kind !== EntryKind.Lost) continue;
     if (lba * 4096 >= sizeBytes) continue; // beyond a shrunken end: unreachable
     mapped += 1;
   }

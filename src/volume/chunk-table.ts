@@ -31,6 +31,8 @@ export { Codec };
 export const CHUNKS_PER_PAGE = 256;
 const N = CHUNKS_PER_PAGE;
 const VALUE_BYTES = N * (16 + 2 + FINGERPRINT_BYTES);
+/** Bytes of a stored chunk page. */
+export const CHUNK_PAGE_VALUE_BYTES = VALUE_BYTES;
 
 export interface ChunkEntry {
   address: PhysicalAddress;

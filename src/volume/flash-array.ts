@@ -3,7 +3,9 @@
  * over them, the paged chunk table and volume maps, the metadata journal, and the volumes exported
  * over NBD.
  *
- * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area).
+ * Data directory: `meta/` (LevelDB), `nand/` (nand.img sparse image + nand.oob spare area),
+ * `catalog.json` (a copy of the format record and the volume catalog for `pstorage inspect repair`,
+ * see catalog-copy.ts).
  * Superblock (LevelDB 'super' sublevel): `format` (format version, NAND geometry, fingerprint key,
  * creation time; written once) and `state` (next chunk id, next erase-block sequence, next volume
  * id, the journal's trim point and next seq, counters; rewritten in every commit). Volumes
@@ -43,8 +45,8 @@ import { MetaJournal, decodeJournalValue } from '../meta/journal.js';
 import { decodeU32Key, decodeU64Key, decodeVolumeMapKey, u32Key, u64Key, volumeMapKey } from '../meta/keys.js';
 import { LevelMetaStore } from '../meta/level-store.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
-import { FileNand } from '../nand/file-nand.js';
-import { geometryForCapacity, type NandDevice, type NandGeometry } from '../nand/nand-device.js';
+import { FileNand, SPARE_FILE_NAME } from '../nand/file-nand.js';
+import { geometryForCapacity, type NandDevice } from '../nand/nand-device.js';
 import { GiB, MiB } from '../common/size.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
@@ -52,6 +54,7 @@ import { DedupIndex } from '../reduce/dedup-index.js';
 import { keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
 import type { ReduceSettings } from '../reduce/reduce-block.js';
 import { ReductionPool } from '../reduce/reduction-pool.js';
+import { writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
 import { ChunkTable, pageOf } from './chunk-table.js';
 import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
 import type { EntryKind } from './map-page.js';
@@ -64,9 +67,9 @@ export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
 export const DEFAULT_CACHE_BYTES = 256 * MiB;
 export const DEFAULT_VOLUME_NAME = 'default';
 export const DEFAULT_VOLUME_BYTES = 16 * GiB;
-const FORMAT_KEY = Buffer.from('format');
-const STATE_KEY = Buffer.from('state');
-const LAYERS_KEY = Buffer.from('layers');
+export const FORMAT_KEY = Buffer.from('format');
+export const STATE_KEY = Buffer.from('state');
+export const LAYERS_KEY = Buffer.from('layers');
 export const DEFAULT_METADATA_POLICY: MetadataPolicy = {
   /** A background commit at least this often while anything is uncommitted... */
   commitIntervalMs: 1000,
@@ -130,20 +133,13 @@ export class ReductionCounters {
   }
 }
 
-interface FormatRecord {
-  formatVersion: number;
-  geometry: NandGeometry;
-  createdAt: string;
-  /** The fingerprint key, hex (see reduce/fingerprint.ts). */
-  fingerprintKey: string;
-}
 
 export interface ArrayCounters {
   hostBytesWritten: number;
   nandBytesWrittenBefore: number;
 }
 
-interface StateRecord {
+export interface StateRecord {
   nextChunkId: number;
   nextSequence: number;
   nextVolumeId: number;
@@ -212,6 +208,8 @@ export class FlashArray implements ExportCatalog {
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
   readonly policy: MetadataPolicy;
+  /** Where the catalog copy lives (catalog-copy.ts): set by `open`, null for arrays assembled in memory. */
+  catalogCopyDir: string | null = null;
 
   private constructor(
     readonly dataDir: string,
@@ -220,7 +218,7 @@ export class FlashArray implements ExportCatalog {
     readonly ftl: Ftl,
     readonly logger: Logger,
     state: StateRecord,
-    format: FormatRecord,
+    readonly format: FormatRecord,
     cacheBytes: number,
     options: ArrayOptions,
   ) {
@@ -238,8 +236,7 @@ export class FlashArray implements ExportCatalog {
     // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
     this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
     this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
-    const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
-    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor(cacheBytes * 0.2));
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomFilterBytes(nand)), Math.floor(cacheBytes * 0.2));
     this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint, recordSeed: key };
     const workers = options.reductionWorkers ?? 1;
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
@@ -272,12 +269,22 @@ export class FlashArray implements ExportCatalog {
       const created = formatBytes === undefined;
       const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
       // Mapped NAND pages count in the resident set: keep them to a share beside the caches.
-      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created });
+      // An image already there when the metadata has no format record: a creation that was cut
+      // short (the image is blank, and keeps its geometry), or metadata that lost its record.
+      const existing = created && fs.existsSync(path.join(dataDir, 'nand', SPARE_FILE_NAME));
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), existing ? undefined : geometry, { create: created });
+      if (existing && !isBlank(nand)) {
+        await nand.close();
+        // Creating an array here would give it a new secret and erase every block it thinks free.
+        throw StorageError.corrupt(`the metadata in ${path.join(dataDir, 'meta')} has no format record, but the NAND image in ${path.join(dataDir, 'nand')} holds data`);
+      }
       const array = await FlashArray.assemble(dataDir, meta, nand, logger, options, created);
+      array.catalogCopyDir = dataDir;
+      array.writeCatalogCopy();
       return { array, created, recoveryMs: Number(process.hrtime.bigint() - started) / 1e6 };
     } catch (error) {
       await meta.close().catch(() => undefined);
-      throw error;
+      throw withRepairHint(error, dataDir);
     }
   }
 
@@ -580,6 +587,8 @@ export class FlashArray implements ExportCatalog {
     let ok = false;
     const started = process.hrtime.bigint();
     try {
+      // The copy first: it may then be one catalog change ahead of LevelDB, never behind.
+      if (captured.catalog) this.writeCatalogCopy();
       await this.meta.batch(captured.ops, { sync });
       ok = true;
     } finally {
@@ -689,6 +698,18 @@ export class FlashArray implements ExportCatalog {
     for (const id of captured.deleted.snapshots) this.deletedSnapshots.delete(id);
   }
 
+  /** Rewrites DATA_DIR/catalog.json from the catalog in memory (see catalog-copy.ts). */
+  writeCatalogCopy(): void {
+    if (this.catalogCopyDir === null) return;
+    writeCatalogCopy(this.catalogCopyDir, {
+      format: this.format,
+      nextVolumeId: this.nextVolumeId,
+      layers: [...this.layers],
+      volumes: [...this.volumes.values()].map((volume) => volume.record),
+      snapshots: [...this.snapshots.values()],
+    });
+  }
+
   private persistentCounters(): ArrayCounters {
     return { hostBytesWritten: this.counters.hostBytesWritten, nandBytesWrittenBefore: this.nandBytesWritten };
   }
@@ -796,9 +817,36 @@ export class FlashArray implements ExportCatalog {
   }
 }
 
+/**
+ * Damaged metadata stops the open: say what to do about it. Only CORRUPT errors get the hint (a
+ * busy directory or a missing one has its own message).
+ */
+function withRepairHint(error: unknown, dataDir: string): unknown {
+  if (!(error instanceof StorageError && error.code === 'CORRUPT') || error.message.includes('inspect repair')) return error;
+  return StorageError.corrupt(
+    `${error.message}. The metadata in ${path.join(dataDir, 'meta')} is damaged: stop every pstorage process using ${dataDir}, then run ` +
+      `"pstorage inspect repair --data-dir ${dataDir}", which rebuilds what can be rebuilt and lists exactly which blocks were lost`,
+    error,
+  );
+}
+
+/** True when no erase block was ever programmed or erased: an image whose creation was interrupted. */
+function isBlank(nand: NandDevice): boolean {
+  for (let block = 0; block < nand.geometry.eraseBlockCount; block++) {
+    const info = nand.blockInfo(block);
+    if (info.writePointer !== 0 || info.eraseCount !== 0 || info.bad) return false;
+  }
+  return true;
+}
+
 /** The array's secret: the key of its fingerprints and the seed of its record checksums. */
 function fingerprintKey(format: FormatRecord): bigint {
   return BigInt(`0x${format.fingerprintKey}`);
+}
+
+/** The Bloom filter's size: 10 bits per 2 KiB of NAND (a chunk per 2 KiB, compressed), at most 64 MiB. */
+export function bloomFilterBytes(nand: NandDevice): number {
+  return Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
 }
 
 function capacityOf(nand: NandDevice): number {
@@ -809,7 +857,7 @@ function capacityOf(nand: NandDevice): number {
 function parseFormat(bytes: Buffer): FormatRecord {
   const format = JSON.parse(bytes.toString()) as FormatRecord;
   if (format.formatVersion !== FORMAT_VERSION) {
-    throw StorageError.corrupt(
+    throw StorageError.notSupported(
       `this data directory has format version ${format.formatVersion}; this pstorage reads version ${FORMAT_VERSION}. ` +
         'Export its volumes with the pstorage that made it ("pstorage export VOLUME FILE") and import them into a new array',
     );

@@ -7,6 +7,9 @@
  *   pattern(word)       the block is one 8-byte word repeated (all-zero blocks are pattern 0);
  *                       stored in the entry itself, costing no NAND
  *   hole                trimmed or zeroed in this layer, hiding whatever a parent layer holds
+ *   lost                `pstorage inspect repair` could not prove what this block held: reads of
+ *                       it fail with EIO (never other data) until it is written or trimmed again;
+ *                       it counts as mapped and hides whatever a parent layer holds
  *
  * Value format (LevelDB 'map' sublevel, key = u32 layer id + u64 page index), format 2: the three
  * columns one after the other, 1024 u8 kinds, then 1024 u32 high words, then 1024 u32 low words,
@@ -18,6 +21,8 @@ import type { CachedPage } from './page-cache.js';
 
 export const LBAS_PER_MAP_PAGE = 1024;
 const VALUE_BYTES = LBAS_PER_MAP_PAGE * 9;
+/** Bytes of a stored map page. */
+export const MAP_PAGE_VALUE_BYTES = VALUE_BYTES;
 const HIGH_AT = LBAS_PER_MAP_PAGE;
 const LOW_AT = LBAS_PER_MAP_PAGE * 5;
 
@@ -26,6 +31,7 @@ export const enum EntryKind {
   Chunk = 1,
   Pattern = 2,
   Hole = 3,
+  Lost = 4,
 }
 
 export class MapPage implements CachedPage {

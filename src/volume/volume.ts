@@ -324,6 +324,8 @@ export class Volume implements BlockDevice {
         refDestination.push(codec === Codec.Raw && to - from === LBA_BYTES ? data.subarray(destination, destination + LBA_BYTES) : undefined);
       } else if (kind === EntryKind.Pattern && (page!.high[slot] !== 0 || page!.low[slot] !== 0)) {
         fillPattern(data, destination, from - lba * LBA_BYTES, to - from, page!.high[slot]!, page!.low[slot]!);
+      } else if (kind === EntryKind.Lost) {
+        throw lostBlock(this.name, lba);
       } else {
         data.fill(0, destination, destination + (to - from));
         holes[i] = 1;
@@ -503,6 +505,7 @@ export class Volume implements BlockDevice {
     const slot = lba % LBAS_PER_MAP_PAGE;
     const kind = page === null ? EntryKind.Absent : page.kinds[slot];
     if (kind === EntryKind.Pattern) fillPattern(merged, 0, 0, LBA_BYTES, page!.high[slot]!, page!.low[slot]!);
+    else if (kind === EntryKind.Lost) throw lostBlock(this.name, lba); // nothing to merge a partial write into
     else if (kind === EntryKind.Chunk) {
       const chunkId = page!.chunkId(slot);
       const chunkPage = this.array.chunks.pageOf(chunkId);
@@ -905,7 +908,12 @@ function resolvedKind(page: MapPage | null, slot: number): EntryKind {
 }
 
 function isMapped(kind: EntryKind): boolean {
-  return kind === EntryKind.Chunk || kind === EntryKind.Pattern;
+  return kind === EntryKind.Chunk || kind === EntryKind.Pattern || kind === EntryKind.Lost;
+}
+
+/** A read of a block `pstorage inspect repair` marked lost: EIO to the client, never other data. */
+function lostBlock(name: string, lba: number): StorageError {
+  return StorageError.corrupt(`${name} lba ${lba} was lost in a metadata repair ("pstorage inspect repair" listed it); write it again to use it`);
 }
 
 /** Fills `length` bytes of `target` at `at` with the pattern word, starting `phase` bytes into the block. */
