@@ -215,6 +215,7 @@ export class Ftl implements StreamHost {
   closeBlock(block: number): void {
     if (this.table.state[block] === BlockState.Open) this.table.setState(block, BlockState.Full);
     this.maybeReleaseBuffer(block);
+    this.releaseIfDead(block);
   }
 
   /** A full block whose programs have all completed is on NAND: reads go there from now on. */
@@ -266,6 +267,21 @@ export class Ftl implements StreamHost {
   /** A chunk's record is no longer referenced. */
   invalidate(address: PhysicalAddress, storedBytes: number): void {
     this.table.addValid(address.block, -LogStream.recordBytes(storedBytes));
+    if (this.table.validBytes[address.block] === 0) this.releaseIfDead(address.block);
+  }
+
+  /**
+   * A full block that holds nothing live is erased after the next synced commit, without waiting
+   * for GC to pick it (it costs no relocation). Sequential overwrites kill whole blocks; erasing
+   * them at once keeps the NAND image thin on the host (an erase punches a hole) and its page
+   * cache small, so new programs reuse recently freed memory: on these virtual machines a page
+   * the guest has not touched before costs several times more to write into (1 MiB pwrites into
+   * a fresh file 475 MiB/s, into freed and reused page cache 5.1-5.3 GiB/s).
+   */
+  private releaseIfDead(block: number): void {
+    if (this.table.state[block] !== BlockState.Full || this.table.validBytes[block] !== 0) return;
+    if (this.busyBlocks.has(block) || this.pendingRelease.has(block)) return;
+    this.pendingRelease.set(block, { generation: this.generation, retire: false });
   }
 
   get usableBytes(): number {

@@ -162,3 +162,32 @@ test('uniform random overwrite at the array over-provisioning: measured greedy W
   t.deepEqual(h.logged('error'), [], `engine errors (seed ${seed})`);
   await h.close();
 });
+
+test('a sequential overwrite frees whole erase blocks after the next commit, without GC', async (t) => {
+  const seed = seedFor(t);
+  const h = await Harness.create(seed);
+  const { pagesPerEraseBlock, eraseBlockCount } = h.array.ftl.nand.geometry;
+  // A third of the device: far from the GC threshold, so only the eager release can erase.
+  const lbas = Math.floor(h.capacityLbas / 3);
+  for (let lba = 0; lba < lbas; lba += 8) await h.write(lba, Math.min(8, lbas - lba));
+  await h.volume.flush();
+  const freeBefore = h.array.ftl.table.freeBlocks;
+  t.is(h.array.ftl.counters.erases, 0, `(seed ${seed})`);
+  // Overwrite it all in the same order: every block the first pass filled is left with nothing live.
+  for (let lba = 0; lba < lbas; lba += 8) await h.write(lba, Math.min(8, lbas - lba));
+  await h.volume.flush(); // the commit that stops referencing the old records...
+  await h.volume.flush(); // ...then the erases it allowed (released after the synced commit)
+  await h.quiesce();
+  const { erases, gcRuns, relocatedBytes } = h.array.ftl.counters;
+  const filledBlocks = Math.floor(lbas / pagesPerEraseBlock); // a lower bound on the blocks the first pass filled
+  t.log(`${eraseBlockCount} erase blocks, ${lbas} lbas overwritten, ${erases} erased, ${gcRuns} GC runs, free ${freeBefore} -> ${h.array.ftl.table.freeBlocks}`);
+  t.is(gcRuns, 0, `GC ran (seed ${seed})`);
+  t.is(relocatedBytes, 0, `(seed ${seed})`);
+  t.true(erases >= filledBlocks - 1, `only ${erases} of ~${filledBlocks} dead blocks erased (seed ${seed})`);
+  t.true(h.array.ftl.table.freeBlocks >= freeBefore - 2, `free blocks ${freeBefore} -> ${h.array.ftl.table.freeBlocks} (seed ${seed})`);
+  t.deepEqual(await h.mismatches(0, lbas), [], `(seed ${seed})`);
+  const reopened = await h.crashAndReopen();
+  t.deepEqual(await reopened.mismatches(0, lbas), [], `after a crash (seed ${seed})`);
+  t.deepEqual(h.logged('error'), [], `engine errors (seed ${seed})`);
+  await reopened.close();
+});
