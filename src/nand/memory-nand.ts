@@ -64,7 +64,10 @@ export class MemoryNand extends NandDeviceBase {
   private lastUnsyncedProgram: UnsyncedProgram | undefined;
   /** Programmed pages the simulated host file system may hold; null: no limit (see the design note). */
   hostSpacePages: number | null = null;
-  /** Programmed pages held now. */
+  /** Programmed pages held now (what `hostSpacePages` limits). */
+  get hostPagesHeld(): number {
+    return this.heldPages;
+  }
   private heldPages = 0;
 
   constructor(geometry: NandGeometry);
@@ -128,7 +131,7 @@ export class MemoryNand extends NandDeviceBase {
       let added = 0;
       for (let i = 0; i < pageCount; i += 1) if (blockPages?.[firstPageIndex + i] === undefined) added += 1;
       if (this.heldPages + added > this.hostSpacePages) {
-        throw StorageError.noSpace(`NAND program of erase block ${eraseBlockIndex}: no space left (the simulated host file system holds ${this.hostSpacePages} pages)`);
+        throw StorageError.hostFull(`NAND program of erase block ${eraseBlockIndex}: no space left (the simulated host file system holds ${this.hostSpacePages} pages)`);
       }
     }
     if (blockPages === undefined) {

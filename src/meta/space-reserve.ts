@@ -1,0 +1,109 @@
+/**
+ * Space on the host file system: how much there is (statfs of the data directory), and a reserve
+ * set aside for the metadata.
+ *
+ * The reserve is one file in the data directory (`space-reserve`), written out in full with zeros
+ * so that its blocks are really taken (a sparse or merely truncated file would hold nothing back).
+ * It exists to be given up: when the file system fills, the array deletes it, and LevelDB, whose
+ * background work (writing its memtable out, compacting) and reopening need room, finds some. The
+ * array takes it back (`hold`) before it accepts new data again, so the next time the file system
+ * fills the reserve is there to give. Its size is a share of the file system (`reserveBytesFor`).
+ *
+ * On crash: the file is whatever the last `hold` left (possibly short, or absent after a
+ * release); `hold` at the next open writes it out to the size wanted. Nothing reads its contents.
+ */
+import fs from 'node:fs';
+import { open, rm, stat, statfs } from 'node:fs/promises';
+import path from 'node:path';
+import { fromSystemError } from '../common/errors.js';
+
+export const RESERVE_FILE_NAME = 'space-reserve';
+const MiB = 1024 * 1024;
+const RESERVE_SHARE = 0.05;
+const RESERVE_MIN_BYTES = 8 * MiB;
+const RESERVE_MAX_BYTES = 64 * MiB;
+/** Zeros written per I/O when the reserve is taken. */
+const WRITE_CHUNK_BYTES = MiB;
+
+/** The host file system's size and the space an unprivileged writer may still take (f_bavail). */
+export interface FileSystemSpace {
+  totalBytes: number;
+  availableBytes: number;
+}
+
+/** statfs of `directory`'s file system. */
+export async function fileSystemSpace(directory: string): Promise<FileSystemSpace> {
+  try {
+    const stats = await statfs(directory);
+    return { totalBytes: stats.blocks * stats.bsize, availableBytes: stats.bavail * stats.bsize };
+  } catch (error) {
+    throw fromSystemError(error, `reading the free space of ${directory}`);
+  }
+}
+
+/** The reserve for a file system of `totalBytes`: 5 %, at least 8 MiB and at most 64 MiB. */
+export function reserveBytesFor(totalBytes: number): number {
+  return Math.min(RESERVE_MAX_BYTES, Math.max(RESERVE_MIN_BYTES, Math.round((totalBytes * RESERVE_SHARE) / MiB) * MiB));
+}
+
+export class SpaceReserve {
+  /** Bytes the reserve file holds now (0 after a release, or when it could not be taken). */
+  heldBytes = 0;
+  readonly filePath: string;
+
+  constructor(directory: string) {
+    this.filePath = path.join(directory, RESERVE_FILE_NAME);
+  }
+
+  /** Looks at what the file holds already (from an earlier run): sets and returns `heldBytes`. */
+  async load(): Promise<number> {
+    this.heldBytes = await allocatedFileBytes(this.filePath);
+    return this.heldBytes;
+  }
+
+  /**
+   * Takes `bytes` for the reserve, writing the file out to that size; true when it is held. On
+   * ENOSPC the file is deleted again (half a reserve would only fill the disk further) and the
+   * answer is false; any other failure throws.
+   */
+  async hold(bytes: number): Promise<boolean> {
+    const held = await allocatedFileBytes(this.filePath);
+    if (held >= bytes) {
+      this.heldBytes = held;
+      return true;
+    }
+    try {
+      const handle = await open(this.filePath, fs.constants.O_WRONLY | fs.constants.O_CREAT);
+      try {
+        const zeros = Buffer.alloc(Math.min(WRITE_CHUNK_BYTES, bytes));
+        for (let at = 0; at < bytes; ) at += (await handle.write(zeros, 0, Math.min(zeros.length, bytes - at), at)).bytesWritten;
+        await handle.truncate(bytes);
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      const failure = fromSystemError(error, `setting aside ${bytes} bytes in ${this.filePath}`);
+      await this.release();
+      if (failure.code === 'NO_SPACE') return false;
+      throw failure;
+    }
+    this.heldBytes = bytes;
+    return true;
+  }
+
+  /** Gives the reserve back to the file system (deletes the file). */
+  async release(): Promise<void> {
+    await rm(this.filePath, { force: true });
+    this.heldBytes = 0;
+  }
+}
+
+/** Disk space a file takes (0 when there is none). */
+async function allocatedFileBytes(filePath: string): Promise<number> {
+  try {
+    const stats = await stat(filePath);
+    return Math.min(stats.size, stats.blocks * 512);
+  } catch {
+    return 0;
+  }
+}
