@@ -348,7 +348,7 @@ function levelError(error: unknown, what: string): StorageError {
     return StorageError.corrupt(`${what}: LevelDB reports corruption (${message})`, error);
   }
   // LevelDB gives a failed system call as "IO error: FILE: strerror(errno)", nothing more.
-  if (NO_SPACE_MESSAGE.test(message)) return StorageError.noSpace(`${what}: ${message}`, error);
+  if (NO_SPACE_MESSAGE.test(message)) return StorageError.hostFull(`${what}: ${message}`, error);
   return StorageError.io(`${what}: ${message}`, error);
 }
 

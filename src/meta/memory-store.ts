@@ -177,7 +177,7 @@ export class MemoryMetaStore implements MetaStore {
     checkBatch(ops, options);
     if (this.writeError !== null) throw this.writeError;
     if (this.hostFull) {
-      this.writeError = StorageError.noSpace('metadata batch: no space left (the simulated disk under the metadata is full)');
+      this.writeError = StorageError.hostFull('metadata batch: no space left (the simulated disk under the metadata is full)');
       throw this.writeError;
     }
     const stored = ops.map(copyOp);
@@ -204,7 +204,7 @@ export class MemoryMetaStore implements MetaStore {
   /** Nothing is lost by a reopen: the process kept LevelDB's log in the page cache. */
   async reopen(): Promise<void> {
     this.checkOpen();
-    if (this.hostFull) throw StorageError.noSpace('reopening the metadata store: no space left (the simulated disk is full)');
+    if (this.hostFull) throw StorageError.hostFull('reopening the metadata store: no space left (the simulated disk is full)');
     this.writeError = null;
     this.reopens += 1;
   }
