@@ -15,15 +15,18 @@
  *
  * Recovery (`full` → `ok`), tried every `pollMs` while full, in this order, each step only when
  * statfs shows room for it, so a full file system costs one statfs a poll and no failing I/O:
- *   1. stalled NAND programs are written again in place (room for them, the reserve and
- *      `META_HEADROOM_BYTES`);
+ *   1. stalled NAND programs are written again in place (room for them and `META_HEADROOM_BYTES`:
+ *      the deleted reserve usually gives it, so what was acknowledged becomes durable at once,
+ *      and a FLUSH succeeds again, even if the file system stays full);
  *   2. a stopped metadata store is reopened (room for `META_HEADROOM_BYTES`);
  *   3. full erase blocks that TRIM emptied are queued for erasing, and a commit makes everything
- *      acknowledged durable (and then erases them, which gives their space back);
- *   4. the reserve is taken back (room for it and `resumeMarginBytes`), and the state is `ok`.
- * A step that fails again backs off (doubling, up to `MAX_BACKOFF_MS`). At close, the last chance:
- * the steps run with only the room the data needs (the reserve is spent), so that a shutdown can
- * still make acknowledged writes durable; if it cannot, it fails and says what was not saved.
+ *      acknowledged durable (and then erases them, which gives their space back: a TRIM from the
+ *      client is a way out when nothing else on the file system can be deleted);
+ *   4. the reserve is taken back, once there is room for it and as much again, and the state is
+ *      `ok`: the array takes writes again.
+ * A step that fails backs off (doubling, up to `MAX_BACKOFF_MS`). Close runs steps 1 to 3 once
+ * more, so that a shutdown still makes acknowledged writes durable if it can; if it cannot, it
+ * fails and says what was not saved.
  *
  * Logging: one error line when the state becomes `full`, at most one warning every
  * `STILL_FULL_LOG_MS` while it lasts, one line when it ends. The failures in between (every
@@ -67,6 +70,8 @@ export class HostSpace {
   private reserveTargetBytes: number;
   private readonly pollMs: number;
   private readonly readSpace: () => Promise<FileSystemSpace | null>;
+  /** The data directory, for a synchronous statfs; null when the space is injected or there is none. */
+  private readonly statfsDirectory: string | null;
   private lastSpace: FileSystemSpace | null = null;
   private timer: NodeJS.Timeout | null = null;
   /** The reserve's deletion, started when the state became `full`. */
@@ -87,6 +92,7 @@ export class HostSpace {
     this.reserve = hasDirectory && options.reserveBytes !== 0 ? new SpaceReserve(array.dataDir) : null;
     this.reserveTargetBytes = options.reserveBytes ?? 0;
     this.readSpace = options.space ?? (hasDirectory ? () => fileSystemSpace(array.dataDir) : async () => null);
+    this.statfsDirectory = options.space === undefined && hasDirectory ? array.dataDir : null;
     this.pollMs = options.pollMs ?? DEFAULT_POLL_MS;
     this.backoffMs = this.pollMs;
   }
@@ -124,6 +130,7 @@ export class HostSpace {
     this.backoffMs = this.pollMs;
     this.nextAttemptMs = 0;
     this.array.ftl.gcPaused = true;
+    this.sampleSync();
     this.logger.error('host file system full: new writes fail with ENOSPC until space returns; flushed data is safe', {
       dataDir: this.array.dataDir,
       error: error.message,
@@ -133,11 +140,12 @@ export class HostSpace {
     });
     // The reserve is for exactly this: LevelDB's own work must not fail next.
     this.releasing = (this.reserve?.release() ?? Promise.resolve()).catch((failure: unknown) => this.logger.warn('could not delete the metadata reserve', { error: (failure as Error).message }));
-    this.schedule(0);
+    this.schedule(this.pollMs);
   }
 
-  /** The figures for `pstorage stats`. */
+  /** The figures for `pstorage stats` (with a fresh statfs). */
   stats(): Record<string, unknown> {
+    this.sampleSync();
     return {
       state: this.state,
       fullForMs: this.state === 'full' ? Date.now() - this.fullSinceMs : 0,
@@ -160,9 +168,9 @@ export class HostSpace {
 
   /** A statfs now, synchronously, for `stats()` (the data directory's own file system). */
   sampleSync(): void {
-    if (this.reserve === null) return;
+    if (this.statfsDirectory === null) return;
     try {
-      const stats = fs.statfsSync(this.array.dataDir);
+      const stats = fs.statfsSync(this.statfsDirectory);
       this.lastSpace = { totalBytes: stats.blocks * stats.bsize, availableBytes: stats.bavail * stats.bsize };
     } catch {
       // Keep the last sample.
@@ -179,7 +187,7 @@ export class HostSpace {
     if (this.state !== 'full') return;
     let cause: unknown = this.refusal;
     try {
-      if (await this.recoverData(0)) return;
+      if (await this.recoverData()) return;
     } catch (error) {
       cause = error;
     }
@@ -232,7 +240,7 @@ export class HostSpace {
     if (Date.now() < this.nextAttemptMs) return false;
     await this.releasing;
     const space = await this.sample();
-    if (!(await this.recoverData(this.reserveTargetBytes, space))) return false;
+    if (!(await this.recoverData(space))) return false;
     if (this.reserve === null || space === null) return true;
     const after = await this.sample();
     const margin = Math.max(8 * MiB, this.reserveTargetBytes);
@@ -241,18 +249,17 @@ export class HostSpace {
   }
 
   /**
-   * Steps 1 to 3: true once everything acknowledged is durable. `keepBytes` is room to leave
-   * beside the stalled data (the reserve, to be taken back after); false when there is not
-   * enough room for a step yet. A step that fails throws.
+   * Steps 1 to 3: true once everything acknowledged is durable; false when there is not enough
+   * room for a step yet. A step that fails throws.
    */
-  private async recoverData(keepBytes: number, known?: FileSystemSpace | null): Promise<boolean> {
+  private async recoverData(known?: FileSystemSpace | null): Promise<boolean> {
     const { ftl, meta } = this.array;
     await this.releasing;
     const space = known === undefined ? await this.sample() : known;
     const room = (bytes: number) => space === null || space.availableBytes >= bytes;
     if (ftl.stalledBytes > 0) {
       const stalled = ftl.stalledBytes;
-      if (!room(stalled + keepBytes + META_HEADROOM_BYTES)) return false;
+      if (!room(stalled + META_HEADROOM_BYTES)) return false;
       await ftl.retryStalledPrograms();
       this.counters.retriedBytes += stalled;
     }
