@@ -35,7 +35,7 @@ export function mountSmallFs(t: ExecutionContext, kind: 'tmpfs' | 'ext4', sizeBy
     fs.writeFileSync(image, '');
     fs.truncateSync(image, sizeBytes);
     // No root reserve (-m 0): the free space the array sees is the free space there is.
-    mustSucceed('mkfs.ext4', ['-q', '-F', '-m', '0', image]);
+    mustSucceed('mkfs.ext4', ['-q', '-F', '-m', '0', '-b', '4096', image]);
     mustSucceed('mount', ['-o', 'loop', image, mountPoint]);
   }
   let mounted = true;
