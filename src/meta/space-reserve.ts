@@ -53,6 +53,8 @@ export class SpaceReserve {
   /** Bytes the reserve file holds now (0 after a release, or when it could not be taken). */
   heldBytes = 0;
   readonly filePath: string;
+  /** `hold` and `release` run one after the other, in call order. */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(directory: string) {
     this.filePath = path.join(directory, RESERVE_FILE_NAME);
@@ -69,7 +71,20 @@ export class SpaceReserve {
    * ENOSPC the file is deleted again (half a reserve would only fill the disk further) and the
    * answer is false; any other failure throws.
    */
-  async hold(bytes: number): Promise<boolean> {
+  hold(bytes: number): Promise<boolean> {
+    const run = this.tail.then(() => this.doHold(bytes));
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Gives the reserve back to the file system (deletes the file). */
+  release(): Promise<void> {
+    const run = this.tail.then(() => this.doRelease());
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async doHold(bytes: number): Promise<boolean> {
     const held = await allocatedFileBytes(this.filePath);
     if (held >= bytes) {
       this.heldBytes = held;
@@ -79,7 +94,7 @@ export class SpaceReserve {
       if (!(await fallocate(this.filePath, bytes))) await writeZeros(this.filePath, bytes);
     } catch (error) {
       const failure = fromSystemError(error, `setting aside ${bytes} bytes in ${this.filePath}`);
-      await this.release();
+      await this.doRelease();
       if (failure.code === 'NO_SPACE') return false;
       throw failure;
     }
@@ -87,8 +102,7 @@ export class SpaceReserve {
     return true;
   }
 
-  /** Gives the reserve back to the file system (deletes the file). */
-  async release(): Promise<void> {
+  private async doRelease(): Promise<void> {
     await rm(this.filePath, { force: true });
     this.heldBytes = 0;
   }

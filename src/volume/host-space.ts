@@ -22,8 +22,8 @@
  *   3. full erase blocks that TRIM emptied are queued for erasing, and a commit makes everything
  *      acknowledged durable (and then erases them, which gives their space back: a TRIM from the
  *      client is a way out when nothing else on the file system can be deleted);
- *   4. the reserve is taken back, once there is room for it and as much again, and the state is
- *      `ok`: the array takes writes again.
+ *   4. the reserve is taken back, once there is room for it and as much again (`resumeMargin`),
+ *      and the state is `ok`: the array takes writes again.
  * A step that fails backs off (doubling, up to `MAX_BACKOFF_MS`). Close runs steps 1 to 3 once
  * more, so that a shutdown still makes acknowledged writes durable if it can; if it cannot, it
  * fails and says what was not saved.
@@ -44,6 +44,8 @@ const META_HEADROOM_BYTES = 4 * MiB;
 const DEFAULT_POLL_MS = 250;
 const MAX_BACKOFF_MS = 5000;
 const STILL_FULL_LOG_MS = 60_000;
+/** While `ok` without a reserve (no room for it at open), how often to look for room for it. */
+const RESERVE_RETRY_MS = 10_000;
 
 export interface HostSpaceOptions {
   /** Reads the host file system's space (tests inject one); default statfs of the data directory. */
@@ -82,6 +84,8 @@ export class HostSpace {
   /** The commit of step 3 is done for this fault (only TRIM-emptied blocks call for another). */
   private committed = false;
   private stopped = false;
+  /** The last unexpected recovery failure logged (each different one is logged once). */
+  private lastWarning = '';
 
   constructor(
     private readonly array: FlashArray,
@@ -99,12 +103,19 @@ export class HostSpace {
 
   /** At open: sizes and takes the reserve (a warning, not a failure, when there is no room for it). */
   async start(): Promise<void> {
-    const space = await this.sample();
+    let space: FileSystemSpace | null;
+    try {
+      space = await this.sample();
+    } catch (error) {
+      this.logger.warn('cannot read the free space of the host file system; no metadata reserve', { error: (error as Error).message });
+      return;
+    }
     if (this.reserve === null || space === null) return;
     if (this.reserveTargetBytes === 0) this.reserveTargetBytes = reserveBytesFor(space.totalBytes);
     const held = await this.reserve.load();
     if (held + space.availableBytes >= this.reserveTargetBytes && (await this.reserve.hold(this.reserveTargetBytes))) return;
     this.logger.warn('no room to set aside a metadata reserve on the host file system; it is taken when there is', { wantedBytes: this.reserveTargetBytes, availableBytes: space.availableBytes });
+    this.schedule(RESERVE_RETRY_MS);
   }
 
   /** Counts a write refused while full and returns the error for it. */
@@ -116,6 +127,8 @@ export class HostSpace {
   /** A write to the data directory failed with NO_SPACE: enter `full`, or count it. */
   noteNoSpace(error: StorageError): void {
     this.lastError = error.message;
+    // Something acknowledged is not durable (again): step 3 must commit.
+    this.committed = false;
     if (this.state === 'full') {
       this.counters.failures += 1;
       return;
@@ -126,7 +139,6 @@ export class HostSpace {
     this.counters.faults += 1;
     this.fullSinceMs = Date.now();
     this.lastLoggedMs = this.fullSinceMs;
-    this.committed = false;
     this.backoffMs = this.pollMs;
     this.nextAttemptMs = 0;
     this.array.ftl.gcPaused = true;
@@ -140,6 +152,7 @@ export class HostSpace {
     });
     // The reserve is for exactly this: LevelDB's own work must not fail next.
     this.releasing = (this.reserve?.release() ?? Promise.resolve()).catch((failure: unknown) => this.logger.warn('could not delete the metadata reserve', { error: (failure as Error).message }));
+    this.cancelTimer(); // a slower look for room for the reserve may be pending
     this.schedule(this.pollMs);
   }
 
@@ -202,6 +215,10 @@ export class HostSpace {
   /** Stops polling (close, or a simulated crash). */
   stop(): void {
     this.stopped = true;
+    this.cancelTimer();
+  }
+
+  private cancelTimer(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
   }
@@ -218,7 +235,11 @@ export class HostSpace {
   }
 
   private async poll(): Promise<void> {
-    if (this.state !== 'full' || this.stopped) return;
+    if (this.stopped) return;
+    if (this.state === 'ok') {
+      await this.takeMissingReserve();
+      return;
+    }
     try {
       const recovered = await this.tryRecover();
       if (recovered) {
@@ -226,7 +247,9 @@ export class HostSpace {
         return;
       }
     } catch (error) {
-      if (!isHostFull(error)) this.logger.warn('recovering from a full host file system failed; trying again', { error: (error as Error).message });
+      const message = (error as Error).message;
+      if (!isHostFull(error) && message !== this.lastWarning) this.logger.warn('recovering from a full host file system failed; trying again', { error: message });
+      if (!isHostFull(error)) this.lastWarning = message;
       this.counters.failures += 1;
       this.nextAttemptMs = Date.now() + this.backoffMs;
       this.backoffMs = Math.min(MAX_BACKOFF_MS, this.backoffMs * 2);
@@ -243,9 +266,28 @@ export class HostSpace {
     if (!(await this.recoverData(space))) return false;
     if (this.reserve === null || space === null) return true;
     const after = await this.sample();
-    const margin = Math.max(8 * MiB, this.reserveTargetBytes);
-    if (after === null || after.availableBytes < this.reserveTargetBytes + margin) return false;
+    if (after === null || after.availableBytes < this.reserveTargetBytes + this.resumeMargin) return false;
     return this.reserve.hold(this.reserveTargetBytes);
+  }
+
+  /** Room wanted beside the reserve before writes are taken again: as much again, 8 MiB at least. */
+  private get resumeMargin(): number {
+    return Math.max(8 * MiB, this.reserveTargetBytes);
+  }
+
+  /** While `ok`: takes the reserve that there was no room for at open, once there is. */
+  private async takeMissingReserve(): Promise<void> {
+    if (this.reserve === null || this.reserve.heldBytes >= this.reserveTargetBytes) return;
+    try {
+      const space = await this.sample();
+      if (space !== null && space.availableBytes >= this.reserveTargetBytes + this.resumeMargin && (await this.reserve.hold(this.reserveTargetBytes))) {
+        this.logger.info('metadata reserve set aside on the host file system', { reserveBytes: this.reserve.heldBytes });
+        return;
+      }
+    } catch {
+      // Looked at again later.
+    }
+    if (this.state === 'ok') this.schedule(RESERVE_RETRY_MS);
   }
 
   /**
