@@ -70,6 +70,12 @@ export interface FtlOptions {
    * Not persisted: each open may choose, since it changes where new records go and nothing else.
    */
   hotColdSeparation: boolean;
+  /**
+   * Written data that may wait on its NAND programs before host writes wait for them
+   * (`programsBacklogged`): the bound on acknowledged data held in memory when the disk under the
+   * image is slow or failing.
+   */
+  maxProgramBytesInFlight: number;
 }
 
 export function defaultFtlOptions(blockCount: number): FtlOptions {
@@ -88,6 +94,7 @@ export function defaultFtlOptions(blockCount: number): FtlOptions {
     // thread here whatever its size (commits still program partly filled blocks).
     programBatchPages: 1 << 16,
     hotColdSeparation: true,
+    maxProgramBytesInFlight: 32 * 1024 * 1024,
   };
 }
 
@@ -129,6 +136,8 @@ export class Ftl implements StreamHost {
   private readonly hostStream: LogStream;
   private readonly gcStream: LogStream;
   private readonly inflightPrograms = new Set<Promise<void>>();
+  /** Bytes of the programs in `inflightPrograms` (see `programsBacklogged`). */
+  private programBytesInFlight = 0;
   /** Programs in flight per erase block: a block's buffer goes once it is full and this is 0. */
   private readonly programsPerBlock = new Map<number, number>();
   /** Scratch for NAND pages read synchronously, and for records that span pages. */
@@ -258,8 +267,10 @@ export class Ftl implements StreamHost {
       (error: unknown) => this.onProgramFailure(block, error, firstPageIndex, pages.length),
     );
     this.inflightPrograms.add(program);
+    this.programBytesInFlight += pages.length;
     void program.finally(() => {
       this.inflightPrograms.delete(program);
+      this.programBytesInFlight -= pages.length;
       const left = this.programsPerBlock.get(block)! - 1;
       if (left > 0) this.programsPerBlock.set(block, left);
       else {
@@ -268,6 +279,21 @@ export class Ftl implements StreamHost {
       }
     });
     return program;
+  }
+
+  /**
+   * True when more than `maxProgramBytesInFlight` of written data waits on its programs: the
+   * disk under the image is slow, or failing slowly (ext4 retries a while before ENOSPC), and
+   * every acknowledged write sits in a block buffer meanwhile. The host write path then waits for
+   * `drainPrograms` before taking more, so that memory stays bounded.
+   */
+  get programsBacklogged(): boolean {
+    return this.programBytesInFlight > this.options.maxProgramBytesInFlight;
+  }
+
+  /** Resolves once the programs in flight are down to half the limit. */
+  async drainPrograms(): Promise<void> {
+    while (this.programBytesInFlight > this.options.maxProgramBytesInFlight / 2 && this.inflightPrograms.size > 0) await Promise.race(this.inflightPrograms);
   }
 
   // ---- Host path -----------------------------------------------------------------------------

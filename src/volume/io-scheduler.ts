@@ -273,6 +273,8 @@ export class IoScheduler {
 
   /** Applies the batch from its cursor on; a promise when it must wait (then it is run again). */
   private runBatch(batch: Batch): Promise<void> | null {
+    // Acknowledged data waits in block buffers until programmed: a slow disk must not grow them.
+    if (this.array.ftl.programsBacklogged) return this.array.ftl.drainPrograms();
     const release = this.array.holdEvictions();
     const started = performance.now();
     try {

@@ -7,8 +7,13 @@
  * readable, and recover by itself when room comes back; nothing flushed is ever lost, and nothing
  * acknowledged is lost once a later FLUSH succeeded. Seeded (see ftl-harness.ts).
  */
+import { randomBytes } from 'node:crypto';
 import test, { type ExecutionContext } from 'ava';
+import { concatReadExtents } from '../../src/common/block-device.js';
+import { silentLogger } from '../../src/common/log.js';
+import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import { MemoryNand } from '../../src/nand/memory-nand.js';
+import { FlashArray } from '../../src/volume/flash-array.js';
 import type { FileSystemSpace } from '../../src/meta/space-reserve.js';
 import { Harness, codeOf, seedFor } from './ftl-harness.js';
 
@@ -145,8 +150,8 @@ test('LevelDB hits ENOSPC: the failed commit loses nothing, the store is reopene
   const seed = h.seed;
   for (let lba = 0; lba < 100; lba += 4) await h.write(lba, 4);
   await h.volume.flush();
+  for (let lba = 100; lba < 140; lba += 4) await h.write(lba, 4); // acknowledged, not flushed
   h.meta.hostFull = true;
-  for (let lba = 100; lba < 140; lba += 4) await h.write(lba, 4); // acknowledged: NAND has room
   await t.throwsAsync(h.volume.flush(), { code: 'NO_SPACE' });
   t.is(hostState(h).state, 'full');
   t.true(hostState(h).metadataWritesStopped as boolean);
@@ -190,4 +195,44 @@ test('a shutdown while still full fails and says what it could not save; a shutd
   second.nand.hostSpacePages = null;
   await second.h.array.close(); // the last chance writes the stalled programs and checkpoints
   t.pass();
+});
+
+/** Memory NAND whose programs wait while `hold()` is in force: a disk that is slow, or slow to fail. */
+class GatedNand extends MemoryNand {
+  private gate: Promise<void> | null = null;
+  private open: () => void = () => {};
+  hold(): void {
+    this.gate = new Promise((resolve) => (this.open = resolve));
+  }
+  release(): void {
+    this.gate = null;
+    this.open();
+  }
+  protected override async doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    if (this.gate !== null) await this.gate;
+    return super.doProgramPages(eraseBlockIndex, firstPageIndex, data);
+  }
+}
+
+test('programs that hang (ext4 near ENOSPC, a slow disk): acknowledged data waiting on them is bounded, then all of it lands', async (t) => {
+  const MiB = 1024 * 1024;
+  const nand = new GatedNand({ pageBytes: 4096, pagesPerEraseBlock: 16, eraseBlockCount: 512, enduranceCycles: 3000 });
+  const array = await FlashArray.assemble('unused', new MemoryMetaStore(), nand, silentLogger, { reductionWorkers: 0, ftl: { maxProgramBytesInFlight: MiB } }, true);
+  const volume = await array.createVolume('v', 16 * MiB);
+  nand.hold();
+  const chunks = Array.from({ length: 128 }, () => randomBytes(64 * 1024));
+  let acked = 0;
+  const writes = chunks.map((chunk, i) => volume.write(i * chunk.length, chunk, { fua: false }).then(() => (acked += chunk.length)));
+  await until(() => array.ftl.programsBacklogged, 'the programs in flight to pass the limit');
+  await new Promise((resolve) => setTimeout(resolve, 100)); // anything more would be taken by now
+  t.log(`${acked / MiB} MiB acknowledged while the programs hang`);
+  // The limit, plus what one batch applies before the next check (a batch is at most 4 MiB).
+  t.true(acked <= 6 * MiB, `${acked / MiB} MiB acknowledged`);
+  t.true(acked < 8 * MiB, 'some writes wait');
+  nand.release();
+  await Promise.all(writes);
+  await volume.flush();
+  const read = concatReadExtents(await volume.read(0, 8 * MiB), 8 * MiB);
+  t.true(read.equals(Buffer.concat(chunks)));
+  await array.close();
 });
