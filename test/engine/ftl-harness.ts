@@ -116,8 +116,7 @@ export class Harness {
    * The model is carried over: blocks written since the last flush must be re-checked by the caller.
    */
   async crashAndReopen(): Promise<Harness> {
-    const old = this.array as unknown as { writebackTimer: NodeJS.Timeout | null };
-    if (old.writebackTimer !== null) clearInterval(old.writebackTimer);
+    this.array.abandon(); // its timers (background commit, host-space recovery) stop
     const nand = this.nand.crash();
     const meta = this.meta.crash();
     const logger = recordingLogger();

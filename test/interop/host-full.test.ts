@@ -21,8 +21,8 @@ import type { PstorageProcess } from '../helpers/pstorage-process.js';
 import { mountSmallFs, type SmallFs } from '../helpers/small-fs.js';
 
 const MiB = 1024 * 1024;
-/** The file system: 192 MiB of ext4. The array: 1 GiB of NAND. */
-const FS_BYTES = 192 * MiB;
+/** The file system: 320 MiB of ext4 (a 16 MiB metadata reserve). The array: 1 GiB of NAND. */
+const FS_BYTES = 320 * MiB;
 const CAPACITY = '1G';
 const D1 = { first: 0, count: 24, seed: 1 };
 const D2_FIRST = 64;
