@@ -31,6 +31,10 @@
  *
  * Management operations that restructure maps (snapshot delete, restore, volume delete) run as an
  * exclusive step of the same FIFO (`runExclusive`): nothing is applied while they run.
+ *
+ * Backpressure: a written block is acknowledged from the FTL's block buffers before its NAND program
+ * completes; when too much waits on programs (a slow disk, or ext4 taking its time to fail near
+ * ENOSPC), the next slice waits for them (`Ftl.programsBacklogged`, checked once per slice).
  */
 import { IoCommand, type IoRequest } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
