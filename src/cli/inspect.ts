@@ -10,6 +10,7 @@ import { keyValues, printJson, table } from './output.js';
 
 type Stats = Record<string, unknown> & {
   flash: Record<string, number>;
+  hostSpace?: { state: string; totalBytes: number | null; availableBytes: number | null; reserveBytes: number; stalledBytes: number };
   reduction: Record<string, number | string | boolean>;
   volumes: Array<{ name: string; sizeBytes: number; logicalBytes: number }>;
 };
@@ -36,9 +37,19 @@ export async function statsCommand(dataDir: string, json: boolean): Promise<void
       ['erase blocks', `${stats.flash.eraseBlocks} (${stats.flash.freeEraseBlocks} free, ${stats.flash.badEraseBlocks} bad)`],
       ['P/E min/mean/max', `${stats.flash.peMin} / ${stats.flash.peMean} / ${stats.flash.peMax}`],
       ['flash health', `${stats.flash.flashHealthPercent}%`],
+      ['host file system', hostSpaceLine(stats.hostSpace)],
     ]),
   );
   process.stdout.write('\n' + table(['VOLUME', 'SIZE', 'MAPPED'], stats.volumes.map((volume) => [volume.name, formatBytes(volume.sizeBytes), formatBytes(volume.logicalBytes)])));
+}
+
+/** "12.5 GiB free of 40 GiB, ok" or, when full, what waits for room and what to do. */
+function hostSpaceLine(host: Stats['hostSpace']): string {
+  if (host === undefined) return 'unknown';
+  const free = host.availableBytes === null ? 'free space unknown' : `${formatBytes(host.availableBytes)} free of ${formatBytes(host.totalBytes ?? 0)}`;
+  if (host.state === 'ok') return `${free}, ok (${formatBytes(host.reserveBytes)} reserved for metadata)`;
+  const waiting = host.stalledBytes > 0 ? `, ${formatBytes(host.stalledBytes)} written data waiting for room` : '';
+  return `${free}, FULL: writes fail with ENOSPC${waiting}; free space there (or TRIM) and the array recovers by itself`;
 }
 
 /** Returns the exit code: 0 when the audit is clean. */

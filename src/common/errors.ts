@@ -23,11 +23,17 @@ export type StorageErrorCode =
 
 export class StorageError extends Error {
   readonly code: StorageErrorCode;
+  /**
+   * NO_SPACE because the file system under the data directory is full, not the array: the array
+   * then stops taking data until there is room again (volume/host-space.ts).
+   */
+  readonly hostFull: boolean;
 
-  constructor(code: StorageErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: StorageErrorCode, message: string, options?: { cause?: unknown; hostFull?: boolean }) {
     super(message, options);
     this.name = 'StorageError';
     this.code = code;
+    this.hostFull = options?.hostFull === true && code === 'NO_SPACE';
   }
 
   static invalidArgument(message: string, cause?: unknown): StorageError {
@@ -41,6 +47,10 @@ export class StorageError extends Error {
   }
   static noSpace(message: string, cause?: unknown): StorageError {
     return new StorageError('NO_SPACE', message, { cause });
+  }
+  /** NO_SPACE of the host file system (see `hostFull`). */
+  static hostFull(message: string, cause?: unknown): StorageError {
+    return new StorageError('NO_SPACE', message, { cause, hostFull: true });
   }
   static io(message: string, cause?: unknown): StorageError {
     return new StorageError('IO', message, { cause });
@@ -69,15 +79,21 @@ export function isStorageError(error: unknown): error is StorageError {
   return error instanceof StorageError;
 }
 
+/** True for a NO_SPACE of the host file system (see `StorageError.hostFull`). */
+export function isHostFull(error: unknown): error is StorageError {
+  return error instanceof StorageError && error.hostFull;
+}
+
 /**
  * Turns anything thrown by Node's `fs` into a `StorageError`, keeping the original as `cause`.
- * ENOSPC/EDQUOT/EFBIG mean the array is full; everything else is an I/O failure.
+ * ENOSPC/EDQUOT/EFBIG mean the host file system is full (`hostFull`); everything else is an I/O
+ * failure.
  */
 export function fromSystemError(error: unknown, what: string): StorageError {
   if (error instanceof StorageError) return error;
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') {
-    return StorageError.noSpace(`${what}: no space left`, error);
+    return StorageError.hostFull(`${what}: no space left on the host file system`, error);
   }
   const detail = error instanceof Error ? error.message : String(error);
   return StorageError.io(`${what}: ${detail}`, error);

@@ -21,9 +21,19 @@
  * and fdatasync the NAND; only then does the caller write the metadata batch. If a program fails,
  * the block is retired, its live records are re-appended elsewhere from the block's buffer,
  * and the capture is taken again.
+ *
+ * Host full: a program that fails with NO_SPACE (the file system under the image is full) is no
+ * flaw of the block. Its pages are noted as stalled (`stalled`: per block, the page range to write
+ * again), the block keeps its buffer (reads of its records are served from it, and nothing of it
+ * is lost), and the listener given to `onNoSpace` hears of it at once, so that the array stops
+ * taking new data. While any program is stalled no commit can be made (`makeDurable` throws
+ * NO_SPACE): the capture would reference records that are not on NAND. `retryStalledPrograms`
+ * writes the stalled ranges again, in place, once the caller has seen room come back; the chunk
+ * table never changes for it. GC does not start meanwhile (`gcPaused`): its relocations would only
+ * stall in turn.
  */
 import { assert } from '../common/assert.js';
-import { StorageError } from '../common/errors.js';
+import { StorageError, isHostFull } from '../common/errors.js';
 import { copyRecords } from '../common/native.js';
 import type { Logger } from '../common/log.js';
 import { isNandFault, type NandDevice } from '../nand/nand-device.js';
@@ -60,6 +70,12 @@ export interface FtlOptions {
    * Not persisted: each open may choose, since it changes where new records go and nothing else.
    */
   hotColdSeparation: boolean;
+  /**
+   * Written data that may wait on its NAND programs before host writes wait for them
+   * (`programsBacklogged`): the bound on acknowledged data held in memory when the disk under the
+   * image is slow or failing.
+   */
+  maxProgramBytesInFlight: number;
 }
 
 export function defaultFtlOptions(blockCount: number): FtlOptions {
@@ -78,6 +94,7 @@ export function defaultFtlOptions(blockCount: number): FtlOptions {
     // thread here whatever its size (commits still program partly filled blocks).
     programBatchPages: 1 << 16,
     hotColdSeparation: true,
+    maxProgramBytesInFlight: 32 * 1024 * 1024,
   };
 }
 
@@ -119,6 +136,8 @@ export class Ftl implements StreamHost {
   private readonly hostStream: LogStream;
   private readonly gcStream: LogStream;
   private readonly inflightPrograms = new Set<Promise<void>>();
+  /** Bytes of the programs in `inflightPrograms` (see `programsBacklogged`). */
+  private programBytesInFlight = 0;
   /** Programs in flight per erase block: a block's buffer goes once it is full and this is 0. */
   private readonly programsPerBlock = new Map<number, number>();
   /** Scratch for NAND pages read synchronously, and for records that span pages. */
@@ -134,6 +153,12 @@ export class Ftl implements StreamHost {
   private generation = 0;
   private nextSequence: number;
   private deviceError: StorageError | null = null;
+  /** Per erase block, the pages [from, to) whose programs failed for want of host space (see the design note). */
+  private readonly stalled = new Map<number, { from: number; to: number }>();
+  private stalledPages = 0;
+  private noSpaceListener: ((error: StorageError) => void) | null = null;
+  /** Set by the array while its host file system is full: GC does not start. */
+  gcPaused = false;
   /** True while a GC relocation appends, so a shared stream may open a block from the reserve. */
   private appendingForGc = false;
   private gcRunning: Promise<void> | null = null;
@@ -220,7 +245,7 @@ export class Ftl implements StreamHost {
 
   /** A full block whose programs have all completed is on NAND: reads go there from now on. */
   private maybeReleaseBuffer(block: number): void {
-    if (this.table.state[block] === BlockState.Full && !this.programsPerBlock.has(block)) this.buffers.release(block);
+    if (this.table.state[block] === BlockState.Full && !this.programsPerBlock.has(block) && !(this.stalledPages > 0 && this.stalled.has(block))) this.buffers.release(block);
   }
 
   addWritten(block: number, bytes: number): void {
@@ -229,16 +254,24 @@ export class Ftl implements StreamHost {
   }
 
   trackProgram(block: number, firstPageIndex: number, pages: Buffer): void {
+    void this.issueProgram(block, firstPageIndex, pages, false);
+  }
+
+  /** Issues a program (or, `again`, the reprogram of a stalled range) and tracks it until it settles. */
+  private issueProgram(block: number, firstPageIndex: number, pages: Buffer, again: boolean): Promise<void> {
     this.programsPerBlock.set(block, (this.programsPerBlock.get(block) ?? 0) + 1);
-    const program = this.nand.programPages(block, firstPageIndex, pages).then(
+    const issued = again ? this.nand.reprogramPages(block, firstPageIndex, pages) : this.nand.programPages(block, firstPageIndex, pages);
+    const program = issued.then(
       () => {
         this.counters.nandBytesProgrammed += pages.length;
       },
-      (error: unknown) => this.onProgramFailure(block, error),
+      (error: unknown) => this.onProgramFailure(block, error, firstPageIndex, pages.length),
     );
     this.inflightPrograms.add(program);
+    this.programBytesInFlight += pages.length;
     void program.finally(() => {
       this.inflightPrograms.delete(program);
+      this.programBytesInFlight -= pages.length;
       const left = this.programsPerBlock.get(block)! - 1;
       if (left > 0) this.programsPerBlock.set(block, left);
       else {
@@ -246,6 +279,22 @@ export class Ftl implements StreamHost {
         this.maybeReleaseBuffer(block);
       }
     });
+    return program;
+  }
+
+  /**
+   * True when more than `maxProgramBytesInFlight` of written data waits on its programs: the
+   * disk under the image is slow, or failing slowly (ext4 retries a while before ENOSPC), and
+   * every acknowledged write sits in a block buffer meanwhile. The host write path then waits for
+   * `drainPrograms` before taking more, so that memory stays bounded.
+   */
+  get programsBacklogged(): boolean {
+    return this.programBytesInFlight > this.options.maxProgramBytesInFlight;
+  }
+
+  /** Resolves once the programs in flight are down to half the limit. */
+  async drainPrograms(): Promise<void> {
+    while (this.programBytesInFlight > this.options.maxProgramBytesInFlight / 2 && this.inflightPrograms.size > 0) await Promise.race(this.inflightPrograms);
   }
 
   // ---- Host path -----------------------------------------------------------------------------
@@ -594,6 +643,7 @@ export class Ftl implements StreamHost {
     for (let attempt = 0; attempt < 16; attempt++) {
       await this.relocateRetiring();
       this.checkRetiringRelocated();
+      this.checkNothingStalled();
       this.hostStream.sealPartial();
       this.gcStream.sealPartial();
       const generation = ++this.generation;
@@ -603,6 +653,7 @@ export class Ftl implements StreamHost {
       // in flight at all let a steady stream of new programs hold a commit for seconds.
       await Promise.all([...this.inflightPrograms]);
       if (this.deviceError) throw this.deviceError;
+      this.checkNothingStalled();
       if (this.counters.programFailures !== failuresBefore) continue;
       await this.nand.sync();
       return captured;
@@ -620,6 +671,77 @@ export class Ftl implements StreamHost {
         throw StorageError.io(`erase block ${block} failed and ${this.table.validBytes[block]} bytes of its data could not be relocated`);
       }
     }
+  }
+
+  /** A stalled program holds records a capture may reference: nothing can be committed. */
+  private checkNothingStalled(): void {
+    if (this.stalledPages === 0) return;
+    throw StorageError.hostFull(`the host file system is full: ${this.stalledBytes} bytes of written data wait for room on it (in ${this.stalled.size} erase blocks)`);
+  }
+
+  // ---- Host full -----------------------------------------------------------------------------
+
+  /** `listener` hears of every program that fails with NO_SPACE, as it fails. */
+  onNoSpace(listener: (error: StorageError) => void): void {
+    this.noSpaceListener = listener;
+  }
+
+  /** Bytes of stalled programs: data that is only in memory until the host has room for it. */
+  get stalledBytes(): number {
+    return this.stalledPages * this.nand.geometry.pageBytes;
+  }
+
+  /**
+   * Programs the stalled ranges again, each in one program from its block's buffer. A block with a
+   * program still in flight waits for the next call (that program will fail, untried, and join the
+   * range). Throws NO_SPACE if any is still stalled afterwards.
+   */
+  async retryStalledPrograms(): Promise<void> {
+    const pageBytes = this.nand.geometry.pageBytes;
+    const retries: Promise<void>[] = [];
+    for (const [block, { from, to }] of [...this.stalled]) {
+      if (this.programsPerBlock.has(block)) continue;
+      const buffer = this.buffers.get(block);
+      assert(buffer !== undefined, `stalled erase block ${block} has no buffer`);
+      this.stalled.delete(block);
+      this.stalledPages -= to - from;
+      retries.push(this.issueProgram(block, from, buffer.subarray(from * pageBytes, to * pageBytes), true));
+    }
+    await Promise.all(retries);
+    this.checkNothingStalled();
+  }
+
+  private stall(block: number, firstPageIndex: number, pageCount: number): void {
+    const range = this.stalled.get(block);
+    const from = Math.min(range?.from ?? firstPageIndex, firstPageIndex);
+    const to = Math.max(range?.to ?? 0, firstPageIndex + pageCount);
+    this.stalledPages += to - from - (range === undefined ? 0 : range.to - range.from);
+    this.stalled.set(block, { from, to });
+  }
+
+  private unstall(block: number): void {
+    const range = this.stalled.get(block);
+    if (range === undefined) return;
+    this.stalled.delete(block);
+    this.stalledPages -= range.to - range.from;
+  }
+
+  /**
+   * Queues every full erase block that holds no live data for release after the next synced
+   * commit, as GC would with an empty victim: erasing punches it out of the image, which gives the
+   * host file system its space back (GC itself waits for the array to run low on erase blocks).
+   * Returns how many were queued.
+   */
+  reclaimEmptyBlocks(): number {
+    let queued = 0;
+    const current = new Set([this.hostStream.currentBlock, this.gcStream.currentBlock]);
+    for (let block = 0; block < this.table.blockCount; block++) {
+      if (this.table.state[block] !== BlockState.Full || this.table.validBytes[block] !== 0) continue;
+      if (this.busyBlocks.has(block) || this.pendingRelease.has(block) || current.has(block) || this.stalled.has(block)) continue;
+      this.pendingRelease.set(block, { generation: this.generation, retire: false });
+      queued += 1;
+    }
+    return queued;
   }
 
   /** Changed erase-block summary pages, for the metadata batch of a commit: [page, value]. */
@@ -649,11 +771,16 @@ export class Ftl implements StreamHost {
 
   // ---- Failures ------------------------------------------------------------------------------
 
-  private onProgramFailure(block: number, error: unknown): void {
+  private onProgramFailure(block: number, error: unknown, firstPageIndex: number, bytes: number): void {
     const state = this.table.state[block];
     if (state === BlockState.Retiring || state === BlockState.Bad) {
       // A program queued behind one that already failed on this block: the block is being
       // retired and its records relocated from its buffer, so this is no new failure.
+      return;
+    }
+    if (isHostFull(error)) {
+      this.stall(block, firstPageIndex, bytes / this.nand.geometry.pageBytes);
+      this.noSpaceListener?.(error);
       return;
     }
     if (!isNandFault(error)) {
@@ -674,7 +801,9 @@ export class Ftl implements StreamHost {
       return;
     }
     try {
-      await this.nand.eraseBlock(block);
+      const erased = this.nand.eraseBlock(block);
+      this.unstall(block); // the erase discards the stalled pages (a block with live data is never erased)
+      await erased;
       this.buffers.release(block);
       this.counters.erases += 1;
       this.table.eraseCount[block] = this.nand.blockInfo(block).eraseCount;
@@ -690,6 +819,7 @@ export class Ftl implements StreamHost {
   }
 
   private retire(block: number): void {
+    this.unstall(block);
     this.nand.markBad(block);
     this.buffers.release(block);
     this.table.resetValid(block);
@@ -755,9 +885,13 @@ export class Ftl implements StreamHost {
   }
 
   private maybeStartGc(): void {
-    if (this.gcRunning || this.committer === null) return;
+    if (this.gcRunning || this.committer === null || this.gcPaused) return;
     const needed = this.table.freeBlocks < this.options.gcStartFreeBlocks || this.table.retiringBlocks > 0;
-    if (needed) void this.runGc().catch((error: unknown) => this.logger.error('garbage collection failed', { error: (error as Error).message }));
+    if (!needed) return;
+    void this.runGc().catch((error: unknown) => {
+      // A full host file system is the array's to report (host-space.ts), once.
+      if (!(isHostFull(error) && this.gcPaused)) this.logger.error('garbage collection failed', { error: (error as Error).message });
+    });
   }
 
   /** Runs GC until the free target is met or nothing can be reclaimed; one run at a time. */
@@ -782,7 +916,7 @@ export class Ftl implements StreamHost {
   }
 
   private chooseVictims(): number[] {
-    const exclude = new Set<number>([...this.busyBlocks, ...this.pendingRelease.keys()]);
+    const exclude = new Set<number>([...this.busyBlocks, ...this.pendingRelease.keys(), ...this.stalled.keys()]);
     for (const stream of [this.hostStream, this.gcStream]) if (stream.currentBlock >= 0) exclude.add(stream.currentBlock);
     const victims: number[] = [];
     const wanted = Math.max(1, Math.min(this.options.gcBatchBlocks, this.options.gcTargetFreeBlocks - this.table.freeBlocks));
@@ -824,6 +958,7 @@ export class Ftl implements StreamHost {
       gcRuns: this.counters.gcRuns,
       programFailures: this.counters.programFailures,
       eraseFailures: this.counters.eraseFailures,
+      stalledProgramBytes: this.stalledBytes,
       liveBytes: this.liveBytes,
       usableBytes: this.usableBytes,
     };

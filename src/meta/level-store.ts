@@ -43,7 +43,16 @@
  * classic-level cannot turn it on) skips a damaged or zeroed 32 KiB log block and goes on with
  * the records after it, so a later unsynced batch could survive without an earlier one. Synced
  * batches are never affected. Opening a directory another process has open fails with `BUSY`;
- * LevelDB reporting corruption becomes `CORRUPT`; any other LevelDB failure is `IO`.
+ * LevelDB reporting corruption becomes `CORRUPT`; a full disk (ENOSPC, EDQUOT, EFBIG: LevelDB
+ * reports them only in its message) is `NO_SPACE`; any other LevelDB failure is `IO`.
+ *
+ * A failed write stops writes until `reopen()` (see meta-store.ts for why): the batches waiting
+ * in the next group are rejected rather than appended behind what may be a torn record. LevelDB
+ * itself makes a failed log sync, or a failed flush of its memtable to a table file, permanent
+ * for the open database (its "background error"); reopening ends that too. Reopening closes and
+ * opens the same database object (and its sublevels, which do not follow their parent back to
+ * open); LevelDB then replays the log into a new table file, so the open itself needs some free
+ * space, and fails with `NO_SPACE` until there is.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -110,6 +119,9 @@ export class LevelMetaStore implements MetaStore {
   /** Settles once the write in flight has completed and the next group, if any, has started. */
   private inFlight: Promise<void> | undefined;
   private nextGroup: WriteGroup | undefined;
+  writeError: StorageError | null = null;
+  /** Settles when a reopen in progress has ended; reads wait for it. */
+  private reopening: Promise<void> | undefined;
 
   private constructor(
     private readonly db: RootDatabase,
@@ -142,6 +154,7 @@ export class LevelMetaStore implements MetaStore {
   }
 
   async get(sublevel: Sublevel, key: Uint8Array): Promise<Buffer | undefined> {
+    if (this.reopening !== undefined) await this.reopening;
     const database = this.sublevel(sublevel);
     checkKey(key);
     try {
@@ -152,6 +165,7 @@ export class LevelMetaStore implements MetaStore {
   }
 
   async getMany(sublevel: Sublevel, keys: Uint8Array[]): Promise<Array<Buffer | undefined>> {
+    if (this.reopening !== undefined) await this.reopening;
     const database = this.sublevel(sublevel);
     keys.forEach(checkKey);
     try {
@@ -165,7 +179,8 @@ export class LevelMetaStore implements MetaStore {
   async batch(ops: MetaOp[], options: BatchOptions): Promise<void> {
     if (this.status !== 'open') throw StorageError.shuttingDown(`the metadata store is ${this.status}`);
     checkBatch(ops, options);
-    if (this.inFlight === undefined) {
+    if (this.writeError !== null) throw this.writeError;
+    if (this.inFlight === undefined && this.reopening === undefined) {
       if (ops.length === 0 && !options.sync) return;
       return this.write(ops.map((op) => this.levelOp(op, false)), options.sync);
     }
@@ -176,6 +191,7 @@ export class LevelMetaStore implements MetaStore {
   }
 
   async *iterate(sublevel: Sublevel, range: IterateRange = {}): AsyncGenerator<[Buffer, Buffer]> {
+    if (this.reopening !== undefined) await this.reopening;
     const database = this.sublevel(sublevel);
     checkRange(range);
     // highWaterMarkBytes is classic-level's own option; the sublevel passes it through to the root.
@@ -197,9 +213,47 @@ export class LevelMetaStore implements MetaStore {
     }
   }
 
+  /**
+   * Closes and opens LevelDB again, after a failed write (see the design note). Batches called
+   * meanwhile wait for it; with no failed write it only costs a reopen.
+   */
+  reopen(): Promise<void> {
+    if (this.status !== 'open') return Promise.reject(StorageError.shuttingDown(`the metadata store is ${this.status}`));
+    this.reopening ??= this.doReopen().finally(() => {
+      this.reopening = undefined;
+    });
+    return this.reopening;
+  }
+
+  private async doReopen(): Promise<void> {
+    while (this.inFlight !== undefined) await this.inFlight;
+    try {
+      await this.db.close();
+      await this.db.open();
+      for (const database of this.sublevels.values()) await database.open();
+    } catch (error) {
+      const reason = (error as { cause?: unknown } | undefined)?.cause ?? error;
+      // Still stopped: a later reopen may succeed (once there is space for LevelDB's recovery).
+      this.writeError = levelError(reason, `reopening the metadata store in ${this.directory}`);
+      this.writeNextGroup();
+      throw this.writeError;
+    }
+    this.writeError = null;
+    // Batches called during the reopen were gathered into the next group (reopening is still set).
+    const group = this.nextGroup;
+    this.nextGroup = undefined;
+    if (group !== undefined) {
+      this.write(group.ops, group.sync).then(
+        () => group.waiters.forEach((waiter) => waiter.resolve()),
+        (error: unknown) => group.waiters.forEach((waiter) => waiter.reject(error)),
+      );
+    }
+  }
+
   /** Waits for batches already called to be written, then closes LevelDB (without a sync). */
   async close(): Promise<void> {
     if (this.status !== 'open') throw StorageError.shuttingDown(`the metadata store is ${this.status}`);
+    if (this.reopening !== undefined) await this.reopening.catch(() => undefined);
     this.status = 'closing';
     while (this.inFlight !== undefined) await this.inFlight;
     try {
@@ -237,7 +291,9 @@ export class LevelMetaStore implements MetaStore {
   private write(levelOps: LevelOp[], sync: boolean): Promise<void> {
     if (sync && levelOps.length === 0) levelOps.push(SYNC_BARRIER_OP);
     const written = this.db.batch<Uint8Array, Uint8Array>(levelOps, { sync }).catch((error: unknown) => {
-      throw this.levelError(error, 'metadata batch');
+      const failure = this.levelError(error, 'metadata batch');
+      if (failure.code !== 'SHUTTING_DOWN') this.writeError ??= failure;
+      throw failure;
     });
     this.inFlight = written.then(
       () => this.writeNextGroup(),
@@ -250,7 +306,13 @@ export class LevelMetaStore implements MetaStore {
     this.inFlight = undefined;
     const group = this.nextGroup;
     if (group === undefined) return;
+    if (this.reopening !== undefined && this.writeError === null) return; // written once reopened
     this.nextGroup = undefined;
+    if (this.writeError !== null) {
+      // Not appended behind a failed write: it could be lost even once acknowledged.
+      for (const waiter of group.waiters) waiter.reject(this.writeError);
+      return;
+    }
     this.write(group.ops, group.sync).then(
       () => group.waiters.forEach((waiter) => waiter.resolve()),
       (error: unknown) => group.waiters.forEach((waiter) => waiter.reject(error)),
@@ -285,8 +347,13 @@ function levelError(error: unknown, what: string): StorageError {
   if (errorCode(error) === 'LEVEL_CORRUPTION') {
     return StorageError.corrupt(`${what}: LevelDB reports corruption (${message})`, error);
   }
+  // LevelDB gives a failed system call as "IO error: FILE: strerror(errno)", nothing more.
+  if (NO_SPACE_MESSAGE.test(message)) return StorageError.hostFull(`${what}: ${message}`, error);
   return StorageError.io(`${what}: ${message}`, error);
 }
+
+/** strerror of ENOSPC, EDQUOT and EFBIG (glibc): the disk is full, as `fromSystemError` sees it. */
+const NO_SPACE_MESSAGE = /No space left on device|Disk quota exceeded|File too large/;
 
 /** abstract-level reports a failed open as LEVEL_DATABASE_NOT_OPEN with the reason as `cause`. */
 function openError(error: unknown, directory: string): StorageError {

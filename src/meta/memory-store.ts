@@ -135,6 +135,14 @@ export class MemoryMetaStore implements MetaStore {
   private readonly durableTables: Tables;
   private unsyncedBatches: StoredOp[][] = [];
   private status: 'open' | 'closed' | 'crashed' = 'open';
+  /**
+   * Models a full disk under the log: while true, a batch fails with `NO_SPACE` and changes
+   * nothing, and stops writes until `reopen()` (see meta-store.ts).
+   */
+  hostFull = false;
+  writeError: StorageError | null = null;
+  /** Reopens so far (tests check that writes resumed through one). */
+  reopens = 0;
 
   constructor();
   /** @internal Starts from restored tables, all of them durable (used by `crash`). */
@@ -167,6 +175,11 @@ export class MemoryMetaStore implements MetaStore {
   async batch(ops: MetaOp[], options: BatchOptions): Promise<void> {
     this.checkOpen();
     checkBatch(ops, options);
+    if (this.writeError !== null) throw this.writeError;
+    if (this.hostFull) {
+      this.writeError = StorageError.hostFull('metadata batch: no space left (the simulated disk under the metadata is full)');
+      throw this.writeError;
+    }
     const stored = ops.map(copyOp);
     applyBatch(this.tables, stored);
     if (options.sync) {
@@ -186,6 +199,14 @@ export class MemoryMetaStore implements MetaStore {
       this.checkOpen();
       yield [Buffer.from(entry.key), Buffer.from(entry.value)];
     }
+  }
+
+  /** Nothing is lost by a reopen: the process kept LevelDB's log in the page cache. */
+  async reopen(): Promise<void> {
+    this.checkOpen();
+    if (this.hostFull) throw StorageError.hostFull('reopening the metadata store: no space left (the simulated disk is full)');
+    this.writeError = null;
+    this.reopens += 1;
   }
 
   async close(): Promise<void> {

@@ -26,10 +26,19 @@
  * returns, so either side may reuse its buffers at once.
  *
  * Misuse (an unknown sublevel, a key that is not bytes, a missing `sync`) is a programmer error
- * and fails an assertion. Disk failures are `StorageError` `IO`, a damaged store is `CORRUPT`, and
- * any call after `close()` rejects with `SHUTTING_DOWN`.
+ * and fails an assertion. Disk failures are `StorageError` `IO`, a full disk is `NO_SPACE`, a
+ * damaged store is `CORRUPT`, and any call after `close()` rejects with `SHUTTING_DOWN`.
+ *
+ * A failed batch stops writes (`writeError`): every later batch, and every batch already waiting,
+ * rejects with the same error until `reopen()` has succeeded. LevelDB may leave a torn record at
+ * the end of its log when an append fails (ENOSPC part way through a write), and it goes on
+ * appending behind it: those later batches, synced or not, are then lost when the log is replayed
+ * (measured: three synced batches written after a failed one were all gone after a reopen).
+ * Reopening replays the log up to the torn record and starts a new log. Reads go on meanwhile;
+ * calls made while the store reopens wait for it, and an iteration open across it fails.
  */
 import { assert, fail } from '../common/assert.js';
+import type { StorageError } from '../common/errors.js';
 
 export type Sublevel = 'super' | 'volumes' | 'snapshots' | 'map' | 'chunks' | 'erase-blocks' | 'fingerprints' | 'journal';
 
@@ -60,6 +69,10 @@ export interface MetaStore {
   batch(ops: MetaOp[], options: BatchOptions): Promise<void>;
   /** Keys in byte order within one sublevel; bounds optional; limit optional. */
   iterate(sublevel: Sublevel, range?: IterateRange): AsyncIterable<[Buffer, Buffer]>;
+  /** The error of the batch that failed, while writes are stopped (see above); else null. */
+  readonly writeError: StorageError | null;
+  /** Closes and opens the store again; on success writes resume. Rejects if the open fails (retry later). */
+  reopen(): Promise<void>;
   close(): Promise<void>;
 }
 

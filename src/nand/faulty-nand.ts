@@ -160,6 +160,11 @@ export class FaultyNand implements NandDevice {
     await this.inner.programPages(eraseBlockIndex, firstPageIndex, data);
   }
 
+  /** Not a place for injected faults: it repairs a host error, which the inner device raised. */
+  reprogramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    return this.inner.reprogramPages(eraseBlockIndex, firstPageIndex, data);
+  }
+
   async eraseBlock(eraseBlockIndex: number): Promise<void> {
     validateErase(this.geometry, this.inner.blockInfo(eraseBlockIndex), eraseBlockIndex);
     if (this.decide('erase', eraseBlockIndex, this.rates.eraseFailureRate)) {

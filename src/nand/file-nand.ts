@@ -11,7 +11,9 @@
  *     cannot punch holes, erase writes zeros instead (`punchSupported` turns false).
  *   - `nand.oob`: the geometry header and one 16-byte record {eraseCount, writePointer, flags}
  *     per erase block; see `spare-area.ts` for the layout. It is locked (an OFD lock) while open,
- *     so two processes, or two opens in one process, cannot share an image.
+ *     so two processes, or two opens in one process, cannot share an image. It is written out
+ *     whole (zeros) when created, so that its disk space is taken up front: a sync that rewrites
+ *     records never needs new space, and cannot fail for want of it when the file system is full.
  *
  * Reads: the image is mapped read-only into memory (MAP_SHARED, through the `pstorage-nand-map`
  * addon; Node has no mmap), and `viewPagesSync` hands the FTL a view of the mapped pages: no
@@ -97,6 +99,8 @@ export interface FileNandOpenOptions {
   mappedLimitBytes?: number;
 }
 
+/** Zeros written per I/O when a new spare file is written out. */
+const ALLOCATE_CHUNK_BYTES = 1024 * 1024;
 /** Records read per I/O when loading the spare file (1 MiB). */
 const LOAD_RECORDS_PER_READ = 65536;
 /** Record writes in flight at once during a sync. */
@@ -368,8 +372,8 @@ async function createImage(directory: string, geometry: NandGeometry): Promise<v
       );
     }
     const temporaryPath = `${sparePath}.tmp`;
-    await writeNewFile(temporaryPath, encodeSpareHeader(geometry), spareFileBytes(geometry));
-    await writeNewFile(imagePath, Buffer.alloc(0), capacityBytes(geometry));
+    await writeNewFile(temporaryPath, encodeSpareHeader(geometry), spareFileBytes(geometry), true);
+    await writeNewFile(imagePath, Buffer.alloc(0), capacityBytes(geometry), false);
     await rename(temporaryPath, sparePath);
     await syncDirectory(directory);
   } catch (error) {
@@ -377,10 +381,15 @@ async function createImage(directory: string, geometry: NandGeometry): Promise<v
   }
 }
 
-async function writeNewFile(filePath: string, head: Buffer, sizeBytes: number): Promise<void> {
+/** A new file of `sizeBytes` starting with `head`: sparse, or with `allocate` written out in full. */
+async function writeNewFile(filePath: string, head: Buffer, sizeBytes: number, allocate: boolean): Promise<void> {
   const handle = await open(filePath, 'w');
   try {
     if (head.length > 0) await writeFully(handle, head, 0);
+    if (allocate) {
+      const zeros = Buffer.alloc(Math.min(ALLOCATE_CHUNK_BYTES, sizeBytes));
+      for (let at = head.length; at < sizeBytes; at += zeros.length) await writeFully(handle, zeros.subarray(0, Math.min(zeros.length, sizeBytes - at)), at);
+    }
     await handle.truncate(sizeBytes);
     await handle.sync();
   } finally {

@@ -21,8 +21,14 @@
  *     although its write pointer and erase count still say what they said at the sync. This is the
  *     "record says written, block is in fact erased" case that a file image can also produce.
  * Nothing else is torn and no bits flip here; `FaultyNand` adds device failures and bit flips.
+ *
+ * Host space (`hostSpacePages`): a file image lives on a file system that can fill up. Set it, and
+ * the device holds at most that many programmed pages: a program that needs more fails with
+ * `NO_SPACE` and writes nothing (a host error, not a NAND fault: see nand-device.ts); an erase
+ * gives its pages back. Tests raise it again to model space coming back.
  */
 import { assert } from '../common/assert.js';
+import { StorageError } from '../common/errors.js';
 import type { NandBlockInfo, NandGeometry } from './nand-device.js';
 import { NandDeviceBase, type NandBlockStates, freshBlockStates } from './nand-device-base.js';
 
@@ -56,6 +62,13 @@ export class MemoryNand extends NandDeviceBase {
   private readonly durable: DurableImage;
   private readonly erasedSinceSync = new Set<number>();
   private lastUnsyncedProgram: UnsyncedProgram | undefined;
+  /** Programmed pages the simulated host file system may hold; null: no limit (see the design note). */
+  hostSpacePages: number | null = null;
+  /** Programmed pages held now (what `hostSpacePages` limits). */
+  get hostPagesHeld(): number {
+    return this.heldPages;
+  }
+  private heldPages = 0;
 
   constructor(geometry: NandGeometry);
   /** @internal Restores a durable image (used by `crash`). */
@@ -68,6 +81,7 @@ export class MemoryNand extends NandDeviceBase {
       states: { eraseCounts: states.eraseCounts.slice(), writePointers: states.writePointers.slice(), badFlags: states.badFlags.slice() },
       pages: this.pages.map((blockPages) => blockPages?.slice()),
     };
+    for (const blockPages of this.pages) this.heldPages += countPages(blockPages);
   }
 
   /** Abandons this device and returns a new one holding what had been made durable (see above). */
@@ -112,11 +126,19 @@ export class MemoryNand extends NandDeviceBase {
     const copy = Buffer.allocUnsafeSlow(data.length);
     data.copy(copy);
     let blockPages = this.pages[eraseBlockIndex];
+    const pageCount = data.length / pageBytes;
+    if (this.hostSpacePages !== null) {
+      let added = 0;
+      for (let i = 0; i < pageCount; i += 1) if (blockPages?.[firstPageIndex + i] === undefined) added += 1;
+      if (this.heldPages + added > this.hostSpacePages) {
+        throw StorageError.hostFull(`NAND program of erase block ${eraseBlockIndex}: no space left (the simulated host file system holds ${this.hostSpacePages} pages)`);
+      }
+    }
     if (blockPages === undefined) {
       blockPages = [];
       this.pages[eraseBlockIndex] = blockPages;
     }
-    const pageCount = data.length / pageBytes;
+    for (let i = 0; i < pageCount; i += 1) if (blockPages[firstPageIndex + i] === undefined) this.heldPages += 1;
     for (let i = 0; i < pageCount; i += 1) blockPages[firstPageIndex + i] = copy.subarray(i * pageBytes, (i + 1) * pageBytes);
     const lastPageIndex = firstPageIndex + pageCount - 1;
     this.lastUnsyncedProgram = {
@@ -128,6 +150,7 @@ export class MemoryNand extends NandDeviceBase {
   }
 
   protected async doEraseBlock(eraseBlockIndex: number): Promise<void> {
+    this.heldPages -= countPages(this.pages[eraseBlockIndex]);
     this.pages[eraseBlockIndex] = undefined;
     this.erasedSinceSync.add(eraseBlockIndex);
   }
@@ -147,6 +170,12 @@ export class MemoryNand extends NandDeviceBase {
   }
 
   protected async doClose(): Promise<void> {}
+}
+
+function countPages(blockPages: BlockPages | undefined): number {
+  let count = 0;
+  for (const page of blockPages ?? []) if (page !== undefined) count += 1;
+  return count;
 }
 
 /** The torn copy of `page`: its first bytes new, the rest zeros. */

@@ -19,14 +19,21 @@
  * programs and erases of its block that were called before it. Syncs run one at a time, and each
  * covers every program and erase that completed before it started.
  *
- * On failure: if the I/O of a program fails, the pages of its range hold unknown data and the write
- * pointer stays past them; if an erase fails, the block's contents are unknown. Either way the FTL
- * should retire the block (`markBad`).
+ * On failure: if the I/O of a program fails with a NAND fault, the pages of its range hold unknown
+ * data and the write pointer stays past them; if an erase fails, the block's contents are unknown.
+ * Either way the FTL should retire the block (`markBad`). If a program fails with a host error
+ * (anything that is not a NAND fault: ENOSPC under a file image), the block is stalled at that
+ * program's first page (`stalled`): the write pointer stays where the programs issued took it, so
+ * that the FTL may go on issuing programs in order, but each program of the block that has not run
+ * yet, and each one issued later, fails with the same error without being tried. A program that
+ * ran after the failed one would leave unwritten pages below written ones, and its completed state
+ * would claim them. `reprogramPages` ends the stall: it programs the whole stalled range again, in
+ * one go, once nothing of the block is in flight; an erase ends it too (the pages are discarded).
  */
 import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import type { MappedImage, NandBlockInfo, NandCounters, NandDevice, NandGeometry } from './nand-device.js';
-import { validateGeometry } from './nand-device.js';
+import { isNandFault, validateGeometry } from './nand-device.js';
 
 /** Per-block state to start a device from (a reopened image, or the durable state after a crash). */
 export interface NandBlockStates {
@@ -61,6 +68,8 @@ export abstract class NandDeviceBase implements NandDevice {
   private readonly mutationsPending = new Map<number, number>();
   private syncTail: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Stalled erase blocks (see the design note): the first page of the failed program, and its error. */
+  private readonly stalled = new Map<number, { pageIndex: number; error: unknown }>();
 
   protected constructor(geometry: NandGeometry, states: NandBlockStates = freshBlockStates(geometry.eraseBlockCount)) {
     this.geometry = Object.freeze({ ...validateGeometry(geometry) });
@@ -150,12 +159,44 @@ export abstract class NandDeviceBase implements NandDevice {
     } catch (error) {
       return Promise.reject(error);
     }
+    this.writePointers[eraseBlockIndex] = firstPageIndex + data.length / this.geometry.pageBytes;
+    return this.enqueueProgram(eraseBlockIndex, firstPageIndex, data);
+  }
+
+  reprogramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    try {
+      this.checkOpen();
+      const info = this.blockInfo(eraseBlockIndex);
+      const stall = this.stalled.get(eraseBlockIndex);
+      if (stall === undefined || stall.pageIndex !== firstPageIndex || this.mutationsPending.has(eraseBlockIndex)) {
+        const why = stall === undefined ? 'it is not stalled' : this.mutationsPending.has(eraseBlockIndex) ? 'a program or erase of it is in flight' : `its stall starts at page ${stall.pageIndex}`;
+        throw StorageError.invalidArgument(`reprogram of erase block ${eraseBlockIndex} page ${firstPageIndex} rejected: ${why}`);
+      }
+      // Checked as a program at the stall page, which must end at the write pointer.
+      validateProgram(this.geometry, { ...info, writePointer: firstPageIndex }, eraseBlockIndex, firstPageIndex, data);
+      if (firstPageIndex + data.length / this.geometry.pageBytes !== info.writePointer) {
+        throw StorageError.invalidArgument(`reprogram of erase block ${eraseBlockIndex} rejected: it must run up to the write pointer (page ${info.writePointer})`);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.stalled.delete(eraseBlockIndex);
+    return this.enqueueProgram(eraseBlockIndex, firstPageIndex, data);
+  }
+
+  private enqueueProgram(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
     const pageCount = data.length / this.geometry.pageBytes;
     const eraseCount = this.eraseCounts[eraseBlockIndex]!;
     const writePointer = firstPageIndex + pageCount;
-    this.writePointers[eraseBlockIndex] = writePointer;
     return this.enqueueMutation(eraseBlockIndex, async () => {
-      await this.doProgramPages(eraseBlockIndex, firstPageIndex, data);
+      const stall = this.stalled.size === 0 ? undefined : this.stalled.get(eraseBlockIndex);
+      if (stall !== undefined) throw stall.error;
+      try {
+        await this.doProgramPages(eraseBlockIndex, firstPageIndex, data);
+      } catch (error) {
+        if (!isNandFault(error) && !this.stalled.has(eraseBlockIndex)) this.stalled.set(eraseBlockIndex, { pageIndex: firstPageIndex, error });
+        throw error;
+      }
       this.counters.pagesProgrammed += pageCount;
       this.complete(eraseBlockIndex, eraseCount, writePointer);
     });
@@ -171,6 +212,8 @@ export abstract class NandDeviceBase implements NandDevice {
     const eraseCount = this.eraseCounts[eraseBlockIndex]! + 1;
     this.eraseCounts[eraseBlockIndex] = eraseCount;
     this.writePointers[eraseBlockIndex] = 0;
+    // The stalled pages are being discarded; programs after the erase start a new use of the block.
+    this.stalled.delete(eraseBlockIndex);
     return this.enqueueMutation(eraseBlockIndex, async () => {
       await this.doEraseBlock(eraseBlockIndex);
       this.counters.erases += 1;

@@ -20,6 +20,11 @@
  * - A device failure (an injected program, erase or read fault) is a `StorageError` with code `IO`
  *   whose `cause` is a `NandFault`; the FTL retires the block on that, and treats any other error
  *   as an error of the host or of the program.
+ * - A program that fails with any other error (a host error: the file system under the image is
+ *   full, say) leaves the block stalled: the pages from that program's first page up to the write
+ *   pointer hold unknown data, and programs of the block queued behind it fail with the same error
+ *   without being tried (they would leave a gap). `reprogramPages` writes those pages again, once
+ *   the host has room; nothing of the block is lost as long as the caller keeps the data.
  *
  * Durability: a program or erase is durable once a `sync()` called after it resolved has
  * completed. After a crash, `blockInfo()` reports erase counts, write pointers and bad flags as of
@@ -118,6 +123,12 @@ export interface NandDevice {
   readonly preferAsyncReads: boolean;
   /** Programs whole pages starting exactly at the write pointer. The device copies `data`. */
   programPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void>;
+  /**
+   * Programs again the pages of a stalled block (see above): `firstPageIndex` is the first page of
+   * the program that failed, and `data` runs up to the block's write pointer. None of the block's
+   * programs may be in flight. Rejected with `INVALID_ARGUMENT` otherwise.
+   */
+  reprogramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void>;
   eraseBlock(eraseBlockIndex: number): Promise<void>;
   /** Makes every program, erase and `markBad` that completed before the call durable. */
   sync(): Promise<void>;

@@ -30,13 +30,19 @@
  * then replays the journal values kept since the trim point (bounded by the backlog, so recovery
  * time does not grow with the data stored), and the FTL reclaims blocks touched after the last
  * commit. Everything the last synced batch references is on NAND, because NAND was synced first.
+ *
+ * A failed commit changes nothing durable and loses nothing in memory: whatever it captured (journal
+ * values, pages, summaries, records) is captured again by the next one, whether the NAND side or
+ * the batch failed. When a write fails for want of space on the host file system, `hostSpace`
+ * (host-space.ts) takes over: new data is refused until space returns, and the array recovers by
+ * itself.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { assert } from '../common/assert.js';
 import { BufferSlab } from '../common/buffer-slab.js';
-import { StorageError } from '../common/errors.js';
+import { StorageError, isHostFull } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
 import { decodeSummaryPage } from '../ftl/erase-block-table.js';
@@ -60,6 +66,7 @@ import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
 import type { EntryKind } from './map-page.js';
 import { MapTable, mapCacheId } from './map-table.js';
 import type { CapturedPage } from './page-cache.js';
+import { HostSpace, type HostSpaceOptions } from './host-space.js';
 import { Volume, type Missing, type SnapshotRecord, type VolumeRecord } from './volume.js';
 
 export const FORMAT_VERSION = 2;
@@ -105,6 +112,8 @@ export interface ArrayOptions {
   workerMinBlocks?: number;
   /** Metadata write-back tuning (tests shrink these to exercise trims and replay). */
   metadata?: Partial<MetadataPolicy>;
+  /** The host file system's space and the metadata reserve (tests inject the space). */
+  hostSpace?: HostSpaceOptions;
 }
 
 /** When commits happen and which pages they write back (see the design note). */
@@ -190,6 +199,8 @@ export class FlashArray implements ExportCatalog {
   /** Off-thread reduction; null when reduction runs inline only. */
   readonly reducer: ReductionPool | null;
   readonly scheduler: IoScheduler;
+  /** The host file system: its space, the metadata reserve, and the state when it fills up. */
+  readonly hostSpace: HostSpace;
   /** Buffers of read replies. */
   readonly slab = new BufferSlab();
   /** Recovery figures of the last open. */
@@ -242,6 +253,8 @@ export class FlashArray implements ExportCatalog {
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
     this.reducer = workers > 0 && options.fingerprint === undefined ? new ReductionPool(workers, this.codec, this.dedup === null ? null : key, key) : null;
     this.scheduler = new IoScheduler(this, { workerMinBlocks: options.workerMinBlocks ?? DEFAULT_WORKER_MIN_BLOCKS });
+    this.hostSpace = new HostSpace(this, logger.child({ component: 'host-space' }), options.hostSpace);
+    ftl.onNoSpace((error) => this.hostSpace.noteNoSpace(error));
     ftl.attach(
       {
         pin: (chunkIds) => this.chunks.cache.loadPinned(this.chunks.pageIdsOf(chunkIds)),
@@ -326,6 +339,7 @@ export class FlashArray implements ExportCatalog {
       }
       await array.replayJournal();
       await array.chunks.open();
+      await array.hostSpace.start();
     } catch (error) {
       array.abandon();
       throw error;
@@ -579,11 +593,18 @@ export class FlashArray implements ExportCatalog {
 
   private async doCommit(sync: boolean, checkpoint: boolean): Promise<void> {
     let previous: Capture | null = null;
-    const captured = await this.ftl.makeDurable((generation) => {
+    let captured: Capture;
+    try {
+      captured = await this.ftl.makeDurable((generation) => {
+        if (previous !== null) this.settleCapture(previous, false);
+        previous = this.captureMetadata(generation, checkpoint);
+        return previous;
+      });
+    } catch (error) {
+      // The NAND side failed after the capture: give back what it took, for the next commit.
       if (previous !== null) this.settleCapture(previous, false);
-      previous = this.captureMetadata(generation, checkpoint);
-      return previous;
-    });
+      throw this.noteFailure(error);
+    }
     let ok = false;
     const started = process.hrtime.bigint();
     try {
@@ -591,12 +612,20 @@ export class FlashArray implements ExportCatalog {
       if (captured.catalog) this.writeCatalogCopy();
       await this.meta.batch(captured.ops, { sync });
       ok = true;
+    } catch (error) {
+      throw this.noteFailure(error);
     } finally {
       this.settleCapture(captured, ok);
     }
     this.commits += 1;
     this.logger.debug('commit', { ops: captured.ops.length, batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
     if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+  }
+
+  /** A commit failed: a full host file system is `hostSpace`'s business. Returns the error. */
+  private noteFailure(error: unknown): unknown {
+    if (isHostFull(error)) this.hostSpace.noteNoSpace(error);
+    return error;
   }
 
   private captureMetadata(generation: number, checkpoint: boolean): Capture {
@@ -733,7 +762,10 @@ export class FlashArray implements ExportCatalog {
   private backgroundCommit(force = false): void {
     if (this.closed || this.commitRunning !== null) return;
     if (!force && this.journal.pendingBytes === 0 && !this.ftl.table.hasDirtySummaries && this.journalKeptBytes <= this.policy.journalBacklogBytes) return;
-    void this.commit(true).catch((error: unknown) => this.logger.error('background commit failed', { error: (error as Error).message }));
+    void this.commit(true).catch((error: unknown) => {
+      // A full host file system is logged once, by hostSpace, not every second.
+      if (!isHostFull(error)) this.logger.error('background commit failed', { error: (error as Error).message });
+    });
   }
 
   // ---- Stats and shutdown --------------------------------------------------------------------
@@ -792,6 +824,7 @@ export class FlashArray implements ExportCatalog {
         dirtyBytes: this.maps.cache.dirtyBytes + this.chunks.cache.dirtyBytes,
       },
       journal: { keptBytes: this.journalKeptBytes, pendingBytes: this.journal.pendingBytes, trimSeq: this.journalTrimSeq, nextSeq: this.journal.seq, commits: this.commits },
+      hostSpace: this.hostSpace.stats(),
     };
   }
 
@@ -802,18 +835,35 @@ export class FlashArray implements ExportCatalog {
   /** A simulated crash: stop background work at once (the caller abandons the devices). */
   abandon(): void {
     this.closed = true;
+    this.hostSpace.stop();
     if (this.commitTimer) clearInterval(this.commitTimer);
     void this.reducer?.close();
   }
 
+  /**
+   * Checkpoints and closes. If the checkpoint cannot be made (the host file system is still full),
+   * the devices are closed all the same and the error says what was not saved.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.commitTimer) clearInterval(this.commitTimer);
-    await this.checkpoint();
+    let failure: unknown = null;
+    try {
+      await this.hostSpace.beforeClose();
+      await this.checkpoint().catch(async (error: unknown) => {
+        if (!isHostFull(error)) throw error;
+        // The file system filled during the checkpoint itself: use what room the reserve gives.
+        await this.hostSpace.beforeClose();
+        await this.checkpoint();
+      });
+    } catch (error) {
+      failure = error;
+    }
     await this.reducer?.close();
     await this.nand.close();
     await this.meta.close();
+    if (failure !== null) throw failure;
   }
 }
 

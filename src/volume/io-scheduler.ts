@@ -31,6 +31,10 @@
  *
  * Management operations that restructure maps (snapshot delete, restore, volume delete) run as an
  * exclusive step of the same FIFO (`runExclusive`): nothing is applied while they run.
+ *
+ * Backpressure: a written block is acknowledged from the FTL's block buffers before its NAND program
+ * completes; when too much waits on programs (a slow disk, or ext4 taking its time to fail near
+ * ENOSPC), the next slice waits for them (`Ftl.programsBacklogged`, checked once per slice).
  */
 import { IoCommand, type IoRequest } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
@@ -273,6 +277,8 @@ export class IoScheduler {
 
   /** Applies the batch from its cursor on; a promise when it must wait (then it is run again). */
   private runBatch(batch: Batch): Promise<void> | null {
+    // Acknowledged data waits in block buffers until programmed: a slow disk must not grow them.
+    if (this.array.ftl.programsBacklogged) return this.array.ftl.drainPrograms();
     const release = this.array.holdEvictions();
     const started = performance.now();
     try {

@@ -401,6 +401,8 @@ export class Volume implements BlockDevice {
     const first = Math.floor(offsetBytes / LBA_BYTES);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / LBA_BYTES);
     const firstWhole = Math.ceil(offsetBytes / LBA_BYTES);
+    // While the host file system is full only changes that free space are taken (host-space.ts).
+    if (array.hostSpace.refusing && mode !== ChangeMode.Unmap) throw array.hostSpace.refuse();
     const chain = this.chain();
     const top = chain[0]!;
     // Every map page of the chain over the range, or nothing can be decided.
@@ -488,6 +490,7 @@ export class Volume implements BlockDevice {
         if (chunkPage.refcount[old % 256] === 1) freedBytes += LogStream.recordBytes(chunkPage.stored[old % 256]!);
       }
     }
+    if (newBytes > 0 && array.hostSpace.refusing) throw array.hostSpace.refuse(); // the edges of an unmap
     if (newBytes > 0 && ftl.liveBytes + newBytes - freedBytes > ftl.usableBytes) {
       throw StorageError.noSpace(`the array is full (${ftl.liveBytes} of ${ftl.usableBytes} bytes used); delete volumes or trim data to free space`);
     }

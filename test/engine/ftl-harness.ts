@@ -21,6 +21,7 @@ import type { NandGeometry } from '../../src/nand/nand-device.js';
 import { SeededRandom, randomSeed } from '../../src/nand/seeded-random.js';
 import type { FtlOptions } from '../../src/ftl/ftl.js';
 import { FlashArray } from '../../src/volume/flash-array.js';
+import type { HostSpaceOptions } from '../../src/volume/host-space.js';
 import type { Volume } from '../../src/volume/volume.js';
 
 export const LBA_BYTES = 4096;
@@ -73,6 +74,8 @@ export interface HarnessOptions {
   cacheBytes?: number;
   /** Volume size; defaults to twice the usable bytes, so the array (not the volume) is the limit. */
   volumeBytes?: number;
+  /** The host file system's space as the array sees it (see host-space.ts). */
+  hostSpace?: HostSpaceOptions;
 }
 
 export class Harness {
@@ -113,8 +116,7 @@ export class Harness {
    * The model is carried over: blocks written since the last flush must be re-checked by the caller.
    */
   async crashAndReopen(): Promise<Harness> {
-    const old = this.array as unknown as { writebackTimer: NodeJS.Timeout | null };
-    if (old.writebackTimer !== null) clearInterval(old.writebackTimer);
+    this.array.abandon(); // its timers (background commit, host-space recovery) stop
     const nand = this.nand.crash();
     const meta = this.meta.crash();
     const logger = recordingLogger();
@@ -246,7 +248,7 @@ export class Harness {
 }
 
 function arrayOptions(options: HarnessOptions) {
-  return { cacheBytes: options.cacheBytes ?? 4 * 1024 * 1024, ftl: { ...options.ftl } };
+  return { cacheBytes: options.cacheBytes ?? 4 * 1024 * 1024, ftl: { ...options.ftl }, hostSpace: options.hostSpace };
 }
 
 function overlaps(busy: Set<number>, lba: number, count: number): boolean {

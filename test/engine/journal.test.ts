@@ -119,6 +119,12 @@ class HoldingStore implements MetaStore {
     }
     return this.inner.batch(ops, options);
   }
+  get writeError() {
+    return this.inner.writeError;
+  }
+  reopen() {
+    return this.inner.reopen();
+  }
   close() {
     return this.inner.close();
   }

@@ -8,6 +8,7 @@ import { StorageError } from '../../src/common/errors.js';
 import { LevelMetaStore } from '../../src/meta/level-store.js';
 import type { MetaStore } from '../../src/meta/meta-store.js';
 import { bytes, dump, put, registerMetaConformanceTests } from './conformance.js';
+import { mountSmallFs } from '../helpers/small-fs.js';
 
 function temporaryDirectory(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'pstorage-meta-'));
@@ -153,5 +154,69 @@ test('a path that is a file fails to open with IO', async (t) => {
     const file = path.join(directory, 'file');
     fs.writeFileSync(file, 'x');
     await t.throwsAsync(LevelMetaStore.open(file), { instanceOf: StorageError, code: 'IO' });
+  });
+});
+
+// ---- A full disk under LevelDB -------------------------------------------------------------------
+
+const noSpace = { instanceOf: StorageError, code: 'NO_SPACE', message: /No space left on device/ };
+
+test('a full disk: NO_SPACE, writes stop (nothing appended behind the failed batch) until a reopen succeeds, synced batches kept', async (t) => {
+  const small = mountSmallFs(t, 'tmpfs', 8 * 1024 * 1024);
+  small.fill('filler', 3 * 1024 * 1024);
+  const directory = path.join(small.mountPoint, 'meta');
+  const store = await LevelMetaStore.open(directory);
+  t.teardown(() => closeQuietly(store));
+  const value = Buffer.alloc(64 * 1024, 7);
+  let written = 0;
+  let failure: unknown;
+  for (; written < 1000; written++) {
+    try {
+      await store.batch([put('map', bytes(written), value)], { sync: true });
+    } catch (error) {
+      failure = error;
+      break;
+    }
+  }
+  t.like(failure, { code: 'NO_SPACE' });
+  t.true(written > 10, `${written} batches written before the disk filled`);
+  t.is(store.writeError, failure as StorageError);
+  fs.rmSync(path.join(small.mountPoint, 'filler'));
+  // Space is back, but the log may end in a torn record: nothing is appended until a reopen.
+  await t.throwsAsync(store.batch([put('map', bytes(5000), bytes(1))], { sync: true }), noSpace);
+  t.deepEqual(await store.get('map', bytes(0)), value, 'reads go on');
+  small.fill('filler');
+  await t.throwsAsync(store.reopen(), { instanceOf: StorageError, code: 'NO_SPACE' }, 'the reopen needs space for LevelDB to replay its log');
+  t.not(store.writeError, null);
+  fs.rmSync(path.join(small.mountPoint, 'filler'));
+  await store.reopen();
+  t.is(store.writeError, null);
+  await store.batch([put('map', bytes(5001), bytes(2))], { sync: true });
+  const keys = new Set<string>();
+  for await (const [key] of store.iterate('map')) keys.add(key.toString('hex'));
+  t.is(keys.size, written + 1, 'every synced batch before the failure, and the one after the reopen');
+  t.true(keys.has(bytes(5001).toString('hex')));
+  t.false(keys.has(bytes(5000).toString('hex')));
+  await store.close();
+  const again = await LevelMetaStore.open(directory);
+  t.deepEqual(await again.get('map', bytes(written - 1)), value);
+  t.deepEqual(await again.get('map', bytes(5001)), bytes(2));
+  await again.close();
+});
+
+test('batches called while a reopen runs wait for it and are written after it', async (t) => {
+  await withDirectory(async (directory) => {
+    const store = await LevelMetaStore.open(directory);
+    await store.batch([put('map', bytes(1), bytes(1))], { sync: true });
+    const reopened = store.reopen();
+    const value = Buffer.from([9, 9]);
+    const written = store.batch([put('map', bytes(2), value)], { sync: true });
+    value.fill(0); // the store copied it
+    const read = store.get('map', bytes(1));
+    await reopened;
+    await written;
+    t.deepEqual(await read, bytes(1));
+    t.deepEqual(await store.get('map', bytes(2)), Buffer.from([9, 9]));
+    await store.close();
   });
 });

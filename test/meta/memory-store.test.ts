@@ -180,3 +180,18 @@ test('a crash keeps the synced batches plus a whole-batch prefix of the later on
   await fc.assert(fc.asyncProperty(fc.array(step, { minLength: 10, maxLength: 60 }), checkSequence), { numRuns: 300 });
   t.true(partialPrefixCrashes >= 50, `only ${partialPrefixCrashes} crashes kept a strict, non-empty prefix: the property is too weak`);
 });
+
+test('a full disk (hostFull): the batch fails with NO_SPACE and changes nothing; writes stay stopped until reopen', async (t) => {
+  const store = new MemoryMetaStore();
+  await store.batch([put('map', bytes(1), bytes(1))], { sync: true });
+  store.hostFull = true;
+  await t.throwsAsync(store.batch([put('map', bytes(2), bytes(2))], { sync: true }), { instanceOf: StorageError, code: 'NO_SPACE' });
+  t.is(await store.get('map', bytes(2)), undefined);
+  store.hostFull = false;
+  await t.throwsAsync(store.batch([put('map', bytes(3), bytes(3))], { sync: false }), { code: 'NO_SPACE' }, 'stopped until a reopen');
+  await store.reopen();
+  t.is(store.writeError, null);
+  await store.batch([put('map', bytes(3), bytes(3))], { sync: true });
+  t.deepEqual(await store.get('map', bytes(1)), bytes(1));
+  t.deepEqual(await store.get('map', bytes(3)), bytes(3));
+});

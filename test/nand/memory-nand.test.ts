@@ -1,7 +1,7 @@
 import test from 'ava';
 import { StorageError } from '../../src/common/errors.js';
 import { MemoryNand, SeededRandom } from '../../src/nand/index.js';
-import { SMALL_GEOMETRY, pagesOf, registerNandConformanceTests } from './conformance.js';
+import { SMALL_GEOMETRY, invalid, pagesOf, registerNandConformanceTests } from './conformance.js';
 
 registerNandConformanceTests('memory', async (geometry) => {
   const device = new MemoryNand(geometry);
@@ -116,4 +116,65 @@ test('crash: the crashed device refuses work, and crashes chain', async (t) => {
   const second = first.crash();
   t.deepEqual(await second.readPages(0, 0, 2), Buffer.concat([pagesOf(pageBytes, 1, 13), pagesOf(pageBytes, 1, 14)]));
   t.deepEqual(second.blockInfo(0), { eraseCount: 0, writePointer: 2, bad: false });
+});
+
+// ---- Host space: a program the host file system has no room for stalls its erase block ------------
+
+const noSpace = { instanceOf: StorageError, code: 'NO_SPACE' };
+
+test('host full: a failed program writes nothing, programs behind it fail untried, and reprogramPages writes the range once there is room', async (t) => {
+  const device = new MemoryNand(geometry);
+  device.hostSpacePages = 2;
+  await device.programPages(0, 0, pagesOf(pageBytes, 1, 1));
+  // Issued back to back, as the FTL does: the second is queued behind the first. The first needs
+  // two more pages and fails; the second would fit, but must not run (it would leave a gap).
+  const first = device.programPages(0, 1, pagesOf(pageBytes, 2, 2));
+  const second = device.programPages(0, 3, pagesOf(pageBytes, 1, 3));
+  await t.throwsAsync(first, noSpace);
+  await t.throwsAsync(second, noSpace);
+  t.deepEqual(await device.readPages(0, 1, 3), zeros(3), 'nothing of either reached the device');
+  t.is(device.blockInfo(0).writePointer, 4, 'the write pointer stays where the programs took it');
+
+  await t.throwsAsync(device.reprogramPages(0, 2, pagesOf(pageBytes, 2, 5)), { ...invalid, message: /stall starts at page 1/ });
+  await t.throwsAsync(device.reprogramPages(0, 1, pagesOf(pageBytes, 2, 5)), { ...invalid, message: /up to the write pointer/ });
+  await t.throwsAsync(device.reprogramPages(1, 0, pagesOf(pageBytes, 1, 5)), { ...invalid, message: /not stalled/ });
+  device.hostSpacePages = 10;
+  const again = Buffer.concat([pagesOf(pageBytes, 2, 2), pagesOf(pageBytes, 1, 3)]);
+  await device.reprogramPages(0, 1, again);
+  t.deepEqual(await device.readPages(0, 0, 4), Buffer.concat([pagesOf(pageBytes, 1, 1), again]));
+  await device.sync();
+  const after = device.crash();
+  t.deepEqual(after.blockInfo(0), { eraseCount: 0, writePointer: 4, bad: false }, 'the synced record covers the reprogrammed pages');
+  t.deepEqual(await after.readPages(0, 1, 3), again);
+});
+
+test('host full: the synced write pointer never claims stalled pages, and a failed reprogram stalls again', async (t) => {
+  const device = new MemoryNand(geometry);
+  device.hostSpacePages = 2;
+  await device.programPages(2, 0, pagesOf(pageBytes, 2, 6));
+  await t.throwsAsync(device.programPages(2, 2, pagesOf(pageBytes, 2, 7)), noSpace);
+  await device.sync();
+  t.is(device.crash().blockInfo(2).writePointer, 2);
+
+  const live = new MemoryNand(geometry);
+  live.hostSpacePages = 0;
+  await t.throwsAsync(live.programPages(3, 0, pagesOf(pageBytes, 1, 8)), noSpace);
+  live.hostSpacePages = 1;
+  await t.throwsAsync(live.programPages(3, 1, pagesOf(pageBytes, 1, 9)), noSpace, 'a program issued while stalled is not tried either');
+  await t.throwsAsync(live.reprogramPages(3, 0, pagesOf(pageBytes, 2, 8)), noSpace);
+  live.hostSpacePages = 2;
+  await live.reprogramPages(3, 0, Buffer.concat([pagesOf(pageBytes, 1, 8), pagesOf(pageBytes, 1, 9)]));
+  t.deepEqual(await live.readPages(3, 0, 2), Buffer.concat([pagesOf(pageBytes, 1, 8), pagesOf(pageBytes, 1, 9)]));
+});
+
+test('host full: an erase ends the stall and gives the pages back', async (t) => {
+  const device = new MemoryNand(geometry);
+  device.hostSpacePages = pagesPerEraseBlock;
+  await device.programPages(4, 0, pagesOf(pageBytes, pagesPerEraseBlock, 9));
+  await t.throwsAsync(device.programPages(5, 0, pagesOf(pageBytes, 1, 10)), noSpace);
+  await device.eraseBlock(4);
+  await device.eraseBlock(5);
+  await device.programPages(5, 0, pagesOf(pageBytes, pagesPerEraseBlock, 11));
+  t.deepEqual(await device.readPages(5, 0, pagesPerEraseBlock), pagesOf(pageBytes, pagesPerEraseBlock, 11));
+  await t.throwsAsync(device.programPages(4, 0, pagesOf(pageBytes, 1, 12)), noSpace, 'the host space is what the erase gave back, no more');
 });
