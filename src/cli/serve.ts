@@ -48,7 +48,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   }
   logger.info('management API listening', { unix: path.join(dataDir, API_SOCKET_NAME), tcp: apiPort === null ? null : `${formatHost(options.apiListen!.address.host)}:${apiPort}` });
-  const server = new NbdServer({ catalog: array, logger });
+  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes });
   const bound: ListenAddress[] = [];
   if (options.listen !== null) bound.push(await server.listen(options.listen));
   if (options.socketPath !== null) bound.push(await server.listen({ path: path.resolve(options.socketPath) }));

@@ -46,6 +46,7 @@ import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { FileNand } from '../nand/file-nand.js';
 import { geometryForCapacity, type NandDevice, type NandGeometry } from '../nand/nand-device.js';
 import { GiB, MiB } from '../common/size.js';
+import { planMemory, type MemoryPlan } from '../common/memory-budget.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
@@ -219,6 +220,8 @@ export class FlashArray implements ExportCatalog {
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
   readonly policy: MetadataPolicy;
+  /** How the memory budget is shared out (common/memory-budget.ts). */
+  readonly memory: MemoryPlan;
 
   private constructor(
     readonly dataDir: string,
@@ -242,11 +245,11 @@ export class FlashArray implements ExportCatalog {
     this.codec = codecFor(this.compression);
     const key = fingerprintKey(format);
     this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
-    // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
-    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
-    this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
-    const bloomBytes = Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
-    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomBytes), Math.floor(cacheBytes * 0.2));
+    // The memory budget, shared out in one place (see common/memory-budget.ts).
+    this.memory = planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: nand instanceof FileNand, dedup: options.dedup !== false });
+    this.chunks = new ChunkTable(meta, this.memory.chunkPageBytes, state.nextChunkId, this.journal);
+    this.maps = new MapTable(meta, this.memory.mapPageBytes, this.journal);
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(this.memory.bloomFilterBytes), this.memory.dedupIndexBytes);
     this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint, recordSeed: key };
     const workers = options.reductionWorkers ?? 1;
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
@@ -273,13 +276,15 @@ export class FlashArray implements ExportCatalog {
       throw StorageError.notFound(`no pstorage array in ${dataDir}: start one with "pstorage serve --data-dir ${dataDir}"`);
     }
     fs.mkdirSync(dataDir, { recursive: true });
-    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'));
+    // LevelDB's and the mapping's shares do not depend on the capacity (the Bloom filter's does).
+    const plan = planMemory({ cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES, capacityBytes: 0, onDisk: true, dedup: options.dedup !== false });
+    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'), { writeBufferBytes: plan.levelWriteBufferBytes, cacheBytes: plan.levelCacheBytes });
     try {
       const formatBytes = await meta.get('super', FORMAT_KEY);
       const created = formatBytes === undefined;
       const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
-      // Mapped NAND pages count in the resident set: keep them to a share beside the caches.
-      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created });
+      // Mapped NAND pages count in the resident set: keep them to their share of the budget.
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), geometry, { create: created, mappedLimitBytes: plan.mappedReadBytes });
       const array = await FlashArray.assemble(dataDir, meta, nand, logger, options, created);
       return { array, created, recoveryMs: Number(process.hrtime.bigint() - started) / 1e6 };
     } catch (error) {
@@ -820,6 +825,11 @@ export class FlashArray implements ExportCatalog {
 
   async flush(): Promise<void> {
     await this.commit(true);
+  }
+
+  /** Drops the NAND image's pages from the read mapping (when idle); returns the bytes, estimated. */
+  dropMappedPages(): number {
+    return this.nand instanceof FileNand ? this.nand.dropMapped() : 0;
   }
 
   /** A simulated crash: stop background work at once (the caller abandons the devices). */
