@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { createLogger, fdLineWriter } from '../common/log.js';
-import { IdleReclaimer, limitHeapGrowth } from '../common/process-memory.js';
+import { IdleReclaimer, limitHeapGrowth, tuneNativeMemory } from '../common/process-memory.js';
 import { formatBytes } from '../common/size.js';
 import { ApiServer, API_SOCKET_NAME, checkApiSocketPath } from '../mgmt/api-server.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
@@ -23,8 +23,9 @@ export interface ServeOptions {
 
 export async function serve(options: ServeOptions): Promise<void> {
   const logger = createLogger({ component: 'pstorage' });
-  // The process is the array's from here on: its heap follows the budget.
+  // The process is the array's from here on: its heap and malloc settings follow the budget.
   limitHeapGrowth();
+  if (!tuneNativeMemory()) logger.debug('malloc settings left alone (no glibc, or the native addon is missing or older)');
   const dataDir = path.resolve(options.dataDir);
   checkApiSocketPath(path.join(dataDir, API_SOCKET_NAME)); // before anything is created
   const startedAt = process.hrtime.bigint();
