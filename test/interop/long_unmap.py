@@ -68,6 +68,7 @@ result.update(
     p50_ms=latencies[len(latencies) // 2] if latencies else None,
     p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
     max_ms=latencies[-1] if latencies else None,
+    over_120_ms=sum(1 for latency in latencies if latency > 120),
     zeros=all(writer.pread(4 * MiB, offset) == (written[offset][:4 * MiB] if written else bytes(4 * MiB)) for offset in range(0, size, 64 * MiB)),
     beside_intact=reader.pread(len(beside), size + MiB) == beside,
 )
