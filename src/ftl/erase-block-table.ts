@@ -75,6 +75,13 @@ export class EraseBlockTable {
    * leaves the free state some other way (or its count changes); they are dropped when popped.
    */
   private readonly freeHeap: number[] = [];
+  /**
+   * Blocks as they became free, newest last: `pickFree` prefers the newest whose wear is within
+   * `warmWearSlack` of the least-worn free block (see there). Entries go stale like the heap's.
+   */
+  private recentFree: number[] = [];
+  /** Erase cycles above the least-worn free block that a recently freed block may be ahead by and still be opened first. */
+  warmWearSlack = 0;
   private validTotal = 0;
 
   constructor(readonly blockCount: number, readonly streamBytesPerBlock: number) {
@@ -160,7 +167,10 @@ export class EraseBlockTable {
     if (before === BlockState.Free) this.freeCount -= 1;
     if (state === BlockState.Free) {
       this.freeCount += 1;
-      if (before !== BlockState.Free) this.heapPush(block);
+      if (before !== BlockState.Free) {
+        this.heapPush(block);
+        this.recentFree.push(block);
+      }
     }
     const lost = (value: number) => value === BlockState.Bad || value === BlockState.Retiring;
     this.badCount += (lost(state) ? 1 : 0) - (lost(before) ? 1 : 0);
@@ -178,6 +188,7 @@ export class EraseBlockTable {
   rebuildFreeHeap(): void {
     this.freeHeap.length = 0;
     for (let block = 0; block < this.blockCount; block++) if (this.state[block] === BlockState.Free) this.heapPush(block);
+    this.recentFree = this.recentFree.filter((block) => this.state[block] === BlockState.Free);
   }
 
   addValid(block: number, deltaBytes: number): void {
@@ -195,8 +206,27 @@ export class EraseBlockTable {
     this.markDirty(block);
   }
 
-  /** Dynamic wear leveling: the least-worn free block (the lowest index among equals), or -1. */
+  /**
+   * Dynamic wear leveling: the least-worn free block (the lowest index among equals), or -1; but
+   * with a `warmWearSlack`, the most recently freed block if it is at most that many cycles more
+   * worn. A block just erased still has its pages in the host's page cache (file-nand.ts, the warm
+   * pool), and programming it costs a memory copy where a block not used for long costs the
+   * kernel new memory and the file system new disk blocks. The slack bounds what this costs in
+   * wear: once the recently freed blocks are that far ahead, the least-worn ones are opened again.
+   */
   pickFree(): number {
+    // Blocks taken from one structure leave stale entries in the other: drop them now and then.
+    if (this.freeHeap.length > 2 * this.freeCount + 64 || this.recentFree.length > 2 * this.freeCount + 64) this.rebuildFreeHeap();
+    if (this.warmWearSlack > 0) {
+      const recent = this.recentFree;
+      let floor = -1;
+      while (recent.length > 0) {
+        const block = recent.pop()!;
+        if (this.state[block] !== BlockState.Free) continue;
+        if (floor < 0) floor = this.leastFreeWear();
+        if (this.eraseCount[block]! <= floor + this.warmWearSlack) return block;
+      }
+    }
     while (this.freeHeap.length > 0) {
       const block = this.heapPop();
       // Stale: no longer free, or already in the heap again with its new count.
@@ -204,6 +234,13 @@ export class EraseBlockTable {
       return block;
     }
     return -1;
+  }
+
+  /** The erase count of the least-worn free block (stale heap tops dropped), or 0 with none. */
+  private leastFreeWear(): number {
+    const heap = this.freeHeap;
+    while (heap.length > 0 && this.state[heap[0]!] !== BlockState.Free) this.heapPop();
+    return heap.length > 0 ? this.eraseCount[heap[0]!]! : 0;
   }
 
   private less(a: number, b: number): boolean {

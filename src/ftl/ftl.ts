@@ -56,6 +56,11 @@ export interface FtlOptions {
   overProvisioning: number;
   /** Static wear leveling moves cold data when max - min P/E exceeds this. */
   wearSpreadThreshold: number;
+  /**
+   * A recently erased block is opened before the least-worn one while it is at most this many
+   * cycles more worn (0: always the least-worn). See EraseBlockTable.pickFree.
+   */
+  warmWearSlack: number;
   /** Erase blocks GC cleans, at most, before one commit... */
   gcBatchBlocks: number;
   /**
@@ -90,6 +95,7 @@ export function defaultFtlOptions(blockCount: number): FtlOptions {
     reserveBlocks: 4,
     overProvisioning: 0.1,
     wearSpreadThreshold: 64,
+    warmWearSlack: 8,
     gcBatchBlocks: 4096,
     gcRoundBytes: 32 * 1024 * 1024,
     // A whole erase block per NAND program: the block's buffer is kept until its programs complete
@@ -182,6 +188,7 @@ export class Ftl implements StreamHost {
     this.payloadBytesPerPage = pageBytes - PAGE_HEADER_BYTES;
     this.streamBytesPerBlock = this.payloadBytesPerPage * pagesPerEraseBlock;
     this.table = new EraseBlockTable(eraseBlockCount, this.streamBytesPerBlock);
+    this.table.warmWearSlack = options.warmWearSlack;
     this.buffers = new BlockBuffers(pageBytes * pagesPerEraseBlock);
     this.pageScratch = Buffer.alloc(pageBytes * pagesPerEraseBlock);
     this.recordScratch = Buffer.alloc(this.streamBytesPerBlock);
@@ -978,6 +985,7 @@ export class Ftl implements StreamHost {
       programFailures: this.counters.programFailures,
       eraseFailures: this.counters.eraseFailures,
       stalledProgramBytes: this.stalledBytes,
+      warmEraseBlocks: this.nand.warmEraseBlocks ?? 0,
       liveBytes: this.liveBytes,
       usableBytes: this.usableBytes,
     };

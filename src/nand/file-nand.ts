@@ -44,6 +44,21 @@
  * probe again. One slow read is not enough: on a busy machine the thread is sometimes descheduled
  * in the middle of a page-cache read.
  *
+ * Erases are deferred (the warm pool): an erase normally leaves the block's pages where they are
+ * and only marks the block stale; reads of a stale block's pages at or above its write pointer
+ * return zeros, as erased pages must, and its next programs overwrite the old pages in place. A
+ * hole punched at each erase gave the pages' memory back to the kernel, and the next program of
+ * the block then wrote into page-cache memory the kernel had to find (and this virtual machine to
+ * back) anew, and ext4 had to allocate its disk blocks again: with GC running, a third of all the
+ * CPU went into that copy. Overwriting cached pages costs a plain memory copy. The FTL opens the
+ * most recently erased free blocks first (erase-block-table.ts), so the stale blocks are the
+ * ones reused. Disk space still follows live data: at most `warmEraseBytes` of stale blocks are
+ * kept (the oldest is punched when the pool is full), all of them are punched once no program or
+ * erase has come for `WARM_IDLE_MS`, at close, and at once when a program fails for want of host
+ * space (`releaseWarm`). After a crash, stale blocks that were never punched keep their old
+ * pages, which the crash model below allows (pages the metadata does not reference may hold old
+ * data), and their next programs overwrite them.
+ *
  * State: erase counts, write pointers and bad flags live in memory (`NandDeviceBase`); the spare
  * file is written only by `sync()`, which writes the records of the erase blocks touched since
  * the previous sync (positional writes, adjacent records coalesced) and costs two fdatasyncs:
@@ -97,6 +112,10 @@ export interface FileNandOpenOptions {
   create?: boolean;
   /** Mapped image pages resident above which cold ones are dropped from the mapping (default 1 GiB). */
   mappedLimitBytes?: number;
+  /** Erased blocks kept unpunched for reuse (the warm pool; default 1/16 of the image, at most `DEFAULT_WARM_ERASE_BYTES`; 0: punch at every erase). */
+  warmEraseBytes?: number;
+  /** Quiet time (no program, no erase) after which the warm pool is punched (default `WARM_IDLE_MS`). */
+  warmIdleMs?: number;
 }
 
 /** Zeros written per I/O when a new spare file is written out. */
@@ -114,6 +133,14 @@ const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
 const RESIDENT_CHECK_BYTES = 64 * 1024 * 1024;
 /** ...and how many may be, by default, before they are dropped. */
 const DEFAULT_MAPPED_LIMIT_BYTES = 1024 * 1024 * 1024;
+/** Values of `FileNand.stale`. */
+const NOT_STALE = 0;
+const STALE = 1;
+const PUNCHING = 2;
+/** The warm pool's default bound... */
+const DEFAULT_WARM_ERASE_BYTES = 1024 * 1024 * 1024;
+/** ...and the quiet time (no program, no erase) after which the whole pool is punched. */
+const WARM_IDLE_MS = 1000;
 /** Slow reads among the last 32 that switch reads to the thread pool... */
 const SLOW_READS_TO_SWITCH = 8;
 /** ...for this long. */
@@ -140,6 +167,22 @@ export class FileNand extends NandDeviceBase {
   droppedEraseBlocks = 0;
   /** Kept so that touching the pages of a view cannot be optimised away (read in `stats`). */
   lastTouched = 0;
+  /**
+   * Per erase block: STALE for an erased block whose old pages were not punched (the warm pool,
+   * see the design note), PUNCHING while the punch of its pages above the write pointer is queued
+   * or running (they still read as zeros, but no longer count in the pool), else 0.
+   */
+  private readonly stale: Uint8Array;
+  /** Stale blocks, oldest first (an entry whose block is no longer stale is skipped). */
+  private staleQueue: number[] = [];
+  private staleCount = 0;
+  private warmLimitBlocks: number;
+  private readonly warmLimitDefault: number;
+  /** `performance.now()` of the last program or erase, and the timer that punches the pool when idle. */
+  private lastMutationMs = 0;
+  private idleTimer: NodeJS.Timeout | null = null;
+  /** Erases that punched at once, and stale blocks punched later (counted in `stats`). */
+  readonly warmCounters = { deferredErases: 0, punchedAtErase: 0, punchedLater: 0 };
 
   private constructor(
     readonly directory: string,
@@ -148,8 +191,15 @@ export class FileNand extends NandDeviceBase {
     private readonly image: FileHandle,
     private readonly spare: FileHandle,
     private readonly mappedLimitBytes: number,
+    warmEraseBytes: number | undefined,
+    private readonly warmIdleMs: number,
   ) {
     super(geometry, states);
+    this.stale = new Uint8Array(geometry.eraseBlockCount);
+    const blockBytes = eraseBlockBytes(geometry);
+    const bound = warmEraseBytes ?? Math.min(DEFAULT_WARM_ERASE_BYTES, capacityBytes(geometry) / 16);
+    this.warmLimitDefault = Math.max(0, Math.floor(bound / blockBytes));
+    this.warmLimitBlocks = this.warmLimitDefault;
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
     this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
@@ -181,7 +231,7 @@ export class FileNand extends NandDeviceBase {
       if (geometry !== undefined) checkSameGeometry(directory, recorded, geometry);
       await checkImageSize(handles.image, path.join(directory, IMAGE_FILE_NAME), capacityBytes(recorded));
       const states = await loadBlockStates(handles.spare, recorded, sparePath);
-      return new FileNand(directory, recorded, states, handles.image, handles.spare, options.mappedLimitBytes ?? DEFAULT_MAPPED_LIMIT_BYTES);
+      return new FileNand(directory, recorded, states, handles.image, handles.spare, options.mappedLimitBytes ?? DEFAULT_MAPPED_LIMIT_BYTES, options.warmEraseBytes, options.warmIdleMs ?? WARM_IDLE_MS);
     } catch (error) {
       await Promise.allSettled([handles.image.close(), handles.spare.close()]);
       throw error;
@@ -211,7 +261,20 @@ export class FileNand extends NandDeviceBase {
     } finally {
       this.readsInFlight.delete(read);
     }
+    this.zeroStalePages(eraseBlockIndex, firstPageIndex, data);
     return data;
+  }
+
+  /** Erased pages of a stale block read as zeros: clears those of `data` (pages from `firstPageIndex`). */
+  private zeroStalePages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): void {
+    if (this.stale[eraseBlockIndex] === NOT_STALE) return;
+    const from = Math.max(0, this.writePointers[eraseBlockIndex]! - firstPageIndex) * this.geometry.pageBytes;
+    if (from < data.length) data.fill(0, from);
+  }
+
+  /** True when a read of these pages would show a stale block's old pages (they must read as zeros). */
+  private readsStale(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): boolean {
+    return this.stale[eraseBlockIndex] !== NOT_STALE && firstPageIndex + pageCount > this.writePointers[eraseBlockIndex]!;
   }
 
   protected doReadPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number, target: Buffer): void {
@@ -228,11 +291,12 @@ export class FileNand extends NandDeviceBase {
       throw fromSystemError(error, `NAND read of erase block ${eraseBlockIndex}`);
     }
     this.noteSyncRead(started, pageCount);
+    this.zeroStalePages(eraseBlockIndex, firstPageIndex, target);
   }
 
   protected override doViewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
     const mapping = this.mapping;
-    if (mapping === null) return null;
+    if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return null;
     const started = performance.now();
     const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
     // Segments hold whole erase blocks, so a range of pages of one block lies in one segment.
@@ -253,7 +317,7 @@ export class FileNand extends NandDeviceBase {
 
   protected override doMapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number {
     const mapping = this.mapping;
-    if (mapping === null) return -1;
+    if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return -1;
     this.noteMappedPages(mapping, eraseBlockIndex, pageCount * this.geometry.pageBytes);
     return this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
   }
@@ -315,21 +379,145 @@ export class FileNand extends NandDeviceBase {
   }
 
   protected async doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
+    this.noteMutation();
     try {
       await writeFully(this.image, data, this.pageOffsetBytes(eraseBlockIndex, firstPageIndex));
     } catch (error) {
+      // No room on the host: the pool's pages are the space to give back first.
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') void this.releaseWarm();
       throw fromSystemError(error, `NAND program of erase block ${eraseBlockIndex}`);
     }
+    // Every old page of a stale block has been overwritten once its last page is programmed.
+    if (this.stale[eraseBlockIndex] === STALE && firstPageIndex + data.length / this.geometry.pageBytes === this.geometry.pagesPerEraseBlock) this.unstale(eraseBlockIndex);
   }
 
   protected async doEraseBlock(eraseBlockIndex: number): Promise<void> {
-    const offsetBytes = this.pageOffsetBytes(eraseBlockIndex, 0);
-    const lengthBytes = eraseBlockBytes(this.geometry);
+    this.noteMutation();
+    if (this.stale[eraseBlockIndex] === STALE) {
+      this.warmCounters.deferredErases += 1;
+      return;
+    }
+    // (PUNCHING cannot be seen here: the punch runs before this erase in the block's order.)
+    if (this.warmLimitBlocks > 0) {
+      this.stale[eraseBlockIndex] = STALE;
+      this.staleCount += 1;
+      // Entries of blocks programmed full since are dropped now and then, so the queue stays small.
+      if (this.staleQueue.length >= 4 * (this.warmLimitBlocks + 16)) this.staleQueue = this.staleQueue.filter((block) => this.stale[block] === STALE);
+      this.staleQueue.push(eraseBlockIndex);
+      this.warmCounters.deferredErases += 1;
+      while (this.staleCount > this.warmLimitBlocks) this.punchOldestStale();
+      this.armIdleTimer();
+      return;
+    }
+    this.warmCounters.punchedAtErase += 1;
+    await this.discard(eraseBlockIndex, 0);
+  }
+
+  /** Stale blocks kept unpunched now (the warm pool). */
+  get warmEraseBlocks(): number {
+    return this.staleCount;
+  }
+
+  /**
+   * Punches every stale block and keeps none until `resumeWarm` (the host file system is short of
+   * space). Resolves when the punches are done.
+   */
+  releaseWarm(): Promise<void> {
+    this.warmLimitBlocks = 0;
+    return this.punchAllStale();
+  }
+
+  /** Keeps erased blocks warm again (see `releaseWarm`). */
+  resumeWarm(): void {
+    this.warmLimitBlocks = this.warmLimitDefault;
+  }
+
+  override async close(): Promise<void> {
+    if (this.isClosed) return;
+    this.clearIdleTimer();
+    if (this.staleCount > 0) await this.punchAllStale();
+    await super.close();
+  }
+
+  private noteMutation(): void {
+    this.lastMutationMs = performance.now();
+  }
+
+  private armIdleTimer(): void {
+    if (this.idleTimer !== null) return;
+    const timer = setInterval(() => {
+      if (this.staleCount === 0 || this.isClosed) {
+        this.clearIdleTimer();
+        return;
+      }
+      if (performance.now() - this.lastMutationMs >= this.warmIdleMs) void this.punchAllStale();
+    }, Math.max(10, this.warmIdleMs / 2));
+    timer.unref();
+    this.idleTimer = timer;
+  }
+
+  private clearIdleTimer(): void {
+    if (this.idleTimer === null) return;
+    clearInterval(this.idleTimer);
+    this.idleTimer = null;
+  }
+
+  /** The block leaves the pool: NOT_STALE (programmed full) or PUNCHING. */
+  private unstale(eraseBlockIndex: number, next: number = NOT_STALE): void {
+    if (this.stale[eraseBlockIndex] !== STALE) return;
+    this.stale[eraseBlockIndex] = next;
+    this.staleCount -= 1;
+  }
+
+  /** Punches every stale block, each in its block's program/erase order. */
+  private punchAllStale(): Promise<void> {
+    const punches: Array<Promise<void>> = [];
+    while (this.staleCount > 0) punches.push(this.punchOldestStale());
+    this.staleQueue = [];
+    return Promise.all(punches).then(() => undefined);
+  }
+
+  /**
+   * Punches the oldest stale block's pages from its write pointer on (the pages below it were
+   * programmed since the erase), in the block's program/erase order: programs queued before it
+   * run first, and those queued after it write after the punch.
+   */
+  private punchOldestStale(): Promise<void> {
+    let block = -1;
+    while (block < 0 && this.staleQueue.length > 0) {
+      const candidate = this.staleQueue.shift()!;
+      if (this.stale[candidate] === STALE) block = candidate;
+    }
+    if (block < 0) return Promise.resolve();
+    const fromPage = this.writePointers[block]!;
+    this.warmCounters.punchedLater += 1;
+    if (fromPage >= this.geometry.pagesPerEraseBlock) {
+      this.unstale(block);
+      return Promise.resolve();
+    }
+    this.unstale(block, PUNCHING);
+    const punched = block;
+    const punch = this.enqueueUpkeep(punched, async () => {
+      try {
+        await this.discard(punched, fromPage);
+      } finally {
+        // Pages above the pointer read as zeros from the image itself now (or, if the punch
+        // failed, hold old data nothing references, as after a crash).
+        this.stale[punched] = NOT_STALE;
+      }
+    });
+    return punch.catch(() => undefined);
+  }
+
+  /** Discards the pages of a block from `fromPage` on: a hole punched, or zeros written. */
+  private async discard(eraseBlockIndex: number, fromPage: number): Promise<void> {
+    const offsetBytes = this.pageOffsetBytes(eraseBlockIndex, fromPage);
+    const lengthBytes = (this.geometry.pagesPerEraseBlock - fromPage) * this.geometry.pageBytes;
     try {
       if (this.punchWorks && (await punchHole(this.image, offsetBytes, lengthBytes))) return;
       this.punchWorks = false;
-      this.zeroEraseBlock ??= Buffer.alloc(lengthBytes);
-      await writeFully(this.image, this.zeroEraseBlock, offsetBytes);
+      this.zeroEraseBlock ??= Buffer.alloc(eraseBlockBytes(this.geometry));
+      await writeFully(this.image, this.zeroEraseBlock.subarray(0, lengthBytes), offsetBytes);
     } catch (error) {
       throw fromSystemError(error, `NAND erase of erase block ${eraseBlockIndex}`);
     }

@@ -269,6 +269,17 @@ export abstract class NandDeviceBase implements NandDevice {
     this.closed = true;
   }
 
+  /**
+   * Queues device upkeep of one erase block (a deferred discard of its pages above the write
+   * pointer) in the block's program/erase order: it runs after everything queued for the block
+   * before it, and whatever is queued after it runs after it. It changes no block state, touches
+   * no page a read may ask for, and so does not count as a program or erase in flight:
+   * synchronous reads of the block's programmed pages go on meanwhile (asynchronous reads wait).
+   */
+  protected enqueueUpkeep(eraseBlockIndex: number, work: () => Promise<void>): Promise<void> {
+    return this.enqueueMutation(eraseBlockIndex, work, false);
+  }
+
   /** The state a sync would make durable for this block now. */
   protected completedBlockInfo(eraseBlockIndex: number): NandBlockInfo {
     return {
@@ -284,13 +295,15 @@ export abstract class NandDeviceBase implements NandDevice {
     this.dirtyBlocks.add(eraseBlockIndex);
   }
 
-  private enqueueMutation(eraseBlockIndex: number, work: () => Promise<void>): Promise<void> {
+  /** `pending`: the work counts as a program or erase in flight (synchronous reads of the block refuse meanwhile). */
+  private enqueueMutation(eraseBlockIndex: number, work: () => Promise<void>, pending = true): Promise<void> {
     const previous = this.mutationTails.get(eraseBlockIndex);
-    this.mutationsPending.set(eraseBlockIndex, (this.mutationsPending.get(eraseBlockIndex) ?? 0) + 1);
+    if (pending) this.mutationsPending.set(eraseBlockIndex, (this.mutationsPending.get(eraseBlockIndex) ?? 0) + 1);
     const counted = async () => {
       try {
         await work();
       } finally {
+        if (!pending) return;
         const left = this.mutationsPending.get(eraseBlockIndex)! - 1;
         if (left > 0) this.mutationsPending.set(eraseBlockIndex, left);
         else this.mutationsPending.delete(eraseBlockIndex);

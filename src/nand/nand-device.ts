@@ -137,6 +137,14 @@ export interface NandDevice {
   markBad(eraseBlockIndex: number): void;
   /** Syncs, then releases resources; later calls fail with `SHUTTING_DOWN`. */
   close(): Promise<void>;
+  /**
+   * Devices that keep erased blocks' old pages on the host for reuse (FileNand's warm pool): give
+   * that space back now and keep none until `resumeWarm` (the host file system is full).
+   */
+  releaseWarm?(): Promise<void>;
+  resumeWarm?(): void;
+  /** Erased blocks whose old pages the host still holds (the warm pool). */
+  readonly warmEraseBlocks?: number;
 }
 
 export type NandFaultKind = 'program' | 'erase' | 'read';

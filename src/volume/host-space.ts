@@ -135,6 +135,8 @@ export class HostSpace {
     }
     this.state = 'full';
     this.refusing = true;
+    // Erased blocks kept on the host for reuse are space to give back first.
+    void this.array.nand.releaseWarm?.().catch(() => undefined);
     this.refusal = StorageError.hostFull(`the host file system under ${this.array.dataDir} is full: new data is refused until there is room again (${error.message})`, error);
     this.counters.faults += 1;
     this.fullSinceMs = Date.now();
@@ -323,6 +325,7 @@ export class HostSpace {
     this.state = 'ok';
     this.refusing = false;
     this.counters.recoveries += 1;
+    this.array.nand.resumeWarm?.();
     this.array.ftl.gcPaused = false;
     this.logger.info('host file system has room again: the array takes writes again', {
       fullForMs,

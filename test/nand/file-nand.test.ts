@@ -45,9 +45,9 @@ async function withDirectory(body: (directory: string) => Promise<void>): Promis
   }
 }
 
-test('the image is sparse at creation and shrinks after erases', async (t) => {
+test('the image is sparse at creation and shrinks after erases (no warm pool)', async (t) => {
   await withDirectory(async (directory) => {
-    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 0 });
     const imagePath = path.join(directory, IMAGE_FILE_NAME);
     t.is(fs.statSync(imagePath).size, 64 * ERASE_BLOCK_BYTES);
     t.is(allocatedBytes(imagePath), 0, 'no data written at creation');
@@ -101,7 +101,7 @@ test('close syncs, and reopening without a geometry uses the recorded one', asyn
 
 test('after a crash the records are those of the last sync', async (t) => {
   await withDirectory(async (directory) => {
-    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 0 });
     await device.programPages(2, 0, pagesOf(4096, 2, 5));
     await device.programPages(6, 0, pagesOf(4096, 1, 6));
     await device.sync();
@@ -117,6 +117,102 @@ test('after a crash the records are those of the last sync', async (t) => {
     t.deepEqual(await after.readPages(2, 2, 1), pagesOf(4096, 1, 7), 'its data may still sit above the pointer');
     t.deepEqual(after.blockInfo(6), { eraseCount: 0, writePointer: 1, bad: false }, 'the unsynced erase is not recorded');
     t.deepEqual(await after.readPages(6, 0, 1), Buffer.alloc(4096), 'although the block was in fact erased');
+    await after.close();
+    await device.close();
+  });
+});
+
+test('warm pool: an erase keeps the old pages on the host but they read as zeros; programs overwrite them; the pool is punched when idle, full, released or closed', async (t) => {
+  await withDirectory(async (directory) => {
+    // A pool of two erase blocks.
+    // (Idle after 3 s: long enough that a slow machine does not punch in the middle of the test.)
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmIdleMs: 3000 });
+    const imagePath = path.join(directory, IMAGE_FILE_NAME);
+    for (const block of [3, 4, 5, 6]) await device.programPages(block, 0, pagesOf(4096, 64, block));
+    await device.sync();
+    await device.eraseBlock(4);
+    t.is(device.warmEraseBlocks, 1);
+    t.true(allocatedBytes(imagePath) >= 4 * ERASE_BLOCK_BYTES, 'the erase punched nothing');
+    t.deepEqual(await device.readPages(4, 0, 64), Buffer.alloc(64 * 4096), 'erased pages read as zeros (async)');
+    t.deepEqual(device.readPagesSync(4, 10, 3), Buffer.alloc(3 * 4096), 'and synchronously');
+    t.is(device.viewPagesSync(4, 0, 1), null, 'no view of stale pages through the mapping');
+    t.is(device.mapPagesSync(4, 0, 1), -1, 'nor a mapped offset');
+    t.deepEqual(device.blockInfo(4), { eraseCount: 1, writePointer: 0, bad: false });
+
+    // A program overwrites in place; pages above the write pointer still read as zeros.
+    await device.programPages(4, 0, pagesOf(4096, 2, 40));
+    t.deepEqual(device.readPagesSync(4, 0, 4), Buffer.concat([pagesOf(4096, 2, 40), Buffer.alloc(2 * 4096)]));
+    t.deepEqual(await device.readPages(4, 1, 2), Buffer.concat([pagesOf(4096, 2, 40).subarray(4096), Buffer.alloc(4096)]));
+    t.true(device.viewPagesSync(4, 0, 2)!.equals(pagesOf(4096, 2, 40)), 'programmed pages are viewed through the mapping as ever');
+    // Programmed to its last page, the block holds nothing stale.
+    await device.programPages(4, 2, pagesOf(4096, 62, 41));
+    t.is(device.warmEraseBlocks, 0);
+    t.true(device.viewPagesSync(4, 60, 4)!.equals(pagesOf(4096, 62, 41).subarray(58 * 4096)));
+
+    // Full pool: the oldest stale block is punched (the part above its write pointer).
+    await device.eraseBlock(3);
+    await device.programPages(3, 0, pagesOf(4096, 1, 30));
+    await device.eraseBlock(5);
+    const erasing = device.eraseBlock(6);
+    // Block 3's punch is queued now: its programmed page reads on meanwhile, synchronously too
+    // (regression: the punch counted as a program in flight, and the FTL's reads failed).
+    t.deepEqual(device.readPagesSync(3, 0, 2), Buffer.concat([pagesOf(4096, 1, 30), Buffer.alloc(4096)]), 'read while the punch is in flight');
+    t.true(device.viewPagesSync(3, 0, 1)!.equals(pagesOf(4096, 1, 30)), 'viewed while the punch is in flight');
+    t.true(device.mapPagesSync(3, 0, 1) >= 0);
+    await erasing;
+    t.is(device.warmEraseBlocks, 2);
+    await device.sync();
+    t.true(allocatedBytes(imagePath) < 3 * ERASE_BLOCK_BYTES + 2 * 4096, `block 3's tail punched: ${allocatedBytes(imagePath)}`);
+    t.deepEqual(device.readPagesSync(3, 0, 2), Buffer.concat([pagesOf(4096, 1, 30), Buffer.alloc(4096)]), 'its programmed page survived the punch');
+
+    // Released (the host is full): everything stale is punched at once, and nothing is kept warm.
+    await device.releaseWarm();
+    t.is(device.warmEraseBlocks, 0);
+    t.true(allocatedBytes(imagePath) < ERASE_BLOCK_BYTES + 2 * 4096, `released: ${allocatedBytes(imagePath)}`);
+    await device.eraseBlock(4);
+    t.is(device.warmEraseBlocks, 0, 'punched at the erase while released');
+    device.resumeWarm();
+
+    // Idle: punched after a quiet second.
+    await device.programPages(7, 0, pagesOf(4096, 64, 7));
+    await device.eraseBlock(7);
+    t.is(device.warmEraseBlocks, 1);
+    const before = allocatedBytes(imagePath);
+    const erasedAt = Date.now();
+    while (device.warmEraseBlocks > 0 && Date.now() - erasedAt < 15_000) await new Promise((resolve) => setTimeout(resolve, 100));
+    t.is(device.warmEraseBlocks, 0, 'punched when idle');
+    t.true(Date.now() - erasedAt >= 2900, 'and not before');
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the punch itself
+    t.true(allocatedBytes(imagePath) <= before - ERASE_BLOCK_BYTES, `idle punch: ${before} -> ${allocatedBytes(imagePath)}`);
+
+    // Close punches what is left.
+    await device.programPages(8, 0, pagesOf(4096, 64, 8));
+    await device.eraseBlock(8);
+    t.is(device.warmEraseBlocks, 1);
+    await device.close();
+    t.true(allocatedBytes(imagePath) < 2 * 4096 + 64 * 4096, `closed: ${allocatedBytes(imagePath)}`);
+    const reopened = await FileNand.open(directory, GEOMETRY);
+    t.deepEqual(reopened.readPagesSync(8, 0, 64), Buffer.alloc(64 * 4096));
+    t.deepEqual(reopened.readPagesSync(3, 0, 1), pagesOf(4096, 1, 30));
+    await reopened.close();
+  });
+});
+
+test('warm pool after a crash: a synced erase that was never punched leaves old pages above the write pointer, as the crash model allows', async (t) => {
+  await withDirectory(async (directory) => {
+    // (No idle punch during the test, however slow the machine.)
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmIdleMs: 600_000 });
+    await device.programPages(6, 0, pagesOf(4096, 4, 6));
+    await device.eraseBlock(6);
+    await device.sync();
+    const copy = path.join(directory, 'after-crash');
+    fs.mkdirSync(copy);
+    for (const name of [IMAGE_FILE_NAME, SPARE_FILE_NAME]) fs.copyFileSync(path.join(directory, name), path.join(copy, name));
+    const after = await FileNand.open(copy, GEOMETRY);
+    t.deepEqual(after.blockInfo(6), { eraseCount: 1, writePointer: 0, bad: false }, 'the erase is recorded');
+    t.deepEqual(await after.readPages(6, 0, 1), pagesOf(4096, 1, 6), 'the old page is still there: pages at or above the write pointer may hold anything');
+    await after.programPages(6, 0, pagesOf(4096, 1, 60));
+    t.deepEqual(after.readPagesSync(6, 0, 1), pagesOf(4096, 1, 60), 'and the next program overwrites it');
     await after.close();
     await device.close();
   });
@@ -176,7 +272,7 @@ test('an invalid geometry is refused at creation', async (t) => {
 
 test('reads through the memory mapping equal preads, see programs at once and zeros after an erase', async (t) => {
   await withDirectory(async (directory) => {
-    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 0 });
     t.true(device.mapped, 'the pstorage-nand-map addon is built and the image is mapped');
     await device.programPages(10, 0, pagesOf(4096, 8, 10));
     await device.programPages(10, 8, pagesOf(4096, 4, 11));
