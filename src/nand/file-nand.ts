@@ -53,8 +53,8 @@
  * CPU went into that copy. Overwriting cached pages costs a plain memory copy. The FTL opens the
  * most recently erased free blocks first (erase-block-table.ts), so the stale blocks are the
  * ones reused. Disk space still follows live data: at most `warmEraseBytes` of stale blocks are
- * kept (the oldest is punched when the pool is full), all of them are punched once no program or
- * erase has come for `WARM_IDLE_MS`, at close, and at once when a program fails for want of host
+ * kept (the oldest is punched when the pool is full), all of them are punched, two at a time, once
+ * no program or erase has come for `WARM_IDLE_MS` (until one comes), at close, and at once when a program fails for want of host
  * space (`releaseWarm`). After a crash, stale blocks that were never punched keep their old
  * pages, which the crash model below allows (pages the metadata does not reference may hold old
  * data), and their next programs overwrite them.
@@ -156,6 +156,8 @@ const SLOW_SYNC_PROGRAM_US_PER_PAGE = 20;
 /** ...and this many of the last 32 send programs to the thread pool for `ASYNC_PROGRAMS_MS`. */
 const SLOW_PROGRAMS_TO_SWITCH = 4;
 const ASYNC_PROGRAMS_MS = 2000;
+/** Punches of stale blocks in flight at once (idle, close, host full). */
+const PUNCH_LANES = 2;
 /** Slow reads among the last 32 that switch reads to the thread pool... */
 const SLOW_READS_TO_SWITCH = 8;
 /** ...for this long. */
@@ -199,6 +201,7 @@ export class FileNand extends NandDeviceBase {
   /** `performance.now()` of the last program or erase, and the timer that punches the pool when idle. */
   private lastMutationMs = 0;
   private idleTimer: NodeJS.Timeout | null = null;
+  private idlePunching = false;
   /** Erases that punched at once, and stale blocks punched later (counted in `stats`). */
   readonly warmCounters = { deferredErases: 0, punchedAtErase: 0, punchedLater: 0 };
 
@@ -464,7 +467,7 @@ export class FileNand extends NandDeviceBase {
    */
   releaseWarm(): Promise<void> {
     this.warmLimitBlocks = 0;
-    return this.punchAllStale();
+    return this.punchStale(false);
   }
 
   /** Keeps erased blocks warm again (see `releaseWarm`). */
@@ -475,7 +478,7 @@ export class FileNand extends NandDeviceBase {
   override async close(): Promise<void> {
     if (this.isClosed) return;
     this.clearIdleTimer();
-    if (this.staleCount > 0) await this.punchAllStale();
+    if (this.staleCount > 0) await this.punchStale(false);
     await super.close();
   }
 
@@ -490,7 +493,10 @@ export class FileNand extends NandDeviceBase {
         this.clearIdleTimer();
         return;
       }
-      if (performance.now() - this.lastMutationMs >= this.warmIdleMs) void this.punchAllStale();
+      if (this.idle && !this.idlePunching) {
+        this.idlePunching = true;
+        void this.punchStale(true).finally(() => (this.idlePunching = false));
+      }
     }, Math.max(10, this.warmIdleMs / 2));
     timer.unref();
     this.idleTimer = timer;
@@ -510,11 +516,22 @@ export class FileNand extends NandDeviceBase {
   }
 
   /** Punches every stale block, each in its block's program/erase order. */
-  private punchAllStale(): Promise<void> {
-    const punches: Array<Promise<void>> = [];
-    while (this.staleCount > 0) punches.push(this.punchOldestStale());
-    this.staleQueue = [];
-    return Promise.all(punches).then(() => undefined);
+  /** No program or erase for `warmIdleMs`. */
+  private get idle(): boolean {
+    return performance.now() - this.lastMutationMs >= this.warmIdleMs;
+  }
+
+  /**
+   * Punches the stale blocks, oldest first, `PUNCH_LANES` at a time (a thousand punches queued at
+   * once would hold libuv's thread pool, and the fdatasync of the next commit behind them);
+   * `whileIdle` stops as soon as a program or erase comes (the rest stays warm for it).
+   */
+  private async punchStale(whileIdle: boolean): Promise<void> {
+    const lane = async (): Promise<void> => {
+      while (this.staleCount > 0 && !(whileIdle && !this.idle) && !(whileIdle && this.isClosed)) await this.punchOldestStale();
+    };
+    await Promise.all(Array.from({ length: PUNCH_LANES }, lane));
+    if (this.staleCount === 0) this.staleQueue = [];
   }
 
   /**
