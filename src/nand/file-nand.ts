@@ -436,11 +436,12 @@ export class FileNand extends NandDeviceBase {
 
   protected async doEraseBlock(eraseBlockIndex: number): Promise<void> {
     this.noteMutation();
-    if (this.stale[eraseBlockIndex] === STALE) {
+    // Already stale, or its punch queued (this erase was issued before the punch, so the punch
+    // starts at the write pointer this erase reset, and discards the whole block's old pages).
+    if (this.stale[eraseBlockIndex] !== NOT_STALE) {
       this.warmCounters.deferredErases += 1;
       return;
     }
-    // (PUNCHING cannot be seen here: the punch runs before this erase in the block's order.)
     if (this.warmLimitBlocks > 0) {
       this.stale[eraseBlockIndex] = STALE;
       this.staleCount += 1;
@@ -545,7 +546,16 @@ export class FileNand extends NandDeviceBase {
       const candidate = this.staleQueue.shift()!;
       if (this.stale[candidate] === STALE) block = candidate;
     }
-    if (block < 0) return Promise.resolve();
+    if (block < 0) {
+      // Every stale block is queued; should the count ever disagree, trust the flags.
+      this.staleCount = 0;
+      for (let candidate = 0; candidate < this.stale.length; candidate++) {
+        if (this.stale[candidate] !== STALE) continue;
+        this.staleCount += 1;
+        this.staleQueue.push(candidate);
+      }
+      return Promise.resolve();
+    }
     const fromPage = this.writePointers[block]!;
     this.warmCounters.punchedLater += 1;
     if (fromPage >= this.geometry.pagesPerEraseBlock) {
@@ -560,7 +570,7 @@ export class FileNand extends NandDeviceBase {
       } finally {
         // Pages above the pointer read as zeros from the image itself now (or, if the punch
         // failed, hold old data nothing references, as after a crash).
-        this.stale[punched] = NOT_STALE;
+        if (this.stale[punched] === PUNCHING) this.stale[punched] = NOT_STALE;
       }
     });
     return punch.catch(() => undefined);

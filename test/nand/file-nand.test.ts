@@ -198,6 +198,29 @@ test('warm pool: an erase keeps the old pages on the host but they read as zeros
   });
 });
 
+test('warm pool: an erase issued before the punch of its block is queued leaves the pool count right (regression: close hung)', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmIdleMs: 600_000 });
+    for (const block of [1, 2, 3]) await device.programPages(block, 0, pagesOf(4096, 64, block));
+    await device.eraseBlock(1); // stale, the oldest in the pool
+    await device.eraseBlock(2);
+    // Block 1 reused a little, then erased again while its program is still queued...
+    const programmed = device.programPages(1, 0, pagesOf(4096, 2, 10));
+    const erased = device.eraseBlock(1);
+    // ...and the pool overflows now: block 1's punch is queued behind that erase.
+    const overflow = device.eraseBlock(3);
+    await Promise.all([programmed, erased, overflow]);
+    t.is(device.warmEraseBlocks, 2, 'blocks 2 and 3 stale; block 1 punched');
+    t.deepEqual(device.readPagesSync(1, 0, 4), Buffer.alloc(4 * 4096), 'block 1 reads as erased');
+    await device.sync();
+    const imagePath = path.join(directory, IMAGE_FILE_NAME);
+    t.true(allocatedBytes(imagePath) >= 2 * ERASE_BLOCK_BYTES && allocatedBytes(imagePath) < 3 * ERASE_BLOCK_BYTES, `only block 1 was punched: ${allocatedBytes(imagePath)} bytes allocated`);
+    const closing = device.close();
+    const hung = await Promise.race([closing.then(() => false), new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 10_000))]);
+    t.false(hung, 'close finished');
+  });
+});
+
 test('warm pool after a crash: a synced erase that was never punched leaves old pages above the write pointer, as the crash model allows', async (t) => {
   await withDirectory(async (directory) => {
     // (No idle punch during the test, however slow the machine.)
