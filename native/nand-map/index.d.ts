@@ -2,6 +2,11 @@
 export function map(fd: number, offset: number, length: number): Buffer;
 /** madvise(MADV_DONTNEED) over the whole mapping: its pages leave the resident set, not the page cache. */
 export function dropResident(mapping: Buffer): void;
+/**
+ * XXH64 of `data` with the seed seedHigh * 2^32 + seedLow: written big-endian at
+ * out[outOffset..+8] unless `out` is null; returns its low 32 bits.
+ */
+export function hashInto(data: Uint8Array, seedHigh: number, seedLow: number, out: Uint8Array | null, outOffset: number): number;
 /** XXH64 of `data` with `seed`, the same function as @node-rs/xxhash's xxh64 (for tests). */
 export function xxh64(data: Uint8Array, seed: bigint): bigint;
 /**

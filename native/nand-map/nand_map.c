@@ -192,6 +192,50 @@ static napi_value xxh64_js(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* The bytes of a Uint8Array (a Buffer or any view), or NULL. */
+static uint8_t* bytes_of(napi_env env, napi_value value, size_t* length) {
+  napi_typedarray_type type;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, value, &type, length, &data, &buffer, &offset) != napi_ok || type != napi_uint8_array) return NULL;
+  return (uint8_t*)data;
+}
+
+/*
+ * hashInto(data, seedHigh, seedLow, out, outOffset) -> number: XXH64 of `data` with the seed
+ * seedHigh * 2^32 + seedLow; writes the hash big-endian at out[outOffset..+8] unless `out` is null,
+ * and returns its low 32 bits (the checksum page-format.ts derives from it). No BigInt on the way:
+ * the write path hashes every block and every page this way.
+ */
+static napi_value hash_into(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  size_t length = 0, out_length = 0;
+  uint32_t seed_high, seed_low, out_offset = 0;
+  uint8_t* data = argc == 5 ? bytes_of(env, argv[0], &length) : NULL;
+  napi_valuetype out_type = napi_null;
+  if (data == NULL || napi_get_value_uint32(env, argv[1], &seed_high) != napi_ok || napi_get_value_uint32(env, argv[2], &seed_low) != napi_ok ||
+      napi_typeof(env, argv[3], &out_type) != napi_ok) {
+    napi_throw_type_error(env, NULL, "hashInto(data, seedHigh, seedLow, out, outOffset) takes a Uint8Array, two u32, a Uint8Array or null, and an offset");
+    return NULL;
+  }
+  uint64_t hash = xxh64(data, length, ((uint64_t)seed_high << 32) | seed_low);
+  if (out_type != napi_null) {
+    uint8_t* out = bytes_of(env, argv[3], &out_length);
+    if (out == NULL || napi_get_value_uint32(env, argv[4], &out_offset) != napi_ok || (size_t)out_offset + 8 > out_length) {
+      napi_throw_range_error(env, NULL, "hashInto: the hash does not fit in `out` at `outOffset`");
+      return NULL;
+    }
+    uint64_t big = __builtin_bswap64(hash);
+    memcpy(out + out_offset, &big, 8);
+  }
+  napi_value result;
+  CHECK(env, napi_create_uint32(env, (uint32_t)hash, &result));
+  return result;
+}
+
 /* ---- copyRecords ---- */
 
 /* One row of `plan` (Float64Array): where the record's first page is, and what it must hold. */
@@ -315,6 +359,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "map", NAPI_AUTO_LENGTH, map, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "map", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "dropResident", NAPI_AUTO_LENGTH, drop_resident, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "dropResident", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "xxh64", NAPI_AUTO_LENGTH, xxh64_js, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xxh64", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hashInto", NAPI_AUTO_LENGTH, hash_into, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashInto", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "copyRecords", NAPI_AUTO_LENGTH, copy_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "copyRecords", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -16,3 +16,6 @@ export const nandMap: Addon | null = (() => {
 })();
 
 export const copyRecords: Addon['copyRecords'] | null = typeof nandMap?.copyRecords === 'function' ? nandMap.copyRecords : null;
+
+/** XXH64 into a buffer, low 32 bits returned (no BigInt); null for an addon built before it existed. */
+export const hashInto: Addon['hashInto'] | null = typeof nandMap?.hashInto === 'function' ? nandMap.hashInto : null;

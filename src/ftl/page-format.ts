@@ -22,11 +22,14 @@
  * torn data is an EIO, never another block's data.
  *
  * Checksums are the low 32 bits of xxHash64: on this machine one xxh64 call costs about 0.7 µs per
- * 4 KiB (xxh32: 0.8 to 1.2 µs), most of it the call itself. Page headers use a fixed seed; record
+ * 4 KiB (xxh32: 0.8 to 1.2 µs), most of it the call itself. The pstorage-nand-map addon computes the
+ * same hash and returns the low 32 bits as a number (`hashInto`), without the BigInt that
+ * @node-rs/xxhash returns and its conversions; @node-rs/xxhash is the fallback without the addon. Page headers use a fixed seed; record
  * headers use the array's own seed (its fingerprint key, see reduce/fingerprint.ts), so that a
  * block stored as it is needs one hash for both its dedup fingerprint and its record checksum.
  */
 import { xxh64 } from '@node-rs/xxhash';
+import { hashInto } from '../common/native.js';
 
 export const PAGE_MAGIC = 0x5053;
 export const PAGE_HEADER_BYTES = 16;
@@ -55,8 +58,21 @@ export interface RecordHeader {
 
 /** The 32-bit checksum of `data` used in page and record headers. */
 export function checksumOf(data: Uint8Array, seed = DEFAULT_CHECKSUM_SEED): number {
+  if (hashInto !== null) {
+    if (seed !== lastSeed) {
+      lastSeed = seed;
+      lastSeedHigh = Number(seed >> 32n);
+      lastSeedLow = Number(seed & 0xffff_ffffn);
+    }
+    return hashInto(data, lastSeedHigh, lastSeedLow, null, 0);
+  }
   return Number(BigInt.asUintN(32, xxh64(data, seed)));
 }
+
+/** The last seed `checksumOf` split into u32 halves for the addon (pages use one seed, records another). */
+let lastSeed = -1n;
+let lastSeedHigh = 0;
+let lastSeedLow = 0;
 
 /** The checksum carried by a 64-bit hash of the same data with the same seed. */
 export function checksumOfHash(hash: bigint): number {

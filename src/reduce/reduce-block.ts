@@ -13,6 +13,7 @@
  * compute everything, since the main thread is what they save.
  */
 import { xxh64 } from '@node-rs/xxhash';
+import { hashInto } from '../common/native.js';
 import { checksumOf, checksumOfHash } from '../ftl/page-format.js';
 import { Codec, compressBlock, looksIncompressible } from './codec.js';
 import { FINGERPRINT_BYTES, fingerprintKeyOf, type FingerprintFunction } from './fingerprint.js';
@@ -92,6 +93,9 @@ export interface ReduceSettings {
  */
 export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, first: number, settings: ReduceSettings, stored = true): void {
   const key = settings.fingerprint === null ? null : fingerprintKeyOf(settings.fingerprint);
+  // The addon writes the fingerprint and returns the checksum without a BigInt per block.
+  const keyHigh = key === null ? 0 : Number(key >> 32n);
+  const keyLow = key === null ? 0 : Number(key & 0xffff_ffffn);
   for (let i = 0; i < blocks.length; i++) {
     const block = blocks[i]!;
     const index = first + i;
@@ -103,9 +107,14 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
       continue;
     }
     if (key !== null) {
-      const hash = xxh64(block, key);
-      out.fingerprints.writeBigUInt64BE(hash, index * FINGERPRINT_BYTES);
-      if (key === settings.recordSeed) out.hashLow[index] = checksumOfHash(hash);
+      if (hashInto !== null) {
+        const low = hashInto(block, keyHigh, keyLow, out.fingerprints, index * FINGERPRINT_BYTES);
+        if (key === settings.recordSeed) out.hashLow[index] = low;
+      } else {
+        const hash = xxh64(block, key);
+        out.fingerprints.writeBigUInt64BE(hash, index * FINGERPRINT_BYTES);
+        if (key === settings.recordSeed) out.hashLow[index] = checksumOfHash(hash);
+      }
       if (!stored && settings.codec !== Codec.Raw) out.random[index] = looksIncompressible(block) ? 1 : 2;
     } else if (settings.fingerprint !== null) {
       settings.fingerprint(block).copy(out.fingerprints, index * FINGERPRINT_BYTES, 0, FINGERPRINT_BYTES);

@@ -12,7 +12,7 @@ import { xxh64 } from '@node-rs/xxhash';
 import test from 'ava';
 import { StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
-import { copyRecords, nandMap } from '../../src/common/native.js';
+import { copyRecords, hashInto, nandMap } from '../../src/common/native.js';
 import { Ftl, defaultFtlOptions, type RecordRef } from '../../src/ftl/ftl.js';
 import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES } from '../../src/ftl/page-format.js';
 import { FileNand, IMAGE_FILE_NAME } from '../../src/nand/index.js';
@@ -30,6 +30,25 @@ test('the addon is built and its XXH64 is the one page-format.ts uses', (t) => {
   }
   const block = crypto.randomBytes(4096);
   for (const seed of [0n, 1n, 2n ** 64n - 1n, SEED]) t.is(nandMap!.xxh64(block, seed), xxh64(block, seed));
+});
+
+test('hashInto writes the XXH64 big-endian where asked and returns its low 32 bits, for views at any offset', (t) => {
+  t.not(hashInto, null, 'pstorage-nand-map has hashInto (npm rebuild pstorage-nand-map)');
+  const backing = crypto.randomBytes(4096 + 64);
+  for (let trial = 0; trial < 400; trial++) {
+    const from = trial % 13;
+    const length = trial < 300 ? trial : 4096;
+    const data = backing.subarray(from, from + length);
+    const seed = trial % 4 === 0 ? SEED : crypto.randomBytes(8).readBigUInt64BE();
+    const expected = xxh64(data, seed);
+    const out = Buffer.alloc(40);
+    const at = (trial * 7) % 33;
+    const low = hashInto!(data, Number(seed >> 32n), Number(seed & 0xffffffffn), out, at);
+    if (low !== Number(expected & 0xffffffffn) || out.readBigUInt64BE(at) !== expected) t.fail(`hashInto differs at ${length} bytes from ${from}, seed ${seed}`);
+    if (hashInto!(data, Number(seed >> 32n), Number(seed & 0xffffffffn), null, 0) !== low) t.fail('without an out buffer');
+  }
+  t.throws(() => hashInto!(backing, 0, 0, Buffer.alloc(8), 1), { instanceOf: RangeError }, 'the hash must fit in out');
+  t.pass();
 });
 
 interface Written {
