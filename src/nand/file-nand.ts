@@ -167,13 +167,9 @@ export class FileNand extends NandDeviceBase {
   private punchWorks = true;
   private readonly readsInFlight = new Set<Promise<void>>();
   private zeroEraseBlock: Buffer | undefined;
-  /** `performance.now()` until which reads should go through the thread pool. */
-  private asyncReadsUntilMs = 0;
-  /** One bit per recent synchronous read, newest lowest: 1 when it was slow. */
-  private slowReads = 0;
-  /** The same for programs (see the design note). */
-  private asyncProgramsUntilMs = 0;
-  private slowPrograms = 0;
+  /** Synchronous reads and programs timed: too many slow ones send them to the thread pool a while. */
+  private readonly syncReads = new SlowSwitch(SLOW_SYNC_READ_US, SLOW_SYNC_READ_US_PER_PAGE, SLOW_READS_TO_SWITCH, ASYNC_READS_MS);
+  private readonly syncPrograms = new SlowSwitch(SLOW_SYNC_PROGRAM_US, SLOW_SYNC_PROGRAM_US_PER_PAGE, SLOW_PROGRAMS_TO_SWITCH, ASYNC_PROGRAMS_MS);
   /** The image mapped read-only in pieces of `segmentBytes`, or null (no addon, or mmap failed). */
   private mapping: Buffer[] | null = null;
   private readonly segmentBytes: number;
@@ -387,31 +383,21 @@ export class FileNand extends NandDeviceBase {
 
   /** Times a synchronous read (see the design note): too many slow ones switch to the thread pool. */
   private noteSyncRead(startedMs: number, pageCount: number): void {
-    const slow = (performance.now() - startedMs) * 1000 > SLOW_SYNC_READ_US + SLOW_SYNC_READ_US_PER_PAGE * pageCount;
-    this.slowReads = ((this.slowReads << 1) | (slow ? 1 : 0)) >>> 0;
-    if (slow && popcount(this.slowReads) >= SLOW_READS_TO_SWITCH) {
-      this.asyncReadsUntilMs = performance.now() + ASYNC_READS_MS;
-      this.slowReads = 0;
-    }
+    this.syncReads.note(startedMs, pageCount);
   }
 
   /** Times a synchronous program (see the design note): too many slow ones switch programs to the thread pool. */
   private noteSyncProgram(startedMs: number, pageCount: number): void {
-    const slow = (performance.now() - startedMs) * 1000 > SLOW_SYNC_PROGRAM_US + SLOW_SYNC_PROGRAM_US_PER_PAGE * pageCount;
-    this.slowPrograms = ((this.slowPrograms << 1) | (slow ? 1 : 0)) >>> 0;
-    if (slow && popcount(this.slowPrograms) >= SLOW_PROGRAMS_TO_SWITCH) {
-      this.asyncProgramsUntilMs = performance.now() + ASYNC_PROGRAMS_MS;
-      this.slowPrograms = 0;
-    }
+    this.syncPrograms.note(startedMs, pageCount);
   }
 
   /** True while programs go through the thread pool (recent synchronous ones waited on the disk). */
   get preferAsyncPrograms(): boolean {
-    return this.asyncProgramsUntilMs > 0 && performance.now() < this.asyncProgramsUntilMs;
+    return this.syncPrograms.switched;
   }
 
   override get preferAsyncReads(): boolean {
-    return this.asyncReadsUntilMs > 0 && performance.now() < this.asyncReadsUntilMs;
+    return this.syncReads.switched;
   }
 
   protected async doProgramPages(eraseBlockIndex: number, firstPageIndex: number, data: Buffer): Promise<void> {
@@ -796,6 +782,37 @@ async function writeFully(handle: FileHandle, data: Buffer, positionBytes: numbe
     const bytesWritten = await pwriteOnce(handle.fd, data, doneBytes, data.length - doneBytes, positionBytes + doneBytes);
     if (bytesWritten === 0) throw StorageError.io(`the NAND image accepted no bytes at byte ${positionBytes + doneBytes}`);
     doneBytes += bytesWritten;
+  }
+}
+
+/**
+ * Watches synchronous I/O for calls that had to wait on the disk: one bit per recent call (newest
+ * lowest, 1 when slower than `slowUs` plus `slowUsPerPage` a page); once `slowToSwitch` of the last
+ * 32 were slow, `switched` is true for `switchMs`. One slow call is not enough: on a busy machine
+ * the thread is sometimes descheduled in the middle of a page-cache copy.
+ */
+class SlowSwitch {
+  private recent = 0;
+  private untilMs = 0;
+
+  constructor(
+    private readonly slowUs: number,
+    private readonly slowUsPerPage: number,
+    private readonly slowToSwitch: number,
+    private readonly switchMs: number,
+  ) {}
+
+  note(startedMs: number, pageCount: number): void {
+    const slow = (performance.now() - startedMs) * 1000 > this.slowUs + this.slowUsPerPage * pageCount;
+    this.recent = ((this.recent << 1) | (slow ? 1 : 0)) >>> 0;
+    if (slow && popcount(this.recent) >= this.slowToSwitch) {
+      this.untilMs = performance.now() + this.switchMs;
+      this.recent = 0;
+    }
+  }
+
+  get switched(): boolean {
+    return this.untilMs > 0 && performance.now() < this.untilMs;
   }
 }
 

@@ -35,6 +35,14 @@ function allocatedBytes(filePath: string): number {
   return fs.statSync(filePath).blocks * 512;
 }
 
+/** Copies the image and spare files of an open device to `DIR/after-crash`, as a crash would leave them. */
+function copyAsCrashed(directory: string): string {
+  const copy = path.join(directory, 'after-crash');
+  fs.mkdirSync(copy);
+  for (const name of [IMAGE_FILE_NAME, SPARE_FILE_NAME]) fs.copyFileSync(path.join(directory, name), path.join(copy, name));
+  return copy;
+}
+
 /** Runs `body` with a fresh directory, removed afterwards. */
 async function withDirectory(body: (directory: string) => Promise<void>): Promise<void> {
   const directory = temporaryDirectory();
@@ -109,10 +117,7 @@ test('after a crash the records are those of the last sync', async (t) => {
     await device.eraseBlock(6);
     // What a power cut could leave: the page cache's image (here: everything written) and the
     // spare file as last synced. Copy the files while the device is still open, as kill -9 would.
-    const copy = path.join(directory, 'after-crash');
-    fs.mkdirSync(copy);
-    for (const name of [IMAGE_FILE_NAME, SPARE_FILE_NAME]) fs.copyFileSync(path.join(directory, name), path.join(copy, name));
-    const after = await FileNand.open(copy, GEOMETRY);
+    const after = await FileNand.open(copyAsCrashed(directory), GEOMETRY);
     t.deepEqual(after.blockInfo(2), { eraseCount: 0, writePointer: 2, bad: false }, 'the unsynced program is not recorded');
     t.deepEqual(await after.readPages(2, 2, 1), pagesOf(4096, 1, 7), 'its data may still sit above the pointer');
     t.deepEqual(after.blockInfo(6), { eraseCount: 0, writePointer: 1, bad: false }, 'the unsynced erase is not recorded');
@@ -228,10 +233,7 @@ test('warm pool after a crash: a synced erase that was never punched leaves old 
     await device.programPages(6, 0, pagesOf(4096, 4, 6));
     await device.eraseBlock(6);
     await device.sync();
-    const copy = path.join(directory, 'after-crash');
-    fs.mkdirSync(copy);
-    for (const name of [IMAGE_FILE_NAME, SPARE_FILE_NAME]) fs.copyFileSync(path.join(directory, name), path.join(copy, name));
-    const after = await FileNand.open(copy, GEOMETRY);
+    const after = await FileNand.open(copyAsCrashed(directory), GEOMETRY);
     t.deepEqual(after.blockInfo(6), { eraseCount: 1, writePointer: 0, bad: false }, 'the erase is recorded');
     t.deepEqual(await after.readPages(6, 0, 1), pagesOf(4096, 1, 6), 'the old page is still there: pages at or above the write pointer may hold anything');
     await after.programPages(6, 0, pagesOf(4096, 1, 60));
