@@ -71,6 +71,22 @@ export class BloomFilter {
     }
   }
 
+  /**
+   * Up to `maxSegments` changed segments into `ops`, whatever the time; returns how many. A
+   * checkpoint writes them in slices of this before its commit, so that no batch holds the whole
+   * filter (up to 64 MiB, copied twice on its way into LevelDB).
+   */
+  captureSome(ops: MetaOp[], maxSegments: number): number {
+    let count = 0;
+    for (let segment = 0; segment < this.segmentCount && count < maxSegments; segment++) {
+      if (this.dirtySegments[segment] === 0) continue;
+      this.dirtySegments[segment] = 0;
+      ops.push({ type: 'put', sublevel: 'fingerprints', key: segmentKey(segment), value: Buffer.from(this.bits.subarray(segment * SEGMENT_BYTES, (segment + 1) * SEGMENT_BYTES)) });
+      count += 1;
+    }
+    return count;
+  }
+
   async load(store: MetaStore): Promise<void> {
     const keys = Array.from({ length: this.segmentCount }, (_, segment) => segmentKey(segment));
     const values = await store.getMany('fingerprints', keys);

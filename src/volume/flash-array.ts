@@ -54,6 +54,7 @@ import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { FileNand, SPARE_FILE_NAME } from '../nand/file-nand.js';
 import { geometryForCapacity, type NandDevice } from '../nand/nand-device.js';
 import { GiB, MiB } from '../common/size.js';
+import { planMemory, type MemoryPlan } from '../common/memory-budget.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
@@ -91,6 +92,12 @@ export const DEFAULT_METADATA_POLICY: MetadataPolicy = {
 };
 /** ...or when this many dedup-index entries wait to be written (each is one LevelDB put). */
 const DEDUP_WRITEBACK_ENTRIES = 8192;
+/** A checkpoint writes dedup entries in batches of at most this many (about 5 MB of heap each)... */
+const CHECKPOINT_SLICE_ENTRIES = 16384;
+/** ...and Bloom filter segments at most this many (2 MiB) at a time... */
+const CHECKPOINT_SLICE_SEGMENTS = 32;
+/** ...and dirty pages through at most this many commits before its own (writes may go on meanwhile). */
+const CHECKPOINT_MAX_ROUNDS = 1000;
 
 export interface ArrayOptions {
   capacityBytes?: number;
@@ -216,11 +223,14 @@ export class FlashArray implements ExportCatalog {
   private commitQueued: Promise<void> | null = null;
   private queuedSync = false;
   private queuedCheckpoint = false;
+  private queuedDrain = false;
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
   readonly policy: MetadataPolicy;
   /** Where the catalog copy lives (catalog-copy.ts): set by `open`, null for arrays assembled in memory. */
   catalogCopyDir: string | null = null;
+  /** How the memory budget is shared out (common/memory-budget.ts). */
+  readonly memory: MemoryPlan;
 
   private constructor(
     readonly dataDir: string,
@@ -244,10 +254,11 @@ export class FlashArray implements ExportCatalog {
     this.codec = codecFor(this.compression);
     const key = fingerprintKey(format);
     this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
-    // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
-    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
-    this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
-    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomFilterBytes(nand)), Math.floor(cacheBytes * 0.2));
+    // The memory budget, shared out in one place (see common/memory-budget.ts).
+    this.memory = planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: nand instanceof FileNand, dedup: options.dedup !== false });
+    this.chunks = new ChunkTable(meta, this.memory.chunkPageBytes, state.nextChunkId, this.journal);
+    this.maps = new MapTable(meta, this.memory.mapPageBytes, this.journal);
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(this.memory.bloomFilterBytes), this.memory.dedupIndexBytes);
     this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint, recordSeed: key };
     const workers = options.reductionWorkers ?? 1;
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
@@ -276,16 +287,18 @@ export class FlashArray implements ExportCatalog {
       throw StorageError.notFound(`no pstorage array in ${dataDir}: start one with "pstorage serve --data-dir ${dataDir}"`);
     }
     fs.mkdirSync(dataDir, { recursive: true });
-    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'));
+    // LevelDB's and the mapping's shares do not depend on the capacity (the Bloom filter's does).
+    const plan = planMemory({ cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES, capacityBytes: 0, onDisk: true, dedup: options.dedup !== false });
+    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'), { writeBufferBytes: plan.levelWriteBufferBytes, cacheBytes: plan.levelCacheBytes });
     try {
       const formatBytes = await meta.get('super', FORMAT_KEY);
       const created = formatBytes === undefined;
       const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
-      // Mapped NAND pages count in the resident set: keep them to a share beside the caches.
+      // Mapped NAND pages count in the resident set: keep them to their share of the budget.
       // An image already there when the metadata has no format record: a creation that was cut
       // short (the image is blank, and keeps its geometry), or metadata that lost its record.
       const existing = created && fs.existsSync(path.join(dataDir, 'nand', SPARE_FILE_NAME));
-      const nand = await FileNand.open(path.join(dataDir, 'nand'), existing ? undefined : geometry, { create: created });
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), existing ? undefined : geometry, { create: created, mappedLimitBytes: plan.mappedReadBytes });
       if (existing && !isBlank(nand)) {
         await nand.close();
         // Creating an array here would give it a new secret and erase every block it thinks free.
@@ -560,10 +573,11 @@ export class FlashArray implements ExportCatalog {
    * starts when the running one ends (their writes may have missed its capture). A checkpoint
    * writes back every dirty page and leaves the journal empty.
    */
-  commit(sync: boolean, options: { checkpoint?: boolean } = {}): Promise<void> {
+  commit(sync: boolean, options: { checkpoint?: boolean; drain?: boolean } = {}): Promise<void> {
     const checkpoint = options.checkpoint ?? false;
+    const drain = options.drain ?? false;
     if (this.commitRunning === null) {
-      const running = this.doCommit(sync, checkpoint).finally(() => {
+      const running = this.doCommit(sync, checkpoint, drain).finally(() => {
         if (this.commitRunning === running) this.commitRunning = null;
       });
       this.commitRunning = running;
@@ -571,33 +585,67 @@ export class FlashArray implements ExportCatalog {
     }
     this.queuedSync ||= sync;
     this.queuedCheckpoint ||= checkpoint;
+    this.queuedDrain ||= drain;
     if (this.commitQueued === null) {
       this.commitQueued = this.commitRunning
         .catch(() => undefined)
         .then(() => {
           const queuedSync = this.queuedSync;
           const queuedCheckpoint = this.queuedCheckpoint;
+          const queuedDrain = this.queuedDrain;
           this.queuedSync = false;
           this.queuedCheckpoint = false;
+          this.queuedDrain = false;
           this.commitQueued = null;
-          return this.commit(queuedSync, { checkpoint: queuedCheckpoint });
+          return this.commit(queuedSync, { checkpoint: queuedCheckpoint, drain: queuedDrain });
         });
     }
     return this.commitQueued;
   }
 
-  /** Writes back every dirty page (and so empties the journal) and syncs. */
-  checkpoint(): Promise<void> {
+  /**
+   * Writes back every dirty page (and so empties the journal), every dedup entry and Bloom filter
+   * segment LevelDB lacks, and syncs. The bulk goes first, in slices of bounded size (see
+   * `writeBackInSlices`), so that the checkpoint's own commit holds only what is left.
+   */
+  async checkpoint(): Promise<void> {
+    await this.writeBackInSlices();
     return this.commit(true, { checkpoint: true });
   }
 
-  private async doCommit(sync: boolean, checkpoint: boolean): Promise<void> {
+  /**
+   * Before a checkpoint: dedup entries and Bloom filter segments in batches of their own, and
+   * dirty pages through ordinary commits of at most `writebackPages` each. One batch of all of it
+   * (what the checkpoint's commit was) held about 1 KiB of heap per dedup entry until LevelDB had
+   * it: 2.6 GB of resident memory closing an array at the default budget, 816 MB at --cache-mb 64.
+   * Index entries and Bloom bits are advice (see reduce/dedup-index.ts), so writing them outside a
+   * commit is safe: a crash between slices loses only chances to dedup.
+   */
+  private async writeBackInSlices(): Promise<void> {
+    if (this.dedup !== null) {
+      let from: number | undefined = 0;
+      for (;;) {
+        const ops: MetaOp[] = [];
+        this.dedup.bloom.captureSome(ops, CHECKPOINT_SLICE_SEGMENTS);
+        this.dedup.captureUnwritten(ops, CHECKPOINT_SLICE_ENTRIES, from);
+        from = undefined;
+        if (ops.length === 0) break;
+        await this.meta.batch(ops, { sync: false });
+      }
+    }
+    const dirtyPages = () => this.maps.cache.dirtyCount + this.chunks.cache.dirtyCount;
+    for (let rounds = 0; dirtyPages() > this.policy.writebackPages && rounds < CHECKPOINT_MAX_ROUNDS; rounds++) {
+      await this.commit(false, { drain: true });
+    }
+  }
+
+  private async doCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<void> {
     let previous: Capture | null = null;
     let captured: Capture;
     try {
       captured = await this.ftl.makeDurable((generation) => {
         if (previous !== null) this.settleCapture(previous, false);
-        previous = this.captureMetadata(generation, checkpoint);
+        previous = this.captureMetadata(generation, checkpoint, drain);
         return previous;
       });
     } catch (error) {
@@ -628,7 +676,7 @@ export class FlashArray implements ExportCatalog {
     return error;
   }
 
-  private captureMetadata(generation: number, checkpoint: boolean): Capture {
+  private captureMetadata(generation: number, checkpoint: boolean, drain: boolean): Capture {
     const ops: MetaOp[] = [];
     const journal = [...this.journalRetry];
     this.journalRetry = [];
@@ -638,7 +686,7 @@ export class FlashArray implements ExportCatalog {
       ops.push({ type: 'put', sublevel: 'journal', key: u64Key(seq), value: bytes });
       this.noteJournalKept(seq, bytes.length);
     }
-    const choice = this.writebackChoice(checkpoint);
+    const choice = this.writebackChoice(checkpoint, drain);
     const mapPages = this.maps.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraMapPages });
     const chunkPages = this.chunks.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraChunkPages });
     // Every change older than the oldest page still dirty is now in a written page.
@@ -682,10 +730,12 @@ export class FlashArray implements ExportCatalog {
    * Which dirty pages this commit writes back: every one whose first change is in a journal value
    * the backlog can no longer keep, and the oldest beyond each cache's dirty share.
    */
-  private writebackChoice(checkpoint: boolean): { beforeSeq: number; maxPages: number; extraMapPages: number; extraChunkPages: number } {
-    if (checkpoint) return { beforeSeq: Infinity, maxPages: Infinity, extraMapPages: 0, extraChunkPages: 0 };
-    let beforeSeq = -Infinity;
+  private writebackChoice(checkpoint: boolean, drain: boolean): { beforeSeq: number; maxPages: number; extraMapPages: number; extraChunkPages: number } {
     const { journalBacklogBytes, dirtyPageShare, writebackPages } = this.policy;
+    if (checkpoint) return { beforeSeq: Infinity, maxPages: Infinity, extraMapPages: 0, extraChunkPages: 0 };
+    // A checkpoint's slices: the oldest dirty pages, a commit's worth (see `writeBackInSlices`).
+    if (drain) return { beforeSeq: Infinity, maxPages: writebackPages, extraMapPages: 0, extraChunkPages: 0 };
+    let beforeSeq = -Infinity;
     if (this.journalKeptBytes > journalBacklogBytes) {
       // Trim to half the backlog: the oldest values until what is left fits.
       let bytes = this.journalKeptBytes;
@@ -832,6 +882,11 @@ export class FlashArray implements ExportCatalog {
     await this.commit(true);
   }
 
+  /** Drops the NAND image's pages from the read mapping (when idle); returns the bytes, estimated. */
+  dropMappedPages(): number {
+    return this.nand instanceof FileNand ? this.nand.dropMapped() : 0;
+  }
+
   /** A simulated crash: stop background work at once (the caller abandons the devices). */
   abandon(): void {
     this.closed = true;
@@ -894,9 +949,14 @@ function fingerprintKey(format: FormatRecord): bigint {
   return BigInt(`0x${format.fingerprintKey}`);
 }
 
-/** The Bloom filter's size: 10 bits per 2 KiB of NAND (a chunk per 2 KiB, compressed), at most 64 MiB. */
-export function bloomFilterBytes(nand: NandDevice): number {
-  return Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
+/**
+ * The Bloom filter's size for an array of this NAND under a memory budget (common/memory-budget.ts:
+ * 10 bits per 2 KiB of NAND, within the budget's share). `pstorage inspect repair` rebuilds it at
+ * the default budget; a server given another budget reads it at its own size, which costs dedup
+ * opportunities (false "not stored"), never data.
+ */
+export function bloomFilterBytes(nand: NandDevice, cacheBytes = DEFAULT_CACHE_BYTES): number {
+  return planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: true, dedup: true }).bloomFilterBytes;
 }
 
 function capacityOf(nand: NandDevice): number {

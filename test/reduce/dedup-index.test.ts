@@ -103,3 +103,38 @@ test('probe runs stay short while unique fingerprints turn the full table over m
   t.log(`longest run of occupied slots after each turnover: ${longest.join(', ')} (65,536 slots)`);
   t.true(Math.max(...longest) < 1000, `runs stay short: ${longest.join(', ')}`);
 });
+
+test('a checkpoint can write the table in slices: each bounded, together everything, nothing twice', async (t) => {
+  const store = new MemoryMetaStore();
+  const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1 << 20);
+  for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
+  const written = new Set<string>();
+  let slices = 0;
+  for (let from: number | undefined = 0; ; from = undefined) {
+    const ops: Parameters<typeof index.capture>[0] = [];
+    const count = index.captureUnwritten(ops, 1000, from);
+    t.is(count, ops.length);
+    t.true(count <= 1000, `slice of ${count}`);
+    if (count === 0) break;
+    slices += 1;
+    for (const op of ops) written.add(Buffer.from(op.key).toString('hex'));
+    await store.batch(ops, { sync: false });
+  }
+  t.is(slices, 10);
+  t.is(written.size, 10_000, 'every entry once');
+  const rest: Parameters<typeof index.capture>[0] = [];
+  index.capture(rest, true);
+  t.is(rest.filter((op) => op.key.length === 8).length, 0, 'the checkpoint commit finds nothing left to write');
+  t.is(rest.length, 1, 'but the Bloom filter segment the slices changed');
+  t.is(index.bloom.captureSome([], 1), 0);
+  await store.batch(rest, { sync: false });
+  // A fresh index over the same store finds every entry through the Bloom filter and LevelDB.
+  const bloom = new BloomFilter(64 * 1024);
+  await bloom.load(store);
+  const reopened = new DedupIndex(store, bloom, 1 << 20);
+  for (const key of [0, 4321, 9999]) {
+    t.is(reopened.lookup(fingerprint(key)), MAYBE_STORED);
+    await reopened.prepare([fingerprint(key)]);
+    t.is(reopened.lookup(fingerprint(key)), key + 1);
+  }
+});
