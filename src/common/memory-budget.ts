@@ -15,7 +15,8 @@
  * Beside the budget, bounded too:
  *   - request payloads and read replies in flight (server/in-flight-limit.ts): a quarter of the
  *     budget, between 16 and 64 MiB (one request alone may use up to the 64 MiB maximum payload),
- *     half of that per connection; requests beyond it wait before their payload is read;
+ *     half of that per connection, and a quarter more that only requests up to 1 MiB may use (so
+ *     they never wait behind a 64 MiB one); requests beyond it wait before their payload is read;
  *   - the Node.js runtime: about 90 MiB resident with an empty array (46 MiB of it the node binary
  *     itself, RssFile), and the garbage V8 lets pile up between collections (process-memory.ts
  *     keeps that small, and collects it when the array goes idle).

@@ -1,6 +1,6 @@
 /**
- * The server's bounds on request memory: the in-flight limit (FIFO grants, a request larger than
- * the limit alone), the payload pool (slab pieces reused, idle slabs dropped, `trim`), and a real
+ * The server's bounds on request memory: the in-flight limit (two classes, each granted in order; a
+ * request larger than the limit alone), the payload pool (slab pieces reused, idle slabs dropped, `trim`), and a real
  * NbdServer over a Unix socket driven by a raw NBD client: requests beyond the limit wait before
  * their payload is read, a client that stops reading its replies holds no more than its share, and
  * one that leaves with reads in flight gives everything back.
@@ -20,31 +20,58 @@ import { MemoryDevice, catalogOf, clientFlags, option, request } from '../protoc
 const MiB = 1024 * 1024;
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-test('in-flight limit: grants in arrival order, in a later microtask, and a large request alone', async (t) => {
+test('in-flight limit: large requests in arrival order, a request larger than the limit alone, small ones beside them', async (t) => {
+  // 10 bytes for large requests, and a reserve of 2 of their own for small ones (up to 2 bytes).
   const limit = new InFlightLimit(10);
+  t.is(limit.reserveBytes, 2);
+  t.is(limit.smallBytes, 2);
   const granted: string[] = [];
   t.true(limit.acquire(6, () => granted.push('a')));
   t.false(limit.acquire(6, () => granted.push('b')), 'does not fit');
-  t.false(limit.acquire(1, () => granted.push('c')), 'fits, but b waits before it');
+  t.true(limit.acquire(1, () => granted.push('c')), 'a small request does not wait behind a large one: it has its reserve');
+  t.false(limit.acquire(2, () => granted.push('d')), 'the reserve is full, and while a large request waits small ones keep to it');
   t.false(limit.acquire(50, () => granted.push('big')));
   limit.release(6);
   t.deepEqual(granted, [], 'grants come in a microtask');
   await Promise.resolve();
-  t.deepEqual(granted, ['b', 'c']);
+  t.deepEqual(granted, ['b']);
   t.is(limit.inFlightBytes, 7);
   limit.release(6);
+  await Promise.resolve();
+  t.deepEqual(granted, ['b', 'big'], 'larger than the limit: admitted once no other large request is in flight');
   limit.release(1);
   await Promise.resolve();
-  t.deepEqual(granted, ['b', 'c', 'big'], 'larger than the limit: admitted once nothing else is in flight');
-  t.is(limit.peakBytes, 50);
+  t.deepEqual(granted, ['b', 'big', 'd'], 'small requests go on beside it, within their reserve');
+  t.is(limit.peakBytes, 52);
   const late = () => granted.push('late');
   t.false(limit.acquire(1, late));
   t.true(limit.cancel(late));
   limit.release(50);
+  limit.release(2);
   await Promise.resolve();
-  t.deepEqual(granted, ['b', 'c', 'big'], 'a cancelled waiter is never granted');
+  t.deepEqual(granted, ['b', 'big', 'd'], 'a cancelled waiter is never granted');
   t.is(limit.inFlightBytes, 0);
   t.is(limit.waiting, 0);
+});
+
+test('in-flight limit: small requests use what large ones leave, but a waiting large request is not starved by them', async (t) => {
+  const limit = new InFlightLimit(10);
+  const granted: string[] = [];
+  for (let i = 0; i < 6; i++) t.true(limit.acquire(2, () => granted.push(`s${i}`)), 'the reserve, then the limit while no large request waits');
+  t.false(limit.acquire(2, () => granted.push('s6')), 'reserve and limit full');
+  t.false(limit.acquire(6, () => granted.push('L')));
+  limit.release(2);
+  limit.release(2);
+  await Promise.resolve();
+  t.deepEqual(granted, [], 'the large request needs 6 of the limit, and small ones keep to their reserve while it waits');
+  limit.release(2);
+  await Promise.resolve();
+  t.deepEqual(granted, ['L'], 'granted once small requests beyond the reserve leave it room');
+  t.is(limit.inFlightBytes, 12);
+  limit.release(2);
+  await Promise.resolve();
+  t.deepEqual(granted, ['L', 's6'], 'then small ones use what is left of the limit again');
+  t.is(limit.peakBytes, 12, 'never above limit + reserve');
 });
 
 test('payload pool: large pieces come from slabs, are reused, and idle slabs go', (t) => {
