@@ -220,3 +220,27 @@ test('writes beyond the limit wait in the socket and are all applied, in order p
     await until(() => server.inFlight.inFlightBytes === 0, 'the bytes to be released');
   });
 });
+
+test('a READ or WRITE over the 64 MiB maximum payload is refused with EINVAL without taking memory, and the connection goes on', async (t) => {
+  await withServer({ server: 16 * MiB, connection: 8 * MiB }, async (server, socketPath, device) => {
+    device.data.fill(0x5a, 0, MiB);
+    const client = await RawClient.attach(socketPath);
+    const over = 64 * MiB + 4096;
+    // The spec (section 11): EOVERFLOW is for DF reads and payload-less commands only, so a READ or
+    // WRITE above the maximum payload gets EINVAL.
+    client.socket.write(request(C.NBD_CMD_READ, { cookie: 1n, offset: 0n, length: over }));
+    const read = await client.reply();
+    t.is(read.cookie, 1n);
+    t.is(read.error, C.NBD_EINVAL);
+    client.socket.write(request(C.NBD_CMD_WRITE, { cookie: 2n, offset: 0n, length: over, payload: Buffer.alloc(over, 0xee) }));
+    const write = await client.reply();
+    t.is(write.cookie, 2n);
+    t.is(write.error, C.NBD_EINVAL);
+    t.is(server.inFlight.peakBytes, 0, 'the refused WRITE was skipped as it came, never held');
+    client.socket.write(request(C.NBD_CMD_READ, { cookie: 3n, offset: 0n, length: 4096 }));
+    const after = await client.reply(4096);
+    t.is(after.error, 0);
+    t.true(after.data.equals(Buffer.alloc(4096, 0x5a)), 'in step, and nothing of the refused WRITE was written');
+    client.socket.destroy();
+  });
+});
