@@ -76,6 +76,8 @@ export const READ_BUFFER_BYTES = 256 * 1024;
 interface PendingWrite {
   releases: Buffer[];
   costBytes: number;
+  /** The part of `costBytes` that large requests hold (see in-flight-limit.ts). */
+  largeCostBytes: number;
   settled: boolean;
 }
 
@@ -135,6 +137,7 @@ export class Connection {
   private releases: Buffer[] = [];
   /** ...and the request bytes they hold until then. */
   private outgoingCostBytes = 0;
+  private outgoingLargeCostBytes = 0;
   private readonly pendingWrites = new Set<PendingWrite>();
   private flushScheduled = false;
   private readonly onGrant: Grant = (bytes) => this.granted(bytes);
@@ -267,10 +270,11 @@ export class Connection {
   }
 
   /** Request bytes done: out of this connection's share and the server's. */
-  private releaseBytes(costBytes: number): void {
+  /** `largeCostBytes`: for a sum of several requests' bytes, the large ones' part (see in-flight-limit.ts). */
+  private releaseBytes(costBytes: number, largeCostBytes?: number): void {
     if (costBytes === 0) return;
     this.inFlightBytes -= costBytes;
-    this.options.inFlight.release(costBytes);
+    this.options.inFlight.release(costBytes, largeCostBytes);
     if (!this.waitingForServer && this.decoder?.holding) this.scheduleResume();
   }
 
@@ -423,6 +427,7 @@ export class Connection {
     for (const buffer of buffers) this.outgoing.push(buffer);
     if (release !== null) this.releases.push(release);
     this.outgoingCostBytes += costBytes;
+    if (costBytes > 0 && !this.options.inFlight.isSmall(costBytes)) this.outgoingLargeCostBytes += costBytes;
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => this.flushOutgoing());
@@ -437,10 +442,11 @@ export class Connection {
   private flushOutgoing(): void {
     this.flushScheduled = false;
     const buffers = this.outgoing;
-    const write: PendingWrite = { releases: this.releases, costBytes: this.outgoingCostBytes, settled: false };
+    const write: PendingWrite = { releases: this.releases, costBytes: this.outgoingCostBytes, largeCostBytes: this.outgoingLargeCostBytes, settled: false };
     this.outgoing = [];
     this.releases = [];
     this.outgoingCostBytes = 0;
+    this.outgoingLargeCostBytes = 0;
     if (this.closed || buffers.length === 0) {
       this.settleWrite(write);
       return;
@@ -464,7 +470,7 @@ export class Connection {
     write.settled = true;
     this.pendingWrites.delete(write);
     for (const buffer of write.releases) this.options.payloads.give(buffer);
-    this.releaseBytes(write.costBytes);
+    this.releaseBytes(write.costBytes, write.largeCostBytes);
   }
 
   private sendOk(request: NbdRequest): void {

@@ -93,10 +93,14 @@ export class InFlightLimit {
     return false;
   }
 
-  release(bytes: number): void {
+  /**
+   * Gives back `bytes`: one request's, or the sum of several (replies written together), of
+   * which `largeBytes` were large requests' (the class of a sum cannot be told from its size).
+   */
+  release(bytes: number, largeBytes = this.isSmall(bytes) ? 0 : bytes): void {
     if (bytes === 0) return;
-    if (this.isSmall(bytes)) this.smallUsedBytes -= bytes;
-    else this.largeUsedBytes -= bytes;
+    this.smallUsedBytes -= bytes - largeBytes;
+    this.largeUsedBytes -= largeBytes;
     if (this.smallUsedBytes < 0 || this.largeUsedBytes < 0) throw new Error(`in-flight bytes went negative (${this.smallUsedBytes} small, ${this.largeUsedBytes} large)`);
     this.grantWaiters();
   }
@@ -115,7 +119,8 @@ export class InFlightLimit {
     queueMicrotask(() => grant(bytes));
   }
 
-  private isSmall(bytes: number): boolean {
+  /** Whether a request of `bytes` is small (see the design note). */
+  isSmall(bytes: number): boolean {
     return bytes <= this.smallBytes;
   }
 

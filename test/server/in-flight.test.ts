@@ -244,3 +244,23 @@ test('a READ or WRITE over the 64 MiB maximum payload is refused with EINVAL wit
     client.socket.destroy();
   });
 });
+
+test('small READ replies written together give their bytes back as small ones', async (t) => {
+  // Sixteen 512 KiB READs complete in one turn and go out in one write: their 8 MiB come back
+  // together, and must go back to the small requests' share they came from.
+  await withServer({ server: 64 * MiB, connection: 32 * MiB }, async (server, socketPath, device) => {
+    device.data.fill(0x33, 0, 8 * MiB);
+    const client = await RawClient.attach(socketPath);
+    for (let round = 0; round < 3; round++) {
+      client.socket.write(Buffer.concat(Array.from({ length: 16 }, (_, i) => request(C.NBD_CMD_READ, { cookie: BigInt(i), offset: BigInt(i * 512 * 1024), length: 512 * 1024 }))));
+      for (let i = 0; i < 16; i++) {
+        const reply = await client.reply(512 * 1024);
+        t.is(reply.error, 0);
+        t.true(reply.data.equals(Buffer.alloc(512 * 1024, 0x33)));
+      }
+      await until(() => server.inFlight.inFlightBytes === 0, 'the bytes to be released');
+    }
+    t.is(server.connectionCount, 1, 'the connection is still there');
+    client.socket.destroy();
+  });
+});
