@@ -226,6 +226,8 @@ export class FlashArray implements ExportCatalog {
   private queuedDrain = false;
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** The Bloom filter's rebuild, while it runs (see `rebuildBloom`). */
+  private bloomRebuild: Promise<void> | null = null;
   readonly policy: MetadataPolicy;
   /** Where the catalog copy lives (catalog-copy.ts): set by `open`, null for arrays assembled in memory. */
   catalogCopyDir: string | null = null;
@@ -333,8 +335,9 @@ export class FlashArray implements ExportCatalog {
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
     const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, fingerprintKey(format));
     const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
+    let bloomTrusted = true;
     try {
-      await array.dedup?.bloom.load(meta);
+      bloomTrusted = (await array.dedup?.bloom.load(meta)) ?? true;
       const summaries: Array<[number, ReturnType<typeof decodeSummaryPage>[number][1]]> = [];
       for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push(...decodeSummaryPage(decodeU32Key(key), value));
       await ftl.recover(summaries);
@@ -359,7 +362,25 @@ export class FlashArray implements ExportCatalog {
     }
     array.commitTimer = setInterval(() => array.backgroundCommit(), array.policy.commitIntervalMs);
     array.commitTimer.unref();
+    if (!bloomTrusted) array.rebuildBloom();
     return array;
+  }
+
+  /**
+   * The Bloom filter as stored cannot be trusted (no clean close since, another size: see
+   * reduce/bloom-filter.ts): it answers "maybe" while it is rebuilt from the index in LevelDB, in
+   * the background. A failure leaves it so until the next open.
+   */
+  private rebuildBloom(): void {
+    const started = performance.now();
+    this.bloomRebuild = this.dedup!.bloom.rebuild(this.meta, () => this.closed).then(
+      (done) => {
+        if (done) this.logger.debug('Bloom filter rebuilt from the dedup index', { ms: Math.round(performance.now() - started) });
+      },
+      (error: unknown) => {
+        if (!this.closed) this.logger.warn('the Bloom filter could not be rebuilt: new data is looked up in the dedup index until the next start', { error: String(error) });
+      },
+    );
   }
 
   /**
@@ -905,6 +926,7 @@ export class FlashArray implements ExportCatalog {
     if (this.commitTimer) clearInterval(this.commitTimer);
     let failure: unknown = null;
     try {
+      await this.bloomRebuild; // stops at once now that the array is closed
       await this.hostSpace.beforeClose();
       await this.checkpoint().catch(async (error: unknown) => {
         if (!isHostFull(error)) throw error;
@@ -912,6 +934,9 @@ export class FlashArray implements ExportCatalog {
         await this.hostSpace.beforeClose();
         await this.checkpoint();
       });
+      // Every Bloom filter segment is written: the next open may trust them (bloom-filter.ts).
+      const record: MetaOp[] = [];
+      if (this.dedup?.bloom.captureRecord(record)) await this.meta.batch(record, { sync: true });
     } catch (error) {
       failure = error;
     }
@@ -951,9 +976,9 @@ function fingerprintKey(format: FormatRecord): bigint {
 
 /**
  * The Bloom filter's size for an array of this NAND under a memory budget (common/memory-budget.ts:
- * 10 bits per 2 KiB of NAND, within the budget's share). `pstorage inspect repair` rebuilds it at
- * the default budget; a server given another budget reads it at its own size, which costs dedup
- * opportunities (false "not stored"), never data.
+ * 10 bits per 2 KiB of NAND, within the budget's share). `pstorage inspect repair` builds it at
+ * the default budget; a server given another budget rebuilds it at its own size when it opens
+ * (reduce/bloom-filter.ts), answering "maybe stored" meanwhile.
  */
 export function bloomFilterBytes(nand: NandDevice, cacheBytes = DEFAULT_CACHE_BYTES): number {
   return planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: true, dedup: true }).bloomFilterBytes;

@@ -138,3 +138,50 @@ test('a checkpoint can write the table in slices: each bounded, together everyth
     t.is(reopened.lookup(fingerprint(key)), key + 1);
   }
 });
+
+test('the Bloom filter never answers "not stored" for a fingerprint LevelDB holds: after a crash, or at another size, it is rebuilt first', async (t) => {
+  const store = new MemoryMetaStore();
+  const written = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.true(await written.bloom.load(store) === false, 'a new store has no record: not trusted');
+  t.true(await written.bloom.rebuild(store, () => false));
+  for (let key = 0; key < 3000; key++) written.insert(fingerprint(key), key + 1);
+  const ops: Parameters<typeof written.capture>[0] = [];
+  written.capture(ops, true);
+  t.true(written.bloom.captureRecord(ops), 'complete, every segment captured: the record goes with them');
+  await store.batch(ops, { sync: true });
+  const stored = (index: DedupIndex) => {
+    let surelyNot = 0;
+    for (let key = 0; key < 3000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    return surelyNot;
+  };
+  const unknown = (index: DedupIndex) => {
+    let surelyNot = 0;
+    for (let key = 100_000; key < 101_000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    return surelyNot;
+  };
+
+  // Same size, after a clean close: trusted at once; loading consumes the record.
+  const same = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.true(await same.bloom.load(store));
+  t.is(stored(same), 0);
+  t.true(unknown(same) > 900, 'and it still says "not stored" for what is not');
+
+  // Opened again without a clean close (a crash): the segments may lack bits, so not trusted.
+  const afterCrash = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.false(await afterCrash.bloom.load(store));
+  t.is(unknown(afterCrash), 0, 'untrusted: "maybe" for everything');
+
+  // Another size (another --cache-mb): its bits sit elsewhere; "maybe" until rebuilt from LevelDB.
+  const other = new DedupIndex(store, new BloomFilter(256 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.false(await other.bloom.load(store));
+  t.is(stored(other), 0, 'no false "not stored" before the rebuild');
+  t.false(other.bloom.complete);
+  t.true(await other.bloom.rebuild(store, () => false));
+  t.true(other.bloom.complete);
+  t.is(stored(other), 0, 'nor after it');
+  t.true(unknown(other) > 900, 'and "not stored" again for what is not');
+  const stopped = new BloomFilter(256 * 1024);
+  t.false(await stopped.load(store));
+  t.false(await stopped.rebuild(store, () => true), 'a rebuild told to stop says so');
+  t.false(stopped.complete);
+});
