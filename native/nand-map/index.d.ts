@@ -26,3 +26,11 @@ export function copyRecords(
   count: number,
   destinations: ReadonlyArray<Buffer | undefined>,
 ): number;
+/**
+ * glibc's mallopt: a fixed mmap threshold (so glibc no longer raises it), a trim threshold and an
+ * arena count, in bytes and count; a value below 0 leaves that one alone. False where the C
+ * library is not glibc, or a setting failed.
+ */
+export function tuneMalloc(mmapThresholdBytes: number, trimThresholdBytes: number, arenaMax: number): boolean;
+/** glibc's malloc_trim(0): free memory of every arena back to the kernel. False if none was, or not glibc. */
+export function trimMalloc(): boolean;

@@ -24,9 +24,17 @@
  *
  * Reading a page of a mapping whose file cannot be read (a disk error) raises SIGBUS, which ends
  * the process: the caller accepts that, see file-nand.ts.
+ *
+ * tuneMalloc(mmapThreshold, trimThreshold, arenaMax) and trimMalloc() are glibc's mallopt and
+ * malloc_trim, for the memory budget of `pstorage serve` (see src/common/process-memory.ts): the
+ * process that runs the array is its caller's, so MALLOC_* environment variables cannot be set
+ * for it. Where the C library is not glibc they do nothing and return false.
  */
 #include <errno.h>
 #include <node_api.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdint.h>
 #include <stdbool.h>
 #include <string.h>
@@ -354,6 +362,41 @@ static napi_value copy_records(napi_env env, napi_callback_info info) {
   return make_int(env, -1);
 }
 
+static napi_value make_bool(napi_env env, bool value) {
+  napi_value result;
+  if (napi_get_boolean(env, value, &result) != napi_ok) return NULL;
+  return result;
+}
+
+/* mallopt: a fixed mmap threshold (which also stops glibc from raising it), a trim threshold and
+ * an arena count; a value below 0 leaves that setting alone. True if every mallopt succeeded. */
+static napi_value tune_malloc(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t values[3] = {-1, -1, -1};
+  for (size_t i = 0; i < argc && i < 3; i++) CHECK(env, napi_get_value_int32(env, argv[i], &values[i]));
+#ifdef __GLIBC__
+  bool ok = true;
+  if (values[0] >= 0) ok = mallopt(M_MMAP_THRESHOLD, values[0]) == 1 && ok;
+  if (values[1] >= 0) ok = mallopt(M_TRIM_THRESHOLD, values[1]) == 1 && ok;
+  if (values[2] > 0) ok = mallopt(M_ARENA_MAX, values[2]) == 1 && ok;
+  return make_bool(env, ok);
+#else
+  return make_bool(env, false);
+#endif
+}
+
+/* malloc_trim(0): gives the free memory of every arena back to the kernel. True if any was. */
+static napi_value trim_malloc(napi_env env, napi_callback_info info) {
+  (void)info;
+#ifdef __GLIBC__
+  return make_bool(env, malloc_trim(0) == 1);
+#else
+  return make_bool(env, false);
+#endif
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   if (napi_create_function(env, "map", NAPI_AUTO_LENGTH, map, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "map", fn) != napi_ok) return NULL;
@@ -361,5 +404,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "xxh64", NAPI_AUTO_LENGTH, xxh64_js, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xxh64", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashInto", NAPI_AUTO_LENGTH, hash_into, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashInto", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "copyRecords", NAPI_AUTO_LENGTH, copy_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "copyRecords", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, tune_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "tuneMalloc", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { createLogger, fdLineWriter } from '../common/log.js';
+import { IdleReclaimer, limitHeapGrowth, tuneNativeMemory } from '../common/process-memory.js';
 import { formatBytes } from '../common/size.js';
 import { ApiServer, API_SOCKET_NAME, checkApiSocketPath } from '../mgmt/api-server.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
@@ -22,6 +23,9 @@ export interface ServeOptions {
 
 export async function serve(options: ServeOptions): Promise<void> {
   const logger = createLogger({ component: 'pstorage' });
+  // The process is the array's from here on: its heap and malloc settings follow the budget.
+  limitHeapGrowth();
+  if (!tuneNativeMemory()) logger.debug('malloc settings left alone (no glibc, or the native addon is missing or older)');
   const dataDir = path.resolve(options.dataDir);
   checkApiSocketPath(path.join(dataDir, API_SOCKET_NAME)); // before anything is created
   const startedAt = process.hrtime.bigint();
@@ -48,7 +52,17 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   }
   logger.info('management API listening', { unix: path.join(dataDir, API_SOCKET_NAME), tcp: apiPort === null ? null : `${formatHost(options.apiListen!.address.host)}:${apiPort}` });
-  const server = new NbdServer({ catalog: array, logger });
+  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes });
+  // Once quiet, what a busy moment needed goes back: pooled buffers, mapped image pages, V8's garbage.
+  limitHeapGrowth(); // again: the reduction workers started since reset V8's flags
+  const reclaimer = new IdleReclaimer({
+    tick: limitHeapGrowth,
+    activity: () => server.inFlight.admitted + array.commits,
+    busy: () => server.inFlight.inFlightBytes > 0 || array.scheduler.depth > 0,
+    reclaim: () => server.trimMemory() + array.dropMappedPages(),
+    logger: logger.child({ component: 'memory' }),
+  });
+  reclaimer.start();
   const bound: ListenAddress[] = [];
   if (options.listen !== null) bound.push(await server.listen(options.listen));
   if (options.socketPath !== null) bound.push(await server.listen({ path: path.resolve(options.socketPath) }));
@@ -64,6 +78,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     stopping = true;
     logger.info('shutting down', { signal, connections: server.connectionCount });
     void (async () => {
+      reclaimer.stop();
       await server.close();
       await api.close();
       await array.close();

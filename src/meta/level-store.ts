@@ -290,7 +290,7 @@ export class LevelMetaStore implements MetaStore {
   /** Hands one atomic batch to LevelDB now; the next group starts when it completes. */
   private write(levelOps: LevelOp[], sync: boolean): Promise<void> {
     if (sync && levelOps.length === 0) levelOps.push(SYNC_BARRIER_OP);
-    const written = this.db.batch<Uint8Array, Uint8Array>(levelOps, { sync }).catch((error: unknown) => {
+    const written = this.writeBatch(levelOps, sync).catch((error: unknown) => {
       const failure = this.levelError(error, 'metadata batch');
       if (failure.code !== 'SHUTTING_DOWN') this.writeError ??= failure;
       throw failure;
@@ -300,6 +300,26 @@ export class LevelMetaStore implements MetaStore {
       () => this.writeNextGroup(),
     );
     return written;
+  }
+
+  /**
+   * One atomic LevelDB batch, built op by op (a chained batch): classic-level's array form cost
+   * 26-32 µs an op here, the chained one 7 (16,384 puts of 9-byte keys and 8-byte values, as the
+   * dedup index writes back; measured in one process, the same keys either way).
+   */
+  private async writeBatch(levelOps: LevelOp[], sync: boolean): Promise<void> {
+    const batch = this.db.batch();
+    try {
+      // The database's 'buffer' encoding wraps a Uint8Array value without a copy (level-transcoder).
+      for (const op of levelOps) {
+        if (op.type === 'put') batch.put(op.key as Buffer, op.value as Buffer);
+        else batch.del(op.key as Buffer);
+      }
+    } catch (error) {
+      await batch.close().catch(() => undefined);
+      throw error;
+    }
+    await batch.write({ sync });
   }
 
   private writeNextGroup(): void {

@@ -22,15 +22,18 @@
  * 60 % of its time in pread. For many records at once the FTL goes further: `mappedImage` and
  * `mapPagesSync` give it the mapping and the pages' offsets, and one native call copies and
  * verifies the whole batch (see ftl.ts, readMappedRecords); `noteMappedRead` times it as a
- * view's touch is timed. Mapped pages count in the process's resident set although they
- * are page cache; every `RESIDENT_CHECK_BYTES` read through the mapping it looks at how many
- * file pages the process has mapped (the "shared" count of /proc/self/statm), and above
- * `mappedLimitBytes` drops the mapped pages (madvise DONTNEED: the page cache keeps them; they
- * come back with minor faults, 16 pages a fault by the kernel's fault-around, so this is not done
- * often, and only erase blocks not read lately go: see dropColdBlocks). It counts mapped pages
- * only: with the whole resident set as the measure, a process whose heap and caches alone passed
- * the limit dropped the mapping every 64 MiB read, and 128 KiB reads ran at a third of their
- * speed. The price: a disk error under the image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
+ * view's touch is timed. Mapped pages count in the process's resident set (VmRSS, as RssFile)
+ * although they are page cache, so they are part of the memory budget: every quarter of
+ * `mappedLimitBytes` read through the mapping (at most `RESIDENT_CHECK_BYTES`) it looks at how
+ * many file pages the process has mapped (the "shared" count of /proc/self/statm) beyond those it
+ * had mapped without the image (`sharedBaselineBytes`: the node binary and libraries, about
+ * 46 MiB, measured at open and after every `dropMapped`), and above `mappedLimitBytes` drops
+ * mapped pages (madvise DONTNEED: the page cache keeps them; they come back with minor faults,
+ * 16 pages a fault by the kernel's fault-around, so this is not done often, and only erase
+ * blocks not read lately go: see dropColdBlocks). It counts mapped pages only: with the whole
+ * resident set as the measure, a process whose heap and caches alone passed the limit dropped the
+ * mapping every 64 MiB read, and 128 KiB reads ran at a third of their speed. `dropMapped()`
+ * drops them all (the array calls it when idle). The price: a disk error under the image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
  * nothing acknowledged is lost by that (the durability contract holds across any crash), and
  * without the addon (or where mmap fails) reads fall back to pread.
  *
@@ -138,8 +141,10 @@ const SLOW_SYNC_READ_US = 500;
 const SLOW_SYNC_READ_US_PER_PAGE = 20;
 /** The image is mapped in pieces of about this size (a Node 20 Buffer holds at most 4 GiB). */
 const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
-/** Bytes read through the mapping between two looks at the mapped pages resident... */
+/** Bytes read through the mapping between two looks at the mapped pages resident (at most)... */
 const RESIDENT_CHECK_BYTES = 64 * 1024 * 1024;
+/** A fault on the mapping maps up to 16 pages around it that the page cache holds (fault_around_bytes). */
+const FAULT_AROUND_BYTES = 64 * 1024;
 /** ...and how many may be, by default, before they are dropped. */
 const DEFAULT_MAPPED_LIMIT_BYTES = 1024 * 1024 * 1024;
 /** Values of `FileNand.stale`. */
@@ -176,6 +181,10 @@ export class FileNand extends NandDeviceBase {
   /** The mapping as the FTL's batch reads see it (`mappedImage`). */
   private readonly image_: MappedImage | null;
   private mappedBytesRead = 0;
+  /** Bytes read through the mapping between two looks at the mapped pages resident. */
+  private readonly residentCheckBytes: number;
+  /** File pages the process has mapped without the image's (see the design note). */
+  private sharedBaselineBytes: number;
   /** Per erase block, the check interval (`readEpoch`) of its last read through the mapping; 0: not mapped since the last drop. */
   private readonly blockReadEpoch: Uint32Array;
   private readEpoch = 1;
@@ -219,6 +228,8 @@ export class FileNand extends NandDeviceBase {
     this.warmLimitBlocks = this.warmLimitDefault;
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
     this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
+    this.residentCheckBytes = Math.max(1024 * 1024, Math.min(RESIDENT_CHECK_BYTES, Math.floor(mappedLimitBytes / 4)));
+    this.sharedBaselineBytes = sharedResidentBytes();
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
     this.image_ = this.mapping === null ? null : { segments: this.mapping, segmentBytes: this.segmentBytes };
   }
@@ -346,21 +357,42 @@ export class FileNand extends NandDeviceBase {
   /** Read epochs and the look at the mapped pages resident (see the design note). */
   private noteMappedPages(mapping: Buffer[], eraseBlockIndex: number, bytes: number): void {
     this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
-    this.mappedBytesRead += bytes;
-    if (this.mappedBytesRead >= RESIDENT_CHECK_BYTES) {
+    // A read maps at least the kernel's fault-around window, so small random reads count as that.
+    this.mappedBytesRead += Math.max(bytes, FAULT_AROUND_BYTES);
+    if (this.mappedBytesRead >= this.residentCheckBytes) {
       this.mappedBytesRead = 0;
       this.readEpoch += 1;
-      if (mappedResidentBytes() > this.mappedLimitBytes) this.dropColdBlocks(mapping);
+      if (this.mappedResidentBytes() > this.mappedLimitBytes) this.dropColdBlocks(mapping, this.readEpoch - 2);
     }
   }
 
+  /** Image pages the process has mapped now (an estimate: see the design note). */
+  private mappedResidentBytes(): number {
+    return sharedResidentBytes() - this.sharedBaselineBytes;
+  }
+
   /**
-   * Drops from the mapping the erase blocks read since the last drop but not in the last two
-   * check intervals (a CLOCK of sorts, with read epochs), so the blocks being read stay mapped.
+   * Drops every page of the image from the mapping (the page cache keeps them) and measures the
+   * file pages mapped without them anew; returns the bytes dropped (estimated). For when idle.
    */
-  private dropColdBlocks(mapping: Buffer[]): void {
+  dropMapped(): number {
+    const mapping = this.mapping;
+    if (mapping === null) return 0;
+    const before = sharedResidentBytes();
+    this.dropColdBlocks(mapping, this.readEpoch);
+    this.readEpoch += 1;
+    this.mappedBytesRead = 0;
+    const after = sharedResidentBytes();
+    this.sharedBaselineBytes = after;
+    return Math.max(0, before - after);
+  }
+
+  /**
+   * Drops from the mapping the erase blocks read since the last drop but not since the check
+   * interval `cold` (a CLOCK of sorts, with read epochs), so the blocks being read stay mapped.
+   */
+  private dropColdBlocks(mapping: Buffer[], cold: number): void {
     const epochs = this.blockReadEpoch;
-    const cold = this.readEpoch - 2;
     const blockBytes = eraseBlockBytes(this.geometry);
     for (let block = 0; block < epochs.length; ) {
       const epoch = epochs[block]!;
@@ -841,7 +873,8 @@ function mapImage(fd: number, lengthBytes: number, segmentBytes: number): Buffer
  * File-backed pages the process has resident (statm's third field: its mapped page-cache pages;
  * the image's mapping is nearly all of them), or 0 where /proc cannot tell.
  */
-function mappedResidentBytes(): number {
+/** File-backed (and shared) pages the process has resident: the "shared" count of /proc/self/statm. */
+function sharedResidentBytes(): number {
   try {
     const shared = Number(fs.readFileSync('/proc/self/statm', 'latin1').split(' ')[2]);
     return Number.isFinite(shared) ? shared * PAGE_SIZE_BYTES : 0;

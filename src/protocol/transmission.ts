@@ -8,6 +8,12 @@
  * arrives before it has finished sending the request as a reply to an unknown cookie). The only
  * unrecoverable input is a bad request magic, after which nothing can be framed; the decoder then
  * reports `fatal` and the caller closes the connection.
+ *
+ * Admission: before it gathers a request's payload (or reports a request without one), the
+ * decoder asks the caller's `admit`. A request refused is held, with everything after it, until the
+ * caller calls `resume()`, so the caller can bound the memory of requests in flight and leave the
+ * rest in the socket, where TCP holds the client back. An oversized write is never admitted: its
+ * payload is skipped, not kept.
  */
 import { ByteQueue } from './byte-queue.js';
 import * as C from './constants.js';
@@ -34,17 +40,25 @@ export class RequestDecoder {
   private payloadFilled = 0;
   private skipBytesLeft = 0;
   private skipping: NbdRequest | null = null; // the oversized WRITE whose payload is being skipped
+  private held: NbdRequest | null = null; // refused by `admit`, waiting for `resume`
   private failed = false;
 
   /**
    * `allocatePayload` provides the buffer a WRITE payload is copied into (the caller may pool
    * them): one that arrives in several chunks is gathered there as it comes, and so is every
    * payload of a transient chunk. A payload inside one chunk that is not transient is a view of it.
+   * `admit` is asked once per request, in order, before it is gathered or reported; false holds it.
    */
   constructor(
     private readonly maxPayloadBytes: number,
     private readonly allocatePayload: (lengthBytes: number) => Buffer = Buffer.allocUnsafe,
+    private readonly admit: (request: NbdRequest) => boolean = () => true,
   ) {}
+
+  /** A request is held (refused by `admit`); nothing after it is framed until `resume()`. */
+  get holding(): boolean {
+    return this.held !== null;
+  }
 
   /** Bytes received but not yet framed (counts toward the connection's buffered bytes). */
   get bufferedBytes(): number {
@@ -59,13 +73,24 @@ export class RequestDecoder {
     const events: RequestEvent[] = [];
     if (this.failed) return events;
     this.queue.push(chunk);
-    this.frame(events, transient);
+    if (this.held === null) this.frame(events, transient);
     if (transient) this.queue.retain();
     return events;
   }
 
+  /** Asks `admit` again for the held request; if it is admitted now, frames on. */
+  resume(): RequestEvent[] {
+    const events: RequestEvent[] = [];
+    const request = this.held;
+    if (request === null || this.failed || !this.admit(request)) return events;
+    this.held = null;
+    this.accept(request, events);
+    this.frame(events, false);
+    return events;
+  }
+
   private frame(events: RequestEvent[], transient: boolean): void {
-    for (;;) {
+    while (this.held === null) {
       if (this.skipBytesLeft > 0) {
         this.skipBytesLeft -= this.queue.skip(this.skipBytesLeft);
         if (this.skipBytesLeft > 0) return;
@@ -109,15 +134,21 @@ export class RequestDecoder {
         offset: header.readBigUInt64BE(16),
         length: header.readUInt32BE(24),
       };
-      if (request.type !== C.NBD_CMD_WRITE) {
-        events.push({ type: 'request', request, payload: null });
-      } else if (request.length > this.maxPayloadBytes) {
+      if (request.type === C.NBD_CMD_WRITE && request.length > this.maxPayloadBytes) {
         this.skipping = request;
         this.skipBytesLeft = request.length;
+      } else if (this.admit(request)) {
+        this.accept(request, events);
       } else {
-        this.pending = request;
+        this.held = request;
       }
     }
+  }
+
+  /** An admitted request: reported now, or (a WRITE) once its payload is in. */
+  private accept(request: NbdRequest, events: RequestEvent[]): void {
+    if (request.type === C.NBD_CMD_WRITE) this.pending = request;
+    else events.push({ type: 'request', request, payload: null });
   }
 }
 

@@ -6,16 +6,29 @@
  * before the decoder has moved on. Each reply is queued as it completes, and every reply queued
  * while one piece of work runs (one socket read, one batch of writes) goes out in one corked
  * write at the end of it (a microtask), so replies never interleave on the wire and a burst of
- * requests costs one system call. Reading stops (the socket is paused) while the bytes of
- * in-flight requests exceed `maxInFlightBytes`, or while the client is not reading our replies, so
- * a fast client cannot make us buffer without bound.
+ * requests costs one system call.
  *
- * Reads land in one buffer per connection that is reused for every read (Node's `onread` user
- * buffer, which `net.Server` does not offer for accepted sockets, so it is installed on the handle
- * the way `net.Socket` does it). The default path allocates a fresh 64 KiB buffer per read, and at
+ * Memory in flight is bounded twice, before a request's payload is read or its reply buffer
+ * taken: by `maxInFlightBytes` for this connection and by the server's `InFlightLimit` for all of
+ * them. A READ or WRITE counts its length from admission until it is done: a WRITE until it has
+ * been applied, a READ until the socket has written its reply (a client that stops reading replies
+ * holds its share, and no more). A request that does not fit is held by the decoder, reading
+ * stops (the socket is paused), and TCP holds the client back; so does a client not reading our
+ * replies. When the socket closes, the replies not yet written are dropped and their bytes given
+ * back at once; requests the engine is still running give theirs back as they finish (their
+ * replies are dropped too), and nothing after them is read. So a client that leaves with large
+ * reads in flight costs nothing once it has gone, and clients that stop reading their replies
+ * hold at most `maxInFlightBytes` each.
+ *
+ * Reads land in one buffer that the server shares between its connections and reuses for every
+ * read (Node's `onread` user buffer, which `net.Server` does not offer for accepted sockets, so it
+ * is installed on the handle the way `net.Socket` does it). Sharing is safe because libuv reads
+ * the sockets one after the other on this thread, and each read's bytes are framed or copied
+ * before its callback returns. The default path allocates a fresh 64 KiB buffer per read, and at
  * a few hundred MB/s that memory outside V8's heap set off a full collection every 70–200 ms, each
- * a 3–7 ms pause that every request in flight waited for. The decoder copies payloads out of the
- * read buffer (into pooled buffers) and keeps only what it owns.
+ * a 3–7 ms pause that every request in flight waited for; a buffer per connection cost 256 KiB for
+ * each client connected. The decoder copies payloads out of the read buffer (into pooled buffers)
+ * and keeps only what it owns.
  */
 import net, { type Socket } from 'node:net';
 import { IoCommand, concatReadExtents, type IoRequest, type ReadExtent, type ReadResult } from '../common/block-device.js';
@@ -37,21 +50,36 @@ import {
   type RequestEvent,
 } from '../protocol/transmission.js';
 import type { ExportCatalog } from '../common/block-device.js';
+import type { Grant, InFlightLimit } from './in-flight-limit.js';
 import type { PayloadPool } from './payload-pool.js';
 
 export interface ConnectionOptions {
   catalog: ExportCatalog;
   logger: Logger;
   blockSizes: BlockSizeConstraints;
+  /** READ and WRITE bytes this connection may have in flight (one larger request may run alone). */
   maxInFlightBytes: number;
-  /** Where WRITE payloads that arrive split over several reads are copied (and given back). */
+  /** The server's bound on the bytes in flight on all connections. */
+  inFlight: InFlightLimit;
+  /** Where WRITE payloads are copied and READ replies filled (and given back). */
   payloads: PayloadPool;
+  /** The read buffer every connection of the server shares (see the design note). */
+  readBuffer: Buffer;
   maxInFlightRequests: number;
   isShuttingDown: () => boolean;
 }
 
 /** Bytes one socket read may return: a QD8 stream of 128 KiB writes in four reads. */
-const READ_BUFFER_BYTES = 256 * 1024;
+export const READ_BUFFER_BYTES = 256 * 1024;
+
+/** Reply buffers handed to the socket, and the request bytes they hold until written. */
+interface PendingWrite {
+  releases: Buffer[];
+  costBytes: number;
+  /** The part of `costBytes` that large requests hold (see in-flight-limit.ts). */
+  largeCostBytes: number;
+  settled: boolean;
+}
 
 /** The symbols under which `net.Socket` keeps a user read buffer and its callback, if any. */
 const USER_BUFFER_SYMBOLS = findUserBufferSymbols();
@@ -69,13 +97,12 @@ function findUserBufferSymbols(): { buffer: symbol; callback: symbol } | null {
  * Makes `socket` read into one reused buffer and call `onRead` with each read's bytes (valid only
  * during the call); false (and nothing changed) where this Node does not support it.
  */
-function readIntoUserBuffer(socket: Socket, onRead: (bytes: Buffer) => void): boolean {
+function readIntoUserBuffer(socket: Socket, buffer: Buffer, onRead: (bytes: Buffer) => void): boolean {
   const handle = (socket as unknown as { _handle?: { useUserBuffer?: (buffer: Uint8Array) => void } })._handle;
   const symbols = USER_BUFFER_SYMBOLS;
   if (symbols === null || typeof handle?.useUserBuffer !== 'function') return false;
   const fields = socket as unknown as Record<symbol, unknown>;
   if (fields[symbols.buffer] !== null || fields[symbols.callback] !== null) return false;
-  const buffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
   handle.useUserBuffer(buffer);
   fields[symbols.buffer] = buffer;
   fields[symbols.callback] = (lengthBytes: number) => {
@@ -94,15 +121,26 @@ export class Connection {
   private readonly handshake: Handshake;
   private session: NegotiatedSession | null = null;
   private decoder: RequestDecoder | null = null;
+  /** READ and WRITE bytes admitted and not yet done (see the design note). */
   private inFlightBytes = 0;
   private inFlightRequests = 0;
+  /** Bytes the server granted to the request the decoder holds, waiting to be taken by `admit`. */
+  private grantedBytes = 0;
+  /** Set while the held request waits for the server's grant. */
+  private waitingForServer = false;
+  private resumeScheduled = false;
   private disconnecting = false;
   private closed = false;
   private readonly idle: Array<() => void> = [];
   private outgoing: Buffer[] = [];
-  /** Pooled read buffers in `outgoing`, given back once the write that carries them completes. */
+  /** Pooled read buffers in `outgoing`, given back once the write that carries them completes... */
   private releases: Buffer[] = [];
+  /** ...and the request bytes they hold until then. */
+  private outgoingCostBytes = 0;
+  private outgoingLargeCostBytes = 0;
+  private readonly pendingWrites = new Set<PendingWrite>();
   private flushScheduled = false;
+  private readonly onGrant: Grant = (bytes) => this.granted(bytes);
   readonly finished: Promise<void>;
   private resolveFinished!: () => void;
 
@@ -113,7 +151,7 @@ export class Connection {
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
     this.handshake = new Handshake({ catalog: options.catalog, blockSizes: options.blockSizes, isShuttingDown: options.isShuttingDown });
     socket.setNoDelay?.(true);
-    if (!readIntoUserBuffer(socket, (bytes) => this.onData(bytes, true))) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
+    if (!readIntoUserBuffer(socket, options.readBuffer, (bytes) => this.onData(bytes, true))) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
     socket.on('drain', () => this.updateFlow());
     socket.on('error', (error) => options.logger.debug('socket error', { error: error.message }));
     socket.on('close', () => this.onClose());
@@ -140,8 +178,14 @@ export class Connection {
     clearTimeout(timer);
   }
 
+  /** Gives back everything the connection holds; requests still running drop their replies. */
   private onClose(): void {
     this.closed = true;
+    if (this.waitingForServer && this.options.inFlight.cancel(this.onGrant)) this.waitingForServer = false;
+    this.options.inFlight.release(this.grantedBytes); // granted to the held request, never admitted
+    this.grantedBytes = 0;
+    for (const write of [...this.pendingWrites]) this.settleWrite(write);
+    this.flushOutgoing();
     this.resolveFinished();
   }
 
@@ -169,7 +213,11 @@ export class Connection {
           return;
         case 'transmission':
           this.session = action.session;
-          this.decoder = new RequestDecoder(action.session.blockSizes.maximumPayloadBytes, (lengthBytes) => this.options.payloads.take(lengthBytes));
+          this.decoder = new RequestDecoder(
+            action.session.blockSizes.maximumPayloadBytes,
+            (lengthBytes) => this.options.payloads.take(lengthBytes),
+            (request) => this.admit(request),
+          );
           this.options.logger.info('client attached', {
             export: action.session.exportEntry.name,
             structuredReplies: action.session.structuredReplies,
@@ -180,6 +228,71 @@ export class Connection {
           return;
       }
     }
+  }
+
+  /** What a request holds in flight: the length of a READ or WRITE the server will serve. */
+  private costOf(request: NbdRequest): number {
+    if (request.type !== C.NBD_CMD_READ && request.type !== C.NBD_CMD_WRITE) return 0;
+    return request.length <= this.session!.blockSizes.maximumPayloadBytes ? request.length : 0;
+  }
+
+  /**
+   * The decoder's question before it takes a request: do its bytes fit, in this connection's share
+   * and in the server's? If not, the request is held and reading pauses (see `updateFlow`) until
+   * this connection's requests finish (`releaseBytes`) or the server grants the bytes (`granted`).
+   */
+  private admit(request: NbdRequest): boolean {
+    const costBytes = this.costOf(request);
+    if (costBytes === 0) return true;
+    if (this.grantedBytes > 0) {
+      this.inFlightBytes += this.grantedBytes;
+      this.grantedBytes = 0;
+      return true;
+    }
+    if (this.waitingForServer || this.closed || this.disconnecting) return false;
+    if (this.inFlightBytes > 0 && this.inFlightBytes + costBytes > this.options.maxInFlightBytes) return false;
+    if (!this.options.inFlight.acquire(costBytes, this.onGrant)) {
+      this.waitingForServer = true;
+      return false;
+    }
+    this.inFlightBytes += costBytes;
+    return true;
+  }
+
+  private granted(bytes: number): void {
+    this.waitingForServer = false;
+    if (this.closed || this.disconnecting) {
+      this.options.inFlight.release(bytes);
+      return;
+    }
+    this.grantedBytes = bytes;
+    this.scheduleResume();
+  }
+
+  /** Request bytes done: out of this connection's share and the server's. */
+  /** `largeCostBytes`: for a sum of several requests' bytes, the large ones' part (see in-flight-limit.ts). */
+  private releaseBytes(costBytes: number, largeCostBytes?: number): void {
+    if (costBytes === 0) return;
+    this.inFlightBytes -= costBytes;
+    this.options.inFlight.release(costBytes, largeCostBytes);
+    if (!this.waitingForServer && this.decoder?.holding) this.scheduleResume();
+  }
+
+  /** Lets the decoder try its held request again, outside the stack of whatever freed the room. */
+  private scheduleResume(): void {
+    if (this.resumeScheduled) return;
+    this.resumeScheduled = true;
+    queueMicrotask(() => {
+      this.resumeScheduled = false;
+      if (this.decoder === null || this.disconnecting) return;
+      if (this.closed) {
+        this.options.inFlight.release(this.grantedBytes);
+        this.grantedBytes = 0;
+        return;
+      }
+      this.handleEvents(this.decoder.resume());
+      this.updateFlow();
+    });
   }
 
   private handleEvents(events: RequestEvent[]): void {
@@ -209,7 +322,10 @@ export class Connection {
       void this.whenIdle().then(() => this.endSocket());
       return;
     }
+    const costBytes = this.costOf(request);
     if (this.options.isShuttingDown()) {
+      this.options.payloads.give(payload);
+      this.releaseBytes(costBytes);
       this.sendError(request, C.NBD_ESHUTDOWN, 'server is shutting down');
       return;
     }
@@ -224,11 +340,11 @@ export class Connection {
     });
     if (rejection !== null) {
       this.options.logger.debug('request rejected', { errno: rejection.errno, reason: rejection.message });
+      this.options.payloads.give(payload);
+      this.releaseBytes(costBytes);
       this.sendError(request, rejection.errno, rejection.message);
       return;
     }
-    const costBytes = request.type === C.NBD_CMD_READ || request.type === C.NBD_CMD_WRITE ? request.length : 0;
-    this.inFlightBytes += costBytes;
     this.inFlightRequests += 1;
     this.updateFlow();
     if (request.type === C.NBD_CMD_BLOCK_STATUS) {
@@ -255,20 +371,23 @@ export class Connection {
     session.exportEntry.device.submit(io);
   }
 
-  /** A data request finished: reply, and account for it. */
+  /** A data request finished: reply, and account for it (a READ's bytes go with its reply). */
   complete(io: PendingIo, error: unknown): void {
     const request = io.nbd;
+    let doneBytes = io.costBytes;
     if (error !== null) {
       this.failRequest(request, error);
       this.options.payloads.give(io.readInto);
-    } else if (request.type === C.NBD_CMD_READ) this.sendRead(request, io.result, io.readInto);
-    else this.sendOk(request);
+    } else if (request.type === C.NBD_CMD_READ) {
+      this.sendRead(request, io.result, io.readInto, io.costBytes);
+      doneBytes = 0;
+    } else this.sendOk(request);
     this.options.payloads.give(io.data);
-    this.settled(io.costBytes);
+    this.settled(doneBytes);
   }
 
-  private settled(costBytes: number): void {
-    this.inFlightBytes -= costBytes;
+  private settled(doneBytes: number): void {
+    this.releaseBytes(doneBytes);
     this.inFlightRequests -= 1;
     this.updateFlow();
     if (this.inFlightRequests === 0) for (const resolve of this.idle.splice(0)) resolve();
@@ -288,7 +407,7 @@ export class Connection {
   private updateFlow(): void {
     if (this.closed || this.disconnecting) return;
     const overLimit =
-      this.inFlightBytes > this.options.maxInFlightBytes ||
+      (this.decoder?.holding ?? false) ||
       this.inFlightRequests >= this.options.maxInFlightRequests ||
       this.socket.writableNeedDrain;
     if (overLimit && !this.socket.isPaused()) this.socket.pause();
@@ -299,13 +418,16 @@ export class Connection {
    * Queues one whole reply. Replies completed by the same piece of work go out in one writev at
    * its end, which matters at high queue depths; a reply is never split by another.
    */
-  private writeAll(buffers: Buffer[], release: Buffer | null = null): void {
+  private writeAll(buffers: Buffer[], release: Buffer | null = null, costBytes = 0): void {
     if (this.closed) {
       this.options.payloads.give(release);
+      this.releaseBytes(costBytes);
       return;
     }
     for (const buffer of buffers) this.outgoing.push(buffer);
     if (release !== null) this.releases.push(release);
+    this.outgoingCostBytes += costBytes;
+    if (costBytes > 0 && !this.options.inFlight.isSmall(costBytes)) this.outgoingLargeCostBytes += costBytes;
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => this.flushOutgoing());
@@ -320,18 +442,35 @@ export class Connection {
   private flushOutgoing(): void {
     this.flushScheduled = false;
     const buffers = this.outgoing;
-    const releases = this.releases;
+    const write: PendingWrite = { releases: this.releases, costBytes: this.outgoingCostBytes, largeCostBytes: this.outgoingLargeCostBytes, settled: false };
     this.outgoing = [];
     this.releases = [];
-    if (this.closed || buffers.length === 0) return;
+    this.outgoingCostBytes = 0;
+    this.outgoingLargeCostBytes = 0;
+    if (this.closed || buffers.length === 0) {
+      this.settleWrite(write);
+      return;
+    }
     this.socket.cork();
     const last = buffers.length - 1;
     for (let i = 0; i < last; i++) this.socket.write(buffers[i]!);
-    if (releases.length === 0) this.socket.write(buffers[last]!);
-    // Called once the kernel has every byte of this flush (or the socket failed): not sooner.
-    else this.socket.write(buffers[last]!, () => releases.forEach((buffer) => this.options.payloads.give(buffer)));
+    if (write.releases.length === 0 && write.costBytes === 0) this.socket.write(buffers[last]!);
+    else {
+      // Settled once the kernel has every byte of this flush (or the socket failed, or closed): not sooner.
+      this.pendingWrites.add(write);
+      this.socket.write(buffers[last]!, () => this.settleWrite(write));
+    }
     this.socket.uncork();
     this.updateFlow();
+  }
+
+  /** Reply buffers written (or never to be): back to the pool, and their request bytes released. */
+  private settleWrite(write: PendingWrite): void {
+    if (write.settled) return;
+    write.settled = true;
+    this.pendingWrites.delete(write);
+    for (const buffer of write.releases) this.options.payloads.give(buffer);
+    this.releaseBytes(write.costBytes, write.largeCostBytes);
   }
 
   private sendOk(request: NbdRequest): void {
@@ -347,24 +486,27 @@ export class Connection {
     else this.writeAll([encodeSimpleReply(request.cookie, errno)]);
   }
 
-  /** The reply to a read; `readInto` (the pooled buffer it was offered) goes back after it is written. */
-  private sendRead(request: NbdRequest, result: ReadResult | null, readInto: Buffer | null): void {
+  /**
+   * The reply to a read; `readInto` (the pooled buffer it was offered) goes back, and the request's
+   * `costBytes` are released, once the reply is written.
+   */
+  private sendRead(request: NbdRequest, result: ReadResult | null, readInto: Buffer | null, costBytes: number): void {
     const session = this.session!;
     const release = readInto !== null && result !== null && result.data.buffer === readInto.buffer ? readInto : null;
     if (release === null) this.options.payloads.give(readInto);
     if (request.length === 0 || result === null) {
-      if (session.structuredReplies) this.writeAll([encodeNoneChunk(request.cookie)]);
-      else this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)]);
+      if (session.structuredReplies) this.writeAll([encodeNoneChunk(request.cookie)], null, costBytes);
+      else this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)], null, costBytes);
       return;
     }
     const extents: ReadExtent[] = result.extents;
     if (!session.structuredReplies) {
-      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data], release);
+      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data], release, costBytes);
       return;
     }
     if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
       const data = result.data.length === request.length ? result.data : concatReadExtents(extents, request.length);
-      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data], release);
+      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data], release, costBytes);
       return;
     }
     // Adjacent data extents go out as one OFFSET_DATA chunk (its payload is several buffers), so a
@@ -389,7 +531,7 @@ export class Connection {
       buffers[headerAt] = encodeOffsetDataHeader(request.cookie, index === extents.length, offset, runBytes);
       offset += BigInt(runBytes);
     }
-    this.writeAll(buffers, release);
+    this.writeAll(buffers, release, costBytes);
   }
 
   private async sendBlockStatus(request: NbdRequest, offset: number): Promise<void> {

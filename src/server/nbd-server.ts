@@ -10,32 +10,59 @@ import fs from 'node:fs';
 import type { ExportCatalog } from '../common/block-device.js';
 import type { Logger } from '../common/log.js';
 import { DEFAULT_BLOCK_SIZES, type BlockSizeConstraints } from '../protocol/handshake.js';
-import { PayloadPool } from './payload-pool.js';
-import { Connection } from './connection.js';
+import { InFlightLimit } from './in-flight-limit.js';
+import { PayloadPool, SLAB_BYTES } from './payload-pool.js';
+import { Connection, READ_BUFFER_BYTES } from './connection.js';
 
 export interface NbdServerOptions {
   catalog: ExportCatalog;
   logger: Logger;
   blockSizes?: BlockSizeConstraints;
-  /** Reading from a connection pauses while its in-flight request bytes exceed this. */
+  /**
+   * READ and WRITE bytes in flight on all connections together (default 64 MiB): a request that
+   * does not fit waits before its payload is read (see in-flight-limit.ts).
+   */
   maxInFlightBytes?: number;
+  /** The same for one connection (default half the server's). */
+  maxConnectionInFlightBytes?: number;
   maxInFlightRequests?: number;
 }
+
+export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 
 export type ListenAddress = { host: string; port: number } | { path: string };
 
 export class NbdServer {
-  /** Buffers for split WRITE payloads, shared by every connection. */
-  private readonly payloads = new PayloadPool();
+  /** Request bytes in flight on all connections. */
+  readonly inFlight: InFlightLimit;
+  /** Buffers for WRITE payloads and READ replies, shared by every connection. */
+  private readonly payloads: PayloadPool;
+  /** The socket read buffer every connection shares (see connection.ts). */
+  private readonly readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
   private readonly servers: net.Server[] = [];
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
   private nextConnectionId = 1;
 
-  constructor(private readonly options: NbdServerOptions) {}
+  constructor(private readonly options: NbdServerOptions) {
+    this.inFlight = new InFlightLimit(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES);
+    // Idle pool memory stays within the in-flight bound, or one piece of the largest slab class
+    // (a stream of 32 MiB reads then reuses its piece rather than making a slab each time).
+    this.payloads = new PayloadPool(Math.max(this.inFlight.limitBytes, SLAB_BYTES / 2));
+  }
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Buffers kept for reuse (resident, or were): what `trimMemory` can give back. */
+  get pooledBytes(): number {
+    return this.payloads.retainedBytes;
+  }
+
+  /** Gives back the buffers kept for reuse (when idle); returns the bytes. */
+  trimMemory(): number {
+    return this.payloads.trim();
   }
 
   /** Starts listening; resolves with the address actually bound (port 0 picks a free port). */
@@ -65,8 +92,10 @@ export class NbdServer {
       catalog: this.options.catalog,
       logger,
       blockSizes: this.options.blockSizes ?? DEFAULT_BLOCK_SIZES,
-      maxInFlightBytes: this.options.maxInFlightBytes ?? 64 * 1024 * 1024,
+      maxInFlightBytes: this.options.maxConnectionInFlightBytes ?? Math.ceil(this.inFlight.limitBytes / 2),
+      inFlight: this.inFlight,
       payloads: this.payloads,
+      readBuffer: this.readBuffer,
       maxInFlightRequests: this.options.maxInFlightRequests ?? 1024,
       isShuttingDown: () => this.shuttingDown,
     });

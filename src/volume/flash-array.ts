@@ -54,6 +54,7 @@ import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 import { FileNand, SPARE_FILE_NAME } from '../nand/file-nand.js';
 import { geometryForCapacity, type NandDevice } from '../nand/nand-device.js';
 import { GiB, MiB } from '../common/size.js';
+import { planMemory, type MemoryPlan } from '../common/memory-budget.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
@@ -91,6 +92,12 @@ export const DEFAULT_METADATA_POLICY: MetadataPolicy = {
 };
 /** ...or when this many dedup-index entries wait to be written (each is one LevelDB put). */
 const DEDUP_WRITEBACK_ENTRIES = 8192;
+/** A checkpoint writes dedup entries in batches of at most this many (about 5 MB of heap each)... */
+const CHECKPOINT_SLICE_ENTRIES = 16384;
+/** ...and Bloom filter segments at most this many (2 MiB) at a time... */
+const CHECKPOINT_SLICE_SEGMENTS = 32;
+/** ...and dirty pages through at most this many commits before its own (writes may go on meanwhile). */
+const CHECKPOINT_MAX_ROUNDS = 1000;
 
 export interface ArrayOptions {
   capacityBytes?: number;
@@ -216,11 +223,16 @@ export class FlashArray implements ExportCatalog {
   private commitQueued: Promise<void> | null = null;
   private queuedSync = false;
   private queuedCheckpoint = false;
+  private queuedDrain = false;
   private commitTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** The Bloom filter's rebuild, while it runs (see `rebuildBloom`). */
+  private bloomRebuild: Promise<void> | null = null;
   readonly policy: MetadataPolicy;
   /** Where the catalog copy lives (catalog-copy.ts): set by `open`, null for arrays assembled in memory. */
   catalogCopyDir: string | null = null;
+  /** How the memory budget is shared out (common/memory-budget.ts). */
+  readonly memory: MemoryPlan;
 
   private constructor(
     readonly dataDir: string,
@@ -244,10 +256,11 @@ export class FlashArray implements ExportCatalog {
     this.codec = codecFor(this.compression);
     const key = fingerprintKey(format);
     this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
-    // The cache budget: 40% volume-map pages, 40% chunk-table pages, 20% dedup index entries.
-    this.chunks = new ChunkTable(meta, Math.floor(cacheBytes * 0.4), state.nextChunkId, this.journal);
-    this.maps = new MapTable(meta, Math.floor(cacheBytes * 0.4), this.journal);
-    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(bloomFilterBytes(nand)), Math.floor(cacheBytes * 0.2));
+    // The memory budget, shared out in one place (see common/memory-budget.ts).
+    this.memory = planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: nand instanceof FileNand, dedup: options.dedup !== false });
+    this.chunks = new ChunkTable(meta, this.memory.chunkPageBytes, state.nextChunkId, this.journal);
+    this.maps = new MapTable(meta, this.memory.mapPageBytes, this.journal);
+    this.dedup = options.dedup === false ? null : new DedupIndex(meta, new BloomFilter(this.memory.bloomFilterBytes), this.memory.dedupIndexBytes);
     this.reduceSettings = { codec: this.codec, fingerprint: this.dedup === null ? null : this.fingerprint, recordSeed: key };
     const workers = options.reductionWorkers ?? 1;
     // Only the built-in keyed fingerprint runs in workers; an injected function stays on this thread.
@@ -276,16 +289,18 @@ export class FlashArray implements ExportCatalog {
       throw StorageError.notFound(`no pstorage array in ${dataDir}: start one with "pstorage serve --data-dir ${dataDir}"`);
     }
     fs.mkdirSync(dataDir, { recursive: true });
-    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'));
+    // LevelDB's and the mapping's shares do not depend on the capacity (the Bloom filter's does).
+    const plan = planMemory({ cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES, capacityBytes: 0, onDisk: true, dedup: options.dedup !== false });
+    const meta = await LevelMetaStore.open(path.join(dataDir, 'meta'), { writeBufferBytes: plan.levelWriteBufferBytes, cacheBytes: plan.levelCacheBytes });
     try {
       const formatBytes = await meta.get('super', FORMAT_KEY);
       const created = formatBytes === undefined;
       const geometry = created ? geometryForCapacity(options.capacityBytes ?? DEFAULT_CAPACITY_BYTES, options.pageBytes, options.pagesPerEraseBlock) : parseFormat(formatBytes).geometry;
-      // Mapped NAND pages count in the resident set: keep them to a share beside the caches.
+      // Mapped NAND pages count in the resident set: keep them to their share of the budget.
       // An image already there when the metadata has no format record: a creation that was cut
       // short (the image is blank, and keeps its geometry), or metadata that lost its record.
       const existing = created && fs.existsSync(path.join(dataDir, 'nand', SPARE_FILE_NAME));
-      const nand = await FileNand.open(path.join(dataDir, 'nand'), existing ? undefined : geometry, { create: created });
+      const nand = await FileNand.open(path.join(dataDir, 'nand'), existing ? undefined : geometry, { create: created, mappedLimitBytes: plan.mappedReadBytes });
       if (existing && !isBlank(nand)) {
         await nand.close();
         // Creating an array here would give it a new secret and erase every block it thinks free.
@@ -320,8 +335,9 @@ export class FlashArray implements ExportCatalog {
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
     const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, fingerprintKey(format));
     const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
+    let bloomTrusted = true;
     try {
-      await array.dedup?.bloom.load(meta);
+      bloomTrusted = (await array.dedup?.bloom.load(meta)) ?? true;
       const summaries: Array<[number, ReturnType<typeof decodeSummaryPage>[number][1]]> = [];
       for await (const [key, value] of meta.iterate('erase-blocks')) summaries.push(...decodeSummaryPage(decodeU32Key(key), value));
       await ftl.recover(summaries);
@@ -346,7 +362,25 @@ export class FlashArray implements ExportCatalog {
     }
     array.commitTimer = setInterval(() => array.backgroundCommit(), array.policy.commitIntervalMs);
     array.commitTimer.unref();
+    if (!bloomTrusted) array.rebuildBloom();
     return array;
+  }
+
+  /**
+   * The Bloom filter as stored cannot be trusted (no clean close since, another size: see
+   * reduce/bloom-filter.ts): it answers "maybe" while it is rebuilt from the index in LevelDB, in
+   * the background. A failure leaves it so until the next open.
+   */
+  private rebuildBloom(): void {
+    const started = performance.now();
+    this.bloomRebuild = this.dedup!.bloom.rebuild(this.meta, () => this.closed).then(
+      (done) => {
+        if (done) this.logger.debug('Bloom filter rebuilt from the dedup index', { ms: Math.round(performance.now() - started) });
+      },
+      (error: unknown) => {
+        if (!this.closed) this.logger.warn('the Bloom filter could not be rebuilt: new data is looked up in the dedup index until the next start', { error: String(error) });
+      },
+    );
   }
 
   /**
@@ -560,10 +594,11 @@ export class FlashArray implements ExportCatalog {
    * starts when the running one ends (their writes may have missed its capture). A checkpoint
    * writes back every dirty page and leaves the journal empty.
    */
-  commit(sync: boolean, options: { checkpoint?: boolean } = {}): Promise<void> {
+  commit(sync: boolean, options: { checkpoint?: boolean; drain?: boolean } = {}): Promise<void> {
     const checkpoint = options.checkpoint ?? false;
+    const drain = options.drain ?? false;
     if (this.commitRunning === null) {
-      const running = this.doCommit(sync, checkpoint).finally(() => {
+      const running = this.doCommit(sync, checkpoint, drain).finally(() => {
         if (this.commitRunning === running) this.commitRunning = null;
       });
       this.commitRunning = running;
@@ -571,33 +606,67 @@ export class FlashArray implements ExportCatalog {
     }
     this.queuedSync ||= sync;
     this.queuedCheckpoint ||= checkpoint;
+    this.queuedDrain ||= drain;
     if (this.commitQueued === null) {
       this.commitQueued = this.commitRunning
         .catch(() => undefined)
         .then(() => {
           const queuedSync = this.queuedSync;
           const queuedCheckpoint = this.queuedCheckpoint;
+          const queuedDrain = this.queuedDrain;
           this.queuedSync = false;
           this.queuedCheckpoint = false;
+          this.queuedDrain = false;
           this.commitQueued = null;
-          return this.commit(queuedSync, { checkpoint: queuedCheckpoint });
+          return this.commit(queuedSync, { checkpoint: queuedCheckpoint, drain: queuedDrain });
         });
     }
     return this.commitQueued;
   }
 
-  /** Writes back every dirty page (and so empties the journal) and syncs. */
-  checkpoint(): Promise<void> {
+  /**
+   * Writes back every dirty page (and so empties the journal), every dedup entry and Bloom filter
+   * segment LevelDB lacks, and syncs. The bulk goes first, in slices of bounded size (see
+   * `writeBackInSlices`), so that the checkpoint's own commit holds only what is left.
+   */
+  async checkpoint(): Promise<void> {
+    await this.writeBackInSlices();
     return this.commit(true, { checkpoint: true });
   }
 
-  private async doCommit(sync: boolean, checkpoint: boolean): Promise<void> {
+  /**
+   * Before a checkpoint: dedup entries and Bloom filter segments in batches of their own, and
+   * dirty pages through ordinary commits of at most `writebackPages` each. One batch of all of it
+   * (what the checkpoint's commit was) held about 1 KiB of heap per dedup entry until LevelDB had
+   * it: 2.6 GB of resident memory closing an array at the default budget, 816 MB at --cache-mb 64.
+   * Index entries and Bloom bits are advice (see reduce/dedup-index.ts), so writing them outside a
+   * commit is safe: a crash between slices loses only chances to dedup.
+   */
+  private async writeBackInSlices(): Promise<void> {
+    if (this.dedup !== null) {
+      let from: number | undefined = 0;
+      for (;;) {
+        const ops: MetaOp[] = [];
+        this.dedup.bloom.captureSome(ops, CHECKPOINT_SLICE_SEGMENTS);
+        this.dedup.captureUnwritten(ops, CHECKPOINT_SLICE_ENTRIES, from);
+        from = undefined;
+        if (ops.length === 0) break;
+        await this.meta.batch(ops, { sync: false });
+      }
+    }
+    const dirtyPages = () => this.maps.cache.dirtyCount + this.chunks.cache.dirtyCount;
+    for (let rounds = 0; dirtyPages() > this.policy.writebackPages && rounds < CHECKPOINT_MAX_ROUNDS; rounds++) {
+      await this.commit(false, { drain: true });
+    }
+  }
+
+  private async doCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<void> {
     let previous: Capture | null = null;
     let captured: Capture;
     try {
       captured = await this.ftl.makeDurable((generation) => {
         if (previous !== null) this.settleCapture(previous, false);
-        previous = this.captureMetadata(generation, checkpoint);
+        previous = this.captureMetadata(generation, checkpoint, drain);
         return previous;
       });
     } catch (error) {
@@ -628,7 +697,7 @@ export class FlashArray implements ExportCatalog {
     return error;
   }
 
-  private captureMetadata(generation: number, checkpoint: boolean): Capture {
+  private captureMetadata(generation: number, checkpoint: boolean, drain: boolean): Capture {
     const ops: MetaOp[] = [];
     const journal = [...this.journalRetry];
     this.journalRetry = [];
@@ -638,7 +707,7 @@ export class FlashArray implements ExportCatalog {
       ops.push({ type: 'put', sublevel: 'journal', key: u64Key(seq), value: bytes });
       this.noteJournalKept(seq, bytes.length);
     }
-    const choice = this.writebackChoice(checkpoint);
+    const choice = this.writebackChoice(checkpoint, drain);
     const mapPages = this.maps.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraMapPages });
     const chunkPages = this.chunks.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraChunkPages });
     // Every change older than the oldest page still dirty is now in a written page.
@@ -682,10 +751,12 @@ export class FlashArray implements ExportCatalog {
    * Which dirty pages this commit writes back: every one whose first change is in a journal value
    * the backlog can no longer keep, and the oldest beyond each cache's dirty share.
    */
-  private writebackChoice(checkpoint: boolean): { beforeSeq: number; maxPages: number; extraMapPages: number; extraChunkPages: number } {
-    if (checkpoint) return { beforeSeq: Infinity, maxPages: Infinity, extraMapPages: 0, extraChunkPages: 0 };
-    let beforeSeq = -Infinity;
+  private writebackChoice(checkpoint: boolean, drain: boolean): { beforeSeq: number; maxPages: number; extraMapPages: number; extraChunkPages: number } {
     const { journalBacklogBytes, dirtyPageShare, writebackPages } = this.policy;
+    if (checkpoint) return { beforeSeq: Infinity, maxPages: Infinity, extraMapPages: 0, extraChunkPages: 0 };
+    // A checkpoint's slices: the oldest dirty pages, a commit's worth (see `writeBackInSlices`).
+    if (drain) return { beforeSeq: Infinity, maxPages: writebackPages, extraMapPages: 0, extraChunkPages: 0 };
+    let beforeSeq = -Infinity;
     if (this.journalKeptBytes > journalBacklogBytes) {
       // Trim to half the backlog: the oldest values until what is left fits.
       let bytes = this.journalKeptBytes;
@@ -832,6 +903,11 @@ export class FlashArray implements ExportCatalog {
     await this.commit(true);
   }
 
+  /** Drops the NAND image's pages from the read mapping (when idle); returns the bytes, estimated. */
+  dropMappedPages(): number {
+    return this.nand instanceof FileNand ? this.nand.dropMapped() : 0;
+  }
+
   /** A simulated crash: stop background work at once (the caller abandons the devices). */
   abandon(): void {
     this.closed = true;
@@ -850,6 +926,7 @@ export class FlashArray implements ExportCatalog {
     if (this.commitTimer) clearInterval(this.commitTimer);
     let failure: unknown = null;
     try {
+      await this.bloomRebuild; // stops at once now that the array is closed
       await this.hostSpace.beforeClose();
       await this.checkpoint().catch(async (error: unknown) => {
         if (!isHostFull(error)) throw error;
@@ -857,6 +934,9 @@ export class FlashArray implements ExportCatalog {
         await this.hostSpace.beforeClose();
         await this.checkpoint();
       });
+      // Every Bloom filter segment is written: the next open may trust them (bloom-filter.ts).
+      const record: MetaOp[] = [];
+      if (this.dedup?.bloom.captureRecord(record)) await this.meta.batch(record, { sync: true });
     } catch (error) {
       failure = error;
     }
@@ -894,9 +974,14 @@ function fingerprintKey(format: FormatRecord): bigint {
   return BigInt(`0x${format.fingerprintKey}`);
 }
 
-/** The Bloom filter's size: 10 bits per 2 KiB of NAND (a chunk per 2 KiB, compressed), at most 64 MiB. */
-export function bloomFilterBytes(nand: NandDevice): number {
-  return Math.min(64 * MiB, Math.ceil((capacityOf(nand) / 2048) * 10 / 8));
+/**
+ * The Bloom filter's size for an array of this NAND under a memory budget (common/memory-budget.ts:
+ * 10 bits per 2 KiB of NAND, within the budget's share). `pstorage inspect repair` builds it at
+ * the default budget; a server given another budget rebuilds it at its own size when it opens
+ * (reduce/bloom-filter.ts), answering "maybe stored" meanwhile.
+ */
+export function bloomFilterBytes(nand: NandDevice, cacheBytes = DEFAULT_CACHE_BYTES): number {
+  return planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: true, dedup: true }).bloomFilterBytes;
 }
 
 function capacityOf(nand: NandDevice): number {

@@ -542,6 +542,7 @@ function buildStore(repair: Repair, scan: NandScan, nand: FileNand): MetaOp[] {
     }
   }
   bloom.capture(ops, true);
+  bloom.captureRecord(ops); // complete: the server may trust it (unless its budget wants another size)
   repair.rebuilt.push(`dedup index: ${fingerprints} fingerprint(s) from the chunk table, and its Bloom filter`);
   putSummaries(put, scan, nand, validBytes);
   repair.rebuilt.push(`erase-block summaries: ${nand.geometry.eraseBlockCount} block(s) from page headers and the chunk table`);

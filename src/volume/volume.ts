@@ -253,31 +253,36 @@ export class Volume implements BlockDevice {
     );
   }
 
-  /** Loads what the read needs, then plans it again; chunk records are read asynchronously when the NAND prefers that. */
+  /**
+   * Loads what the read needs, then plans it again; chunk records are read asynchronously when the
+   * NAND prefers that. Every page loaded stays pinned until the read is done: a plan that finds a
+   * page missing says nothing of the pages it found cached, and loading the missing ones may evict
+   * those (nothing pins them), so a read needing more pages than the cache holds (64 chunk-table
+   * pages for a 256 KiB read at --cache-mb 1) would go round evicting its own pages until it gave
+   * up. With the pins kept, each attempt pins what it loads and the read needs about three.
+   */
   private async readSlow(request: IoRequest): Promise<void> {
     const { offsetBytes, lengthBytes } = request;
     let missing: Missing = { mapIds: this.mapPageIds(this.chain(), offsetBytes, lengthBytes), chunkIds: [], fingerprints: [] };
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const unpinMap = await this.array.maps.cache.loadPinned(missing.mapIds);
-      let unpinChunks = () => {};
-      let plan: ReadPlan | Missing;
-      try {
-        unpinChunks = await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(missing.chunkIds));
-        plan = this.planRead(offsetBytes, lengthBytes, request.readInto ?? null);
-      } finally {
-        unpinMap();
-        unpinChunks();
+    const unpins: Array<() => void> = [];
+    try {
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        unpins.push(await this.array.maps.cache.loadPinned(missing.mapIds));
+        unpins.push(await this.array.chunks.cache.loadPinned(this.array.chunks.pageIdsOf(missing.chunkIds)));
+        const plan = this.planRead(offsetBytes, lengthBytes, request.readInto ?? null);
+        if ('mapIds' in plan) {
+          missing = plan;
+          continue;
+        }
+        // Nothing awaited between planning and readRecords (which registers the read with the FTL
+        // at once): GC cannot erase the addresses underneath it.
+        if (this.array.ftl.canReadSync) this.readChunksSync(plan);
+        else await this.readChunksAsync(plan);
+        request.result = this.finishRead(plan);
+        return;
       }
-      if ('mapIds' in plan) {
-        missing = plan;
-        continue;
-      }
-      // Nothing awaited between planning and readRecords (which registers the read with the FTL
-      // at once): GC cannot erase the addresses underneath it.
-      if (this.array.ftl.canReadSync) this.readChunksSync(plan);
-      else await this.readChunksAsync(plan);
-      request.result = this.finishRead(plan);
-      return;
+    } finally {
+      for (const unpin of unpins) unpin();
     }
     throw StorageError.io('read could not load its metadata (cache thrashing): raise --cache-mb');
   }
@@ -711,27 +716,33 @@ export class Volume implements BlockDevice {
     // Map pages no layer holds are holes (or unchanged) without loading anything.
     const existing = await this.array.existingMapPages(layers, Math.floor(first / LBAS_PER_MAP_PAGE), Math.floor(last / LBAS_PER_MAP_PAGE));
     const empty = changedSince === null ? STATE_HOLE | STATE_ZERO : 0;
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      await this.array.maps.cache.load(layers.flatMap((layerId) => [...existing].map((pageIndex) => mapCacheId(layerId, pageIndex))));
-      const chain = this.chain();
-      const extents: StatusExtent[] = [];
-      let complete = true;
-      for (let lba = first; lba <= last; lba++) {
-        const present = existing.has(Math.floor(lba / LBAS_PER_MAP_PAGE));
-        const flags = !present ? empty : changedSince === null ? this.allocationFlags(chain, lba) : this.changedFlags(changedSince, lba);
-        if (flags === undefined) {
-          complete = false;
-          break;
-        }
-        const from = Math.max(offsetBytes, lba * LBA_BYTES);
-        const to = Math.min(offsetBytes + lengthBytes, (lba + 1) * LBA_BYTES);
-        const tail = extents[extents.length - 1];
-        if (tail !== undefined && tail.flags === flags) tail.lengthBytes += to - from;
-        else extents.push({ lengthBytes: to - from, flags });
-      }
-      if (complete) return extents;
+    // Pinned while in use: one step may need more map pages (64 per layer) than a small cache
+    // holds, and a plain load would evict the first of them to insert the last.
+    const unpin = await this.array.maps.cache.loadPinned(layers.flatMap((layerId) => [...existing].map((pageIndex) => mapCacheId(layerId, pageIndex))));
+    try {
+      return this.statusOfLoaded(offsetBytes, lengthBytes, first, last, layers, existing, changedSince !== null, empty);
+    } finally {
+      unpin();
     }
-    throw StorageError.io('block status could not load its metadata (cache thrashing): raise --cache-mb');
+  }
+
+  /**
+   * Block status of `first..last` over `layers` (the chain, or the layers changed since a
+   * snapshot), whose existing map pages are all cached and pinned.
+   */
+  private statusOfLoaded(offsetBytes: number, lengthBytes: number, first: number, last: number, layers: readonly number[], existing: Set<number>, changed: boolean, empty: number): StatusExtent[] {
+    const extents: StatusExtent[] = [];
+    for (let lba = first; lba <= last; lba++) {
+      const present = existing.has(Math.floor(lba / LBAS_PER_MAP_PAGE));
+      const flags = !present ? empty : changed ? this.changedFlags(layers, lba) : this.allocationFlags(layers, lba);
+      if (flags === undefined) throw StorageError.io(`block status found map page ${Math.floor(lba / LBAS_PER_MAP_PAGE)} of ${this.name} missing after loading it`);
+      const from = Math.max(offsetBytes, lba * LBA_BYTES);
+      const to = Math.min(offsetBytes + lengthBytes, (lba + 1) * LBA_BYTES);
+      const tail = extents[extents.length - 1];
+      if (tail !== undefined && tail.flags === flags) tail.lengthBytes += to - from;
+      else extents.push({ lengthBytes: to - from, flags });
+    }
+    return extents;
   }
 
   // ---- Helpers -------------------------------------------------------------------------------

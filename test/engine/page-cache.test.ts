@@ -1,8 +1,15 @@
+import crypto from 'node:crypto';
 import test from 'ava';
+import { concatReadExtents } from '../../src/common/block-device.js';
+import { silentLogger } from '../../src/common/log.js';
+import { MemoryNand } from '../../src/nand/memory-nand.js';
+import { FlashArray } from '../../src/volume/flash-array.js';
 import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import { u64Key } from '../../src/meta/keys.js';
 import { ChunkPage } from '../../src/volume/chunk-table.js';
 import { PageCache } from '../../src/volume/page-cache.js';
+
+const B = 4096;
 
 function cache(budgetPages: number) {
   const page = ChunkPage.decode(undefined);
@@ -61,4 +68,32 @@ test('write-back takes dirty pages oldest first change first, and the trim point
   t.is(pages.minDirtySeq(), 9);
   const capped = pages.captureWriteback(ops, { beforeSeq: Infinity, extraPages: 0, maxPages: 1 });
   t.deepEqual(capped.map((captured) => captured.id), [4], 'at most maxPages, oldest first');
+});
+
+test('a read that needs more chunk-table pages than the cache holds keeps what it loaded pinned, and completes', async (t) => {
+  // A chunk-table page holds 256 chunks: lba i gets chunk 1 + 256 i (fillers take the ids
+  // between), so the 16 blocks read at the end sit on 16 pages, and the cache holds about 4.
+  const geometry = { pageBytes: 4096, pagesPerEraseBlock: 16, eraseBlockCount: 512, enduranceCycles: 100_000 };
+  const options = { cacheBytes: 64 * 1024, reductionWorkers: 0, compression: 'none' as const, dedup: false };
+  let nand = new MemoryNand(geometry);
+  let meta = new MemoryMetaStore();
+  let array = await FlashArray.assemble('memory', meta, nand, silentLogger, options, true);
+  const volume = await array.createVolume('v', 8192 * B);
+  const blocks = Array.from({ length: 16 }, () => crypto.randomBytes(B));
+  for (let lba = 0; lba < blocks.length; lba++) {
+    await volume.write(lba * B, blocks[lba]!, { fua: false });
+    await volume.write((1000 + lba * 255) * B, crypto.randomBytes(255 * B), { fua: false });
+  }
+  await array.checkpoint();
+  array.abandon();
+  nand = nand.crash();
+  meta = meta.crash();
+  // Reopened: nothing cached. The first read caches the pages of blocks 0-3; the read of all 16
+  // then finds those cached and the other 12 missing, and loading those evicts the first four.
+  array = await FlashArray.assemble('memory', meta, nand, silentLogger, options, false);
+  const reopened = array.lookup('v')!.device;
+  t.true(array.chunks.cache.budget < 8 * ChunkPage.decode(undefined).sizeBytes, 'the cache holds fewer pages than the read needs');
+  t.deepEqual(concatReadExtents(await reopened.read(0, 4 * B), 4 * B), Buffer.concat(blocks.slice(0, 4)));
+  t.deepEqual(concatReadExtents(await reopened.read(0, 16 * B), 16 * B), Buffer.concat(blocks));
+  array.abandon();
 });

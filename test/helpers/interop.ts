@@ -130,9 +130,9 @@ export function tempDir(t: ExecutionContext, prefix = 'pstorage-interop-'): stri
  * Starts `pstorage serve` for one test. Without `dataDir` it gets a fresh temporary one (removed
  * at teardown); the process is SIGKILLed at teardown if the test did not stop it.
  */
-export async function startServer(t: ExecutionContext, options: { dataDir?: string; tcp?: boolean; args?: string[] } = {}): Promise<PstorageProcess> {
+export async function startServer(t: ExecutionContext, options: { dataDir?: string; tcp?: boolean; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<PstorageProcess> {
   const dataDir = options.dataDir ?? path.join(tempDir(t), 'data');
-  const server = await startPstorage({ dataDir, tcp: options.tcp ?? false, args: options.args });
+  const server = await startPstorage({ dataDir, tcp: options.tcp ?? false, args: options.args, env: options.env });
   const unregister = cleanupOnExit(() => server.child.kill('SIGKILL'));
   t.teardown(async () => {
     unregister();

@@ -314,7 +314,7 @@ test('reads through the memory mapping equal preads, see programs at once and ze
 
 test('past the mapped-pages limit, erase blocks not read lately leave the mapping and read back right', async (t) => {
   await withDirectory(async (directory) => {
-    // A limit of one byte: every check (each 64 MiB read through the mapping) finds it exceeded.
+    // A limit of one byte: every check (each 1 MiB read through the mapping) finds it exceeded.
     const device = await FileNand.open(directory, GEOMETRY, { create: true, mappedLimitBytes: 1 });
     t.true(device.mapped);
     for (let block = 0; block < 10; block++) await device.programPages(block, 0, pagesOf(4096, 64, block));
@@ -323,6 +323,20 @@ test('past the mapped-pages limit, erase blocks not read lately leave the mappin
     for (let i = 0; i < 3 * 256; i++) device.viewPagesSync(9, 0, 64);
     t.is(device.droppedEraseBlocks, 5, 'the five cold blocks, and not the one being read');
     for (let block = 0; block < 10; block++) t.true(device.viewPagesSync(block, 0, 64)!.equals(pagesOf(4096, 64, block)), `erase block ${block} after the drop`);
+    await device.close();
+  });
+});
+
+test('dropMapped() takes every page read through the mapping out of the resident set, and they read back right', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true });
+    t.true(device.mapped);
+    for (let block = 0; block < 16; block++) await device.programPages(block, 0, pagesOf(4096, 64, block));
+    for (let block = 0; block < 16; block++) t.true(device.viewPagesSync(block, 0, 64)!.equals(pagesOf(4096, 64, block)));
+    const dropped = device.dropMapped();
+    t.is(device.droppedEraseBlocks, 16, 'every block read since the last drop');
+    t.true(dropped >= 2 * 1024 * 1024, `about 4 MiB left the resident set (${dropped} bytes)`);
+    for (let block = 0; block < 16; block++) t.true(device.viewPagesSync(block, 0, 64)!.equals(pagesOf(4096, 64, block)), `erase block ${block} after the drop`);
     await device.close();
   });
 });

@@ -162,3 +162,58 @@ test('property: random bytes only ever produce typed events', (t) => {
   );
   t.true(types.has('fatal'));
 });
+
+test('property: admission refusals hold requests in order and resume() gives the same events, over transient chunks', (t) => {
+  const expected = JSON.stringify(decodeAll(new RequestDecoder(MAX), [stream]), (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  t.notThrows(() =>
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: stream.length }), { maxLength: 12 }), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }), fc.array(fc.boolean(), { minLength: 13, maxLength: 13 }), (cuts, answers, resumes) => {
+        const points = [...new Set(cuts)].sort((a, b) => a - b);
+        points.push(stream.length);
+        let asked = 0;
+        const admitted: bigint[] = [];
+        const decoder = new RequestDecoder(MAX, Buffer.allocUnsafe, (request) => {
+          const yes = answers[asked++ % answers.length]!;
+          if (yes) admitted.push(request.cookie);
+          return yes;
+        });
+        const readBuffer = Buffer.alloc(stream.length);
+        const events: RequestEvent[] = [];
+        let last = 0;
+        for (const point of points) {
+          const count = stream.copy(readBuffer, 0, last, point);
+          events.push(...decoder.push(readBuffer.subarray(0, count), true));
+          readBuffer.fill(0xee);
+          last = point;
+          // Nothing is reported past a held request.
+          if (decoder.holding && events.some((event) => event.type === 'request' && !admitted.includes(event.request.cookie))) return false;
+          if (resumes[points.indexOf(point)]!) events.push(...decoder.resume());
+        }
+        for (let i = 0; i < 100 && decoder.holding; i++) events.push(...decoder.resume());
+        return !decoder.holding && JSON.stringify(events, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)) === expected;
+      }),
+      { numRuns: 500 },
+    ),
+  );
+});
+
+test('decoder: a held WRITE has no payload gathered for it until admitted', (t) => {
+  let allocations = 0;
+  let admit = false;
+  const decoder = new RequestDecoder(MAX, (lengthBytes) => {
+    allocations += 1;
+    return Buffer.allocUnsafe(lengthBytes);
+  }, () => admit);
+  const write = request(C.NBD_CMD_WRITE, { cookie: 9n, length: 8192, payload: Buffer.alloc(8192, 7) });
+  t.deepEqual(decoder.push(write.subarray(0, 100), true), []);
+  t.true(decoder.holding);
+  t.deepEqual(decoder.push(write.subarray(100), true), []);
+  t.is(allocations, 0, 'no payload buffer while held');
+  t.deepEqual(decoder.resume(), [], 'still refused');
+  admit = true;
+  const events = decoder.resume();
+  t.false(decoder.holding);
+  t.is(events.length, 1);
+  const event = events[0]!;
+  t.true(event.type === 'request' && event.request.cookie === 9n && event.payload!.equals(Buffer.alloc(8192, 7)));
+});

@@ -103,3 +103,85 @@ test('probe runs stay short while unique fingerprints turn the full table over m
   t.log(`longest run of occupied slots after each turnover: ${longest.join(', ')} (65,536 slots)`);
   t.true(Math.max(...longest) < 1000, `runs stay short: ${longest.join(', ')}`);
 });
+
+test('a checkpoint can write the table in slices: each bounded, together everything, nothing twice', async (t) => {
+  const store = new MemoryMetaStore();
+  const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1 << 20);
+  for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
+  const written = new Set<string>();
+  let slices = 0;
+  for (let from: number | undefined = 0; ; from = undefined) {
+    const ops: Parameters<typeof index.capture>[0] = [];
+    const count = index.captureUnwritten(ops, 1000, from);
+    t.is(count, ops.length);
+    t.true(count <= 1000, `slice of ${count}`);
+    if (count === 0) break;
+    slices += 1;
+    for (const op of ops) written.add(Buffer.from(op.key).toString('hex'));
+    await store.batch(ops, { sync: false });
+  }
+  t.is(slices, 10);
+  t.is(written.size, 10_000, 'every entry once');
+  const rest: Parameters<typeof index.capture>[0] = [];
+  index.capture(rest, true);
+  t.is(rest.filter((op) => op.key.length === 8).length, 0, 'the checkpoint commit finds nothing left to write');
+  t.is(rest.length, 1, 'but the Bloom filter segment the slices changed');
+  t.is(index.bloom.captureSome([], 1), 0);
+  await store.batch(rest, { sync: false });
+  // A fresh index over the same store finds every entry through the Bloom filter and LevelDB.
+  const bloom = new BloomFilter(64 * 1024);
+  await bloom.load(store);
+  const reopened = new DedupIndex(store, bloom, 1 << 20);
+  for (const key of [0, 4321, 9999]) {
+    t.is(reopened.lookup(fingerprint(key)), MAYBE_STORED);
+    await reopened.prepare([fingerprint(key)]);
+    t.is(reopened.lookup(fingerprint(key)), key + 1);
+  }
+});
+
+test('the Bloom filter never answers "not stored" for a fingerprint LevelDB holds: after a crash, or at another size, it is rebuilt first', async (t) => {
+  const store = new MemoryMetaStore();
+  const written = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.true(await written.bloom.load(store) === false, 'a new store has no record: not trusted');
+  t.true(await written.bloom.rebuild(store, () => false));
+  for (let key = 0; key < 3000; key++) written.insert(fingerprint(key), key + 1);
+  const ops: Parameters<typeof written.capture>[0] = [];
+  written.capture(ops, true);
+  t.true(written.bloom.captureRecord(ops), 'complete, every segment captured: the record goes with them');
+  await store.batch(ops, { sync: true });
+  const stored = (index: DedupIndex) => {
+    let surelyNot = 0;
+    for (let key = 0; key < 3000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    return surelyNot;
+  };
+  const unknown = (index: DedupIndex) => {
+    let surelyNot = 0;
+    for (let key = 100_000; key < 101_000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    return surelyNot;
+  };
+
+  // Same size, after a clean close: trusted at once; loading consumes the record.
+  const same = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.true(await same.bloom.load(store));
+  t.is(stored(same), 0);
+  t.true(unknown(same) > 900, 'and it still says "not stored" for what is not');
+
+  // Opened again without a clean close (a crash): the segments may lack bits, so not trusted.
+  const afterCrash = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.false(await afterCrash.bloom.load(store));
+  t.is(unknown(afterCrash), 0, 'untrusted: "maybe" for everything');
+
+  // Another size (another --cache-mb): its bits sit elsewhere; "maybe" until rebuilt from LevelDB.
+  const other = new DedupIndex(store, new BloomFilter(256 * 1024), 4096 * DEDUP_SLOT_BYTES);
+  t.false(await other.bloom.load(store));
+  t.is(stored(other), 0, 'no false "not stored" before the rebuild');
+  t.false(other.bloom.complete);
+  t.true(await other.bloom.rebuild(store, () => false));
+  t.true(other.bloom.complete);
+  t.is(stored(other), 0, 'nor after it');
+  t.true(unknown(other) > 900, 'and "not stored" again for what is not');
+  const stopped = new BloomFilter(256 * 1024);
+  t.false(await stopped.load(store));
+  t.false(await stopped.rebuild(store, () => true), 'a rebuild told to stop says so');
+  t.false(stopped.complete);
+});
