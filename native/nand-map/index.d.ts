@@ -27,6 +27,20 @@ export function copyRecords(
   destinations: ReadonlyArray<Buffer | undefined>,
 ): number;
 /**
+ * copyRecords for pages read with pread from `fd` (the plan's offsets are the file's): the same
+ * plan and result; a failed pread throws an Error whose code is EIO (or ENOMEM, EBADF).
+ */
+export function readRecords(
+  fd: number,
+  pageBytes: number,
+  pageHeaderBytes: number,
+  recordHeaderBytes: number,
+  seed: bigint,
+  plan: Float64Array,
+  count: number,
+  destinations: ReadonlyArray<Buffer | undefined>,
+): number;
+/**
  * glibc's mallopt: a fixed mmap threshold (so glibc no longer raises it), a trim threshold and an
  * arena count, in bytes and count; a value below 0 leaves that one alone. False where the C
  * library is not glibc, or a setting failed.

@@ -20,7 +20,9 @@
  * record at a time; here every record's first lines are prefetched before the first copy, so the
  * misses overlap. The record and page formats are page-format.ts's; the layout of `plan` is
  * ftl.ts's (readMappedRecords). Bounds are checked here too: a bad plan throws, never reads
- * outside a mapping or writes outside a destination.
+ * outside a mapping or writes outside a destination. readRecords(...) does the same for pages that
+ * are not mapped (the mapping holds only part of the image, see file-nand.ts): one pread per
+ * record into scratch memory, then the same checks and copy.
  *
  * Reading a page of a mapping whose file cannot be read (a disk error) raises SIGBUS, which ends
  * the process: the caller accepts that, see file-nand.ts.
@@ -31,6 +33,8 @@
  * for it. Where the C library is not glibc they do nothing and return false.
  */
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <node_api.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -256,6 +260,102 @@ static napi_value throw_plan(napi_env env, const char* message) {
 }
 
 /*
+ * Checks the header of the record at `record` (`room` payload bytes left in its page after the
+ * header; the buffer ends at `end`) and copies its `stored` bytes of payload to `destination`,
+ * skipping the header of each following page, then verifies the checksum there.
+ * 1: good; 0: failed verification (another chunk or length, or a bad checksum); -1: it would run
+ * past `end`.
+ */
+static int copy_record(const uint8_t* record, const uint8_t* end, size_t room, size_t payload_bytes, size_t page_header_bytes, size_t record_header_bytes,
+                       double chunk, size_t stored, uint8_t* destination, uint64_t seed) {
+  size_t crossings = stored > room ? (stored - room + payload_bytes - 1) / payload_bytes : 0;
+  if ((size_t)(end - record) < record_header_bytes + stored + crossings * page_header_bytes) return -1;
+  double found_chunk = (double)read32be(record) * 4294967296.0 + (double)read32be(record + 4);
+  if (found_chunk != chunk || read32be(record + 8) != stored) return 0;
+  uint32_t checksum = read32be(record + 12);
+  /* The payload: the rest of this page, then the payload of each following page. */
+  size_t copied = 0;
+  const uint8_t* source = record + record_header_bytes;
+  while (copied < stored) {
+    if (room == 0) {
+      source += page_header_bytes;
+      room = payload_bytes;
+    }
+    size_t piece = stored - copied < room ? stored - copied : room;
+    memcpy(destination + copied, source, piece);
+    copied += piece;
+    source += piece;
+    room -= piece;
+  }
+  return (uint32_t)xxh64(destination, stored, seed) == checksum ? 1 : 0;
+}
+
+/* The arguments copyRecords and readRecords share: the page and record formats, plan, destinations. */
+typedef struct {
+  int64_t page_bytes, page_header_bytes, record_header_bytes, count;
+  uint64_t seed;
+  const double* plan;
+  size_t payload_bytes;
+} record_batch;
+
+/* Parses argv[first..first+5] (pageBytes, pageHeaderBytes, recordHeaderBytes, seed, plan, count) and checks every row's fields. */
+static bool parse_batch(napi_env env, napi_value* argv, const char* name, record_batch* batch) {
+  bool lossless;
+  char message[96];
+  if (napi_get_value_int64(env, argv[0], &batch->page_bytes) != napi_ok || napi_get_value_int64(env, argv[1], &batch->page_header_bytes) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &batch->record_header_bytes) != napi_ok || napi_get_value_bigint_uint64(env, argv[3], &batch->seed, &lossless) != napi_ok ||
+      napi_get_value_int64(env, argv[5], &batch->count) != napi_ok) {
+    snprintf(message, sizeof message, "%s: bad arguments", name);
+    throw_plan(env, message);
+    return false;
+  }
+  if (batch->page_bytes <= 0 || batch->page_header_bytes < 0 || batch->record_header_bytes < 16 || batch->page_bytes <= batch->page_header_bytes + batch->record_header_bytes ||
+      batch->count < 0) {
+    snprintf(message, sizeof message, "%s: bad geometry", name);
+    throw_plan(env, message);
+    return false;
+  }
+  napi_typedarray_type type;
+  size_t plan_length;
+  void* plan_data;
+  if (napi_get_typedarray_info(env, argv[4], &type, &plan_length, &plan_data, NULL, NULL) != napi_ok || type != napi_float64_array ||
+      (size_t)batch->count * ROW_FIELDS > plan_length) {
+    snprintf(message, sizeof message, "%s: plan must be a Float64Array of count rows", name);
+    throw_plan(env, message);
+    return false;
+  }
+  batch->plan = (const double*)plan_data;
+  batch->payload_bytes = (size_t)(batch->page_bytes - batch->page_header_bytes);
+  for (int64_t row = 0; row < batch->count; row++) {
+    const double* r = batch->plan + row * ROW_FIELDS;
+    double page_at = r[ROW_PAGE_AT], in_page = r[ROW_IN_PAGE], stored = r[ROW_STORED];
+    if (!(page_at >= 0) || !(in_page >= 0) || !(stored >= 0) || !(stored < 4294967296.0) || page_at != (double)(uint64_t)page_at ||
+        in_page + batch->record_header_bytes > (double)batch->payload_bytes || !(r[ROW_DESTINATION] >= 0 && r[ROW_DESTINATION] < 4294967296.0) ||
+        (uint64_t)page_at % (uint64_t)batch->page_bytes != 0) {
+      snprintf(message, sizeof message, "%s: a row is out of range", name);
+      throw_plan(env, message);
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The destination of a row: a Buffer of exactly the record's stored length, or NULL (thrown). */
+static uint8_t* row_destination(napi_env env, napi_value destinations, const double* r, const char* name) {
+  napi_value element;
+  void* destination;
+  size_t destination_length;
+  if (napi_get_element(env, destinations, (uint32_t)r[ROW_DESTINATION], &element) != napi_ok ||
+      napi_get_buffer_info(env, element, &destination, &destination_length) != napi_ok || destination_length != (size_t)r[ROW_STORED]) {
+    char message[96];
+    snprintf(message, sizeof message, "%s: a destination is not a Buffer of the record's length", name);
+    throw_plan(env, message);
+    return NULL;
+  }
+  return (uint8_t*)destination;
+}
+
+/*
  * copyRecords(segments: Buffer[], segmentBytes, pageBytes, pageHeaderBytes, recordHeaderBytes,
  *             seed: bigint, plan: Float64Array, count, destinations: Buffer[]) -> index or -1
  * Row i of plan: [image offset of the page holding the record header, offset of the header in
@@ -270,18 +370,13 @@ static napi_value copy_records(napi_env env, napi_callback_info info) {
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc != 9) return throw_plan(env, "copyRecords takes 9 arguments");
   uint32_t segment_count;
-  int64_t segment_bytes, page_bytes, page_header_bytes, record_header_bytes, count;
-  uint64_t seed;
-  bool lossless;
-  if (napi_get_array_length(env, argv[0], &segment_count) != napi_ok || segment_count > MAX_SEGMENTS || napi_get_value_int64(env, argv[1], &segment_bytes) != napi_ok ||
-      napi_get_value_int64(env, argv[2], &page_bytes) != napi_ok || napi_get_value_int64(env, argv[3], &page_header_bytes) != napi_ok ||
-      napi_get_value_int64(env, argv[4], &record_header_bytes) != napi_ok || napi_get_value_bigint_uint64(env, argv[5], &seed, &lossless) != napi_ok ||
-      napi_get_value_int64(env, argv[7], &count) != napi_ok) {
+  int64_t segment_bytes;
+  record_batch batch;
+  if (napi_get_array_length(env, argv[0], &segment_count) != napi_ok || segment_count > MAX_SEGMENTS || napi_get_value_int64(env, argv[1], &segment_bytes) != napi_ok) {
     return throw_plan(env, "copyRecords: bad arguments");
   }
-  if (segment_bytes <= 0 || segment_bytes % page_bytes != 0 || page_header_bytes < 0 || record_header_bytes < 16 || page_bytes <= page_header_bytes + record_header_bytes || count < 0) {
-    return throw_plan(env, "copyRecords: bad geometry");
-  }
+  if (!parse_batch(env, argv + 2, "copyRecords", &batch)) return NULL;
+  if (segment_bytes <= 0 || segment_bytes % batch.page_bytes != 0) return throw_plan(env, "copyRecords: bad geometry");
   const uint8_t* segments[MAX_SEGMENTS];
   size_t segment_lengths[MAX_SEGMENTS];
   for (uint32_t i = 0; i < segment_count; i++) {
@@ -291,75 +386,110 @@ static napi_value copy_records(napi_env env, napi_callback_info info) {
     if (napi_get_buffer_info(env, element, &data, &segment_lengths[i]) != napi_ok) return throw_plan(env, "copyRecords: a segment is not a Buffer");
     segments[i] = (const uint8_t*)data;
   }
-  napi_typedarray_type type;
-  size_t plan_length;
-  void* plan_data;
-  if (napi_get_typedarray_info(env, argv[6], &type, &plan_length, &plan_data, NULL, NULL) != napi_ok || type != napi_float64_array || (size_t)count * ROW_FIELDS > plan_length) {
-    return throw_plan(env, "copyRecords: plan must be a Float64Array of count rows");
-  }
-  const double* plan = (const double*)plan_data;
-  const size_t payload_bytes = (size_t)(page_bytes - page_header_bytes);
 
-  /* Validate every row and prefetch its record's first lines: the misses of all rows overlap. */
-  for (int64_t row = 0; row < count; row++) {
-    const double* r = plan + row * ROW_FIELDS;
-    double page_at = r[ROW_PAGE_AT], in_page = r[ROW_IN_PAGE], stored = r[ROW_STORED];
-    if (!(page_at >= 0) || !(in_page >= 0) || !(stored >= 0) || page_at != (double)(uint64_t)page_at || in_page + record_header_bytes > (double)payload_bytes ||
-        !(r[ROW_DESTINATION] >= 0 && r[ROW_DESTINATION] < 4294967296.0)) {
-      return throw_plan(env, "copyRecords: a row is out of range");
-    }
-    uint64_t at = (uint64_t)page_at;
+  /* Check that every row lies in the mapping and prefetch its record's first lines: the misses of all rows overlap. */
+  for (int64_t row = 0; row < batch.count; row++) {
+    const double* r = batch.plan + row * ROW_FIELDS;
+    uint64_t at = (uint64_t)r[ROW_PAGE_AT];
     uint64_t segment = at / (uint64_t)segment_bytes;
     uint64_t within = at % (uint64_t)segment_bytes;
-    if (within % (uint64_t)page_bytes != 0 || segment >= segment_count || within + (uint64_t)page_bytes > segment_lengths[segment]) {
+    if (segment >= segment_count || within + (uint64_t)batch.page_bytes > segment_lengths[segment]) {
       return throw_plan(env, "copyRecords: a row is outside the mapping");
     }
-    const uint8_t* header = segments[segment] + within + page_header_bytes + (size_t)in_page;
+    const uint8_t* header = segments[segment] + within + batch.page_header_bytes + (size_t)r[ROW_IN_PAGE];
     __builtin_prefetch(header);
-    if ((size_t)in_page + record_header_bytes + (size_t)stored > payload_bytes) __builtin_prefetch(segments[segment] + within + page_bytes);
+    if ((size_t)r[ROW_IN_PAGE] + batch.record_header_bytes + (size_t)r[ROW_STORED] > batch.payload_bytes) __builtin_prefetch(segments[segment] + within + batch.page_bytes);
   }
 
-  for (int64_t row = 0; row < count; row++) {
-    const double* r = plan + row * ROW_FIELDS;
+  for (int64_t row = 0; row < batch.count; row++) {
+    const double* r = batch.plan + row * ROW_FIELDS;
     uint64_t at = (uint64_t)r[ROW_PAGE_AT];
     const uint8_t* segment = segments[at / (uint64_t)segment_bytes];
-    size_t segment_length = segment_lengths[at / (uint64_t)segment_bytes];
-    size_t from = (size_t)(at % (uint64_t)segment_bytes) + (size_t)page_header_bytes + (size_t)r[ROW_IN_PAGE];
-    size_t stored = (size_t)r[ROW_STORED];
-    double chunk = r[ROW_CHUNK];
-    napi_value element;
-    void* destination;
-    size_t destination_length;
-    CHECK(env, napi_get_element(env, argv[8], (uint32_t)r[ROW_DESTINATION], &element));
-    if (napi_get_buffer_info(env, element, &destination, &destination_length) != napi_ok || destination_length != stored) {
-      return throw_plan(env, "copyRecords: a destination is not a Buffer of the record's length");
-    }
-    size_t room = payload_bytes - ((size_t)r[ROW_IN_PAGE] + (size_t)record_header_bytes);
-    size_t crossings = stored > room ? (stored - room + payload_bytes - 1) / payload_bytes : 0;
-    if (from + (size_t)record_header_bytes + stored + crossings * (size_t)page_header_bytes > segment_length) {
-      return throw_plan(env, "copyRecords: a record runs past its mapping");
-    }
-    const uint8_t* header = segment + from;
-    double found_chunk = (double)read32be(header) * 4294967296.0 + (double)read32be(header + 4);
-    if (found_chunk != chunk || read32be(header + 8) != stored) return make_int(env, row);
-    uint32_t checksum = read32be(header + 12);
-    /* The payload: the rest of this page, then the payload of each following page. */
-    size_t copied = 0;
-    size_t source = from + (size_t)record_header_bytes;
-    while (copied < stored) {
-      if (room == 0) {
-        source += (size_t)page_header_bytes;
-        room = payload_bytes;
-      }
-      size_t piece = stored - copied < room ? stored - copied : room;
-      memcpy((uint8_t*)destination + copied, segment + source, piece);
-      copied += piece;
-      source += piece;
-      room -= piece;
-    }
-    if ((uint32_t)xxh64((const uint8_t*)destination, stored, seed) != checksum) return make_int(env, row);
+    const uint8_t* end = segment + segment_lengths[at / (uint64_t)segment_bytes];
+    uint8_t* destination = row_destination(env, argv[8], r, "copyRecords");
+    if (destination == NULL) return NULL;
+    size_t in_page = (size_t)r[ROW_IN_PAGE];
+    const uint8_t* record = segment + (size_t)(at % (uint64_t)segment_bytes) + (size_t)batch.page_header_bytes + in_page;
+    int copied = copy_record(record, end, batch.payload_bytes - in_page - (size_t)batch.record_header_bytes, batch.payload_bytes, (size_t)batch.page_header_bytes,
+                             (size_t)batch.record_header_bytes, r[ROW_CHUNK], (size_t)r[ROW_STORED], destination, batch.seed);
+    if (copied < 0) return throw_plan(env, "copyRecords: a record runs past its mapping");
+    if (copied == 0) return make_int(env, row);
   }
   return make_int(env, -1);
+}
+
+/*
+ * readRecords(fd, pageBytes, pageHeaderBytes, recordHeaderBytes, seed: bigint, plan: Float64Array,
+ *             count, destinations: Buffer[]) -> index or -1
+ * copyRecords for pages that are not mapped: each row's record (header, payload and the page
+ * headers between) is read with one pread into a scratch buffer, and copied and verified from there. Same plan, same result; a pread
+ * that fails throws an Error with the errno's code (EIO...), and one that ends early (the file is
+ * shorter) counts as a failed verification of its row.
+ */
+static napi_value read_records(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 8) return throw_plan(env, "readRecords takes 8 arguments");
+  int32_t fd;
+  record_batch batch;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) return throw_plan(env, "readRecords: bad file descriptor");
+  if (!parse_batch(env, argv + 1, "readRecords", &batch)) return NULL;
+  uint8_t* scratch = NULL;
+  size_t scratch_bytes = 0;
+  napi_value result = NULL;
+  for (int64_t row = 0; row < batch.count && result == NULL; row++) {
+    const double* r = batch.plan + row * ROW_FIELDS;
+    uint8_t* destination = row_destination(env, argv[7], r, "readRecords");
+    if (destination == NULL) break;
+    size_t in_page = (size_t)r[ROW_IN_PAGE];
+    size_t stored = (size_t)r[ROW_STORED];
+    size_t room = batch.payload_bytes - in_page - (size_t)batch.record_header_bytes;
+    size_t crossings = stored > room ? (stored - room + batch.payload_bytes - 1) / batch.payload_bytes : 0;
+    /* From the record's header to the end of its payload: no more than the record (a 4 KiB record
+       that crosses a page boundary would otherwise cost two whole pages). */
+    size_t bytes = (size_t)batch.record_header_bytes + stored + crossings * (size_t)batch.page_header_bytes;
+    uint64_t position = (uint64_t)r[ROW_PAGE_AT] + (uint64_t)batch.page_header_bytes + in_page;
+    if (bytes > scratch_bytes) {
+      free(scratch);
+      scratch = malloc(bytes);
+      scratch_bytes = scratch == NULL ? 0 : bytes;
+      if (scratch == NULL) {
+        napi_throw_error(env, "ENOMEM", "readRecords: out of memory");
+        break;
+      }
+    }
+    size_t done = 0;
+    int failure = 0;
+    while (done < bytes) {
+      ssize_t got = pread(fd, scratch + done, bytes - done, (off_t)(position + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) failure = errno;
+      if (got <= 0) break;
+      done += (size_t)got;
+    }
+    if (failure != 0) {
+      /* The array treats any failed read of its image as an I/O error: the code says which. */
+      napi_value code, message, error;
+      if (napi_create_string_utf8(env, failure == ENOMEM ? "ENOMEM" : failure == EBADF ? "EBADF" : "EIO", NAPI_AUTO_LENGTH, &code) == napi_ok &&
+          napi_create_string_utf8(env, strerror(failure), NAPI_AUTO_LENGTH, &message) == napi_ok && napi_create_error(env, code, message, &error) == napi_ok) {
+        napi_throw(env, error);
+      }
+      break;
+    }
+    if (done < bytes) {
+      result = make_int(env, row);
+      break;
+    }
+    int copied = copy_record(scratch, scratch + bytes, room, batch.payload_bytes, (size_t)batch.page_header_bytes,
+                             (size_t)batch.record_header_bytes, r[ROW_CHUNK], stored, destination, batch.seed);
+    if (copied <= 0) result = make_int(env, row);
+  }
+  free(scratch);
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) return NULL;
+  return result != NULL ? result : make_int(env, -1);
 }
 
 static napi_value make_bool(napi_env env, bool value) {
@@ -404,6 +534,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "xxh64", NAPI_AUTO_LENGTH, xxh64_js, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xxh64", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashInto", NAPI_AUTO_LENGTH, hash_into, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashInto", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "copyRecords", NAPI_AUTO_LENGTH, copy_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "copyRecords", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "readRecords", NAPI_AUTO_LENGTH, read_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "readRecords", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, tune_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "tuneMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
   return exports;

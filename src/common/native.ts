@@ -2,7 +2,7 @@
  * The native helpers (native/nand-map, a Node-API addon built at install), or null where the addon
  * was not built: every caller has a pure JavaScript path and uses the addon only to go faster.
  * `copyRecords` is null for an addon built before it existed (`npm rebuild pstorage-nand-map`),
- * and so are `tuneMalloc` and `trimMalloc`.
+ * and so are `readRecords`, `tuneMalloc` and `trimMalloc`.
  *
  * The addon is loaded from this repository's own native/ directory first, which is where the
  * `file:` dependency points in an ordinary install: a checkout sharing another's node_modules (a
@@ -32,6 +32,7 @@ export const nandMap: (Addon & MallocFunctions) | null = (() => {
 })();
 
 export const copyRecords: Addon['copyRecords'] | null = typeof nandMap?.copyRecords === 'function' ? nandMap.copyRecords : null;
+export const readRecords: Addon['readRecords'] | null = typeof nandMap?.readRecords === 'function' ? nandMap.readRecords : null;
 export const tuneMalloc: MallocFunctions['tuneMalloc'] | null = typeof nandMap?.tuneMalloc === 'function' ? nandMap.tuneMalloc : null;
 export const trimMalloc: MallocFunctions['trimMalloc'] | null = typeof nandMap?.trimMalloc === 'function' ? nandMap.trimMalloc : null;
 

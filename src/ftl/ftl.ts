@@ -33,10 +33,10 @@
  * stall in turn.
  */
 import { assert } from '../common/assert.js';
-import { StorageError, isHostFull } from '../common/errors.js';
-import { copyRecords } from '../common/native.js';
+import { StorageError, fromSystemError, isHostFull } from '../common/errors.js';
+import { copyRecords, readRecords } from '../common/native.js';
 import type { Logger } from '../common/log.js';
-import { isNandFault, type NandDevice } from '../nand/nand-device.js';
+import { directOffsetOf, isNandFault, type NandDevice } from '../nand/nand-device.js';
 import { BlockState, EraseBlockTable, type BlockSummary, type VictimPolicy } from './erase-block-table.js';
 import { BlockBuffers, LogStream, type PhysicalAddress, type StreamHost } from './log-stream.js';
 import { DEFAULT_CHECKSUM_SEED, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
@@ -154,6 +154,8 @@ export class Ftl implements StreamHost {
   private readonly recordScratch: Buffer;
   /** Rows of the native batch read (readMappedRecords), grown as needed. */
   private mappedPlan = new Float64Array(64 * PLAN_FIELDS);
+  /** The same for the records read with pread (the pages the mapping does not take in now). */
+  private directPlan = new Float64Array(64 * PLAN_FIELDS);
   private readonly readers = new Map<number, number>();
   private readonly readersDone = new Map<number, Array<() => void>>();
   /** Blocks relocated and waiting for a synced commit, with the capture generation that covers them. */
@@ -432,41 +434,59 @@ export class Ftl implements StreamHost {
    * scattered records and has no per-record JavaScript. Returns the indices left for the view path.
    */
   private readMappedRecords(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>): readonly number[] {
-    if (this.mappedPlan.length < requests.length * PLAN_FIELDS) this.mappedPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
-    const plan = this.mappedPlan;
+    if (this.mappedPlan.length < requests.length * PLAN_FIELDS) {
+      this.mappedPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
+      this.directPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
+    }
     const payloadBytes = this.payloadBytesPerPage;
     let rest: number[] | null = null;
-    let rows = 0;
+    let mappedRows = 0;
+    let directRows = 0;
     let pageCount = 0;
     for (let i = 0; i < requests.length; i++) {
       const { address, chunkId, storedBytes } = requests[i]!;
       const firstPage = this.firstPageOf(address);
       const pages = this.lastPageOf(address, storedBytes) - firstPage + 1;
       const at = destinations[i]?.length !== storedBytes || this.buffers.get(address.block) !== undefined ? -1 : this.nand.mapPagesSync(address.block, firstPage, pages);
-      if (at < 0) {
+      if (at === -1 || (at < -1 && readRecords === null)) {
         (rest ??= []).push(i);
         continue;
       }
-      const row = rows * PLAN_FIELDS;
-      plan[row] = at;
+      const direct = at < -1;
+      const plan = direct ? this.directPlan : this.mappedPlan;
+      const row = (direct ? directRows++ : mappedRows++) * PLAN_FIELDS;
+      plan[row] = direct ? directOffsetOf(at) : at;
       plan[row + 1] = address.offsetBytes % payloadBytes;
       plan[row + 2] = storedBytes;
       plan[row + 3] = chunkId;
       plan[row + 4] = i;
-      rows += 1;
       pageCount += pages;
     }
-    if (rows > 0) {
+    if (mappedRows + directRows > 0) {
       const image = this.nand.mappedImage!;
+      const pageBytes = this.nand.geometry.pageBytes;
       const started = performance.now();
-      const failed = copyRecords!(image.segments, image.segmentBytes, this.nand.geometry.pageBytes, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, this.recordSeed, plan, rows, destinations);
+      let failedPlan = this.mappedPlan;
+      let failed = mappedRows > 0 ? copyRecords!(image.segments, image.segmentBytes, pageBytes, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, this.recordSeed, this.mappedPlan, mappedRows, destinations) : -1;
+      if (failed < 0 && directRows > 0) {
+        failedPlan = this.directPlan;
+        try {
+          failed = readRecords!(image.descriptor, pageBytes, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, this.recordSeed, this.directPlan, directRows, destinations);
+        } catch (error) {
+          throw fromSystemError(error, 'NAND read');
+        }
+      }
       this.nand.noteMappedRead(started, pageCount);
       if (failed >= 0) {
-        const { address, chunkId, storedBytes } = requests[plan[failed * PLAN_FIELDS + 4]!]!;
+        const { address, chunkId, storedBytes } = requests[failedPlan[failed * PLAN_FIELDS + 4]!]!;
         throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (${storedBytes} bytes expected)`);
       }
-      for (let row = 0; row < rows; row++) {
-        const index = plan[row * PLAN_FIELDS + 4]!;
+      for (let row = 0; row < mappedRows; row++) {
+        const index = this.mappedPlan[row * PLAN_FIELDS + 4]!;
+        sink(index, destinations[index]!);
+      }
+      for (let row = 0; row < directRows; row++) {
+        const index = this.directPlan[row * PLAN_FIELDS + 4]!;
         sink(index, destinations[index]!);
       }
     }

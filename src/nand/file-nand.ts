@@ -23,19 +23,25 @@
  * `mapPagesSync` give it the mapping and the pages' offsets, and one native call copies and
  * verifies the whole batch (see ftl.ts, readMappedRecords); `noteMappedRead` times it as a
  * view's touch is timed. Mapped pages count in the process's resident set (VmRSS, as RssFile)
- * although they are page cache, so they are part of the memory budget: every quarter of
- * `mappedLimitBytes` read through the mapping (at most `RESIDENT_CHECK_BYTES`) it looks at how
- * many file pages the process has mapped (the "shared" count of /proc/self/statm) beyond those it
- * had mapped without the image (`sharedBaselineBytes`: the node binary and libraries, about
- * 46 MiB, measured at open and after every `dropMapped`), and above `mappedLimitBytes` drops
- * mapped pages (madvise DONTNEED: the page cache keeps them; they come back with minor faults,
- * 16 pages a fault by the kernel's fault-around, so this is not done often, and only erase
- * blocks not read lately go: see dropColdBlocks). It counts mapped pages only: with the whole
- * resident set as the measure, a process whose heap and caches alone passed the limit dropped the
- * mapping every 64 MiB read, and 128 KiB reads ran at a third of their speed. `dropMapped()`
- * drops them all (the array calls it when idle). The price: a disk error under the image raises SIGBUS while reading and ends the process, where pread would have returned EIO;
- * nothing acknowledged is lost by that (the durability contract holds across any crash), and
- * without the addon (or where mmap fails) reads fall back to pread.
+ * although they are page cache, so they are part of the memory budget (`mappedLimitBytes`), and
+ * the mapping takes in only so much: an erase block enters it at its first read while there is
+ * room for a whole block; past that, `mapPagesSync` answers "read these directly" and the FTL
+ * reads the records with one pread each through the same native call (about 3 µs per record
+ * against 1.5 mapped), and `viewPagesSync` answers null (pread in JavaScript). Each block taken in
+ * counts as wholly mapped (or as the kernel's 64 KiB fault-around window, if blocks are smaller):
+ * kernels with large page-cache folios map a whole folio at a fault (measured on 6.18: 256 KiB for
+ * one 4 KiB touch of a block programmed in one write), and a folio never spans two erase blocks,
+ * since programs stay within one and folios are aligned to their size. Counting is exact enough
+ * and costs nothing; measuring (the "shared" count of /proc/self/statm) counted every other file
+ * mapping of the process too, LevelDB's included, and followed other FileNands of a test process.
+ * Blocks leave the mapping when cold (madvise DONTNEED: the page cache keeps them): reads are
+ * counted in epochs of a quarter of the limit (at most `EPOCH_BYTES`), and at the end of an epoch
+ * in which some read was refused, the blocks not read for `COLD_EPOCHS` epochs (twice the
+ * limit's worth of reads) leave and make room. A first version mapped every read and dropped cold
+ * blocks whenever over the limit: at the default budget (32 MiB mapped) a 128 KiB sequential read
+ * of data written at random mapped a large folio per 4 KiB record and spent three quarters of its
+ * time faulting pages in and dropping them again (420 MiB/s, against 1.3 GiB/s with a 1 GiB
+ * limit). `dropMapped()` drops them all (the array calls it when idle).
  *
  * `readPagesSync` is one `pread` on the calling thread. While the image's pages sit in the
  * page cache that costs about 1.5 µs per 4 KiB, against 5 to 17 µs of CPU for a hand-off to
@@ -101,9 +107,9 @@ import { mkdir, open, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { trim, tryLock } from 'fs-native-extensions';
 import { StorageError, fromSystemError } from '../common/errors.js';
-import { nandMap } from '../common/native.js';
+import { nandMap, readRecords } from '../common/native.js';
 import type { MappedImage, NandBlockInfo, NandGeometry } from './nand-device.js';
-import { capacityBytes, eraseBlockBytes, validateGeometry } from './nand-device.js';
+import { capacityBytes, directAnswer, eraseBlockBytes, validateGeometry } from './nand-device.js';
 import { NandDeviceBase, type NandBlockStates, freshBlockStates } from './nand-device-base.js';
 import {
   SPARE_HEADER_BYTES,
@@ -141,12 +147,14 @@ const SLOW_SYNC_READ_US = 500;
 const SLOW_SYNC_READ_US_PER_PAGE = 20;
 /** The image is mapped in pieces of about this size (a Node 20 Buffer holds at most 4 GiB). */
 const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
-/** Bytes read through the mapping between two looks at the mapped pages resident (at most)... */
-const RESIDENT_CHECK_BYTES = 64 * 1024 * 1024;
 /** A fault on the mapping maps up to 16 pages around it that the page cache holds (fault_around_bytes). */
 const FAULT_AROUND_BYTES = 64 * 1024;
-/** ...and how many may be, by default, before they are dropped. */
+/** Bytes mapped, by default, before reads of blocks not yet mapped go by pread... */
 const DEFAULT_MAPPED_LIMIT_BYTES = 1024 * 1024 * 1024;
+/** ...bytes read in one read epoch (at most; a quarter of the limit below that)... */
+const EPOCH_BYTES = 64 * 1024 * 1024;
+/** ...and the epochs without a read after which a mapped block is cold. */
+const COLD_EPOCHS = 8;
 /** Values of `FileNand.stale`. */
 const NOT_STALE = 0;
 const STALE = 1;
@@ -180,14 +188,18 @@ export class FileNand extends NandDeviceBase {
   private readonly segmentBytes: number;
   /** The mapping as the FTL's batch reads see it (`mappedImage`). */
   private readonly image_: MappedImage | null;
-  private mappedBytesRead = 0;
-  /** Bytes read through the mapping between two looks at the mapped pages resident. */
-  private readonly residentCheckBytes: number;
-  /** File pages the process has mapped without the image's (see the design note). */
-  private sharedBaselineBytes: number;
-  /** Per erase block, the check interval (`readEpoch`) of its last read through the mapping; 0: not mapped since the last drop. */
+  /** Per erase block, the read epoch of its last read through the mapping; 0: not taken in since it was last dropped. */
   private readonly blockReadEpoch: Uint32Array;
   private readEpoch = 1;
+  private epochBytesRead = 0;
+  private readonly epochBytes: number;
+  /** Reads this epoch that the mapping did not take in (then cold blocks leave at its end)... */
+  private epochRefusals = 0;
+  /** ...once the batch being planned has been read (see `takesIn`). */
+  private dropPending = false;
+  /** Erase blocks taken in since they were last dropped, and the bytes each counts for (see the design note). */
+  private mappedBlocks = 0;
+  private readonly mappedBlockBytes: number;
   /** Erase blocks dropped from the mapping so far (each drop of a block that was read counts once). */
   droppedEraseBlocks = 0;
   /** Kept so that touching the pages of a view cannot be optimised away (read in `stats`). */
@@ -228,10 +240,10 @@ export class FileNand extends NandDeviceBase {
     this.warmLimitBlocks = this.warmLimitDefault;
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
     this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
-    this.residentCheckBytes = Math.max(1024 * 1024, Math.min(RESIDENT_CHECK_BYTES, Math.floor(mappedLimitBytes / 4)));
-    this.sharedBaselineBytes = sharedResidentBytes();
+    this.epochBytes = Math.max(1024 * 1024, Math.min(EPOCH_BYTES, Math.floor(mappedLimitBytes / 4)));
+    this.mappedBlockBytes = Math.max(eraseBlockBytes(geometry), FAULT_AROUND_BYTES);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
-    this.image_ = this.mapping === null ? null : { segments: this.mapping, segmentBytes: this.segmentBytes };
+    this.image_ = this.mapping === null ? null : { segments: this.mapping, segmentBytes: this.segmentBytes, descriptor: image.fd };
   }
 
   /** True when reads go through the memory mapping. */
@@ -325,6 +337,8 @@ export class FileNand extends NandDeviceBase {
   protected override doViewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
     const mapping = this.mapping;
     if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return null;
+    if (this.dropPending) this.dropColdBlocks(mapping, this.readEpoch - COLD_EPOCHS);
+    if (!this.takesIn(eraseBlockIndex, pageCount)) return null;
     const started = performance.now();
     const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
     // Segments hold whole erase blocks, so a range of pages of one block lies in one segment.
@@ -335,7 +349,6 @@ export class FileNand extends NandDeviceBase {
     for (let offset = 0; offset < view.length; offset += this.geometry.pageBytes) touched ^= view[offset]!;
     this.lastTouched = touched;
     this.noteSyncRead(started, pageCount);
-    this.noteMappedPages(mapping, eraseBlockIndex, view.length);
     return view;
   }
 
@@ -346,52 +359,70 @@ export class FileNand extends NandDeviceBase {
   protected override doMapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number {
     const mapping = this.mapping;
     if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return -1;
-    this.noteMappedPages(mapping, eraseBlockIndex, pageCount * this.geometry.pageBytes);
-    return this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
+    const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
+    if (this.takesIn(eraseBlockIndex, pageCount)) return offset;
+    return readRecords === null ? -1 : directAnswer(offset);
   }
 
   override noteMappedRead(startedMs: number, pageCount: number): void {
     this.noteSyncRead(startedMs, pageCount);
-  }
-
-  /** Read epochs and the look at the mapped pages resident (see the design note). */
-  private noteMappedPages(mapping: Buffer[], eraseBlockIndex: number, bytes: number): void {
-    this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
-    // A read maps at least the kernel's fault-around window, so small random reads count as that.
-    this.mappedBytesRead += Math.max(bytes, FAULT_AROUND_BYTES);
-    if (this.mappedBytesRead >= this.residentCheckBytes) {
-      this.mappedBytesRead = 0;
-      this.readEpoch += 1;
-      if (this.mappedResidentBytes() > this.mappedLimitBytes) this.dropColdBlocks(mapping, this.readEpoch - 2);
-    }
-  }
-
-  /** Image pages the process has mapped now (an estimate: see the design note). */
-  private mappedResidentBytes(): number {
-    return sharedResidentBytes() - this.sharedBaselineBytes;
+    if (this.dropPending && this.mapping !== null) this.dropColdBlocks(this.mapping, this.readEpoch - COLD_EPOCHS);
   }
 
   /**
-   * Drops every page of the image from the mapping (the page cache keeps them) and measures the
-   * file pages mapped without them anew; returns the bytes dropped (estimated). For when idle.
+   * Whether a read of `pageCount` pages of the block goes through the mapping (see the design
+   * note): yes if the block is in it, or there is room to take it in. Counts the read in its epoch.
+   * Cold blocks do not leave here but at the next view or `noteMappedRead`: `mapPagesSync` plans a
+   * batch whose reads come after it, and a block dropped while planned would be mapped again by
+   * them without being counted (measured: 58 MiB mapped at a limit of 8 MiB, by 32 MiB reads).
+   */
+  private takesIn(eraseBlockIndex: number, pageCount: number): boolean {
+    let taken = this.blockReadEpoch[eraseBlockIndex] !== 0;
+    if (!taken && (this.mappedBlocks + 1) * this.mappedBlockBytes <= this.mappedLimitBytes) {
+      this.mappedBlocks += 1;
+      taken = true;
+    }
+    if (taken) this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
+    else this.epochRefusals += 1;
+    this.epochBytesRead += pageCount * this.geometry.pageBytes;
+    if (this.epochBytesRead >= this.epochBytes) this.endEpoch();
+    return taken;
+  }
+
+  /** A read epoch ends: if the mapping refused reads in it, its cold blocks are to leave. */
+  private endEpoch(): void {
+    this.epochBytesRead = 0;
+    this.readEpoch += 1;
+    if (this.epochRefusals > 0) this.dropPending = true;
+    this.epochRefusals = 0;
+  }
+
+  /** The image's bytes mapped now, at most (see the design note). */
+  get mappedBytes(): number {
+    return this.mappedBlocks * this.mappedBlockBytes;
+  }
+
+  /**
+   * Drops every page of the image from the mapping (the page cache keeps them); returns the bytes
+   * that were mapped (at most). For when idle.
    */
   dropMapped(): number {
     const mapping = this.mapping;
     if (mapping === null) return 0;
-    const before = sharedResidentBytes();
+    const before = this.mappedBytes;
     this.dropColdBlocks(mapping, this.readEpoch);
     this.readEpoch += 1;
-    this.mappedBytesRead = 0;
-    const after = sharedResidentBytes();
-    this.sharedBaselineBytes = after;
-    return Math.max(0, before - after);
+    this.epochBytesRead = 0;
+    this.epochRefusals = 0;
+    return before;
   }
 
   /**
-   * Drops from the mapping the erase blocks read since the last drop but not since the check
-   * interval `cold` (a CLOCK of sorts, with read epochs), so the blocks being read stay mapped.
+   * Drops from the mapping the erase blocks taken in but not read since the read epoch `cold` (a
+   * CLOCK of sorts), so the blocks being read stay mapped.
    */
   private dropColdBlocks(mapping: Buffer[], cold: number): void {
+    this.dropPending = false;
     const epochs = this.blockReadEpoch;
     const blockBytes = eraseBlockBytes(this.geometry);
     for (let block = 0; block < epochs.length; ) {
@@ -410,6 +441,7 @@ export class FileNand extends NandDeviceBase {
       const from = this.pageOffsetBytes(start, 0) % this.segmentBytes;
       dropResident(mapping[segment]!.subarray(from, from + (block - start) * blockBytes));
       this.droppedEraseBlocks += block - start;
+      this.mappedBlocks -= block - start;
     }
   }
 
@@ -868,23 +900,6 @@ function mapImage(fd: number, lengthBytes: number, segmentBytes: number): Buffer
     return null;
   }
 }
-
-/**
- * File-backed pages the process has resident (statm's third field: its mapped page-cache pages;
- * the image's mapping is nearly all of them), or 0 where /proc cannot tell.
- */
-/** File-backed (and shared) pages the process has resident: the "shared" count of /proc/self/statm. */
-function sharedResidentBytes(): number {
-  try {
-    const shared = Number(fs.readFileSync('/proc/self/statm', 'latin1').split(' ')[2]);
-    return Number.isFinite(shared) ? shared * PAGE_SIZE_BYTES : 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** The kernel's page size (the mapping's unit). */
-const PAGE_SIZE_BYTES = 4096;
 
 function dropResident(mapping: Buffer): void {
   nandMap?.dropResident(mapping);

@@ -78,10 +78,26 @@ export interface NandCounters {
   syncs: number;
 }
 
-/** A device's memory as read-only segments of `segmentBytes` (the last may be shorter). */
+/**
+ * A device's memory as read-only segments of `segmentBytes` (the last may be shorter), and the
+ * descriptor of the file behind them, for pages read without the mapping (see `mapPagesSync`).
+ */
 export interface MappedImage {
   readonly segments: readonly Buffer[];
   readonly segmentBytes: number;
+  readonly descriptor: number;
+}
+
+/**
+ * `mapPagesSync`'s answer for pages to be read from `MappedImage.descriptor` (pread) rather than
+ * through the mapping, at image offset `directOffsetOf(answer)`: always below -1.
+ */
+export function directAnswer(offsetBytes: number): number {
+  return -2 - offsetBytes;
+}
+
+export function directOffsetOf(answer: number): number {
+  return -2 - answer;
 }
 
 export interface NandDevice {
@@ -109,12 +125,15 @@ export interface NandDevice {
    */
   readonly mappedImage: MappedImage | null;
   /**
-   * The batch form of `viewPagesSync`: the byte offset of the pages in `mappedImage`, or -1 when
-   * there is none. Same conditions; the caller reads them before returning to the event loop and
-   * then reports how long that took with `noteMappedRead`.
+   * The batch form of `viewPagesSync`: the byte offset of the pages in `mappedImage`; or, when the
+   * mapping should not take them in now (a file image keeps only so much mapped), a
+   * `directAnswer` (below -1) saying where to pread them from `mappedImage.descriptor`; or -1 when
+   * neither (the caller then uses `viewPagesSync` or `readPagesSync`). Same conditions; the caller
+   * reads them before returning to the event loop and then reports how long that took with
+   * `noteMappedRead`.
    */
   mapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number;
-  /** How long reading `pageCount` pages through `mappedImage` took (a disk read is slow). */
+  /** How long reading `pageCount` pages through `mappedImage` (or its descriptor) took (a disk read is slow). */
   noteMappedRead(startedMs: number, pageCount: number): void;
   /**
    * True while synchronous reads would stall the caller: a file image whose recent synchronous

@@ -12,7 +12,7 @@ import { xxh64 } from '@node-rs/xxhash';
 import test from 'ava';
 import { StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
-import { copyRecords, hashInto, nandMap } from '../../src/common/native.js';
+import { copyRecords, hashInto, nandMap, readRecords } from '../../src/common/native.js';
 import { Ftl, defaultFtlOptions, type RecordRef } from '../../src/ftl/ftl.js';
 import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES } from '../../src/ftl/page-format.js';
 import { FileNand, IMAGE_FILE_NAME } from '../../src/nand/index.js';
@@ -56,9 +56,9 @@ interface Written {
   data: Buffer;
 }
 
-async function withFtl(body: (ftl: Ftl, nand: FileNand, directory: string) => Promise<void>): Promise<void> {
+async function withFtl(body: (ftl: Ftl, nand: FileNand, directory: string) => Promise<void>, mappedLimitBytes?: number): Promise<void> {
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'pstorage-mapped-'));
-  const nand = await FileNand.open(directory, GEOMETRY, { create: true });
+  const nand = await FileNand.open(directory, GEOMETRY, { create: true, mappedLimitBytes });
   try {
     const ftl = new Ftl(nand, defaultFtlOptions(GEOMETRY.eraseBlockCount), silentLogger, 1, SEED);
     await body(ftl, nand, directory);
@@ -81,13 +81,14 @@ async function writeRecords(ftl: Ftl, count: number): Promise<Written[]> {
   return written;
 }
 
-/** Counts the pages the FTL read through the mapping's batch path. */
-function countMapped(nand: FileNand): { pages: number } {
-  const counter = { pages: 0 };
+/** Counts the pages the FTL read through the mapping's batch path, and those it was told to read directly. */
+function countMapped(nand: FileNand): { pages: number; directPages: number } {
+  const counter = { pages: 0, directPages: 0 };
   const original = nand.mapPagesSync.bind(nand);
   nand.mapPagesSync = (block, firstPage, pageCount) => {
     const at = original(block, firstPage, pageCount);
     if (at >= 0) counter.pages += pageCount;
+    if (at < -1) counter.directPages += pageCount;
     return at;
   };
   return counter;
@@ -122,7 +123,8 @@ test('batch reads through the mapping return what was written, mixed with buffer
   });
 });
 
-test('a record changed on the disk, or not the chunk asked for, is CORRUPT through the batch path', async (t) => {
+for (const [how, mappedLimitBytes] of [['mapped', undefined], ['read directly (past the mapping\'s limit)', 1]] as const) {
+test(`a record changed on the disk, or not the chunk asked for, is CORRUPT through the batch path, ${how}`, async (t) => {
   await withFtl(async (ftl, nand, directory) => {
     const written = await writeRecords(ftl, 120);
     const victim = written.find((record) => record.ref.storedBytes === 4096 && record.ref.address.block < 3)!;
@@ -144,12 +146,54 @@ test('a record changed on the disk, or not the chunk asked for, is CORRUPT throu
     const others = written.filter((record) => record !== victim).slice(0, 30);
     const error = t.throws(() => readInto(ftl, [...others.map((record) => record.ref), victim.ref]));
     t.true(error instanceof StorageError && error.code === 'CORRUPT', String(error));
-    t.true(mapped.pages > 0, 'read through the mapping');
+    t.true((mappedLimitBytes === undefined ? mapped.pages : mapped.directPages) > 0, how);
     // The others still read back right; a ref naming another chunk fails its header check.
     const good = readInto(ftl, others.map((record) => record.ref));
     t.true(good.every((payload, k) => payload.equals(others[k]!.data)));
     const wrongChunk = { ...others[0]!.ref, chunkId: others[0]!.ref.chunkId + 1 };
     t.throws(() => readInto(ftl, [wrongChunk]), { code: 'CORRUPT' });
+  }, mappedLimitBytes);
+});
+}
+
+test('past the mapping\'s limit, batch reads go by pread through the same native call and return what was written', async (t) => {
+  if (readRecords === null) return t.fail('addon not built');
+  // A limit of one byte: no erase block is taken in, every record is read directly.
+  await withFtl(async (ftl, nand) => {
+    const counted = countMapped(nand);
+    const written = await writeRecords(ftl, 400);
+    const order = written.map((_, i) => i).sort(() => Math.random() - 0.5);
+    const got = readInto(ftl, order.map((i) => written[i]!.ref));
+    order.forEach((i, k) => {
+      if (!got[k]!.equals(written[i]!.data)) t.fail(`record ${i} (${written[i]!.ref.storedBytes} bytes at block ${written[i]!.ref.address.block})`);
+    });
+    t.true(counted.directPages > 100 && counted.pages === 0, `every page was read directly (${counted.directPages}, mapped ${counted.pages})`);
+  }, 1);
+});
+
+test('readRecords refuses a bad plan, fails the row of a record past the end of the file, and throws the errno of a failed pread', async (t) => {
+  if (readRecords === null) return t.fail('addon not built');
+  await withFtl(async (ftl, nand) => {
+    const [first] = await writeRecords(ftl, 20);
+    const descriptor = nand.mappedImage!.descriptor;
+    const call = (fd: number, row: number[], destination: Buffer) => readRecords!(fd, GEOMETRY.pageBytes, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, SEED, Float64Array.from(row), 1, [destination]);
+    const capacity = GEOMETRY.pageBytes * GEOMETRY.pagesPerEraseBlock * GEOMETRY.eraseBlockCount;
+    t.throws(() => call(descriptor, [100, 0, 16, 1000, 0], Buffer.alloc(16)), { instanceOf: RangeError }, 'not at a page start');
+    t.throws(() => call(descriptor, [0, 4090, 16, 1000, 0], Buffer.alloc(16)), { instanceOf: RangeError }, 'header past the page');
+    t.throws(() => call(descriptor, [0, 0, 16, 1000, 0], Buffer.alloc(15)), { instanceOf: RangeError }, 'destination length');
+    t.is(call(descriptor, [capacity - GEOMETRY.pageBytes, 0, 8192, 0, 0], Buffer.alloc(8192)), 0, 'a record running past the image fails');
+    const { address, chunkId, storedBytes } = first!.ref;
+    const payloadBytes = GEOMETRY.pageBytes - PAGE_HEADER_BYTES;
+    const row = [(address.block * GEOMETRY.pagesPerEraseBlock + Math.floor(address.offsetBytes / payloadBytes)) * GEOMETRY.pageBytes, address.offsetBytes % payloadBytes, storedBytes, chunkId, 0];
+    const destination = Buffer.alloc(storedBytes);
+    t.is(call(descriptor, row, destination), -1);
+    t.true(destination.equals(first!.data));
+    const directory = fs.openSync(os.tmpdir(), 'r');
+    try {
+      t.throws(() => call(directory, row, Buffer.alloc(storedBytes)), { code: 'EIO', message: /directory/i }, 'pread of a directory: EISDIR, reported as an I/O error');
+    } finally {
+      fs.closeSync(directory);
+    }
   });
 });
 
