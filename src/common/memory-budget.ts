@@ -10,7 +10,8 @@
  *   - LevelDB's memtable (twice: the one being filled and the one being written out) and its block
  *     cache: about 1/8 at 64 MiB, 1/6 at the default 256 MiB;
  *   - NAND image pages kept mapped for reads (file-nand.ts): 1/8. They are page cache, but they
- *     count in the process's resident set (RssFile) while mapped.
+ *     count in the process's resident set (RssFile) while mapped; past the share, records are read
+ *     with pread (about twice the CPU of a mapped read).
  *
  * Beside the budget, bounded too:
  *   - request payloads and read replies in flight (server/in-flight-limit.ts): a quarter of the
@@ -35,7 +36,7 @@ export interface MemoryPlan {
   /** LevelDB's write buffer (it may hold two) and block cache. */
   levelWriteBufferBytes: number;
   levelCacheBytes: number;
-  /** Image pages kept mapped for reads before cold ones are dropped. */
+  /** Image bytes the read mapping may hold (reads of other erase blocks use pread). */
   mappedReadBytes: number;
   /** Beside the budget: request bytes in flight on all connections, and on one. */
   inFlightBytes: number;

@@ -41,7 +41,10 @@
  * blocks whenever over the limit: at the default budget (32 MiB mapped) a 128 KiB sequential read
  * of data written at random mapped a large folio per 4 KiB record and spent three quarters of its
  * time faulting pages in and dropping them again (420 MiB/s, against 1.3 GiB/s with a 1 GiB
- * limit). `dropMapped()` drops them all (the array calls it when idle).
+ * limit). `dropMapped()` drops them all (the array calls it when idle). The price of the mapping:
+ * a disk error under the image raises SIGBUS while reading and ends the process, where pread would
+ * have returned EIO; nothing acknowledged is lost by that (the durability contract holds across
+ * any crash), and without the addon (or where mmap fails) reads fall back to pread.
  *
  * `readPagesSync` is one `pread` on the calling thread. While the image's pages sit in the
  * page cache that costs about 1.5 µs per 4 KiB, against 5 to 17 µs of CPU for a hand-off to
