@@ -56,7 +56,10 @@ export async function serve(options: ServeOptions): Promise<void> {
   // Once quiet, what a busy moment needed goes back: pooled buffers, mapped image pages, V8's garbage.
   limitHeapGrowth(); // again: the reduction workers started since reset V8's flags
   const reclaimer = new IdleReclaimer({
-    tick: limitHeapGrowth,
+    tick: () => {
+      limitHeapGrowth();
+      array.balanceMemory();
+    },
     activity: () => server.inFlight.admitted + array.commits,
     busy: () => server.inFlight.inFlightBytes > 0 || array.scheduler.depth > 0,
     reclaim: () => server.trimMemory() + array.dropMappedPages(),

@@ -11,7 +11,10 @@
  *     cache: about 1/8 at 64 MiB, 1/6 at the default 256 MiB;
  *   - NAND image pages kept mapped for reads (file-nand.ts): 1/8. They are page cache, but they
  *     count in the process's resident set (RssFile) while mapped; past the share, records are read
- *     with pread (about twice the CPU of a mapped read).
+ *     with pread (about twice the CPU of a mapped read). What the two page caches leave unused of
+ *     their shares is lent to the mapping, and taken back as they fill (the server rebalances
+ *     twice a second: FlashArray.balanceMemory), so an array whose metadata is small reads its
+ *     data mapped.
  *
  * Beside the budget, bounded too:
  *   - request payloads and read replies in flight (server/in-flight-limit.ts): a quarter of the

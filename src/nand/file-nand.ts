@@ -231,7 +231,7 @@ export class FileNand extends NandDeviceBase {
     states: NandBlockStates,
     private readonly image: FileHandle,
     private readonly spare: FileHandle,
-    private readonly mappedLimitBytes: number,
+    private mappedLimitBytes: number,
     warmEraseBytes: number | undefined,
     private readonly warmIdleMs: number,
   ) {
@@ -398,6 +398,22 @@ export class FileNand extends NandDeviceBase {
     this.readEpoch += 1;
     if (this.epochRefusals > 0) this.dropPending = true;
     this.epochRefusals = 0;
+  }
+
+  /**
+   * The bytes the mapping may hold from now on (the array lends it what its page caches leave
+   * unused, see memory-budget.ts). Below what it holds, blocks leave now, the least recently read
+   * first. Never called while a batch is being planned (the array calls it from a timer).
+   */
+  setMappedLimit(bytes: number): void {
+    this.mappedLimitBytes = bytes;
+    const mapping = this.mapping;
+    if (mapping === null) return;
+    for (let cold = this.readEpoch - COLD_EPOCHS; this.mappedBytes > bytes && cold <= this.readEpoch; cold++) this.dropColdBlocks(mapping, cold);
+  }
+
+  get mappedLimit(): number {
+    return this.mappedLimitBytes;
   }
 
   /** The image's bytes mapped now, at most (see the design note). */

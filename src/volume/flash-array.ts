@@ -903,6 +903,16 @@ export class FlashArray implements ExportCatalog {
     await this.commit(true);
   }
 
+  /**
+   * Lends the NAND image's read mapping what the map and chunk page caches leave unused of their
+   * shares of the budget (see common/memory-budget.ts); the server calls it twice a second.
+   */
+  balanceMemory(): void {
+    if (!(this.nand instanceof FileNand)) return;
+    const unusedBytes = Math.max(0, this.memory.mapPageBytes - this.maps.cache.cachedBytes) + Math.max(0, this.memory.chunkPageBytes - this.chunks.cache.cachedBytes);
+    this.nand.setMappedLimit(this.memory.mappedReadBytes + unusedBytes);
+  }
+
   /** Drops the NAND image's pages from the read mapping (when idle); returns the bytes, estimated. */
   dropMappedPages(): number {
     return this.nand instanceof FileNand ? this.nand.dropMapped() : 0;

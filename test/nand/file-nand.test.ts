@@ -384,6 +384,32 @@ test('a batch planned across many read epochs maps no more than the mapping coun
   });
 });
 
+test('setMappedLimit: a lower limit drops blocks at once, the least recently read first; a higher one takes more in', async (t) => {
+  await withDirectory(async (directory) => {
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, mappedLimitBytes: 4 * 1024 * 1024 });
+    try {
+      for (let block = 0; block < 40; block++) await device.programPages(block, 0, pagesOf(4096, 64, block));
+      for (let block = 0; block < 16; block++) t.truthy(device.viewPagesSync(block, 0, 64), `block ${block} taken in`);
+      t.is(device.viewPagesSync(16, 0, 1), null, 'the limit holds 16 blocks');
+      // Blocks 12-15 read again, four epochs later (an epoch is 1 MiB read).
+      for (let i = 0; i < 4; i++) for (let block = 12; block < 16; block++) t.truthy(device.viewPagesSync(block, 0, 64));
+      device.setMappedLimit(1024 * 1024);
+      t.is(device.mappedBytes, 1024 * 1024, 'down to the new limit');
+      t.is(device.droppedEraseBlocks, 12);
+      for (let block = 12; block < 16; block++) t.true(device.mapPagesSync(block, 0, 1) >= 0, `block ${block}, read last, stays`);
+      t.true(device.mapPagesSync(0, 0, 1) < -1, 'block 0 left, and there is no room for it');
+      device.setMappedLimit(8 * 1024 * 1024);
+      for (let block = 0; block < 40; block++) {
+        const view = device.viewPagesSync(block, 0, 64);
+        t.true((view ?? device.readPagesSync(block, 0, 64)).equals(pagesOf(4096, 64, block)), `erase block ${block}`);
+      }
+      t.true(device.mappedBytes > 4 * 1024 * 1024 && device.mappedBytes <= 8 * 1024 * 1024, `taken in past the first limit, up to the higher one (${device.mappedBytes})`);
+    } finally {
+      await device.close();
+    }
+  });
+});
+
 test('dropMapped() takes every page read through the mapping out of the resident set, and they read back right', async (t) => {
   await withDirectory(async (directory) => {
     const device = await FileNand.open(directory, GEOMETRY, { create: true });
