@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
+import { defaultBudgetMiB } from '../common/memory-budget.js';
 import { parseSizeBytes } from '../common/size.js';
 import { isLoopback } from '../mgmt/api-server.js';
 import { DataDirectoryInUse, OperationConflict } from './api-client.js';
@@ -88,7 +89,7 @@ export function buildProgram(): Command {
     .option('-l, --listen <host:port>', 'TCP address for NBD, or "none" (env PSTORAGE_LISTEN)', asListen, asListen(process.env.PSTORAGE_LISTEN ?? DEFAULT_LISTEN))
     .option('-s, --socket <path>', 'also serve NBD on this Unix socket (env PSTORAGE_SOCKET)', process.env.PSTORAGE_SOCKET)
     .option('--capacity <size>', 'NAND capacity of a new array (sparse), e.g. 8G (env PSTORAGE_CAPACITY)', asSize, process.env.PSTORAGE_CAPACITY ? asSize(process.env.PSTORAGE_CAPACITY) : undefined)
-    .option('--cache-mb <mib>', 'metadata cache budget in MiB (env PSTORAGE_CACHE_MB)', asPositiveInt, process.env.PSTORAGE_CACHE_MB ? asPositiveInt(process.env.PSTORAGE_CACHE_MB) : 256)
+    .option('--cache-mb <mib>', 'memory budget in MiB: metadata caches and mapped data; default 1/8 of memory, 256 to 4096 (env PSTORAGE_CACHE_MB)', asPositiveInt, process.env.PSTORAGE_CACHE_MB ? asPositiveInt(process.env.PSTORAGE_CACHE_MB) : defaultBudgetMiB())
     .option('--gc-policy <policy>', 'GC victim choice: cost-benefit or greedy', (value: string) => {
       if (value !== 'cost-benefit' && value !== 'greedy') throw new InvalidArgumentError('use cost-benefit or greedy');
       return value;
