@@ -422,9 +422,9 @@ static napi_value copy_records(napi_env env, napi_callback_info info) {
  * readRecords(fd, pageBytes, pageHeaderBytes, recordHeaderBytes, seed: bigint, plan: Float64Array,
  *             count, destinations: Buffer[]) -> index or -1
  * copyRecords for pages that are not mapped: each row's record (header, payload and the page
- * headers between) is read with one pread into a scratch buffer, and copied and verified from there. Same plan, same result; a pread
- * that fails throws an Error with the errno's code (EIO...), and one that ends early (the file is
- * shorter) counts as a failed verification of its row.
+ * headers between) is read with one pread into a scratch buffer, and copied and verified from
+ * there. Same plan, same result; a pread that fails throws an Error with the errno's code (EIO...),
+ * and one that ends early (the file is shorter) counts as a failed verification of its row.
  */
 static napi_value read_records(napi_env env, napi_callback_info info) {
   size_t argc = 8;
