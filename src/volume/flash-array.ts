@@ -905,12 +905,13 @@ export class FlashArray implements ExportCatalog {
 
   /**
    * Lends the NAND image's read mapping what the map and chunk page caches leave unused of their
-   * shares of the budget (see common/memory-budget.ts); the server calls it twice a second.
+   * shares of the budget, less an eighth of the budget kept back (see common/memory-budget.ts);
+   * the server calls it twice a second.
    */
   balanceMemory(): void {
     if (!(this.nand instanceof FileNand)) return;
     const unusedBytes = Math.max(0, this.memory.mapPageBytes - this.maps.cache.cachedBytes) + Math.max(0, this.memory.chunkPageBytes - this.chunks.cache.cachedBytes);
-    this.nand.setMappedLimit(this.memory.mappedReadBytes + unusedBytes);
+    this.nand.setMappedLimit(this.memory.mappedReadBytes + Math.max(0, unusedBytes - this.memory.cacheBytes / 8));
   }
 
   /** Drops the NAND image's pages from the read mapping (when idle); returns the bytes, estimated. */
