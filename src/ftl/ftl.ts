@@ -481,14 +481,8 @@ export class Ftl implements StreamHost {
         const { address, chunkId, storedBytes } = requests[failedPlan[failed * PLAN_FIELDS + 4]!]!;
         throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (${storedBytes} bytes expected)`);
       }
-      for (let row = 0; row < mappedRows; row++) {
-        const index = this.mappedPlan[row * PLAN_FIELDS + 4]!;
-        sink(index, destinations[index]!);
-      }
-      for (let row = 0; row < directRows; row++) {
-        const index = this.directPlan[row * PLAN_FIELDS + 4]!;
-        sink(index, destinations[index]!);
-      }
+      deliverRows(this.mappedPlan, mappedRows, sink, destinations);
+      deliverRows(this.directPlan, directRows, sink, destinations);
     }
     return rest ?? NONE;
   }
@@ -1015,6 +1009,14 @@ export class Ftl implements StreamHost {
 /** Indexes of `requests` sorted by physical address (so adjacent records can share a read). */
 /** Fields of a row of the native batch read's plan (see native/nand-map/nand_map.c). */
 const PLAN_FIELDS = 5;
+
+/** Hands the destinations of a read plan's rows to `sink`. */
+function deliverRows(plan: Float64Array, rows: number, sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>): void {
+  for (let row = 0; row < rows; row++) {
+    const index = plan[row * PLAN_FIELDS + 4]!;
+    sink(index, destinations[index]!);
+  }
+}
 const NONE: readonly number[] = [];
 
 function addressOrder(requests: readonly RecordRef[], subset: readonly number[] | null = null): number[] {

@@ -23,25 +23,11 @@
  * `mapPagesSync` give it the mapping and the pages' offsets, and one native call copies and
  * verifies the whole batch (see ftl.ts, readMappedRecords); `noteMappedRead` times it as a
  * view's touch is timed. Mapped pages count in the process's resident set (VmRSS, as RssFile)
- * although they are page cache, so they are part of the memory budget (`mappedLimitBytes`), and
- * the mapping takes in only so much: an erase block enters it at its first read while there is
- * room for a whole block; past that, `mapPagesSync` answers "read these directly" and the FTL
- * reads the records with one pread each through the same native call (about 3 µs per record
- * against 1.5 mapped), and `viewPagesSync` answers null (pread in JavaScript). Each block taken in
- * counts as wholly mapped (or as the kernel's 64 KiB fault-around window, if blocks are smaller):
- * kernels with large page-cache folios map a whole folio at a fault (measured on 6.18: 256 KiB for
- * one 4 KiB touch of a block programmed in one write), and a folio never spans two erase blocks,
- * since programs stay within one and folios are aligned to their size. Counting is exact enough
- * and costs nothing; measuring (the "shared" count of /proc/self/statm) counted every other file
- * mapping of the process too, LevelDB's included, and followed other FileNands of a test process.
- * Blocks leave the mapping when cold (madvise DONTNEED: the page cache keeps them): reads are
- * counted in epochs of a quarter of the limit (at most `EPOCH_BYTES`), and at the end of an epoch
- * in which some read was refused, the blocks not read for `COLD_EPOCHS` epochs (twice the
- * limit's worth of reads) leave and make room. A first version mapped every read and dropped cold
- * blocks whenever over the limit: at the default budget (32 MiB mapped) a 128 KiB sequential read
- * of data written at random mapped a large folio per 4 KiB record and spent three quarters of its
- * time faulting pages in and dropping them again (420 MiB/s, against 1.3 GiB/s with a 1 GiB
- * limit). `dropMapped()` drops them all (the array calls it when idle). The price of the mapping:
+ * although they are page cache, so they are part of the memory budget: which erase blocks the
+ * mapping takes in, and when they leave, is read-mapping.ts's (past its limit `mapPagesSync`
+ * answers "read these directly", and the FTL reads those records with one pread each through the
+ * same native call; `viewPagesSync` answers null). `dropMapped()` drops them all (the array calls
+ * it when idle). The price of the mapping:
  * a disk error under the image raises SIGBUS while reading and ends the process, where pread would
  * have returned EIO; nothing acknowledged is lost by that (the durability contract holds across
  * any crash), and without the addon (or where mmap fails) reads fall back to pread.
@@ -114,6 +100,7 @@ import { nandMap, readRecords } from '../common/native.js';
 import type { MappedImage, NandBlockInfo, NandGeometry } from './nand-device.js';
 import { capacityBytes, directAnswer, eraseBlockBytes, validateGeometry } from './nand-device.js';
 import { NandDeviceBase, type NandBlockStates, freshBlockStates } from './nand-device-base.js';
+import { ReadMapping } from './read-mapping.js';
 import {
   SPARE_HEADER_BYTES,
   SPARE_RECORD_BYTES,
@@ -150,14 +137,8 @@ const SLOW_SYNC_READ_US = 500;
 const SLOW_SYNC_READ_US_PER_PAGE = 20;
 /** The image is mapped in pieces of about this size (a Node 20 Buffer holds at most 4 GiB). */
 const MAP_SEGMENT_BYTES = 1024 * 1024 * 1024;
-/** A fault on the mapping maps up to 16 pages around it that the page cache holds (fault_around_bytes). */
-const FAULT_AROUND_BYTES = 64 * 1024;
-/** Bytes mapped, by default, before reads of blocks not yet mapped go by pread... */
+/** Bytes mapped, by default, before reads of blocks not yet mapped go by pread. */
 const DEFAULT_MAPPED_LIMIT_BYTES = 1024 * 1024 * 1024;
-/** ...bytes read in one read epoch (at most; a quarter of the limit below that)... */
-const EPOCH_BYTES = 64 * 1024 * 1024;
-/** ...and the epochs without a read after which a mapped block is cold. */
-const COLD_EPOCHS = 8;
 /** Values of `FileNand.stale`. */
 const NOT_STALE = 0;
 const STALE = 1;
@@ -191,20 +172,8 @@ export class FileNand extends NandDeviceBase {
   private readonly segmentBytes: number;
   /** The mapping as the FTL's batch reads see it (`mappedImage`). */
   private readonly image_: MappedImage | null;
-  /** Per erase block, the read epoch of its last read through the mapping; 0: not taken in since it was last dropped. */
-  private readonly blockReadEpoch: Uint32Array;
-  private readEpoch = 1;
-  private epochBytesRead = 0;
-  private readonly epochBytes: number;
-  /** Reads this epoch that the mapping did not take in (then cold blocks leave at its end)... */
-  private epochRefusals = 0;
-  /** ...once the batch being planned has been read (see `takesIn`). */
-  private dropPending = false;
-  /** Erase blocks taken in since they were last dropped, and the bytes each counts for (see the design note). */
-  private mappedBlocks = 0;
-  private readonly mappedBlockBytes: number;
-  /** Erase blocks dropped from the mapping so far (each drop of a block that was read counts once). */
-  droppedEraseBlocks = 0;
+  /** Which erase blocks the mapping holds (null without a mapping). */
+  private readonly residency: ReadMapping | null;
   /** Kept so that touching the pages of a view cannot be optimised away (read in `stats`). */
   lastTouched = 0;
   /**
@@ -231,7 +200,7 @@ export class FileNand extends NandDeviceBase {
     states: NandBlockStates,
     private readonly image: FileHandle,
     private readonly spare: FileHandle,
-    private mappedLimitBytes: number,
+    mappedLimitBytes: number,
     warmEraseBytes: number | undefined,
     private readonly warmIdleMs: number,
   ) {
@@ -242,10 +211,8 @@ export class FileNand extends NandDeviceBase {
     this.warmLimitDefault = Math.max(0, Math.floor(bound / blockBytes));
     this.warmLimitBlocks = this.warmLimitDefault;
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
-    this.blockReadEpoch = new Uint32Array(geometry.eraseBlockCount);
-    this.epochBytes = Math.max(1024 * 1024, Math.min(EPOCH_BYTES, Math.floor(mappedLimitBytes / 4)));
-    this.mappedBlockBytes = Math.max(eraseBlockBytes(geometry), FAULT_AROUND_BYTES);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
+    this.residency = this.mapping === null ? null : new ReadMapping(this.mapping, this.segmentBytes, geometry, mappedLimitBytes);
     this.image_ = this.mapping === null ? null : { segments: this.mapping, segmentBytes: this.segmentBytes, descriptor: image.fd };
   }
 
@@ -339,9 +306,10 @@ export class FileNand extends NandDeviceBase {
 
   protected override doViewPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): Buffer | null {
     const mapping = this.mapping;
-    if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return null;
-    if (this.dropPending) this.dropColdBlocks(mapping, this.readEpoch - COLD_EPOCHS);
-    if (!this.takesIn(eraseBlockIndex, pageCount)) return null;
+    const residency = this.residency;
+    if (mapping === null || residency === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return null;
+    residency.settle();
+    if (!residency.takesIn(eraseBlockIndex, pageCount)) return null;
     const started = performance.now();
     const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
     // Segments hold whole erase blocks, so a range of pages of one block lies in one segment.
@@ -360,65 +328,35 @@ export class FileNand extends NandDeviceBase {
   }
 
   protected override doMapPagesSync(eraseBlockIndex: number, firstPageIndex: number, pageCount: number): number {
-    const mapping = this.mapping;
-    if (mapping === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return -1;
+    const residency = this.residency;
+    if (residency === null || this.readsStale(eraseBlockIndex, firstPageIndex, pageCount)) return -1;
     const offset = this.pageOffsetBytes(eraseBlockIndex, firstPageIndex);
-    if (this.takesIn(eraseBlockIndex, pageCount)) return offset;
+    if (residency.takesIn(eraseBlockIndex, pageCount)) return offset;
     return readRecords === null ? -1 : directAnswer(offset);
   }
 
   override noteMappedRead(startedMs: number, pageCount: number): void {
     this.noteSyncRead(startedMs, pageCount);
-    if (this.dropPending && this.mapping !== null) this.dropColdBlocks(this.mapping, this.readEpoch - COLD_EPOCHS);
+    this.residency?.settle();
   }
 
-  /**
-   * Whether a read of `pageCount` pages of the block goes through the mapping (see the design
-   * note): yes if the block is in it, or there is room to take it in. Counts the read in its epoch.
-   * Cold blocks do not leave here but at the next view or `noteMappedRead`: `mapPagesSync` plans a
-   * batch whose reads come after it, and a block dropped while planned would be mapped again by
-   * them without being counted (measured: 58 MiB mapped at a limit of 8 MiB, by 32 MiB reads).
-   */
-  private takesIn(eraseBlockIndex: number, pageCount: number): boolean {
-    let taken = this.blockReadEpoch[eraseBlockIndex] !== 0;
-    if (!taken && (this.mappedBlocks + 1) * this.mappedBlockBytes <= this.mappedLimitBytes) {
-      this.mappedBlocks += 1;
-      taken = true;
-    }
-    if (taken) this.blockReadEpoch[eraseBlockIndex] = this.readEpoch;
-    else this.epochRefusals += 1;
-    this.epochBytesRead += pageCount * this.geometry.pageBytes;
-    if (this.epochBytesRead >= this.epochBytes) this.endEpoch();
-    return taken;
-  }
-
-  /** A read epoch ends: if the mapping refused reads in it, its cold blocks are to leave. */
-  private endEpoch(): void {
-    this.epochBytesRead = 0;
-    this.readEpoch += 1;
-    if (this.epochRefusals > 0) this.dropPending = true;
-    this.epochRefusals = 0;
-  }
-
-  /**
-   * The bytes the mapping may hold from now on (the array lends it what its page caches leave
-   * unused, see memory-budget.ts). Below what it holds, blocks leave now, the least recently read
-   * first. Never called while a batch is being planned (the array calls it from a timer).
-   */
+  /** See ReadMapping.setLimit (the array lends the mapping what its page caches leave unused). */
   setMappedLimit(bytes: number): void {
-    this.mappedLimitBytes = bytes;
-    const mapping = this.mapping;
-    if (mapping === null) return;
-    for (let cold = this.readEpoch - COLD_EPOCHS; this.mappedBytes > bytes && cold <= this.readEpoch; cold++) this.dropColdBlocks(mapping, cold);
+    this.residency?.setLimit(bytes);
   }
 
   get mappedLimit(): number {
-    return this.mappedLimitBytes;
+    return this.residency?.limitBytes ?? 0;
   }
 
-  /** The image's bytes mapped now, at most (see the design note). */
+  /** The image's bytes mapped now, at most. */
   get mappedBytes(): number {
-    return this.mappedBlocks * this.mappedBlockBytes;
+    return this.residency?.bytes ?? 0;
+  }
+
+  /** Erase blocks dropped from the mapping so far. */
+  get droppedEraseBlocks(): number {
+    return this.residency?.droppedEraseBlocks ?? 0;
   }
 
   /**
@@ -426,42 +364,7 @@ export class FileNand extends NandDeviceBase {
    * that were mapped (at most). For when idle.
    */
   dropMapped(): number {
-    const mapping = this.mapping;
-    if (mapping === null) return 0;
-    const before = this.mappedBytes;
-    this.dropColdBlocks(mapping, this.readEpoch);
-    this.readEpoch += 1;
-    this.epochBytesRead = 0;
-    this.epochRefusals = 0;
-    return before;
-  }
-
-  /**
-   * Drops from the mapping the erase blocks taken in but not read since the read epoch `cold` (a
-   * CLOCK of sorts), so the blocks being read stay mapped.
-   */
-  private dropColdBlocks(mapping: Buffer[], cold: number): void {
-    this.dropPending = false;
-    const epochs = this.blockReadEpoch;
-    const blockBytes = eraseBlockBytes(this.geometry);
-    for (let block = 0; block < epochs.length; ) {
-      const epoch = epochs[block]!;
-      if (epoch === 0 || epoch > cold) {
-        block += 1;
-        continue;
-      }
-      // A run of cold blocks in one segment: one madvise.
-      const start = block;
-      const segment = Math.floor(this.pageOffsetBytes(start, 0) / this.segmentBytes);
-      while (block < epochs.length && epochs[block] !== 0 && epochs[block]! <= cold && Math.floor(this.pageOffsetBytes(block, 0) / this.segmentBytes) === segment) {
-        epochs[block] = 0;
-        block += 1;
-      }
-      const from = this.pageOffsetBytes(start, 0) % this.segmentBytes;
-      dropResident(mapping[segment]!.subarray(from, from + (block - start) * blockBytes));
-      this.droppedEraseBlocks += block - start;
-      this.mappedBlocks -= block - start;
-    }
+    return this.residency?.dropAll() ?? 0;
   }
 
   /** Times a synchronous read (see the design note): too many slow ones switch to the thread pool. */
@@ -918,10 +821,6 @@ function mapImage(fd: number, lengthBytes: number, segmentBytes: number): Buffer
   } catch {
     return null;
   }
-}
-
-function dropResident(mapping: Buffer): void {
-  nandMap?.dropResident(mapping);
 }
 
 function popcount(bits: number): number {
