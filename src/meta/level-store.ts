@@ -11,9 +11,11 @@
  * batches handed to it without waiting can reach LevelDB in either order, and a synced batch
  * could then finish before an earlier unsynced one that it was meant to cover. The store
  * therefore keeps one write in flight at a time. With none in flight, a batch goes straight to
- * LevelDB, which copies keys and values into native memory before `batch` returns. While one is
- * in flight, later batches are copied and gathered into the next group, written as one atomic
- * LevelDB batch when the write in flight completes, and synced if any member asked for sync.
+ * LevelDB, which copies keys and values into native memory as the batch is built (a large one
+ * over several turns of the event loop: the caller hands its buffers over, see `MetaStore.batch`).
+ * While one is in flight, later batches are copied and gathered into the next group, written as
+ * one atomic LevelDB batch when the write in flight completes, and synced if any member asked for
+ * sync.
  * Merging batches only removes crash outcomes (A without B), never adds one, so each caller's
  * batch stays atomic, batches take effect in call order, and a synced batch covers every earlier
  * one. This is LevelDB's own group commit, moved up to where the call order is still known. The
@@ -22,8 +24,8 @@
  * deletes `SYNC_BARRIER_KEY`: a log record that changes nothing but makes LevelDB fsync its log,
  * which holds every earlier batch.
  *
- * Writes use array batches, not chained ones: a chained batch crosses into native code once per
- * operation, which measured about 6 µs per put on the main thread against about 2.5 µs.
+ * Writes use chained batches (see `writeBatch` for the measurement that chose them over array
+ * batches).
  *
  * Tuning (LevelDB defaults in brackets):
  *   - writeBufferSize 16 MiB [4 MiB]: the memtable and its log. Bigger absorbs more metadata
@@ -56,9 +58,10 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { AbstractBatchOperation, AbstractSublevel } from 'abstract-level';
+import type { AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { StorageError } from '../common/errors.js';
+import { TurnSlicer } from '../common/turns.js';
 import {
   type BatchOptions,
   type IterateRange,
@@ -89,14 +92,13 @@ const SYNC_BARRIER_KEY = Buffer.from('\x00pstorage-sync-barrier');
 /** Entries fetched per trip to LevelDB while iterating, and the bytes that may hold. */
 const ITERATE_BATCH_ENTRIES = 256;
 const ITERATE_BATCH_BYTES = 256 * 1024;
+/** Building a large batch lets the event loop turn after this much work (see `writeBatch`). */
+const BUILD_SLICE_MS = 2;
+/** Operations between two looks at the clock while building a batch. */
+const BUILD_CHECK_OPS = 64;
 
 type RootDatabase = Level<Buffer, Buffer>;
 type SublevelDatabase = AbstractSublevel<RootDatabase, string | Buffer | Uint8Array, Uint8Array, Buffer>;
-
-/** An operation in the form abstract-level's array batch takes. */
-type LevelOp = AbstractBatchOperation<RootDatabase, Uint8Array, Uint8Array>;
-
-const SYNC_BARRIER_OP: LevelOp = { type: 'del', key: SYNC_BARRIER_KEY };
 
 /** The key prefix abstract-level gives each sublevel (subleveldown's `!name!` layout). */
 const SUBLEVEL_PREFIXES: ReadonlyMap<Sublevel, Buffer> = new Map(SUBLEVELS.map((name) => [name, Buffer.from(`!${name}!`, 'utf8')]));
@@ -108,7 +110,7 @@ interface Waiter {
 
 /** Batches called while a write is in flight, with copies of their bytes, to be written as one. */
 interface WriteGroup {
-  ops: LevelOp[];
+  ops: MetaOp[];
   sync: boolean;
   waiters: Waiter[];
 }
@@ -182,10 +184,10 @@ export class LevelMetaStore implements MetaStore {
     if (this.writeError !== null) throw this.writeError;
     if (this.inFlight === undefined && this.reopening === undefined) {
       if (ops.length === 0 && !options.sync) return;
-      return this.write(ops.map((op) => this.levelOp(op, false)), options.sync);
+      return this.write(ops, options.sync);
     }
     const group = (this.nextGroup ??= { ops: [], sync: false, waiters: [] });
-    for (const op of ops) group.ops.push(this.levelOp(op, true));
+    for (const op of ops) group.ops.push(copyOp(op));
     group.sync ||= options.sync;
     return new Promise<void>((resolve, reject) => group.waiters.push({ resolve, reject }));
   }
@@ -271,26 +273,9 @@ export class LevelMetaStore implements MetaStore {
     return this.sublevels.get(sublevel)!;
   }
 
-  /**
-   * Builds the root-level operation with the sublevel prefix (`!name!`) written by hand: the
-   * same bytes abstract-level's sublevels would store, without their per-operation transcoding,
-   * which costs several microseconds of main-thread time per put. The prefixed key is always a
-   * fresh buffer; `copy` also copies the value when LevelDB will not see it before `batch`
-   * returns to its caller.
-   */
-  private levelOp(op: MetaOp, copy: boolean): LevelOp {
-    const prefix = SUBLEVEL_PREFIXES.get(op.sublevel)!;
-    const key = Buffer.allocUnsafe(prefix.length + op.key.length);
-    prefix.copy(key, 0);
-    key.set(op.key, prefix.length);
-    if (op.type === 'del') return { type: 'del', key };
-    return { type: 'put', key, value: copy ? Buffer.from(op.value) : op.value };
-  }
-
   /** Hands one atomic batch to LevelDB now; the next group starts when it completes. */
-  private write(levelOps: LevelOp[], sync: boolean): Promise<void> {
-    if (sync && levelOps.length === 0) levelOps.push(SYNC_BARRIER_OP);
-    const written = this.writeBatch(levelOps, sync).catch((error: unknown) => {
+  private write(ops: MetaOp[], sync: boolean): Promise<void> {
+    const written = this.writeBatch(ops, sync).catch((error: unknown) => {
       const failure = this.levelError(error, 'metadata batch');
       if (failure.code !== 'SHUTTING_DOWN') this.writeError ??= failure;
       throw failure;
@@ -305,15 +290,30 @@ export class LevelMetaStore implements MetaStore {
   /**
    * One atomic LevelDB batch, built op by op (a chained batch): classic-level's array form cost
    * 26-32 µs an op here, the chained one 7 (16,384 puts of 9-byte keys and 8-byte values, as the
-   * dedup index writes back; measured in one process, the same keys either way).
+   * dedup index writes back; measured in one process, the same keys either way). A commit after a
+   * 1 GiB TRIM holds thousands of pages, so the building lets the event loop turn every
+   * `BUILD_SLICE_MS` (it held other connections' reads for 64-86 ms in one turn on a busy
+   * machine); nothing reaches LevelDB before `write`, so the batch stays atomic.
+   *
+   * Keys get the sublevel prefix (`!name!`) here, by hand: the same bytes abstract-level's
+   * sublevels would store, without their per-operation transcoding, which costs several
+   * microseconds of main-thread time per put.
    */
-  private async writeBatch(levelOps: LevelOp[], sync: boolean): Promise<void> {
+  private async writeBatch(ops: MetaOp[], sync: boolean): Promise<void> {
     const batch = this.db.batch();
+    const slicer = new TurnSlicer(BUILD_SLICE_MS);
     try {
-      // The database's 'buffer' encoding wraps a Uint8Array value without a copy (level-transcoder).
-      for (const op of levelOps) {
-        if (op.type === 'put') batch.put(op.key as Buffer, op.value as Buffer);
-        else batch.del(op.key as Buffer);
+      if (sync && ops.length === 0) batch.del(SYNC_BARRIER_KEY);
+      for (let i = 0; i < ops.length; i++) {
+        const op = ops[i]!;
+        const prefix = SUBLEVEL_PREFIXES.get(op.sublevel)!;
+        const key = Buffer.allocUnsafe(prefix.length + op.key.length);
+        prefix.copy(key, 0);
+        key.set(op.key, prefix.length);
+        // The database's 'buffer' encoding wraps a Uint8Array value without a copy (level-transcoder).
+        if (op.type === 'put') batch.put(key, op.value as Buffer);
+        else batch.del(key);
+        if (i % BUILD_CHECK_OPS === BUILD_CHECK_OPS - 1 && slicer.due()) await slicer.nextTurn();
       }
     } catch (error) {
       await batch.close().catch(() => undefined);
@@ -395,4 +395,10 @@ function levelRange(range: IterateRange): { gte?: Uint8Array; lt?: Uint8Array; l
   if (range.lt !== undefined) options.lt = range.lt;
   if (range.limit !== undefined) options.limit = range.limit;
   return options;
+}
+
+/** A batch operation with its own copies of the key and value (for the next group). */
+function copyOp(op: MetaOp): MetaOp {
+  if (op.type === 'del') return { type: 'del', sublevel: op.sublevel, key: Buffer.from(op.key) };
+  return { type: 'put', sublevel: op.sublevel, key: Buffer.from(op.key), value: Buffer.from(op.value) };
 }

@@ -65,7 +65,11 @@ export interface IterateRange {
 export interface MetaStore {
   get(sublevel: Sublevel, key: Uint8Array): Promise<Buffer | undefined>;
   getMany(sublevel: Sublevel, keys: Uint8Array[]): Promise<Array<Buffer | undefined>>;
-  /** One atomic batch: the commit point. `sync: true` means durable when it resolves. */
+  /**
+   * One atomic batch: the commit point. `sync: true` means durable when it resolves. The caller
+   * hands the operations' keys and values over: they may be read until the batch resolves, so
+   * they must not change meanwhile (every caller builds fresh buffers for them).
+   */
   batch(ops: MetaOp[], options: BatchOptions): Promise<void>;
   /** Keys in byte order within one sublevel; bounds optional; limit optional. */
   iterate(sublevel: Sublevel, range?: IterateRange): AsyncIterable<[Buffer, Buffer]>;

@@ -687,7 +687,7 @@ export class FlashArray implements ExportCatalog {
       this.settleCapture(captured, ok);
     }
     this.commits += 1;
-    this.logger.debug('commit', { ops: captured.ops.length, batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
+    this.logger.debug('commit', { ops: captured.ops.length, journalBytes: captured.journal.reduce((sum, { value }) => sum + value.length, 0), batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
     if (sync) await this.ftl.releaseAfterCommit(captured.generation);
   }
 
@@ -818,12 +818,15 @@ export class FlashArray implements ExportCatalog {
     return this.counters.nandBytesWrittenBefore + this.ftl.counters.nandBytesProgrammed;
   }
 
-  /** After a batch of changes: commit in the background when enough is waiting. */
-  maybeCommit(): void {
+  /**
+   * After a batch of changes: commit in the background when enough is waiting. A long unmap asks
+   * with a smaller `journalBytes` (see `Volume.unmapRange`).
+   */
+  maybeCommit(journalBytes = this.policy.journalCommitBytes): void {
     if (this.closed || this.commitRunning !== null) return;
     const dirtyPressure = (cache: { dirtyBytes: number; budget: number }) => cache.dirtyBytes > this.policy.dirtyPageShare * cache.budget * 1.25;
     const due =
-      this.journal.pendingBytes >= this.policy.journalCommitBytes ||
+      this.journal.pendingBytes >= journalBytes ||
       dirtyPressure(this.maps.cache) ||
       dirtyPressure(this.chunks.cache) ||
       (this.dedup?.pendingWrites ?? 0) > DEDUP_WRITEBACK_ENTRIES;

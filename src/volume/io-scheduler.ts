@@ -38,6 +38,7 @@
  */
 import { IoCommand, type IoRequest } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
+import { nextTurn } from '../common/turns.js';
 import { ReducedBlocks, reduceInline, BLOCK_BYTES } from '../reduce/reduce-block.js';
 import type { FlashArray } from './flash-array.js';
 import { ChangeMode, type Volume } from './volume.js';
@@ -356,12 +357,7 @@ export class IoScheduler {
   }
 }
 
-/** Resolves in the next turn of the event loop, after its I/O (replies out, requests in). */
 /** The whole 4 KiB blocks a request covers: [first, end). */
 function wholeBlocks(request: IoRequest): [number, number] {
   return [Math.ceil(request.offsetBytes / BLOCK_BYTES), Math.floor((request.offsetBytes + request.lengthBytes) / BLOCK_BYTES)];
-}
-
-function nextTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
