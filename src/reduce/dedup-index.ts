@@ -86,6 +86,8 @@ export class DedupIndex {
   private hand = 0;
   /** Where `captureUnwritten` goes on. */
   private unwrittenCursor = 0;
+  /** Live entries LevelDB lacks (neither written nor evicted yet): what a checkpoint must write. */
+  private unwritten = 0;
   /** Writes for LevelDB, by fingerprint (hex): a chunk id to put, or null to delete. */
   private readonly dirty = new Map<string, { fingerprint: Buffer; chunkId: number | null }>();
   readonly counters: DedupCounters = { lookups: 0, bloomSkips: 0, storeReads: 0 };
@@ -198,18 +200,23 @@ export class DedupIndex {
 
   /**
    * Up to `maxEntries` entries LevelDB lacks, from the table into `ops` as puts, marked written
-   * (and so added to the Bloom filter) at once; returns how many. A checkpoint calls this until it
-   * returns 0, writing each slice as its own batch before the checkpoint's commit: one batch of
+   * (and so added to the Bloom filter) at once, walking at most `maxSlots` slots (a mostly empty
+   * table of 16 M slots, the default budget's, took 140-180 ms to walk in one turn); returns true
+   * once the walk has passed the last slot (at once when no entry is unwritten: the count is kept
+   * as entries change). A checkpoint calls this until then, writing the entries in batches of
+   * their own before the checkpoint's commit: one batch of
    * the whole table held about 1 KiB of heap per entry (1.1 GB for a full table at the default
    * budget, 370 MB at --cache-mb 64) until LevelDB had written it. Every call walks on from where
    * the last one stopped (`from` 0 restarts): a rehash in between may move an entry behind the
    * cursor, and then the commit's `capture(ops, true)` writes it. A slice whose batch fails loses
    * only the advice it held, as a crash would.
    */
-  captureUnwritten(ops: MetaOp[], maxEntries: number, from?: number): number {
+  captureUnwritten(ops: MetaOp[], maxEntries: number, maxSlots: number, from?: number): boolean {
     if (from !== undefined) this.unwrittenCursor = from;
+    if (this.unwritten === 0) this.unwrittenCursor = this.mask + 1;
     let count = 0;
-    for (; this.unwrittenCursor <= this.mask && count < maxEntries; this.unwrittenCursor++) {
+    const lastSlot = Math.min(this.mask, this.unwrittenCursor + maxSlots - 1);
+    for (; this.unwrittenCursor <= lastSlot && count < maxEntries; this.unwrittenCursor++) {
       const slot = this.unwrittenCursor;
       const word = this.table[slot * WORDS + CHUNK_HIGH_STATE]!;
       if ((word & STATE_MASK) !== LIVE || (word & PERSISTED) !== 0) continue;
@@ -219,20 +226,27 @@ export class DedupIndex {
       ops.push({ type: 'put', sublevel: 'fingerprints', key: fingerprint, value: u64Key(this.chunkAt(slot)) });
       this.bloom.add(fingerprint);
       this.table[slot * WORDS + CHUNK_HIGH_STATE] = word | PERSISTED;
+      this.unwritten -= 1;
       count += 1;
     }
-    return count;
+    return this.unwrittenCursor > this.mask;
+  }
+
+  /** Live entries LevelDB lacks: what the next checkpoint writes. */
+  get unwrittenEntries(): number {
+    return this.unwritten;
   }
 
   /** Pending index writes into `ops`; with `everything`, also every entry never written (close, checkpoint). */
   capture(ops: MetaOp[], everything = false): void {
-    if (everything) {
+    if (everything && this.unwritten > 0) {
       const table = this.table;
-      for (let slot = 0; slot <= this.mask; slot++) {
+      for (let slot = 0; slot <= this.mask && this.unwritten > 0; slot++) {
         const word = table[slot * WORDS + CHUNK_HIGH_STATE]!;
         if ((word & STATE_MASK) !== LIVE || (word & PERSISTED) !== 0) continue;
         this.queueWrite(this.fingerprintAt(slot), this.chunkAt(slot));
         table[slot * WORDS + CHUNK_HIGH_STATE] = word | PERSISTED;
+        this.unwritten -= 1;
       }
     }
     for (const { fingerprint, chunkId } of this.dirty.values()) {
@@ -274,8 +288,10 @@ export class DedupIndex {
   /** Sets a slot's chunk id and its state and flags (`bits`). */
   private setSlot(slot: number, chunkId: number, bits: number): void {
     const at = slot * WORDS;
+    this.unwritten -= isUnwritten(this.table[at + CHUNK_HIGH_STATE]!);
     this.table[at + CHUNK_LOW] = chunkId >>> 0;
     this.table[at + CHUNK_HIGH_STATE] = ((Math.floor(chunkId / TWO_TO_32) << 8) | bits) >>> 0;
+    this.unwritten += isUnwritten(bits);
   }
 
   /** Adds an entry known not to be in the table; `bits` holds its state (LIVE or ABSENT) and flags. */
@@ -342,6 +358,7 @@ export class DedupIndex {
     this.table.fill(0);
     this.entries = 0;
     this.tombstones = 0;
+    this.unwritten = 0;
     for (let slot = 0; slot <= this.mask; slot++) {
       const at = slot * WORDS;
       const word = old[at + CHUNK_HIGH_STATE]!;
@@ -351,6 +368,11 @@ export class DedupIndex {
       this.put(old[at + HIGH]!, old[at + LOW]!, chunkId, state | (word & PERSISTED));
     }
   }
+}
+
+/** 1 for a slot word of a live entry LevelDB lacks, else 0. */
+function isUnwritten(word: number): number {
+  return (word & STATE_MASK) === LIVE && (word & PERSISTED) === 0 ? 1 : 0;
 }
 
 function hexOf(fingerprint: Buffer): string {

@@ -44,6 +44,7 @@ import { assert } from '../common/assert.js';
 import { BufferSlab } from '../common/buffer-slab.js';
 import { StorageError, isHostFull } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
+import { nextTurn } from '../common/turns.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
 import { decodeSummaryPage } from '../ftl/erase-block-table.js';
 import { Ftl, defaultFtlOptions, type FtlOptions } from '../ftl/ftl.js';
@@ -96,6 +97,8 @@ const DEDUP_WRITEBACK_ENTRIES = 8192;
 const CHECKPOINT_SLICE_ENTRIES = 16384;
 /** ...and Bloom filter segments at most this many (2 MiB) at a time... */
 const CHECKPOINT_SLICE_SEGMENTS = 32;
+/** ...walking at most this many slots of the dedup table in one turn (about 2 ms). */
+const CHECKPOINT_SLICE_SLOTS = 256 * 1024;
 /** ...and dirty pages through at most this many commits before its own (writes may go on meanwhile). */
 const CHECKPOINT_MAX_ROUNDS = 1000;
 
@@ -645,13 +648,22 @@ export class FlashArray implements ExportCatalog {
   private async writeBackInSlices(): Promise<void> {
     if (this.dedup !== null) {
       let from: number | undefined = 0;
+      let walked = false;
+      let ops: MetaOp[] = [];
       for (;;) {
-        const ops: MetaOp[] = [];
+        if (!walked) {
+          walked = this.dedup.captureUnwritten(ops, CHECKPOINT_SLICE_ENTRIES - ops.length, CHECKPOINT_SLICE_SLOTS, from);
+          from = undefined;
+          // Too few for a batch yet: walk on in the next turn.
+          if (!walked && ops.length < CHECKPOINT_SLICE_ENTRIES) {
+            await nextTurn();
+            continue;
+          }
+        }
         this.dedup.bloom.captureSome(ops, CHECKPOINT_SLICE_SEGMENTS);
-        this.dedup.captureUnwritten(ops, CHECKPOINT_SLICE_ENTRIES, from);
-        from = undefined;
         if (ops.length === 0) break;
         await this.meta.batch(ops, { sync: false });
+        ops = [];
       }
     }
     const dirtyPages = () => this.maps.cache.dirtyCount + this.chunks.cache.dirtyCount;

@@ -110,18 +110,21 @@ test('a checkpoint can write the table in slices: each bounded, together everyth
   for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
   const written = new Set<string>();
   let slices = 0;
-  for (let from: number | undefined = 0; ; from = undefined) {
+  t.is(index.unwrittenEntries, 10_000);
+  for (let from: number | undefined = 0, done = false; !done; from = undefined) {
     const ops: Parameters<typeof index.capture>[0] = [];
-    const count = index.captureUnwritten(ops, 1000, from);
-    t.is(count, ops.length);
-    t.true(count <= 1000, `slice of ${count}`);
-    if (count === 0) break;
+    done = index.captureUnwritten(ops, 1000, 16_000, from);
+    t.true(ops.length <= 1000, `slice of ${ops.length}`);
+    if (ops.length === 0) continue;
     slices += 1;
     for (const op of ops) written.add(Buffer.from(op.key).toString('hex'));
     await store.batch(ops, { sync: false });
   }
-  t.is(slices, 10);
+  // A slice walks at most 16,000 of the 65,536 slots.
+  t.true(slices >= 10 && slices <= 14, `${slices} slices`);
   t.is(written.size, 10_000, 'every entry once');
+  t.is(index.unwrittenEntries, 0);
+  t.true(index.captureUnwritten([], 1000, 1000, 0), 'with nothing unwritten, the walk is done at once');
   const rest: Parameters<typeof index.capture>[0] = [];
   index.capture(rest, true);
   t.is(rest.filter((op) => op.key.length === 8).length, 0, 'the checkpoint commit finds nothing left to write');
@@ -184,4 +187,40 @@ test('the Bloom filter never answers "not stored" for a fingerprint LevelDB hold
   t.false(await stopped.load(store));
   t.false(await stopped.rebuild(store, () => true), 'a rebuild told to stop says so');
   t.false(stopped.complete);
+});
+
+test('the count of unwritten entries follows inserts, removals, evictions and rehashes, so a checkpoint that stops at it writes every live entry', async (t) => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.tuple(fc.nat(3), fc.nat(3000)), { minLength: 200, maxLength: 3000 }), async (steps) => {
+      const store = new MemoryMetaStore();
+      // 1024 slots: evictions and rehashes happen often.
+      const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1024 * 16);
+      const live = new Map<number, number>();
+      let nextChunk = 1;
+      for (const [kind, key] of steps) {
+        if (kind === 0 || kind === 1) {
+          index.insert(fingerprint(key), nextChunk);
+          live.set(key, nextChunk++);
+        } else if (kind === 2 && live.has(key)) {
+          index.remove(fingerprint(key), live.get(key)!);
+          live.delete(key);
+        } else {
+          const ops: Parameters<typeof index.capture>[0] = [];
+          index.capture(ops);
+          await store.batch(ops, { sync: false });
+        }
+      }
+      const ops: Parameters<typeof index.capture>[0] = [];
+      index.capture(ops, true);
+      await store.batch(ops, { sync: false });
+      if (index.unwrittenEntries !== 0) return false;
+      for (const [key, chunk] of live) {
+        const stored = await store.get('fingerprints', fingerprint(key));
+        if (stored === undefined || stored.readBigUInt64BE(0) !== BigInt(chunk)) return false;
+      }
+      return true;
+    }),
+    { numRuns: 60 },
+  );
+  t.pass();
 });
