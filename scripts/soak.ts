@@ -4,7 +4,10 @@
  *     128 KiB random writes of unique data carrying crc32c verify headers, verifies it, and
  *     flushes (end_fsync);
  *   - meanwhile clients abort mid-request (nbdcopy of the whole volume killed after 0.2-0.5 s),
- *     and a TRIM storm unmaps random ranges of a region of its own (python3-libnbd);
+ *     a TRIM storm unmaps random ranges of a region of its own (python3-libnbd), and sessions of
+ *     bad inputs (scripts/soak_bad_inputs.py: garbage handshakes, oversized options, invalid and
+ *     malformed requests) must each get the protocol's answer, with the server answering a fresh
+ *     connection and a region of their own intact after every one;
  *   - every `--kill-every` minutes, after a round, the server is killed with SIGKILL, restarted
  *     on the same data directory, and the last round's data is verified first (fio verify_only):
  *     flushed data must survive;
@@ -32,6 +35,7 @@ interface Options {
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const MiB = 1024 * 1024;
+const BAD_INPUTS_SCRIPT = path.join(REPO, 'scripts/soak_bad_inputs.py');
 
 function parseOptions(argv: string[]): Options {
   const options: Options = { minutes: 10, killEveryMinutes: 3, connections: 16, regionMiB: 32, work: os.tmpdir(), cacheMb: null };
@@ -127,7 +131,7 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(options.work, 'pstorage-soak-'));
   const server = new Server(path.join(work, 'data'), path.join(work, 'nbd.sock'), options.cacheMb);
   const trimBase = options.connections * options.regionMiB * MiB + 64 * MiB;
-  const stats = { rounds: 0, bytesWritten: 0, verifies: 0, verifyFailures: 0, kills: 0, aborts: 0, trims: 0, trimFailures: 0, peakRssKiB: 0, idleRssKiB: [] as number[], failures: [] as string[] };
+  const stats = { rounds: 0, bytesWritten: 0, verifies: 0, verifyFailures: 0, kills: 0, aborts: 0, trims: 0, trimFailures: 0, badSessions: 0, badRequests: 0, badAnswered: 0, badClosed: 0, peakRssKiB: 0, idleRssKiB: [] as number[], failures: [] as string[] };
   const started = Date.now();
   let lastKill = Date.now();
   await server.start();
@@ -154,9 +158,25 @@ async function main(): Promise<void> {
           }
         }
       })();
+      const badInputs = (async () => {
+        while (stormsOn) {
+          const seed = Math.floor(Math.random() * 2 ** 31);
+          const result = await run('/usr/bin/python3', [BAD_INPUTS_SCRIPT, server.socketPath, String(trimBase + 128 * MiB), '50', String(seed)], 10 * 60_000);
+          const summary = parseBadInputs(result.output);
+          if (summary !== null) {
+            stats.badSessions += summary.sessions;
+            stats.badRequests += summary.requests;
+            stats.badAnswered += summary.errors_answered;
+            stats.badClosed += summary.closed;
+          }
+          if (result.code !== 0 || summary === null || summary.failures.length > 0) {
+            stats.failures.push(`bad inputs (seed ${seed}), round ${round}: ${summary === null ? result.output.slice(-300) : summary.failures.slice(0, 5).join('; ')}`);
+          }
+        }
+      })();
       const fio = await run('fio', fioArgs(server, options, round, false), 30 * 60_000);
       stormsOn = false;
-      await Promise.all([aborts, trims]);
+      await Promise.all([aborts, trims, badInputs]);
       stats.rounds += 1;
       stats.verifies += 1;
       if (fio.code !== 0) {
@@ -195,10 +215,21 @@ async function main(): Promise<void> {
   const idle = stats.idleRssKiB.map((k) => Math.round(k / 1024));
   console.log(`\nsoak: ${minutes.toFixed(1)} min, ${stats.rounds} rounds, ${(stats.bytesWritten / 2 ** 30).toFixed(2)} GiB written and verified by ${options.connections} connections`);
   console.log(`faults: ${stats.kills} SIGKILL + restart (flushed data verified after each), ${stats.aborts} clients aborted mid-read, ${stats.trims} TRIMs (${stats.trimFailures} storms failed)`);
+  console.log(`bad inputs: ${stats.badRequests} malformed or invalid requests in ${stats.badSessions} sessions (${stats.badAnswered} answered with an error, ${stats.badClosed} connections closed by the protocol's rules), the server answering a fresh connection after each`);
   console.log(`RSS: peak ${Math.round(stats.peakRssKiB / 1024)} MiB; idle after rounds ${idle.join(', ')} MiB`);
   console.log(`verifications: ${stats.verifies - stats.verifyFailures} of ${stats.verifies} passed`);
   for (const failure of stats.failures) console.log(`FAILURE: ${failure}`);
   process.exitCode = stats.failures.length === 0 ? 0 : 1;
+}
+
+/** The JSON summary line soak_bad_inputs.py prints last, or null. */
+function parseBadInputs(output: string): { sessions: number; requests: number; errors_answered: number; closed: number; failures: string[] } | null {
+  const line = output.trim().split('\n').pop() ?? '';
+  try {
+    return JSON.parse(line) as { sessions: number; requests: number; errors_answered: number; closed: number; failures: string[] };
+  } catch {
+    return null;
+  }
 }
 
 main().catch((error: unknown) => {

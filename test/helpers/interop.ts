@@ -109,7 +109,7 @@ export function requireTools(tools: string[]): void {
   if (missing.length > 0) {
     throw new Error(
       `interop test needs ${missing.join(', ')} on PATH; install the Debian packages listed in scripts/test.sh ` +
-        '(libnbd-bin python3-libnbd nbdkit nbdfuse fuse3 qemu-utils fio xfsprogs e2fsprogs util-linux)',
+        '(libnbd-bin, which ships nbdinfo, nbdsh, nbdcopy and nbdfuse; python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs util-linux)',
     );
   }
 }
