@@ -111,7 +111,7 @@ function readIntoUserBuffer(socket: Socket, buffer: Buffer, onRead: (bytes: Buff
   return true;
 }
 
-/** How long a shutting-down server waits for a client to close its side after our FIN. */
+/** How long a server that is shutting down, or was told DISC, waits for the client to close its side after our FIN. */
 const SHUTDOWN_GRACE_MS = 1000;
 
 /** Extents in BLOCK_STATUS replies are capped well under the spec's 2^20 per chunk. */
@@ -197,6 +197,10 @@ export class Connection {
       return;
     }
     this.handleEvents(this.decoder.push(chunk, transient));
+    // A request held in this read (no room for it yet) pauses reading here: `dispatch` looks only
+    // before the next request is framed, so a held request that was the only one of its read (or
+    // the last) paused nothing, and what followed was read and buffered without bound.
+    if (this.decoder.holding) this.updateFlow();
   }
 
   private runHandshake(chunk: Buffer): void {
@@ -319,7 +323,7 @@ export class Connection {
     if (request.type === C.NBD_CMD_DISC) {
       this.disconnecting = true;
       this.socket.pause();
-      void this.whenIdle().then(() => this.endSocket());
+      void this.whenIdle().then(() => this.endAfterDisc());
       return;
     }
     const costBytes = this.costOf(request);
@@ -431,6 +435,20 @@ export class Connection {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => this.flushOutgoing());
+  }
+
+  /**
+   * After DISC and the replies before it: our FIN, then reading on (what comes is dropped) so that
+   * the client's FIN is seen and the socket closes. A paused socket never saw it and never closed:
+   * one leaked socket, and one connection counted until shutdown, per client that said goodbye.
+   * A client that never closes its side is cut off after the grace period.
+   */
+  private endAfterDisc(): void {
+    this.endSocket();
+    this.socket.resume();
+    const timer = setTimeout(() => this.socket.destroy(), SHUTDOWN_GRACE_MS);
+    timer.unref();
+    void this.finished.then(() => clearTimeout(timer));
   }
 
   /** Sends every queued reply, then closes our side. */

@@ -264,3 +264,118 @@ test('small READ replies written together give their bytes back as small ones', 
     client.socket.destroy();
   });
 });
+
+for (const kind of ['its own share', "the server's room"] as const) {
+  test(`a request waiting for ${kind} stops the connection's reading, so what waits stays in the client`, async (t) => {
+    // Found by nbd-tester-client's integrityhuge with loose ordering: a held request paused reading
+    // only if nothing had been dispatched earlier in the same socket read, so the server read on,
+    // buffering (and re-copying on every read) whatever the client sent: 480 MB, 102 of 112 s of CPU.
+    const own = kind === 'its own share';
+    await withServer({ server: 16 * MiB, connection: own ? 4 * MiB : 16 * MiB }, async (server, socketPath, device) => {
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const write = device.write.bind(device);
+      let inDevice = 0;
+      device.write = async (offset: number, data: Buffer) => {
+        inDevice += 1;
+        await gate;
+        return write(offset, data);
+      };
+      if (!own) {
+        // Another connection's writes hold 12 of the server's 16 MiB until the gate opens.
+        const other = await RawClient.attach(socketPath);
+        other.socket.write(Buffer.concat(Array.from({ length: 3 }, (_, i) => request(C.NBD_CMD_WRITE, { cookie: BigInt(i), offset: BigInt(200 * MiB + i * 4 * MiB), length: 4 * MiB, payload: Buffer.alloc(4 * MiB, 7) }))));
+        await until(() => server.inFlight.inFlightBytes === 12 * MiB, 'the other connection to hold 12 MiB');
+      }
+      const writer = await RawClient.attach(socketPath);
+      // 2 MiB writes (larger than the small requests' extra room, see in-flight-limit.ts): two are
+      // admitted and wait in the device, the third is held. The stream goes 256 KiB at a time, each
+      // piece once the kernel took the one before: what the server reads, plus the socket buffers.
+      const count = 24;
+      const writeBytes = 2 * MiB;
+      const stream = Buffer.concat(Array.from({ length: count }, (_, i) => request(C.NBD_CMD_WRITE, { cookie: 100n + BigInt(i), offset: BigInt((i % 16) * writeBytes), length: writeBytes, payload: Buffer.alloc(writeBytes, i) })));
+      let sentBytes = 0;
+      const sending = (async () => {
+        for (let at = 0; at < stream.length; at += 256 * 1024) {
+          const piece = stream.subarray(at, at + 256 * 1024);
+          await new Promise<void>((resolve) => writer.socket.write(piece, () => resolve()));
+          sentBytes += piece.length;
+        }
+      })();
+      for (let i = 0; i < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      const sentMiB = sentBytes / MiB;
+      t.log(`with the third write held, ${sentMiB.toFixed(1)} MiB of ${count * 2} left the client; in flight ${server.inFlight.inFlightBytes / MiB} MiB, waiting ${server.inFlight.waiting}, writes in the device ${inDevice}`);
+      t.true(sentMiB < 8, `the server read on: ${sentMiB.toFixed(1)} MiB left the client`);
+      open();
+      for (let i = 0; i < count; i++) t.is((await writer.reply()).error, 0);
+      await sending;
+      for (let i = 0; i < 16; i++) t.is(device.data[i * writeBytes], i < 8 ? i + 16 : i, `region ${i} holds the last write to it`);
+      writer.socket.destroy();
+      await until(() => server.inFlight.inFlightBytes === (own ? 0 : 12 * MiB) || server.inFlight.inFlightBytes === 0, 'the bytes to be released');
+    });
+  });
+}
+
+test("a READ held for the server's room, with a large WRITE behind it: the WRITE's payload stays in the client", async (t) => {
+  // nbd-tester-client's integrityhuge with loose ordering, reduced: the first request held was the
+  // only one of its socket read, so nothing paused reading, and the payload behind it was read and
+  // buffered (re-copied on every read): 96 MiB in 18.7 s, 480 MB of memory.
+  await withServer({ server: 16 * MiB, connection: 16 * MiB }, async (server, socketPath) => {
+    const stuck = await RawClient.attach(socketPath);
+    stuck.socket.pause(); // never reads its reply: holds 12 of the server's 16 MiB
+    stuck.socket.write(request(C.NBD_CMD_READ, { cookie: 1n, offset: 0n, length: 12 * MiB }));
+    await until(() => server.inFlight.inFlightBytes === 12 * MiB, 'the stuck READ to hold 12 MiB');
+    const client = await RawClient.attach(socketPath);
+    client.socket.write(request(C.NBD_CMD_READ, { cookie: 2n, offset: 0n, length: 8 * MiB }));
+    await until(() => server.inFlight.waiting === 1, 'the READ to wait for the server');
+    const stream = request(C.NBD_CMD_WRITE, { cookie: 3n, offset: 0n, length: 32 * MiB, payload: Buffer.alloc(32 * MiB, 9) });
+    let sentBytes = 0;
+    const sending = (async () => {
+      for (let at = 0; at < stream.length; at += 256 * 1024) {
+        const piece = stream.subarray(at, at + 256 * 1024);
+        await new Promise<void>((resolve) => client.socket.write(piece, () => resolve()));
+        sentBytes += piece.length;
+      }
+    })();
+    for (let i = 0; i < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    t.log(`with the READ held, ${(sentBytes / MiB).toFixed(1)} MiB of the 32 MiB WRITE left the client`);
+    t.true(sentBytes < 4 * MiB, `the server read on: ${(sentBytes / MiB).toFixed(1)} MiB left the client`);
+    stuck.socket.destroy();
+    const read = await client.reply(8 * MiB);
+    t.is(read.error, 0);
+    t.is((await client.reply()).error, 0);
+    await sending;
+    client.socket.destroy();
+    await until(() => server.connectionCount === 0 && server.inFlight.inFlightBytes === 0, 'everything to be given back');
+  });
+});
+
+test('NBD_CMD_DISC: outstanding replies go out, then the connection closes on both sides', async (t) => {
+  // Found by nbd-tester-client: after DISC the socket was paused and ended, so the client's FIN was
+  // never read and the socket never closed: one leaked socket per well-behaved client.
+  await withServer({ server: 16 * MiB, connection: 8 * MiB }, async (server, socketPath, device) => {
+    device.data.fill(0x33, 0, MiB);
+    const client = await RawClient.attach(socketPath);
+    let closed = false;
+    client.socket.on('close', () => (closed = true));
+    client.socket.write(Buffer.concat([request(C.NBD_CMD_READ, { cookie: 1n, offset: 0n, length: MiB }), request(C.NBD_CMD_DISC, { cookie: 2n })]));
+    const read = await client.reply(MiB);
+    t.is(read.error, 0);
+    t.true(read.data.equals(Buffer.alloc(MiB, 0x33)), 'the read before DISC is answered');
+    await until(() => client.socket.readableEnded, 'the server to end its side');
+    client.socket.end(); // a client closes once it sees the server's end
+    await until(() => server.connectionCount === 0, 'the server to close the connection');
+    await until(() => closed, 'the socket to close');
+    t.pass();
+  });
+});
+
+test('NBD_CMD_DISC from a client that never closes its side: the server closes the socket after a grace period', async (t) => {
+  await withServer({ server: 16 * MiB, connection: 8 * MiB }, async (server, socketPath) => {
+    const client = await RawClient.attach(socketPath);
+    client.socket.write(request(C.NBD_CMD_DISC, { cookie: 1n }));
+    await until(() => server.connectionCount === 0, 'the server to close the connection');
+    t.true(client.socket.readableEnded || client.socket.destroyed, 'the client sees the end');
+    client.socket.destroy();
+  });
+});
