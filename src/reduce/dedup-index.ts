@@ -68,6 +68,8 @@ const STATE_MASK = 3;
 // Flag bits.
 const PERSISTED = 4;
 const REFERENCED = 8;
+/** Set on every entry while `rehash` runs: not yet moved to its new slot. */
+const MOVING = 16;
 /** Chunk ids are safe integers: at most 2^53 - 1, so the high part fits in 21 bits. */
 const TWO_TO_32 = 0x1_0000_0000;
 /** Fill (entries + tombstones) above which the table makes room. */
@@ -352,20 +354,60 @@ export class DedupIndex {
     if (this.tombstones > (this.mask + 1) / 4) this.rehash();
   }
 
-  /** Reinserts every entry (dropping tombstones), so probe chains stay short. */
+  /**
+   * Reinserts every entry (dropping tombstones), so probe chains stay short. In place: it used to
+   * reinsert from a copy of the table, up to 15 % of the budget beside it (256 MiB at the default
+   * budget of a 24 GB machine). Every entry is marked MOVING first; then each marked entry is
+   * taken out and inserted from its home slot at the first slot that is empty or still marked, and
+   * an entry found there is taken out and inserted in turn. A placed entry only ever has placed
+   * entries between its home and its slot, so every probe chain stays whole. Counts and flags
+   * (written, referenced) are unchanged.
+   */
   private rehash(): void {
-    const old = this.table.slice();
-    this.table.fill(0);
-    this.entries = 0;
-    this.tombstones = 0;
-    this.unwritten = 0;
+    const table = this.table;
     for (let slot = 0; slot <= this.mask; slot++) {
       const at = slot * WORDS;
-      const word = old[at + CHUNK_HIGH_STATE]!;
-      const state = word & STATE_MASK;
-      if (state !== LIVE && state !== ABSENT) continue;
-      const chunkId = (word >>> 8) * TWO_TO_32 + old[at + CHUNK_LOW]!;
-      this.put(old[at + HIGH]!, old[at + LOW]!, chunkId, state | (word & PERSISTED));
+      const state = table[at + CHUNK_HIGH_STATE]! & STATE_MASK;
+      if (state === TOMBSTONE) table[at + CHUNK_HIGH_STATE] = 0;
+      else if (state !== EMPTY) table[at + CHUNK_HIGH_STATE] = table[at + CHUNK_HIGH_STATE]! | MOVING;
+    }
+    this.tombstones = 0;
+    for (let slot = 0; slot <= this.mask; slot++) {
+      const at = slot * WORDS;
+      if ((table[at + CHUNK_HIGH_STATE]! & MOVING) === 0) continue;
+      let high = table[at + HIGH]!;
+      let low = table[at + LOW]!;
+      let chunkLow = table[at + CHUNK_LOW]!;
+      let word = table[at + CHUNK_HIGH_STATE]! & ~MOVING;
+      table[at + CHUNK_HIGH_STATE] = 0;
+      for (;;) {
+        // The first slot from the entry's home that is empty or holds an entry not yet moved.
+        let target = low & this.mask;
+        for (let found = table[target * WORDS + CHUNK_HIGH_STATE]!; (found & STATE_MASK) !== EMPTY && (found & MOVING) === 0; found = table[target * WORDS + CHUNK_HIGH_STATE]!) {
+          target = (target + 1) & this.mask;
+        }
+        const to = target * WORDS;
+        const displaced = table[to + CHUNK_HIGH_STATE]!;
+        if ((displaced & MOVING) === 0) {
+          table[to + HIGH] = high;
+          table[to + LOW] = low;
+          table[to + CHUNK_LOW] = chunkLow;
+          table[to + CHUNK_HIGH_STATE] = word;
+          break;
+        }
+        // Swap: this entry takes the slot, the one there is inserted next.
+        const nextHigh = table[to + HIGH]!;
+        const nextLow = table[to + LOW]!;
+        const nextChunkLow = table[to + CHUNK_LOW]!;
+        table[to + HIGH] = high;
+        table[to + LOW] = low;
+        table[to + CHUNK_LOW] = chunkLow;
+        table[to + CHUNK_HIGH_STATE] = word;
+        high = nextHigh;
+        low = nextLow;
+        chunkLow = nextChunkLow;
+        word = displaced & ~MOVING;
+      }
     }
   }
 }

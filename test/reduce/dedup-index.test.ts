@@ -224,3 +224,86 @@ test('the count of unwritten entries follows inserts, removals, evictions and re
   );
   t.pass();
 });
+
+test('a rehash in place drops the tombstones and keeps every entry, its chunk and its flags', async (t) => {
+  // Keys spread over the table (the shared `fingerprint` piles them into three home slots).
+  const key8 = (n: number): Buffer => {
+    const out = Buffer.alloc(8);
+    out.writeUInt32BE(Math.imul(n, 0x9e3779b1) >>> 0, 0);
+    out.writeUInt32BE(Math.imul(n ^ 0x5bd1e995, 0x85ebca6b) >>> 0, 4);
+    return out;
+  };
+  const store = new MemoryMetaStore();
+  // 1024 slots, 768 entries before it makes room.
+  const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1024 * 16);
+  for (let key = 0; key < 700; key++) index.insert(key8(key), key + 1);
+  // And a cluster at the table's last slot that wraps round to its first: the rehash meets entries
+  // not yet moved on its way there and must move them on.
+  const wrapKey = (n: number): Buffer => {
+    const out = Buffer.alloc(8);
+    out.writeUInt32BE(0x7000_0000 + n, 0);
+    out.writeUInt32BE(0xffff_ffff, 4); // home: the last slot
+    return out;
+  };
+  for (let n = 0; n < 24; n++) index.insert(wrapKey(n), 50_000 + n);
+  // Half of them written (a checkpoint), so the written flag has both values.
+  const written: Parameters<typeof index.capture>[0] = [];
+  index.captureUnwritten(written, 350, 1024, 0);
+  await store.batch(written, { sync: false });
+  const unwrittenBefore = index.unwrittenEntries;
+  // Freed chunks leave tombstones: 600 of the 700 entries go.
+  for (let key = 0; key < 600; key++) index.remove(key8(key), key + 1);
+  const removals: Parameters<typeof index.capture>[0] = [];
+  index.capture(removals);
+  await store.batch(removals, { sync: false });
+  const unwrittenAfterRemovals = index.unwrittenEntries;
+  t.true(unwrittenAfterRemovals < unwrittenBefore);
+  // New entries until the table makes room: tombstones fill it, so it rehashes rather than evicts.
+  const inner = index as unknown as { rehash(): void };
+  const rehash = inner.rehash.bind(index);
+  let rehashes = 0;
+  inner.rehash = () => {
+    rehashes += 1;
+    rehash();
+  };
+  let added = 0;
+  while (rehashes === 0 && added < 260) index.insert(key8(10_000 + added), 10_000 + ++added);
+  for (let key = 600; key < 700; key++) t.is(index.lookup(key8(key)), key + 1, `entry ${key} after the rehash`);
+  for (let n = 0; n < 24; n++) t.is(index.lookup(wrapKey(n)), 50_000 + n, `wrapped entry ${n} after the rehash`);
+  for (let key = 10_000; key < 10_000 + added; key++) t.is(index.lookup(key8(key)), key + 1, `entry ${key}`);
+  for (let key = 0; key < 600; key++) t.not(index.lookup(key8(key)), key + 1, `removed entry ${key} stays removed`);
+  t.is(index.unwrittenEntries, unwrittenAfterRemovals + added, 'the written flags survive the rehash');
+  t.log(`${rehashes} rehash after ${added} new entries`);
+  t.is(rehashes, 1, 'the table rehashed (rather than evicting)');
+});
+
+test('a rehash keeps every entry wherever the clusters lie, wrapped round the end included', async (t) => {
+  // Homes drawn from a few slots at the table's end and start, and anywhere: clusters that wrap
+  // and run into each other, so the rehash meets entries not yet moved and must move them on.
+  const home = fc.oneof(fc.integer({ min: 1016, max: 1023 }), fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 1023 }));
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.tuple(home, fc.boolean()), { minLength: 1, maxLength: 700 }), async (entries) => {
+      const store = new MemoryMetaStore();
+      const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1024 * 16);
+      const keyOf = (i: number, slot: number): Buffer => {
+        const out = Buffer.alloc(8);
+        out.writeUInt32BE(i + 1, 0);
+        out.writeUInt32BE(((i << 10) | slot) >>> 0, 4);
+        return out;
+      };
+      entries.forEach(([slot], i) => index.insert(keyOf(i, slot), i + 1));
+      // Some written (so both flag values move), then some freed (tombstones).
+      const written: Parameters<typeof index.capture>[0] = [];
+      index.captureUnwritten(written, entries.length >> 1, 1024, 0);
+      await store.batch(written, { sync: false });
+      entries.forEach(([slot, freed], i) => freed && index.remove(keyOf(i, slot), i + 1));
+      const size = index.size;
+      const unwritten = index.unwrittenEntries;
+      (index as unknown as { rehash(): void }).rehash();
+      if (index.size !== size || index.unwrittenEntries !== unwritten) return false;
+      return entries.every(([slot, freed], i) => freed || index.lookup(keyOf(i, slot)) === i + 1);
+    }),
+    { numRuns: 200 },
+  );
+  t.pass();
+});
