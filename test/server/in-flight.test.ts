@@ -167,6 +167,22 @@ async function withServer(limits: { server: number; connection: number }, run: (
   }
 }
 
+/**
+ * Writes `stream` 256 KiB at a time, each piece once the kernel took the one before, so that
+ * `sentBytes` is what the server has read plus what the socket buffers hold.
+ */
+function sendInPieces(socket: net.Socket, stream: Buffer): { readonly sentBytes: number; done: Promise<void> } {
+  const progress = { sentBytes: 0, done: Promise.resolve() };
+  progress.done = (async () => {
+    for (let at = 0; at < stream.length; at += 256 * 1024) {
+      const piece = stream.subarray(at, at + 256 * 1024);
+      await new Promise<void>((resolve) => socket.write(piece, () => resolve()));
+      progress.sentBytes += piece.length;
+    }
+  })();
+  return progress;
+}
+
 async function until(condition: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 2000 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
   if (!condition()) throw new Error(`timed out waiting for ${what}`);
@@ -289,26 +305,18 @@ for (const kind of ['its own share', "the server's room"] as const) {
       }
       const writer = await RawClient.attach(socketPath);
       // 2 MiB writes (larger than the small requests' extra room, see in-flight-limit.ts): two are
-      // admitted and wait in the device, the third is held. The stream goes 256 KiB at a time, each
-      // piece once the kernel took the one before: what the server reads, plus the socket buffers.
+      // admitted and wait in the device, the third is held.
       const count = 24;
       const writeBytes = 2 * MiB;
       const stream = Buffer.concat(Array.from({ length: count }, (_, i) => request(C.NBD_CMD_WRITE, { cookie: 100n + BigInt(i), offset: BigInt((i % 16) * writeBytes), length: writeBytes, payload: Buffer.alloc(writeBytes, i) })));
-      let sentBytes = 0;
-      const sending = (async () => {
-        for (let at = 0; at < stream.length; at += 256 * 1024) {
-          const piece = stream.subarray(at, at + 256 * 1024);
-          await new Promise<void>((resolve) => writer.socket.write(piece, () => resolve()));
-          sentBytes += piece.length;
-        }
-      })();
-      for (let i = 0; i < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
-      const sentMiB = sentBytes / MiB;
+      const sending = sendInPieces(writer.socket, stream);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const sentMiB = sending.sentBytes / MiB;
       t.log(`with the third write held, ${sentMiB.toFixed(1)} MiB of ${count * 2} left the client; in flight ${server.inFlight.inFlightBytes / MiB} MiB, waiting ${server.inFlight.waiting}, writes in the device ${inDevice}`);
       t.true(sentMiB < 8, `the server read on: ${sentMiB.toFixed(1)} MiB left the client`);
       open();
       for (let i = 0; i < count; i++) t.is((await writer.reply()).error, 0);
-      await sending;
+      await sending.done;
       for (let i = 0; i < 16; i++) t.is(device.data[i * writeBytes], i < 8 ? i + 16 : i, `region ${i} holds the last write to it`);
       writer.socket.destroy();
       await until(() => server.inFlight.inFlightBytes === (own ? 0 : 12 * MiB) || server.inFlight.inFlightBytes === 0, 'the bytes to be released');
@@ -329,22 +337,16 @@ test("a READ held for the server's room, with a large WRITE behind it: the WRITE
     client.socket.write(request(C.NBD_CMD_READ, { cookie: 2n, offset: 0n, length: 8 * MiB }));
     await until(() => server.inFlight.waiting === 1, 'the READ to wait for the server');
     const stream = request(C.NBD_CMD_WRITE, { cookie: 3n, offset: 0n, length: 32 * MiB, payload: Buffer.alloc(32 * MiB, 9) });
-    let sentBytes = 0;
-    const sending = (async () => {
-      for (let at = 0; at < stream.length; at += 256 * 1024) {
-        const piece = stream.subarray(at, at + 256 * 1024);
-        await new Promise<void>((resolve) => client.socket.write(piece, () => resolve()));
-        sentBytes += piece.length;
-      }
-    })();
-    for (let i = 0; i < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
-    t.log(`with the READ held, ${(sentBytes / MiB).toFixed(1)} MiB of the 32 MiB WRITE left the client`);
-    t.true(sentBytes < 4 * MiB, `the server read on: ${(sentBytes / MiB).toFixed(1)} MiB left the client`);
+    const sending = sendInPieces(client.socket, stream);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const sentMiB = sending.sentBytes / MiB;
+    t.log(`with the READ held, ${sentMiB.toFixed(1)} MiB of the 32 MiB WRITE left the client`);
+    t.true(sentMiB < 4, `the server read on: ${sentMiB.toFixed(1)} MiB left the client`);
     stuck.socket.destroy();
     const read = await client.reply(8 * MiB);
     t.is(read.error, 0);
     t.is((await client.reply()).error, 0);
-    await sending;
+    await sending.done;
     client.socket.destroy();
     await until(() => server.connectionCount === 0 && server.inFlight.inFlightBytes === 0, 'everything to be given back');
   });
