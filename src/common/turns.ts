@@ -34,4 +34,9 @@ export class TurnSlicer {
     await nextTurn();
     this.sliceStartedMs = performance.now();
   }
+
+  /** Starts a slice now (work that has just been given the thread again by other means). */
+  restart(): void {
+    this.sliceStartedMs = performance.now();
+  }
 }

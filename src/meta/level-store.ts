@@ -73,6 +73,7 @@ import {
   checkKey,
   checkRange,
   checkSublevel,
+  copyOp,
 } from './meta-store.js';
 
 export interface LevelMetaStoreOptions {
@@ -398,7 +399,3 @@ function levelRange(range: IterateRange): { gte?: Uint8Array; lt?: Uint8Array; l
 }
 
 /** A batch operation with its own copies of the key and value (for the next group). */
-function copyOp(op: MetaOp): MetaOp {
-  if (op.type === 'del') return { type: 'del', sublevel: op.sublevel, key: Buffer.from(op.key) };
-  return { type: 'put', sublevel: op.sublevel, key: Buffer.from(op.key), value: Buffer.from(op.value) };
-}

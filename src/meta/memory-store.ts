@@ -28,6 +28,7 @@ import { assert, fail } from '../common/assert.js';
 import { StorageError } from '../common/errors.js';
 import {
   type BatchOptions,
+  type CopiedOp,
   type IterateRange,
   type MetaOp,
   type MetaStore,
@@ -37,6 +38,7 @@ import {
   checkKey,
   checkRange,
   checkSublevel,
+  copyOp,
 } from './meta-store.js';
 
 export interface MetaCrashOptions {
@@ -55,7 +57,7 @@ interface Entry {
 }
 
 /** A batch operation with private copies of its bytes. */
-type StoredOp = { type: 'put'; sublevel: Sublevel; key: Buffer; value: Buffer } | { type: 'del'; sublevel: Sublevel; key: Buffer };
+type StoredOp = CopiedOp;
 
 /** Entries of one sublevel in unsigned byte order of their keys. */
 class SortedTable {
@@ -123,11 +125,6 @@ function cloneTables(tables: Tables): Tables {
 
 function applyBatch(tables: Tables, ops: readonly StoredOp[]): void {
   for (const op of ops) tables.get(op.sublevel)!.apply(op);
-}
-
-function copyOp(op: MetaOp): StoredOp {
-  const key = Buffer.from(op.key);
-  return op.type === 'put' ? { type: 'put', sublevel: op.sublevel, key, value: Buffer.from(op.value) } : { type: 'del', sublevel: op.sublevel, key };
 }
 
 export class MemoryMetaStore implements MetaStore {

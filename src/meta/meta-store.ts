@@ -49,6 +49,15 @@ export type MetaOp =
   | { type: 'put'; sublevel: Sublevel; key: Uint8Array; value: Uint8Array }
   | { type: 'del'; sublevel: Sublevel; key: Uint8Array };
 
+/** An op whose key and value are copies the caller cannot change (`copyOp`). */
+export type CopiedOp = { type: 'put'; sublevel: Sublevel; key: Buffer; value: Buffer } | { type: 'del'; sublevel: Sublevel; key: Buffer };
+
+/** A copy of `op` that owns its bytes: for a store that keeps an op past the call that gave it. */
+export function copyOp(op: MetaOp): CopiedOp {
+  const key = Buffer.from(op.key);
+  return op.type === 'put' ? { type: 'put', sublevel: op.sublevel, key, value: Buffer.from(op.value) } : { type: 'del', sublevel: op.sublevel, key };
+}
+
 export interface BatchOptions {
   /** Durable when the batch resolves (true), or applied but losable in a crash (false). */
   sync: boolean;

@@ -38,7 +38,7 @@
  */
 import { IoCommand, type IoRequest } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
-import { nextTurn } from '../common/turns.js';
+import { TurnSlicer } from '../common/turns.js';
 import { ReducedBlocks, reduceInline, BLOCK_BYTES } from '../reduce/reduce-block.js';
 import type { FlashArray } from './flash-array.js';
 import { ChangeMode, type Volume } from './volume.js';
@@ -93,6 +93,8 @@ export class IoScheduler {
   private utilization = 0;
   private utilizationMark = performance.eventLoopUtilization();
   private utilizationAtMs = performance.now();
+  /** Bounds each slice of a batch's application (`TURN_BUDGET_MS`). */
+  private readonly slicer = new TurnSlicer(TURN_BUDGET_MS);
 
   constructor(
     private readonly array: FlashArray,
@@ -281,10 +283,11 @@ export class IoScheduler {
     // Acknowledged data waits in block buffers until programmed: a slow disk must not grow them.
     if (this.array.ftl.programsBacklogged) return this.array.ftl.drainPrograms();
     const release = this.array.holdEvictions();
-    const started = performance.now();
+    const slicer = this.slicer;
+    slicer.restart();
     try {
       while (batch.cursor < batch.entries.length) {
-        if (performance.now() - started > TURN_BUDGET_MS) return nextTurn();
+        if (slicer.due()) return slicer.nextTurn();
         const entry = batch.entries[batch.cursor]!;
         const wait = this.runEntry(batch, entry);
         if (wait !== null) return wait;

@@ -57,8 +57,6 @@ export const LBA_BYTES = 4096;
 const MAP_PAGES_PER_STEP = 64;
 /** A long TRIM or WRITE_ZEROES lets the event loop turn after this much work. */
 const UNMAP_SLICE_MS = 2;
-/** ...and starts a commit when this much journal waits (see `unmapRange`). */
-const UNMAP_COMMIT_JOURNAL_BYTES = 1024 * 1024;
 const MAX_ATTEMPTS = 100;
 /** Meta context of a snapshot export listing the blocks changed since an older snapshot. */
 export const CHANGED_CONTEXT_PREFIX = 'pstorage:changed:';
@@ -662,10 +660,8 @@ export class Volume implements BlockDevice {
    * letting the event loop turn every `UNMAP_SLICE_MS` of work: changes that need nothing loaded
    * resolve as microtasks, which never let sockets be read or replies written, so a 1 GiB TRIM of
    * unique data held every other connection's 4 KiB reads for up to 125 ms (a 4 GiB one, 1.2 s).
-   * Each pause also starts a commit once `UNMAP_COMMIT_JOURNAL_BYTES` of journal wait: one
-   * commit of a whole 1 GiB TRIM's journal (8 MB) copied it twice in single turns, and at the
-   * write path's 4 MiB a copy into fresh memory still took 15-22 ms. (The write path keeps 4 MiB:
-   * at 1 MiB, 128 KiB sequential writes committed twice as often and measured ~10 % slower.)
+   * Each pause also starts a commit once the policy's `unmapCommitJournalBytes` of journal wait:
+   * one commit of a whole 1 GiB TRIM's journal (8 MB) copied it twice in single turns.
    */
   async unmapRange(first: number, last: number, mode: ChangeMode): Promise<void> {
     const step = MAP_PAGES_PER_STEP * LBAS_PER_MAP_PAGE;
@@ -685,7 +681,7 @@ export class Volume implements BlockDevice {
         const pageLast = Math.min(to, (pageIndex + 1) * LBAS_PER_MAP_PAGE - 1);
         await this.changeUntilDone(mode, pageFirst * LBA_BYTES, (pageLast - pageFirst + 1) * LBA_BYTES);
         if (!slicer.due()) continue;
-        this.array.maybeCommit(UNMAP_COMMIT_JOURNAL_BYTES);
+        this.array.maybeCommit(true);
         await slicer.nextTurn();
       }
     }
