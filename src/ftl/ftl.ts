@@ -328,10 +328,10 @@ export class Ftl implements StreamHost {
     return address;
   }
 
-  /** A chunk's record is no longer referenced. */
-  invalidate(address: PhysicalAddress, storedBytes: number): void {
-    this.table.addValid(address.block, -LogStream.recordBytes(storedBytes));
-    if (this.table.validBytes[address.block] === 0) this.releaseIfDead(address.block);
+  /** A chunk's record (of `storedBytes`, in erase block `block`) is no longer referenced. */
+  invalidate(block: number, storedBytes: number): void {
+    this.table.addValid(block, -LogStream.recordBytes(storedBytes));
+    if (this.table.validBytes[block] === 0) this.releaseIfDead(block);
   }
 
   /**

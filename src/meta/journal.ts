@@ -93,8 +93,8 @@ export class MetaJournal {
     b.writeUInt32LE(low >>> 0, at + 16);
   }
 
-  chunkNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: number, fingerprint: Uint8Array | null): void {
-    const fingerprintBytes = fingerprint === null ? 0 : fingerprint.length;
+  /** `fingerprint`: its `fingerprintBytes` bytes from `fingerprintAt` on (all of it by default). */
+  chunkNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: number, fingerprint: Uint8Array | null, fingerprintAt = 0, fingerprintBytes = fingerprint === null ? 0 : fingerprint.length - fingerprintAt): void {
     assert(fingerprintBytes <= 255, 'fingerprint longer than 255 bytes');
     const at = this.reserve(22 + fingerprintBytes);
     const b = this.buffer;
@@ -105,7 +105,8 @@ export class MetaJournal {
     b.writeUInt32LE(storedBytes, at + 15);
     b[at + 19] = codec;
     b[at + 20] = fingerprintBytes;
-    if (fingerprint !== null) b.set(fingerprint, at + 21);
+    // Byte by byte: a fingerprint is 8 bytes, and a view to copy it from cost more than the copy.
+    for (let k = 0; k < fingerprintBytes; k++) b[at + 21 + k] = fingerprint![fingerprintAt + k]!;
     b[at + 21 + fingerprintBytes] = 0; // spare byte, keeps entries of one fingerprint size aligned
   }
 

@@ -51,10 +51,15 @@ export class BloomFilter {
    * (double hashing: a + i * b for i in 0..HASHES-1, modulo the bit count).
    */
   mightContain(fingerprint: Buffer): boolean {
+    return this.mightContainAt(fingerprint, 0);
+  }
+
+  /** `mightContain` of the fingerprint at `bytes[at..at + 8]`. */
+  mightContainAt(bytes: Uint8Array, at: number): boolean {
     if (!this.trusted) return true;
     const bitCount = this.sizeBytes * 8;
-    const a = fingerprint.readUInt32LE(0);
-    const b = fingerprint.readUInt32LE(4) | 1;
+    const a = (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+    const b = (bytes[at + 4]! | (bytes[at + 5]! << 8) | (bytes[at + 6]! << 16) | (bytes[at + 7]! << 24)) | 1;
     for (let i = 0; i < HASHES; i++) {
       const bit = ((a + Math.imul(i, b)) >>> 0) % bitCount;
       if ((this.bits[bit >>> 3]! & (1 << (bit & 7))) === 0) return false;

@@ -142,13 +142,21 @@ export class DedupIndex {
    * MAYBE_STORED if LevelDB must be asked (`prepare`).
    */
   lookup(fingerprint: Buffer): number | undefined {
+    return this.lookupAt(fingerprint, 0);
+  }
+
+  /**
+   * `lookup` of the fingerprint at `bytes[at..at + 8]` (a batch's fingerprints: the write path
+   * makes no view of each; the At forms below are the same).
+   */
+  lookupAt(bytes: Uint8Array, at: number): number | undefined {
     this.counters.lookups += 1;
-    const slot = this.find(fingerprint.readUInt32BE(0), fingerprint.readUInt32BE(4));
+    const slot = this.find(u32be(bytes, at), u32be(bytes, at + 4));
     if (slot >= 0) {
       this.table[slot * WORDS + CHUNK_HIGH_STATE] |= REFERENCED;
       return this.state(slot) === ABSENT ? undefined : this.chunkAt(slot);
     }
-    if (!this.bloom.mightContain(fingerprint)) {
+    if (!this.bloom.mightContainAt(bytes, at)) {
       this.counters.bloomSkips += 1;
       return undefined;
     }
@@ -175,10 +183,14 @@ export class DedupIndex {
   }
 
   insert(fingerprint: Buffer, chunkId: number): void {
-    const high = fingerprint.readUInt32BE(0);
-    const low = fingerprint.readUInt32BE(4);
+    this.insertAt(fingerprint, 0, chunkId);
+  }
+
+  insertAt(bytes: Uint8Array, at: number, chunkId: number): void {
+    const high = u32be(bytes, at);
+    const low = u32be(bytes, at + 4);
     // A pending deletion of an older mapping is overtaken: the new one is written on eviction.
-    if (this.dirty.size > 0) this.dirty.delete(hexOf(fingerprint));
+    if (this.dirty.size > 0) this.dirty.delete(hexAt(bytes, at));
     const slot = this.find(high, low);
     if (slot >= 0) this.setSlot(slot, chunkId, LIVE | REFERENCED);
     else this.put(high, low, chunkId, LIVE);
@@ -186,7 +198,13 @@ export class DedupIndex {
 
   /** The chunk is freed: drop its entry if the entry still names it. */
   remove(fingerprint: Buffer, chunkId: number): void {
-    const slot = this.find(fingerprint.readUInt32BE(0), fingerprint.readUInt32BE(4));
+    this.removeAt(fingerprint, 0, chunkId);
+  }
+
+  removeAt(bytes: Uint8Array, at: number, chunkId: number): void {
+    const high = u32be(bytes, at);
+    const low = u32be(bytes, at + 4);
+    const slot = this.find(high, low);
     const state = slot >= 0 ? this.state(slot) : EMPTY;
     if (state === LIVE && this.chunkAt(slot) !== chunkId) return;
     if (state === LIVE && (this.table[slot * WORDS + CHUNK_HIGH_STATE]! & PERSISTED) === 0) {
@@ -196,8 +214,8 @@ export class DedupIndex {
     }
     // LevelDB may hold it (written, or evicted since): delete it there, and remember the miss.
     if (slot >= 0) this.setSlot(slot, 0, ABSENT);
-    else this.put(fingerprint.readUInt32BE(0), fingerprint.readUInt32BE(4), 0, ABSENT);
-    this.dirty.set(hexOf(fingerprint), { fingerprint: Buffer.from(fingerprint), chunkId: null });
+    else this.put(high, low, 0, ABSENT);
+    this.dirty.set(hexAt(bytes, at), { fingerprint: Buffer.from(bytes.subarray(at, at + FINGERPRINT_BYTES)), chunkId: null });
   }
 
   /**
@@ -419,4 +437,13 @@ function isUnwritten(word: number): number {
 
 function hexOf(fingerprint: Buffer): string {
   return fingerprint.toString('hex', 0, FINGERPRINT_BYTES);
+}
+
+function hexAt(bytes: Uint8Array, at: number): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset + at, FINGERPRINT_BYTES).toString('hex');
+}
+
+/** The big-endian u32 at `bytes[at..at + 4]`. */
+function u32be(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
 }

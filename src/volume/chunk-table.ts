@@ -48,13 +48,18 @@ export class ChunkPage {
   persistedVersion = 0;
   pins = 0;
   liveCount = 0;
-  readonly block = new Uint32Array(N);
-  readonly offset = new Uint32Array(N);
-  readonly stored = new Uint32Array(N);
-  readonly refcount = new Uint32Array(N);
-  readonly codec = new Uint8Array(N);
-  readonly fingerprintBytes = new Uint8Array(N);
-  readonly fingerprints = new Uint8Array(N * FINGERPRINT_BYTES);
+  /**
+   * Every column in one buffer, laid out as the stored value: one allocation per page (pages are
+   * created at every 256th new chunk) and one copy to encode or decode it.
+   */
+  private readonly bytes = new Uint8Array(VALUE_BYTES);
+  readonly block = new Uint32Array(this.bytes.buffer, 0, N);
+  readonly offset = new Uint32Array(this.bytes.buffer, 4 * N, N);
+  readonly stored = new Uint32Array(this.bytes.buffer, 8 * N, N);
+  readonly refcount = new Uint32Array(this.bytes.buffer, 12 * N, N);
+  readonly codec = new Uint8Array(this.bytes.buffer, 16 * N, N);
+  readonly fingerprintBytes = new Uint8Array(this.bytes.buffer, 17 * N, N);
+  readonly fingerprints = new Uint8Array(this.bytes.buffer, 18 * N, N * FINGERPRINT_BYTES);
 
   get sizeBytes(): number {
     return VALUE_BYTES + 400;
@@ -78,12 +83,7 @@ export class ChunkPage {
     const page = new ChunkPage();
     if (bytes === undefined) return page;
     if (!(bytes.length === VALUE_BYTES)) fail(`chunk page of ${bytes.length} bytes`);
-    let at = 0;
-    for (const column of page.columns()) {
-      const view = new Uint8Array(column.buffer, column.byteOffset, column.byteLength);
-      view.set(bytes.subarray(at, at + view.length));
-      at += view.length;
-    }
+    page.bytes.set(bytes);
     for (let i = 0; i < N; i++) if (page.refcount[i]! > 0) page.liveCount += 1;
     return page;
   }
@@ -91,26 +91,25 @@ export class ChunkPage {
   encode(): Buffer | null {
     if (this.liveCount === 0) return null;
     const out = Buffer.allocUnsafe(VALUE_BYTES);
-    let at = 0;
-    for (const column of this.columns()) {
-      out.set(new Uint8Array(column.buffer, column.byteOffset, column.byteLength), at);
-      at += column.byteLength;
-    }
+    out.set(this.bytes);
     return out;
   }
 
-  /** Sets a slot to a new live chunk (refcount 1) or, on replay, to what was journalled. */
-  setEntry(slot: number, block: number, offsetBytes: number, storedBytes: number, refcount: number, codec: Codec, fingerprint: Uint8Array | null): void {
+  /**
+   * Sets a slot to a new live chunk (refcount 1) or, on replay, to what was journalled. The
+   * fingerprint is the bytes of `fingerprint` from `fingerprintAt` on (at most 8).
+   */
+  setEntry(slot: number, block: number, offsetBytes: number, storedBytes: number, refcount: number, codec: Codec, fingerprint: Uint8Array | null, fingerprintAt = 0): void {
     if (this.refcount[slot] === 0 && refcount > 0) this.liveCount += 1;
     this.block[slot] = block;
     this.offset[slot] = offsetBytes;
     this.stored[slot] = storedBytes;
     this.refcount[slot] = refcount;
     this.codec[slot] = codec;
-    const length = fingerprint === null ? 0 : Math.min(fingerprint.length, FINGERPRINT_BYTES);
+    const length = fingerprint === null ? 0 : Math.min(fingerprint.length - fingerprintAt, FINGERPRINT_BYTES);
     this.fingerprintBytes[slot] = length;
-    this.fingerprints.fill(0, slot * FINGERPRINT_BYTES, (slot + 1) * FINGERPRINT_BYTES);
-    if (fingerprint !== null) this.fingerprints.set(fingerprint.subarray(0, length), slot * FINGERPRINT_BYTES);
+    const at = slot * FINGERPRINT_BYTES;
+    for (let k = 0; k < FINGERPRINT_BYTES; k++) this.fingerprints[at + k] = k < length ? fingerprint![fingerprintAt + k]! : 0;
   }
 
   setRefcount(slot: number, refcount: number): void {
@@ -121,10 +120,6 @@ export class ChunkPage {
     }
     if (this.refcount[slot] === 0) this.liveCount += 1;
     this.refcount[slot] = refcount;
-  }
-
-  private columns(): Array<Uint32Array | Uint8Array> {
-    return [this.block, this.offset, this.stored, this.refcount, this.codec, this.fingerprintBytes, this.fingerprints];
   }
 }
 
@@ -193,9 +188,10 @@ export class ChunkTable {
 
   /**
    * Allocates a chunk with refcount 1. `place(chunkId)` stores its record and returns where: the
-   * record header carries the id, so the id comes first.
+   * record header carries the id, so the id comes first. Its fingerprint is the 8 bytes of
+   * `fingerprint` from `fingerprintAt` on (a batch's fingerprints, without a view of each).
    */
-  add(storedBytes: number, codec: Codec, fingerprint: Uint8Array | null, place: (chunkId: number) => PhysicalAddress): number {
+  add(storedBytes: number, codec: Codec, fingerprint: Uint8Array | null, place: (chunkId: number) => PhysicalAddress, fingerprintAt = 0): number {
     const chunkId = this.next;
     const pageId = pageOf(chunkId);
     if (pageId !== this.allocationPageId) {
@@ -208,8 +204,9 @@ export class ChunkTable {
     const address = place(chunkId);
     this.next += 1;
     const page = this.cache.peek(pageId)!;
-    page.setEntry(chunkId % N, address.block, address.offsetBytes, storedBytes, 1, codec, fingerprint);
-    this.journal.chunkNew(chunkId, address.block, address.offsetBytes, storedBytes, codec, fingerprint);
+    const slot = chunkId % N;
+    page.setEntry(slot, address.block, address.offsetBytes, storedBytes, 1, codec, fingerprint, fingerprintAt);
+    this.journal.chunkNew(chunkId, address.block, address.offsetBytes, storedBytes, codec, page.fingerprints, slot * FINGERPRINT_BYTES, page.fingerprintBytes[slot]!);
     this.cache.markDirty(pageId, page, this.journal.seq);
     return chunkId;
   }
@@ -221,15 +218,16 @@ export class ChunkTable {
     this.setRefcount(page, chunkId, page.refcount[slot]! + 1);
   }
 
-  /** Drops one reference; returns the entry as it was if this freed the chunk. */
-  decref(chunkId: number): ChunkEntry | undefined {
+  /**
+   * Drops one reference. The last one frees the slot (its entry is cleared): a caller that needs
+   * the entry of a chunk it frees reads it from `pageOf(chunkId)` first.
+   */
+  decref(chunkId: number): void {
     const page = this.page(chunkId);
     const slot = chunkId % N;
     const refcount = page.refcount[slot]!;
     if (!(refcount > 0)) fail(`decref of free chunk ${chunkId}`);
-    const entry = refcount === 1 ? this.get(chunkId) : undefined;
     this.setRefcount(page, chunkId, refcount - 1);
-    return entry;
   }
 
   moveTo(chunkId: number, address: PhysicalAddress): void {

@@ -59,11 +59,11 @@ import { planMemory, type MemoryPlan } from '../common/memory-budget.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { codecFor, type Codec, type CompressionName } from '../reduce/codec.js';
 import { DedupIndex } from '../reduce/dedup-index.js';
-import { keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
+import { FINGERPRINT_BYTES, keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
 import type { ReduceSettings } from '../reduce/reduce-block.js';
 import { ReductionPool } from '../reduce/reduction-pool.js';
 import { writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
-import { ChunkTable, pageOf } from './chunk-table.js';
+import { CHUNKS_PER_PAGE, ChunkTable, pageOf } from './chunk-table.js';
 import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
 import type { EntryKind } from './map-page.js';
 import { MapTable, mapCacheId } from './map-table.js';
@@ -558,11 +558,20 @@ export class FlashArray implements ExportCatalog {
 
   /** Drops one map reference to a chunk; the last one frees it (NAND space, dedup entry). */
   releaseChunk(chunkId: number): void {
-    const freed = this.chunks.decref(chunkId);
-    if (freed === undefined) return;
-    this.ftl.invalidate(freed.address, freed.storedBytes);
-    this.reduction.onChunkFreed(freed.storedBytes);
-    if (freed.fingerprint !== null) this.dedup?.remove(freed.fingerprint, chunkId);
+    const page = this.chunks.pageOf(chunkId);
+    const slot = chunkId % CHUNKS_PER_PAGE;
+    // Not the last reference (or not live: decref fails, the page unloaded included).
+    if (page === undefined || page.refcount[slot] !== 1) {
+      this.chunks.decref(chunkId);
+      return;
+    }
+    // The last one: read what the freed entry held before decref clears it (no entry object).
+    const block = page.block[slot]!;
+    const storedBytes = page.stored[slot]!;
+    if (this.dedup !== null && page.fingerprintBytes[slot] !== 0) this.dedup.removeAt(page.fingerprints, slot * FINGERPRINT_BYTES, chunkId);
+    this.chunks.decref(chunkId);
+    this.ftl.invalidate(block, storedBytes);
+    this.reduction.onChunkFreed(storedBytes);
   }
 
   /** Loads and pins what a plan found missing; returns the unpin function. */

@@ -47,6 +47,7 @@ import { LogStream } from '../ftl/log-stream.js';
 import type { RecordRef } from '../ftl/ftl.js';
 import { Codec, decompressBlock } from '../reduce/codec.js';
 import { MAYBE_STORED } from '../reduce/dedup-index.js';
+import { FINGERPRINT_BYTES } from '../reduce/fingerprint.js';
 import { ReducedBlocks, ensureStored, reduceInline } from '../reduce/reduce-block.js';
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
@@ -464,19 +465,19 @@ export class Volume implements BlockDevice {
       }
       plan.decision[i] = Decision.Store;
       if (dedup === null) continue;
-      const fingerprint = source.fingerprint(index);
-      const candidate = dedup.lookup(fingerprint);
+      // The fingerprint is read where the batch keeps it; a view of it is made only when needed.
+      const candidate = dedup.lookupAt(source.fingerprints, index * FINGERPRINT_BYTES);
       if (candidate === MAYBE_STORED) {
-        missing.fingerprints.push(fingerprint);
+        missing.fingerprints.push(source.fingerprint(index));
       } else if (candidate !== undefined) {
         if (!chunks.isLoaded(candidate)) missing.chunkIds.push(candidate);
-        else if (this.sameContent(candidate, fingerprint, block, source, index)) {
+        else if (this.sameContent(candidate, source.fingerprint(index), block, source, index)) {
           plan.decision[i] = Decision.Hit;
           plan.shared[i] = candidate;
           continue;
         }
       }
-      const earlier = plan.earlierCopy(i, fingerprint, block);
+      const earlier = plan.earlierCopy(i, source, index, block);
       if (earlier >= 0) {
         plan.decision[i] = Decision.SameAs;
         plan.shared[i] = earlier;
@@ -596,10 +597,10 @@ export class Volume implements BlockDevice {
           const index = plan.sourceIndex[i]!;
           const stored = plan.storedOf(i);
           const checksum = source.checksum[index]!;
-          const fingerprint = dedup === null ? null : source.fingerprint(index);
-          const chunkId = chunks.add(stored.length, source.codec[index]! as Codec, fingerprint, (id) => ftl.append('host', id, stored, checksum));
+          const fingerprintAt = index * FINGERPRINT_BYTES;
+          const chunkId = chunks.add(stored.length, source.codec[index]! as Codec, dedup === null ? null : source.fingerprints, (id) => ftl.append('host', id, stored, checksum), fingerprintAt);
           reduction.onChunkStored(stored.length);
-          if (fingerprint !== null) dedup!.insert(fingerprint, chunkId);
+          if (dedup !== null) dedup.insertAt(source.fingerprints, fingerprintAt, chunkId);
           created[i] = chunkId;
           maps.setChunk(page, top, lba, chunkId);
           after = EntryKind.Chunk;
@@ -897,9 +898,10 @@ class ChangePlan {
    * An earlier block of this change that stores the same bytes, or -1; otherwise block `i` is
    * noted as the one storing its fingerprint.
    */
-  earlierCopy(i: number, fingerprint: Buffer, block: Buffer): number {
+  earlierCopy(i: number, source: ReducedBlocks, index: number, block: Buffer): number {
     if (this.count === 1) return -1;
-    const key = fingerprint.readUInt32BE(0) * 0x10000 + fingerprint.readUInt16BE(4);
+    const at = index * FINGERPRINT_BYTES;
+    const key = source.fingerprints.readUInt32BE(at) * 0x10000 + source.fingerprints.readUInt16BE(at + 4);
     this.stores ??= new Map();
     const j = this.stores.get(key);
     if (j === undefined) {
@@ -908,6 +910,7 @@ class ChangePlan {
     }
     if (this.blocks[j]!.equals(block)) return j;
     // Two different blocks with one fingerprint (a collision): look at every earlier block.
+    const fingerprint = source.fingerprint(index);
     for (let k = 0; k < i; k++) {
       if (this.decision[k] === Decision.Store && this.source[k]!.fingerprint(this.sourceIndex[k]!).equals(fingerprint) && this.blocks[k]!.equals(block)) return k;
     }
