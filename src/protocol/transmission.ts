@@ -231,7 +231,8 @@ export function validateRequest(request: NbdRequest, context: RequestContext): R
 // ---- Replies -------------------------------------------------------------------------------
 
 export function encodeSimpleReply(cookie: bigint, errno: number): Buffer {
-  const out = Buffer.alloc(C.SIMPLE_REPLY_HEADER_BYTES);
+  // Every byte is written below: a slice of Node's buffer pool, not a zeroed buffer of its own.
+  const out = Buffer.allocUnsafe(C.SIMPLE_REPLY_HEADER_BYTES);
   out.writeUInt32BE(C.NBD_SIMPLE_REPLY_MAGIC, 0);
   out.writeUInt32BE(errno, 4);
   out.writeBigUInt64BE(cookie, 8);

@@ -113,6 +113,12 @@ function readIntoUserBuffer(socket: Socket, buffer: Buffer, onRead: (bytes: Buff
 
 /** How long a server that is shutting down, or was told DISC, waits for the client to close its side after our FIN. */
 const SHUTDOWN_GRACE_MS = 1000;
+/**
+ * Reply buffers this small go out copied together, one buffer per run of them: a flush of 32
+ * write replies was 32 `socket.write` calls (an entry each in the stream's buffer, an iovec each
+ * in the writev) for 512 bytes. Larger buffers (read payloads) go as they are, never copied.
+ */
+const COALESCE_MAX_BYTES = 512;
 
 /** Extents in BLOCK_STATUS replies are capped well under the spec's 2^20 per chunk. */
 const MAX_STATUS_EXTENTS = 65536;
@@ -470,13 +476,14 @@ export class Connection {
       return;
     }
     this.socket.cork();
-    const last = buffers.length - 1;
-    for (let i = 0; i < last; i++) this.socket.write(buffers[i]!);
-    if (write.releases.length === 0 && write.costBytes === 0) this.socket.write(buffers[last]!);
+    const pieces = coalesceSmall(buffers);
+    const last = pieces.length - 1;
+    for (let i = 0; i < last; i++) this.socket.write(pieces[i]!);
+    if (write.releases.length === 0 && write.costBytes === 0) this.socket.write(pieces[last]!);
     else {
       // Settled once the kernel has every byte of this flush (or the socket failed, or closed): not sooner.
       this.pendingWrites.add(write);
-      this.socket.write(buffers[last]!, () => this.settleWrite(write));
+      this.socket.write(pieces[last]!, () => this.settleWrite(write));
     }
     this.socket.uncork();
     this.updateFlow();
@@ -599,6 +606,31 @@ class PendingIo implements IoRequest {
   done(_request: IoRequest, error: unknown): void {
     this.connection.complete(this, error);
   }
+}
+
+/** `buffers` with every run of two or more buffers of at most `COALESCE_MAX_BYTES` copied into one. */
+function coalesceSmall(buffers: Buffer[]): Buffer[] {
+  let small = 0;
+  for (const buffer of buffers) if (buffer.length <= COALESCE_MAX_BYTES) small += 1;
+  if (small < 2) return buffers;
+  const out: Buffer[] = [];
+  for (let i = 0; i < buffers.length; ) {
+    let end = i;
+    let bytes = 0;
+    while (end < buffers.length && buffers[end]!.length <= COALESCE_MAX_BYTES) bytes += buffers[end++]!.length;
+    if (end - i < 2) {
+      out.push(buffers[i]!);
+      i += 1;
+      continue;
+    }
+    const merged = Buffer.allocUnsafe(bytes);
+    for (let at = 0; i < end; i++) {
+      merged.set(buffers[i]!, at);
+      at += buffers[i]!.length;
+    }
+    out.push(merged);
+  }
+  return out;
 }
 
 const COMMANDS: Record<number, IoCommand> = {
