@@ -2,7 +2,8 @@
  * Cost of each data-reduction stage, in microseconds per 4 KiB block, on this machine's main
  * thread (medians of several rounds): pattern detection, the keyed fingerprint (and SHA-256 for
  * comparison), the incompressibility sample, LZ4 and zstd compression of
- * text-like and random blocks, LZ4 decompression, the record checksum, and a whole write through
+ * text-like and random blocks, LZ4 decompression, the record checksum, the dedup index's lookup,
+ * insert and removal for a unique overwrite, and a whole write through
  * an in-memory array (unique, duplicate and zero blocks) for comparison.
  *
  *   node build/scripts/stage-costs.js [--blocks 20000]
@@ -13,6 +14,8 @@ import { checksumOf } from '../src/ftl/page-format.js';
 import { MemoryMetaStore } from '../src/meta/memory-store.js';
 import { MemoryNand } from '../src/nand/memory-nand.js';
 import { Codec, compressBlock, decompressBlock, looksIncompressible } from '../src/reduce/codec.js';
+import { BloomFilter } from '../src/reduce/bloom-filter.js';
+import { DedupIndex } from '../src/reduce/dedup-index.js';
 import { keyedFingerprint } from '../src/reduce/fingerprint.js';
 import { detectPattern } from '../src/reduce/pattern.js';
 import { FlashArray } from '../src/volume/flash-array.js';
@@ -55,6 +58,25 @@ async function writeCost(kind: 'unique' | 'duplicate' | 'zero', count: number): 
   return microseconds;
 }
 
+/**
+ * The dedup index's share of a unique overwrite: a lookup (a miss), the insert of the new chunk and
+ * the removal of the chunk it replaces, in a table of the default budget's size (256 MiB), filled
+ * from fresh memory as an array's is: its random accesses are what the table's huge pages are for.
+ */
+function dedupCost(count: number): number {
+  const index = new DedupIndex(new MemoryMetaStore(), new BloomFilter(32 * 1024 * 1024), 512 * 1024 * 1024);
+  const fingerprints = crypto.randomBytes(8 * 2 * count);
+  for (let i = 0; i < count; i++) index.insertAt(fingerprints, i * 8, i + 1);
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < count; i++) {
+    const at = (count + i) * 8;
+    index.lookupAt(fingerprints, at);
+    index.insertAt(fingerprints, at, count + i + 1);
+    index.removeAt(fingerprints, i * 8, i + 1);
+  }
+  return Number(process.hrtime.bigint() - started) / 1000 / count;
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const index = args.indexOf('--blocks');
@@ -72,6 +94,7 @@ async function main(): Promise<void> {
     ['zstd compress (text)', timePerBlock(text, (block) => compressBlock(block, Codec.Zstd))],
     ['LZ4 decompress (text)', timePerBlock(lz4Text, (stored) => decompressBlock(stored, Codec.Lz4, B))],
     ['record checksum (xxHash64, low 32 bits)', timePerBlock(random, checksumOf)],
+    ['dedup index, unique overwrite (lookup + insert + remove)', dedupCost(Math.max(count, 200_000))],
     ['whole write, unique block (inline reduction)', await writeCost('unique', Math.min(count, 20000))],
     ['whole write, duplicate block', await writeCost('duplicate', Math.min(count, 20000))],
     ['whole write, zero block', await writeCost('zero', Math.min(count, 20000))],

@@ -517,6 +517,36 @@ static napi_value tune_malloc(napi_env env, napi_callback_info info) {
 #endif
 }
 
+/*
+ * adviseHugePages(array) -> number: asks the kernel to back the 2 MiB-aligned middle of a typed
+ * array's memory with transparent huge pages (madvise MADV_HUGEPAGE; used where THP is in
+ * "madvise" mode). Returns the bytes advised, 0 when the array is too small or the advice failed.
+ */
+static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  void* data = NULL;
+  napi_value buffer;
+  if (argc < 1 || napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok) {
+    napi_throw_type_error(env, NULL, "adviseHugePages(array) takes a typed array");
+    return NULL;
+  }
+  size_t element = type == napi_uint32_array || type == napi_int32_array || type == napi_float32_array ? 4 : type == napi_float64_array || type == napi_bigint64_array || type == napi_biguint64_array ? 8 : type == napi_uint16_array || type == napi_int16_array ? 2 : 1;
+  const uintptr_t huge = (uintptr_t)2 << 20;
+  uintptr_t start = ((uintptr_t)data + huge - 1) & ~(huge - 1);
+  uintptr_t end = ((uintptr_t)data + length * element) & ~(huge - 1);
+  double advised = 0;
+#ifdef MADV_HUGEPAGE
+  if (end > start && madvise((void*)start, end - start, MADV_HUGEPAGE) == 0) advised = (double)(end - start);
+#endif
+  napi_value result;
+  CHECK(env, napi_create_double(env, advised, &result));
+  return result;
+}
+
 /* malloc_trim(0): gives the free memory of every arena back to the kernel. True if any was. */
 static napi_value trim_malloc(napi_env env, napi_callback_info info) {
   (void)info;
@@ -537,5 +567,6 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "readRecords", NAPI_AUTO_LENGTH, read_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "readRecords", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, tune_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "tuneMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "adviseHugePages", fn) != napi_ok) return NULL;
   return exports;
 }

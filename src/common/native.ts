@@ -2,7 +2,7 @@
  * The native helpers (native/nand-map, a Node-API addon built at install), or null where the addon
  * was not built: every caller has a pure JavaScript path and uses the addon only to go faster.
  * `copyRecords` is null for an addon built before it existed (`npm rebuild pstorage-nand-map`),
- * and so are `readRecords`, `tuneMalloc` and `trimMalloc`.
+ * and so are `readRecords`, `tuneMalloc`, `trimMalloc` and `adviseHugePages`.
  *
  * The addon is loaded from this repository's own native/ directory first, which is where the
  * `file:` dependency points in an ordinary install: a checkout sharing another's node_modules (a
@@ -17,6 +17,7 @@ type Addon = typeof import('pstorage-nand-map');
 interface MallocFunctions {
   tuneMalloc?: (mmapThresholdBytes: number, trimThresholdBytes: number, arenaMax: number) => boolean;
   trimMalloc?: () => boolean;
+  adviseHugePages?: (array: ArrayBufferView) => number;
 }
 
 export const nandMap: (Addon & MallocFunctions) | null = (() => {
@@ -35,6 +36,8 @@ export const copyRecords: Addon['copyRecords'] | null = typeof nandMap?.copyReco
 export const readRecords: Addon['readRecords'] | null = typeof nandMap?.readRecords === 'function' ? nandMap.readRecords : null;
 export const tuneMalloc: MallocFunctions['tuneMalloc'] | null = typeof nandMap?.tuneMalloc === 'function' ? nandMap.tuneMalloc : null;
 export const trimMalloc: MallocFunctions['trimMalloc'] | null = typeof nandMap?.trimMalloc === 'function' ? nandMap.trimMalloc : null;
+/** Transparent huge pages for a large table read at random (see the addon's index.d.ts), or null. */
+export const adviseHugePages: MallocFunctions['adviseHugePages'] | null = typeof nandMap?.adviseHugePages === 'function' ? nandMap.adviseHugePages : null;
 
 /** XXH64 into a buffer, low 32 bits returned (no BigInt); null for an addon built before it existed. */
 export const hashInto: Addon['hashInto'] | null = typeof nandMap?.hashInto === 'function' ? nandMap.hashInto : null;

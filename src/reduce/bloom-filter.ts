@@ -19,6 +19,7 @@
  * `rebuild` has added every fingerprint of the index in LevelDB to it, in the background; writes
  * of new data meanwhile look their fingerprints up in LevelDB.
  */
+import { adviseHugePages } from '../common/native.js';
 import type { MetaOp, MetaStore } from '../meta/meta-store.js';
 
 export const SEGMENT_BYTES = 64 * 1024;
@@ -39,6 +40,7 @@ export class BloomFilter {
   constructor(readonly sizeBytes: number) {
     this.sizeBytes = Math.max(SEGMENT_BYTES, Math.ceil(sizeBytes / SEGMENT_BYTES) * SEGMENT_BYTES);
     this.bits = new Uint8Array(this.sizeBytes);
+    adviseHugePages?.(this.bits); // probed at random, as the dedup table is (see there)
     this.dirtySegments = new Uint8Array(this.segmentCount);
   }
 
