@@ -1,7 +1,7 @@
 /**
  * Cost of each data-reduction stage, in microseconds per 4 KiB block, on this machine's main
  * thread (medians of several rounds): pattern detection, the keyed fingerprint (and SHA-256 for
- * comparison), the incompressibility sample, LZ4 and zstd compression of
+ * comparison), the incompressibility sample (and both in the addon's one call), LZ4 and zstd compression of
  * text-like and random blocks, LZ4 decompression, the record checksum, the dedup index's lookup,
  * insert and removal for a unique overwrite, and a whole write through
  * an in-memory array (unique, duplicate and zero blocks) for comparison.
@@ -10,6 +10,7 @@
  */
 import crypto from 'node:crypto';
 import { silentLogger } from '../src/common/log.js';
+import { hashAndSample } from '../src/common/native.js';
 import { checksumOf } from '../src/ftl/page-format.js';
 import { MemoryMetaStore } from '../src/meta/memory-store.js';
 import { MemoryNand } from '../src/nand/memory-nand.js';
@@ -84,11 +85,13 @@ async function main(): Promise<void> {
   const random = Array.from({ length: count }, () => crypto.randomBytes(B));
   const text = Array.from({ length: count }, (_, i) => textBlock(i));
   const lz4Text = text.map((block) => compressBlock(block, Codec.Lz4).stored);
+  const scratch = Buffer.alloc(8);
   const rows: Array<[string, number]> = [
     ['pattern detection (random block)', timePerBlock(random, detectPattern)],
     ['SHA-256 (node:crypto, for comparison)', timePerBlock(random, (block) => crypto.createHash('sha256').update(block).digest())],
     ['fingerprint (keyed xxHash64)', timePerBlock(random, keyedFingerprint(0x1234n))],
     ['incompressibility sample (random block)', timePerBlock(random, looksIncompressible)],
+    ['fingerprint + sample, one addon call (the write path)', hashAndSample === null ? NaN : timePerBlock(random, (block) => hashAndSample!(block, 0x1234, 0x5678, scratch, 0))],
     ['LZ4 compress (text, ~2x)', timePerBlock(text, (block) => compressBlock(block, Codec.Lz4))],
     ['LZ4 compress (random: stored raw)', timePerBlock(random, (block) => compressBlock(block, Codec.Lz4))],
     ['zstd compress (text)', timePerBlock(text, (block) => compressBlock(block, Codec.Zstd))],

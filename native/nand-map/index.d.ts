@@ -7,6 +7,11 @@ export function dropResident(mapping: Buffer): void;
  * out[outOffset..+8] unless `out` is null; returns its low 32 bits.
  */
 export function hashInto(data: Uint8Array, seedHigh: number, seedLow: number, out: Uint8Array | null, outOffset: number): number;
+/**
+ * `hashInto` of a 4096-byte block into `out` (required), plus the block's incompressibility sample
+ * (the rule of src/reduce/codec.ts): the hash's low 32 bits, plus 2^32 when the block looks random.
+ */
+export function hashAndSample(block: Uint8Array, seedHigh: number, seedLow: number, out: Uint8Array, outOffset: number): number;
 /** XXH64 of `data` with `seed`, the same function as @node-rs/xxhash's xxh64 (for tests). */
 export function xxh64(data: Uint8Array, seed: bigint): bigint;
 /**

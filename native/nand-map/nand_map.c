@@ -248,6 +248,63 @@ static napi_value hash_into(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * The incompressibility sample of src/reduce/codec.ts (`looksIncompressible`), for a 4 KiB block:
+ * 127 bytes, one in each 32-byte stretch at a varying offset, and the 4-byte word 8 bytes after
+ * each. A block looks random when no sampled word repeats and more than 80 distinct byte values
+ * were seen. The constants and the word hash must stay those of codec.ts: the estimator applies
+ * the same rule, and test/reduce/pattern-codec.test.ts compares the two on many blocks.
+ */
+static int looks_incompressible(const uint8_t* block) {
+  uint8_t seen[256] = {0};
+  uint8_t word_used[256] = {0};
+  uint32_t word_value[256];
+  int distinct = 0;
+  for (int k = 0; k < 127; k++) {
+    int i = 32 * k + ((k * 7) & 31);
+    uint8_t byte = block[i];
+    if (!seen[byte]) {
+      seen[byte] = 1;
+      distinct += 1;
+    }
+    int at = i + 8 <= 4092 ? i + 8 : i - 8;
+    uint32_t word = (uint32_t)block[at] | ((uint32_t)block[at + 1] << 8) | ((uint32_t)block[at + 2] << 16) | ((uint32_t)block[at + 3] << 24);
+    uint32_t slot = (word * 0x9e3779b1u) >> 24;
+    if (word_used[slot] && word_value[slot] == word) return 0;
+    word_used[slot] = 1;
+    word_value[slot] = word;
+  }
+  return distinct > 80;
+}
+
+/*
+ * hashAndSample(block, seedHigh, seedLow, out, outOffset) -> number: `hashInto` of a 4 KiB block,
+ * plus its incompressibility sample taken while the block is in the cache: the hash's low 32 bits,
+ * plus 2^32 when the block looks random.
+ */
+static napi_value hash_and_sample(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  size_t length = 0, out_length = 0;
+  uint32_t seed_high, seed_low, out_offset = 0;
+  uint8_t* data = argc == 5 ? bytes_of(env, argv[0], &length) : NULL;
+  uint8_t* out = argc == 5 ? bytes_of(env, argv[3], &out_length) : NULL;
+  if (data == NULL || length != 4096 || out == NULL || napi_get_value_uint32(env, argv[1], &seed_high) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &seed_low) != napi_ok || napi_get_value_uint32(env, argv[4], &out_offset) != napi_ok ||
+      (size_t)out_offset + 8 > out_length) {
+    napi_throw_type_error(env, NULL, "hashAndSample(block, seedHigh, seedLow, out, outOffset) takes a 4096-byte Uint8Array, two u32, a Uint8Array with room for 8 bytes at outOffset, and that offset");
+    return NULL;
+  }
+  uint64_t hash = xxh64(data, length, ((uint64_t)seed_high << 32) | seed_low);
+  uint64_t big = __builtin_bswap64(hash);
+  memcpy(out + out_offset, &big, 8);
+  double value = (double)(uint32_t)hash + (looks_incompressible(data) ? 4294967296.0 : 0.0);
+  napi_value result;
+  CHECK(env, napi_create_double(env, value, &result));
+  return result;
+}
+
 /* ---- copyRecords ---- */
 
 /* One row of `plan` (Float64Array): where the record's first page is, and what it must hold. */
@@ -567,6 +624,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "readRecords", NAPI_AUTO_LENGTH, read_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "readRecords", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, tune_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "tuneMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hashAndSample", NAPI_AUTO_LENGTH, hash_and_sample, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashAndSample", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "adviseHugePages", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -39,5 +39,8 @@ export const trimMalloc: MallocFunctions['trimMalloc'] | null = typeof nandMap?.
 /** Transparent huge pages for a large table read at random (see the addon's index.d.ts), or null. */
 export const adviseHugePages: MallocFunctions['adviseHugePages'] | null = typeof nandMap?.adviseHugePages === 'function' ? nandMap.adviseHugePages : null;
 
+/** `hashInto` plus the incompressibility sample of a 4 KiB block (see the addon's index.d.ts); null for an addon built before it existed. */
+export const hashAndSample: Addon['hashAndSample'] | null = typeof nandMap?.hashAndSample === 'function' ? nandMap.hashAndSample : null;
+
 /** XXH64 into a buffer, low 32 bits returned (no BigInt); null for an addon built before it existed. */
 export const hashInto: Addon['hashInto'] | null = typeof nandMap?.hashInto === 'function' ? nandMap.hashInto : null;

@@ -13,13 +13,14 @@
  * compute everything, since the main thread is what they save.
  */
 import { xxh64 } from '@node-rs/xxhash';
-import { hashInto } from '../common/native.js';
+import { hashAndSample, hashInto } from '../common/native.js';
 import { checksumOf, checksumOfHash } from '../ftl/page-format.js';
 import { Codec, compressBlock, looksIncompressible } from './codec.js';
 import { FINGERPRINT_BYTES, fingerprintKeyOf, type FingerprintFunction } from './fingerprint.js';
 import { detectPattern } from './pattern.js';
 
 export const BLOCK_BYTES = 4096;
+const TWO_TO_32 = 2 ** 32;
 
 /** Results for `count` blocks, one column per field. */
 export class ReducedBlocks {
@@ -115,6 +116,14 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
       continue;
     }
     if (key !== null) {
+      const sample = !stored && settings.codec !== Codec.Raw;
+      if (sample && hashAndSample !== null && block.length === BLOCK_BYTES) {
+        // One native call: the sample is taken in C while the block is in the cache from hashing.
+        const both = hashAndSample(block, keyHigh, keyLow, out.fingerprints, index * FINGERPRINT_BYTES);
+        if (key === settings.recordSeed) out.hashLow[index] = both >>> 0;
+        out.random[index] = both >= TWO_TO_32 ? 1 : 2;
+        continue;
+      }
       if (hashInto !== null) {
         const low = hashInto(block, keyHigh, keyLow, out.fingerprints, index * FINGERPRINT_BYTES);
         if (key === settings.recordSeed) out.hashLow[index] = low;
@@ -123,7 +132,7 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
         out.fingerprints.writeBigUInt64BE(hash, index * FINGERPRINT_BYTES);
         if (key === settings.recordSeed) out.hashLow[index] = checksumOfHash(hash);
       }
-      if (!stored && settings.codec !== Codec.Raw) out.random[index] = looksIncompressible(block) ? 1 : 2;
+      if (sample) out.random[index] = looksIncompressible(block) ? 1 : 2;
     } else if (settings.fingerprint !== null) {
       settings.fingerprint(block).copy(out.fingerprints, index * FINGERPRINT_BYTES, 0, FINGERPRINT_BYTES);
     }

@@ -7,7 +7,8 @@ import test from 'ava';
 import fc from 'fast-check';
 import { compressSync as lz4Compress } from 'lz4-napi';
 import { StorageError } from '../../src/common/errors.js';
-import { Codec, MIN_SAVING_BYTES, codecFor, compressBlock, decompressBlock } from '../../src/reduce/codec.js';
+import { hashAndSample, hashInto } from '../../src/common/native.js';
+import { Codec, MIN_SAVING_BYTES, codecFor, compressBlock, decompressBlock, looksIncompressible } from '../../src/reduce/codec.js';
 import { detectPattern, expandPattern } from '../../src/reduce/pattern.js';
 import { LBA_BYTES, nearPatternBlock, patternBlock, randomBlock, testSeed, textBlock } from '../helpers/reduce-data.js';
 
@@ -171,4 +172,50 @@ test('decompressBlock reports damaged or wrong-sized chunks as CORRUPT, never as
     const garbage = t.throws(() => decompressBlock(randomBlock(3).subarray(0, 1000), codec, LBA_BYTES));
     t.true(garbage instanceof StorageError && garbage.code === 'CORRUPT', `codec ${codec}: garbage is CORRUPT (${(garbage as Error).message})`);
   }
+});
+
+// ---- The native sample ----------------------------------------------------------------------
+
+test('hashAndSample (the addon) gives the hash of hashInto and the verdict of looksIncompressible, on every kind of block (property)', (t) => {
+  if (hashAndSample === null || hashInto === null) {
+    t.log('the addon is not built here: the write path uses the JavaScript sample');
+    t.pass();
+    return;
+  }
+  const fioLike = (seed: number): Buffer => {
+    // fio's refilled buffers: 64-bit words from a shift generator (few distinct bytes at a fixed stride).
+    const out = Buffer.alloc(LBA_BYTES);
+    let x = (BigInt(seed) * 0x9e3779b97f4a7c15n + 1n) & 0xffff_ffff_ffff_ffffn;
+    for (let at = 0; at < LBA_BYTES; at += 8) {
+      x ^= (x << 13n) & 0xffff_ffff_ffff_ffffn;
+      x ^= x >> 7n;
+      x ^= (x << 17n) & 0xffff_ffff_ffff_ffffn;
+      out.writeBigUInt64LE(x, at);
+    }
+    return out;
+  };
+  const kinds: Array<(seed: number) => Buffer> = [
+    randomBlock,
+    textBlock,
+    fioLike,
+    (seed) => nearPatternBlock(8, seed, seed % LBA_BYTES),
+    (seed) => patternBlock(4, seed),
+    (seed) => Buffer.concat([lz4Compress(Buffer.concat([textBlock(seed), textBlock(seed + 1), textBlock(seed + 2)])), randomBlock(seed)]).subarray(0, LBA_BYTES),
+  ];
+  const verdicts = new Set<boolean>();
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: kinds.length - 1 }), fc.integer({ min: 0, max: 1_000_000 }), fc.integer({ min: 0, max: 0xffff_ffff }), fc.integer({ min: 0, max: 0xffff_ffff }), (kind, seed, seedHigh, seedLow) => {
+      const block = kinds[kind]!(seed);
+      const expected = Buffer.alloc(16);
+      const low = hashInto!(block, seedHigh, seedLow, expected, 8);
+      const out = Buffer.alloc(16);
+      const both = hashAndSample!(block, seedHigh, seedLow, out, 8);
+      verdicts.add(both >= 2 ** 32);
+      return both >>> 0 === low && out.equals(expected) && both >= 2 ** 32 === looksIncompressible(block);
+    }),
+    { seed: testSeed(t, 7), numRuns: 2000 },
+  );
+  t.deepEqual([...verdicts].sort(), [false, true], 'both verdicts were seen');
+  t.throws(() => hashAndSample!(Buffer.alloc(512), 0, 0, Buffer.alloc(8), 0), { instanceOf: TypeError });
+  t.throws(() => hashAndSample!(randomBlock(1), 0, 0, Buffer.alloc(8), 1), { instanceOf: TypeError });
 });
