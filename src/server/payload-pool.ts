@@ -74,8 +74,8 @@ class Slab {
 
 export class PayloadPool {
   private readonly free = new Map<number, Buffer[]>();
-  /** Every buffer handed out and not yet given back: its slab, or null for a buffer of its own. */
-  private readonly owned = new WeakMap<Buffer, Slab | null>();
+  /** Every buffer handed out and not yet given back: its slab, or the whole buffer of its own it is a view of. */
+  private readonly owned = new WeakMap<Buffer, Slab | Buffer>();
   private readonly slabs = new Map<number, Slab[]>();
   private smallPooledBytes = 0;
   private slabTouchedBytes = 0;
@@ -99,28 +99,31 @@ export class PayloadPool {
   take(lengthBytes: number): Buffer {
     const size = sizeClass(lengthBytes);
     if (size >= SLAB_CLASS_MIN_BYTES && size <= SLAB_CLASS_MAX_BYTES) return this.takePiece(size, lengthBytes);
-    const whole = this.free.get(size)?.pop();
+    let whole = this.free.get(size)?.pop();
     if (whole !== undefined) this.smallPooledBytes -= size;
-    const view = (whole ?? Buffer.allocUnsafeSlow(size)).subarray(0, lengthBytes);
-    this.owned.set(view, null);
+    else whole = Buffer.allocUnsafeSlow(size);
+    // A payload of a class's exact size (4 KiB writes) is the whole buffer: no view to make.
+    const view = lengthBytes === size ? whole : whole.subarray(0, lengthBytes);
+    this.owned.set(view, whole);
     return view;
   }
 
   /** Gives back a buffer from `take` (anything else is ignored). */
   give(view: Buffer | null): void {
     if (view === null) return;
-    const slab = this.owned.get(view);
-    if (slab === undefined) return;
+    const owner = this.owned.get(view);
+    if (owner === undefined) return;
     this.owned.delete(view);
-    if (slab !== null) {
-      slab.give(view);
-      slab.lastUsed = ++this.gives;
-      if (slab.inUse === 0) this.dropIdle(slab);
+    if (owner instanceof Slab) {
+      owner.give(view);
+      owner.lastUsed = ++this.gives;
+      if (owner.inUse === 0) this.dropIdle(owner);
       return;
     }
-    const whole = Buffer.from(view.buffer, view.byteOffset, view.buffer.byteLength - view.byteOffset);
+    const whole = owner;
     const size = whole.length;
-    if (view.byteOffset !== 0 || size !== sizeClass(size) || size >= SLAB_CLASS_MIN_BYTES || this.smallPooledBytes + size > this.maxSmallBytes) return;
+    // Buffers above the slab classes (64 MiB payloads) are never kept.
+    if (size >= SLAB_CLASS_MIN_BYTES || this.smallPooledBytes + size > this.maxSmallBytes) return;
     let list = this.free.get(size);
     if (list === undefined) this.free.set(size, (list = []));
     if (list.length >= Math.max(16, SMALL_CLASS_BYTES / size)) return;

@@ -389,7 +389,13 @@ export class Volume implements BlockDevice {
    * `reduced` from index `reducedFirst` on (null: reduce them here). Synchronous.
    */
   applyChange(mode: ChangeMode, offsetBytes: number, lengthBytes: number, data: Buffer | null, reduced: ReducedBlocks | null, reducedFirst: number): ChangeOutcome {
-    const plan = this.planChange(mode, offsetBytes, lengthBytes, data, reduced, reducedFirst);
+    let plan: ReturnType<Volume['planChange']>;
+    try {
+      plan = this.planChange(mode, offsetBytes, lengthBytes, data, reduced, reducedFirst);
+    } catch (error) {
+      CHANGE_PLAN.release(); // a refusal (full array, host space) after some blocks were planned
+      throw error;
+    }
     if (plan instanceof ChangePlan) {
       try {
         this.applyPlan(plan);
@@ -419,7 +425,8 @@ export class Volume implements BlockDevice {
       }
     }
     const plan = CHANGE_PLAN.reset(first, last - first + 1, chain);
-    const missing: Missing = { mapIds: [], chunkIds: [], fingerprints: [] };
+    // Made only when something is missing: most changes find everything loaded.
+    let missing: Missing | null = null;
     for (let i = 0; i < plan.count; i++) {
       const lba = first + i;
       const page = array.maps.pageOf(top, lba)!;
@@ -429,7 +436,7 @@ export class Volume implements BlockDevice {
       if (page.kinds[slot] === EntryKind.Chunk) {
         const old = page.chunkId(slot);
         plan.oldChunk[i] = old;
-        if (!chunks.isLoaded(old)) missing.chunkIds.push(old);
+        if (!chunks.isLoaded(old)) (missing ??= noneMissing()).chunkIds.push(old);
       }
       const blockStart = lba * LBA_BYTES;
       const from = Math.max(offsetBytes, blockStart);
@@ -449,7 +456,7 @@ export class Volume implements BlockDevice {
         index = reducedFirst + (lba - firstWhole);
       } else {
         // A block written only in part (or not reduced yet): merge with its old content.
-        block = to - from === LBA_BYTES ? data!.subarray(from - offsetBytes, to - offsetBytes) : this.mergeOld(chain, lba, from - blockStart, data, from - offsetBytes, to - from, missing);
+        block = to - from === LBA_BYTES ? data!.subarray(from - offsetBytes, to - offsetBytes) : this.mergeOld(chain, lba, from - blockStart, data, from - offsetBytes, to - from, (missing ??= noneMissing()));
         source = plan.ownReduced(i);
         index = i;
         reduceInline([block], source, i, array.reduceSettings);
@@ -468,9 +475,9 @@ export class Volume implements BlockDevice {
       // The fingerprint is read where the batch keeps it; a view of it is made only when needed.
       const candidate = dedup.lookupAt(source.fingerprints, index * FINGERPRINT_BYTES);
       if (candidate === MAYBE_STORED) {
-        missing.fingerprints.push(source.fingerprint(index));
+        (missing ??= noneMissing()).fingerprints.push(source.fingerprint(index));
       } else if (candidate !== undefined) {
-        if (!chunks.isLoaded(candidate)) missing.chunkIds.push(candidate);
+        if (!chunks.isLoaded(candidate)) (missing ??= noneMissing()).chunkIds.push(candidate);
         else if (this.sameContent(candidate, source.fingerprint(index), block, source, index)) {
           plan.decision[i] = Decision.Hit;
           plan.shared[i] = candidate;
@@ -483,7 +490,7 @@ export class Volume implements BlockDevice {
         plan.shared[i] = earlier;
       }
     }
-    if (missing.chunkIds.length > 0 || missing.fingerprints.length > 0 || missing.mapIds.length > 0) return { missing };
+    if (missing !== null && (missing.chunkIds.length > 0 || missing.fingerprints.length > 0 || missing.mapIds.length > 0)) return { missing };
     let newBytes = 0;
     let freedBytes = 0;
     for (let i = 0; i < plan.count; i++) {
@@ -864,9 +871,7 @@ class ChangePlan {
     }
     this.decision.fill(0, 0, count);
     this.oldChunk.fill(-1, 0, count);
-    this.pages.length = 0;
-    this.blocks.length = 0;
-    this.source.length = 0;
+    // pages, blocks and source hold nothing here: `release` emptied them after the last change.
     this.first = first;
     this.count = count;
     this.chain = chain;
@@ -875,11 +880,14 @@ class ChangePlan {
     return this;
   }
 
-  /** Drops references to buffers once the plan is applied (or abandoned). */
+  /**
+   * Drops references to buffers once the plan is applied (or abandoned). The entries are cleared,
+   * not the arrays truncated: setting `length` cost a runtime call per array per change.
+   */
   release(): void {
-    this.pages.length = 0;
-    this.blocks.length = 0;
-    this.source.length = 0;
+    clearEntries(this.pages, this.count);
+    clearEntries(this.blocks, this.count);
+    clearEntries(this.source, this.count);
     this.own = null;
   }
 
@@ -919,6 +927,15 @@ class ChangePlan {
 }
 
 const CHANGE_PLAN = new ChangePlan();
+
+/** Sets the first `count` entries of `array` (those it has) to undefined. */
+function clearEntries(array: unknown[], count: number): void {
+  for (let i = Math.min(count, array.length) - 1; i >= 0; i--) array[i] = undefined;
+}
+
+function noneMissing(): Missing {
+  return { mapIds: [], chunkIds: [], fingerprints: [] };
+}
 
 function resolvedKind(page: MapPage | null, slot: number): EntryKind {
   return page === null ? EntryKind.Absent : (page.kinds[slot]! as EntryKind);
