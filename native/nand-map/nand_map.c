@@ -215,40 +215,6 @@ static uint8_t* bytes_of(napi_env env, napi_value value, size_t* length) {
 }
 
 /*
- * hashInto(data, seedHigh, seedLow, out, outOffset) -> number: XXH64 of `data` with the seed
- * seedHigh * 2^32 + seedLow; writes the hash big-endian at out[outOffset..+8] unless `out` is null,
- * and returns its low 32 bits (the checksum page-format.ts derives from it). No BigInt on the way:
- * the write path hashes every block and every page this way.
- */
-static napi_value hash_into(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  size_t length = 0, out_length = 0;
-  uint32_t seed_high, seed_low, out_offset = 0;
-  uint8_t* data = argc == 5 ? bytes_of(env, argv[0], &length) : NULL;
-  napi_valuetype out_type = napi_null;
-  if (data == NULL || napi_get_value_uint32(env, argv[1], &seed_high) != napi_ok || napi_get_value_uint32(env, argv[2], &seed_low) != napi_ok ||
-      napi_typeof(env, argv[3], &out_type) != napi_ok) {
-    napi_throw_type_error(env, NULL, "hashInto(data, seedHigh, seedLow, out, outOffset) takes a Uint8Array, two u32, a Uint8Array or null, and an offset");
-    return NULL;
-  }
-  uint64_t hash = xxh64(data, length, ((uint64_t)seed_high << 32) | seed_low);
-  if (out_type != napi_null) {
-    uint8_t* out = bytes_of(env, argv[3], &out_length);
-    if (out == NULL || napi_get_value_uint32(env, argv[4], &out_offset) != napi_ok || (size_t)out_offset + 8 > out_length) {
-      napi_throw_range_error(env, NULL, "hashInto: the hash does not fit in `out` at `outOffset`");
-      return NULL;
-    }
-    uint64_t big = __builtin_bswap64(hash);
-    memcpy(out + out_offset, &big, 8);
-  }
-  napi_value result;
-  CHECK(env, napi_create_uint32(env, (uint32_t)hash, &result));
-  return result;
-}
-
-/*
  * The incompressibility sample of src/reduce/codec.ts (`looksIncompressible`), for a 4 KiB block:
  * 127 bytes, one in each 32-byte stretch at a varying offset, and the 4-byte word 8 bytes after
  * each. A block looks random when no sampled word repeats and more than 80 distinct byte values
@@ -278,31 +244,60 @@ static int looks_incompressible(const uint8_t* block) {
 }
 
 /*
- * hashAndSample(block, seedHigh, seedLow, out, outOffset) -> number: `hashInto` of a 4 KiB block,
- * plus its incompressibility sample taken while the block is in the cache: the hash's low 32 bits,
- * plus 2^32 when the block looks random.
+ * The two hash calls, hashInto and (with `sample`) hashAndSample, which also needs a 4096-byte
+ * block and an `out`, and adds 2^32 to the result when the block looks random.
  */
-static napi_value hash_and_sample(napi_env env, napi_callback_info info) {
+static napi_value hash_call(napi_env env, napi_callback_info info, int sample) {
   size_t argc = 5;
   napi_value argv[5];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   size_t length = 0, out_length = 0;
   uint32_t seed_high, seed_low, out_offset = 0;
+  napi_valuetype out_type = napi_null;
   uint8_t* data = argc == 5 ? bytes_of(env, argv[0], &length) : NULL;
-  uint8_t* out = argc == 5 ? bytes_of(env, argv[3], &out_length) : NULL;
-  if (data == NULL || length != 4096 || out == NULL || napi_get_value_uint32(env, argv[1], &seed_high) != napi_ok ||
-      napi_get_value_uint32(env, argv[2], &seed_low) != napi_ok || napi_get_value_uint32(env, argv[4], &out_offset) != napi_ok ||
-      (size_t)out_offset + 8 > out_length) {
-    napi_throw_type_error(env, NULL, "hashAndSample(block, seedHigh, seedLow, out, outOffset) takes a 4096-byte Uint8Array, two u32, a Uint8Array with room for 8 bytes at outOffset, and that offset");
+  if (data == NULL || napi_get_value_uint32(env, argv[1], &seed_high) != napi_ok || napi_get_value_uint32(env, argv[2], &seed_low) != napi_ok ||
+      napi_typeof(env, argv[3], &out_type) != napi_ok || (sample && (length != 4096 || out_type == napi_null))) {
+    napi_throw_type_error(env, NULL,
+                          sample ? "hashAndSample(block, seedHigh, seedLow, out, outOffset) takes a 4096-byte Uint8Array, two u32, a Uint8Array and an offset"
+                                 : "hashInto(data, seedHigh, seedLow, out, outOffset) takes a Uint8Array, two u32, a Uint8Array or null, and an offset");
     return NULL;
   }
   uint64_t hash = xxh64(data, length, ((uint64_t)seed_high << 32) | seed_low);
-  uint64_t big = __builtin_bswap64(hash);
-  memcpy(out + out_offset, &big, 8);
-  double value = (double)(uint32_t)hash + (looks_incompressible(data) ? 4294967296.0 : 0.0);
+  if (out_type != napi_null) {
+    uint8_t* out = bytes_of(env, argv[3], &out_length);
+    if (out == NULL || napi_get_value_uint32(env, argv[4], &out_offset) != napi_ok || (size_t)out_offset + 8 > out_length) {
+      napi_throw_range_error(env, NULL, sample ? "hashAndSample: the hash does not fit in `out` at `outOffset`" : "hashInto: the hash does not fit in `out` at `outOffset`");
+      return NULL;
+    }
+    uint64_t big = __builtin_bswap64(hash);
+    memcpy(out + out_offset, &big, 8);
+  }
   napi_value result;
-  CHECK(env, napi_create_double(env, value, &result));
+  if (!sample) {
+    CHECK(env, napi_create_uint32(env, (uint32_t)hash, &result));
+  } else {
+    CHECK(env, napi_create_double(env, (double)(uint32_t)hash + (looks_incompressible(data) ? 4294967296.0 : 0.0), &result));
+  }
   return result;
+}
+
+/*
+ * hashInto(data, seedHigh, seedLow, out, outOffset) -> number: XXH64 of `data` with the seed
+ * seedHigh * 2^32 + seedLow; writes the hash big-endian at out[outOffset..+8] unless `out` is null,
+ * and returns its low 32 bits (the checksum page-format.ts derives from it). No BigInt on the way:
+ * the write path hashes every block and every page this way.
+ */
+static napi_value hash_into(napi_env env, napi_callback_info info) {
+  return hash_call(env, info, 0);
+}
+
+/*
+ * hashAndSample(block, seedHigh, seedLow, out, outOffset) -> number: `hashInto` of a 4 KiB block,
+ * plus its incompressibility sample taken while the block is in the cache: the hash's low 32 bits,
+ * plus 2^32 when the block looks random.
+ */
+static napi_value hash_and_sample(napi_env env, napi_callback_info info) {
+  return hash_call(env, info, 1);
 }
 
 /* ---- copyRecords ---- */
