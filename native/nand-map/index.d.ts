@@ -54,8 +54,8 @@ export function tuneMalloc(mmapThresholdBytes: number, trimThresholdBytes: numbe
 /** glibc's malloc_trim(0): free memory of every arena back to the kernel. False if none was, or not glibc. */
 export function trimMalloc(): boolean;
 /**
- * madvise(MADV_HUGEPAGE) over the 2 MiB-aligned middle of a typed array's memory: transparent huge
- * pages for a large table read at random (where THP is in "madvise" mode). The bytes advised; 0
- * when the array is too small or the kernel refused.
+ * madvise(MADV_HUGEPAGE) over the whole 2 MiB pages of a typed array's buffer from the array's
+ * first byte on: transparent huge pages for a large table read at random (where THP is in
+ * "madvise" mode). The bytes advised; 0 when the array is too small or the kernel refused.
  */
 export function adviseHugePages(array: ArrayBufferView): number;

@@ -570,8 +570,8 @@ static napi_value tune_malloc(napi_env env, napi_callback_info info) {
 }
 
 /*
- * adviseHugePages(array) -> number: asks the kernel to back the 2 MiB-aligned middle of a typed
- * array's memory with transparent huge pages (madvise MADV_HUGEPAGE; used where THP is in
+ * adviseHugePages(array) -> number: asks the kernel to back the whole 2 MiB pages of a typed
+ * array's buffer (from the array's first byte on) with transparent huge pages (madvise MADV_HUGEPAGE; used where THP is in
  * "madvise" mode). Returns the bytes advised, 0 when the array is too small or the advice failed.
  */
 static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
@@ -579,17 +579,19 @@ static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   napi_typedarray_type type;
-  size_t length = 0, offset = 0;
+  size_t length = 0, offset = 0, buffer_bytes = 0;
   void* data = NULL;
+  void* base = NULL;
   napi_value buffer;
-  if (argc < 1 || napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok) {
+  if (argc < 1 || napi_get_typedarray_info(env, argv[0], &type, &length, &data, &buffer, &offset) != napi_ok ||
+      napi_get_arraybuffer_info(env, buffer, &base, &buffer_bytes) != napi_ok) {
     napi_throw_type_error(env, NULL, "adviseHugePages(array) takes a typed array");
     return NULL;
   }
-  size_t element = type == napi_uint32_array || type == napi_int32_array || type == napi_float32_array ? 4 : type == napi_float64_array || type == napi_bigint64_array || type == napi_biguint64_array ? 8 : type == napi_uint16_array || type == napi_int16_array ? 2 : 1;
+  /* From the array's first byte to the end of its buffer (the tables own theirs whole). */
   const uintptr_t huge = (uintptr_t)2 << 20;
   uintptr_t start = ((uintptr_t)data + huge - 1) & ~(huge - 1);
-  uintptr_t end = ((uintptr_t)data + length * element) & ~(huge - 1);
+  uintptr_t end = ((uintptr_t)base + buffer_bytes) & ~(huge - 1);
   double advised = 0;
 #ifdef MADV_HUGEPAGE
   if (end > start && madvise((void*)start, end - start, MADV_HUGEPAGE) == 0) advised = (double)(end - start);

@@ -397,5 +397,3 @@ function levelRange(range: IterateRange): { gte?: Uint8Array; lt?: Uint8Array; l
   if (range.limit !== undefined) options.limit = range.limit;
   return options;
 }
-
-/** A batch operation with its own copies of the key and value (for the next group). */

@@ -56,9 +56,6 @@ interface Entry {
   value: Buffer;
 }
 
-/** A batch operation with private copies of its bytes. */
-type StoredOp = CopiedOp;
-
 /** Entries of one sublevel in unsigned byte order of their keys. */
 class SortedTable {
   constructor(private readonly entries: Entry[] = []) {}
@@ -86,7 +83,7 @@ class SortedTable {
     return index < 0 ? undefined : this.entries[index]!.value;
   }
 
-  apply(op: StoredOp): void {
+  apply(op: CopiedOp): void {
     const index = this.lowerBound(op.key);
     const found = index < this.entries.length && Buffer.compare(this.entries[index]!.key, op.key) === 0;
     if (op.type === 'put') {
@@ -123,14 +120,14 @@ function cloneTables(tables: Tables): Tables {
   return new Map([...tables].map(([sublevel, table]) => [sublevel, table.clone()]));
 }
 
-function applyBatch(tables: Tables, ops: readonly StoredOp[]): void {
+function applyBatch(tables: Tables, ops: readonly CopiedOp[]): void {
   for (const op of ops) tables.get(op.sublevel)!.apply(op);
 }
 
 export class MemoryMetaStore implements MetaStore {
   private readonly tables: Tables;
   private readonly durableTables: Tables;
-  private unsyncedBatches: StoredOp[][] = [];
+  private unsyncedBatches: CopiedOp[][] = [];
   private status: 'open' | 'closed' | 'crashed' = 'open';
   /**
    * Models a full disk under the log: while true, a batch fails with `NO_SPACE` and changes

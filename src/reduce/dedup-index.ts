@@ -145,16 +145,10 @@ export class DedupIndex {
   }
 
   /**
-   * The candidate chunk for a fingerprint if known in memory, undefined if surely not stored, or
-   * MAYBE_STORED if LevelDB must be asked (`prepare`).
-   */
-  lookup(fingerprint: Buffer): number | undefined {
-    return this.lookupAt(fingerprint, 0);
-  }
-
-  /**
-   * `lookup` of the fingerprint at `bytes[at..at + 8]` (a batch's fingerprints: the write path
-   * makes no view of each; the At forms below are the same).
+   * The candidate chunk for the fingerprint at `bytes[at..at + 8]` if known in memory, undefined if
+   * surely not stored, or MAYBE_STORED if LevelDB must be asked (`prepare`). Fingerprints are
+   * given as (bytes, offset) here and below: the write path reads a batch's fingerprints in place,
+   * without a view of each.
    */
   lookupAt(bytes: Uint8Array, at: number): number | undefined {
     this.counters.lookups += 1;
@@ -189,10 +183,6 @@ export class DedupIndex {
     });
   }
 
-  insert(fingerprint: Buffer, chunkId: number): void {
-    this.insertAt(fingerprint, 0, chunkId);
-  }
-
   insertAt(bytes: Uint8Array, at: number, chunkId: number): void {
     const high = u32be(bytes, at);
     const low = u32be(bytes, at + 4);
@@ -204,10 +194,6 @@ export class DedupIndex {
   }
 
   /** The chunk is freed: drop its entry if the entry still names it. */
-  remove(fingerprint: Buffer, chunkId: number): void {
-    this.removeAt(fingerprint, 0, chunkId);
-  }
-
   removeAt(bytes: Uint8Array, at: number, chunkId: number): void {
     const high = u32be(bytes, at);
     const low = u32be(bytes, at + 4);
@@ -249,7 +235,7 @@ export class DedupIndex {
       if ((word & STATE_MASK) !== LIVE || (word & PERSISTED) !== 0) continue;
       const fingerprint = this.fingerprintAt(slot);
       // A pending deletion of this fingerprint is overtaken by the put (see `insert`).
-      if (this.dirty.size > 0) this.dirty.delete(hexOf(fingerprint));
+      if (this.dirty.size > 0) this.dirty.delete(hexAt(fingerprint, 0));
       ops.push({ type: 'put', sublevel: 'fingerprints', key: fingerprint, value: u64Key(this.chunkAt(slot)) });
       this.bloom.add(fingerprint);
       this.table[slot * WORDS + CHUNK_HIGH_STATE] = word | PERSISTED;
@@ -285,7 +271,7 @@ export class DedupIndex {
 
   /** Queues a mapping for LevelDB; from now on the Bloom filter says LevelDB may hold it. */
   private queueWrite(fingerprint: Buffer, chunkId: number): void {
-    this.dirty.set(hexOf(fingerprint), { fingerprint, chunkId });
+    this.dirty.set(hexAt(fingerprint, 0), { fingerprint, chunkId });
     this.bloom.add(fingerprint);
   }
 
@@ -411,16 +397,9 @@ export class DedupIndex {
         for (let found = table[target * WORDS + CHUNK_HIGH_STATE]!; (found & STATE_MASK) !== EMPTY && (found & MOVING) === 0; found = table[target * WORDS + CHUNK_HIGH_STATE]!) {
           target = (target + 1) & this.mask;
         }
+        // This entry takes the slot; an entry not yet moved that was there is inserted next.
         const to = target * WORDS;
         const displaced = table[to + CHUNK_HIGH_STATE]!;
-        if ((displaced & MOVING) === 0) {
-          table[to + HIGH] = high;
-          table[to + LOW] = low;
-          table[to + CHUNK_LOW] = chunkLow;
-          table[to + CHUNK_HIGH_STATE] = word;
-          break;
-        }
-        // Swap: this entry takes the slot, the one there is inserted next.
         const nextHigh = table[to + HIGH]!;
         const nextLow = table[to + LOW]!;
         const nextChunkLow = table[to + CHUNK_LOW]!;
@@ -428,6 +407,7 @@ export class DedupIndex {
         table[to + LOW] = low;
         table[to + CHUNK_LOW] = chunkLow;
         table[to + CHUNK_HIGH_STATE] = word;
+        if ((displaced & MOVING) === 0) break;
         high = nextHigh;
         low = nextLow;
         chunkLow = nextChunkLow;
@@ -440,10 +420,6 @@ export class DedupIndex {
 /** 1 for a slot word of a live entry LevelDB lacks, else 0. */
 function isUnwritten(word: number): number {
   return (word & STATE_MASK) === LIVE && (word & PERSISTED) === 0 ? 1 : 0;
-}
-
-function hexOf(fingerprint: Buffer): string {
-  return fingerprint.toString('hex', 0, FINGERPRINT_BYTES);
 }
 
 function hexAt(bytes: Uint8Array, at: number): string {

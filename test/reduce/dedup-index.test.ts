@@ -37,12 +37,12 @@ test('the table agrees with a Map through inserts, removals, evictions and write
       const model = new Map<number, number>();
       for (const step of sequence) {
         if (step.op === 'insert') {
-          index.insert(fingerprint(step.key), step.chunk);
+          index.insertAt(fingerprint(step.key), 0, step.chunk);
           model.set(step.key, step.chunk);
         } else if (step.op === 'remove') {
           const chunk = model.get(step.key);
           if (chunk === undefined) continue;
-          index.remove(fingerprint(step.key), chunk);
+          index.removeAt(fingerprint(step.key), 0, chunk);
           model.delete(step.key);
         } else {
           const batch: Parameters<typeof index.capture>[0] = [];
@@ -56,10 +56,10 @@ test('the table agrees with a Map through inserts, removals, evictions and write
       index.capture(batch);
       await store.batch(batch, { sync: true });
       for (let key = 0; key <= 3000; key++) {
-        let found = index.lookup(fingerprint(key));
+        let found = index.lookupAt(fingerprint(key), 0);
         if (found === MAYBE_STORED) {
           await index.prepare([fingerprint(key)]);
-          found = index.lookup(fingerprint(key));
+          found = index.lookupAt(fingerprint(key), 0);
         }
         t.is(found, model.get(key), `key ${key}`);
       }
@@ -71,9 +71,9 @@ test('the table agrees with a Map through inserts, removals, evictions and write
 test('an index that fits in memory answers without LevelDB and writes nothing until a checkpoint', (t) => {
   const store = new MemoryMetaStore();
   const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1 << 20);
-  for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
-  for (let key = 0; key < 10_000; key++) t.is(index.lookup(fingerprint(key)), key + 1);
-  t.is(index.lookup(fingerprint(20_000)), undefined, 'a fingerprint never added is a Bloom-filter miss');
+  for (let key = 0; key < 10_000; key++) index.insertAt(fingerprint(key), 0, key + 1);
+  for (let key = 0; key < 10_000; key++) t.is(index.lookupAt(fingerprint(key), 0), key + 1);
+  t.is(index.lookupAt(fingerprint(20_000), 0), undefined, 'a fingerprint never added is a Bloom-filter miss');
   const quiet: Parameters<typeof index.capture>[0] = [];
   index.capture(quiet);
   t.is(quiet.filter((op) => op.key.length === 8).length, 0, 'nothing to write while everything fits');
@@ -95,8 +95,8 @@ test('probe runs stay short while unique fingerprints turn the full table over m
   for (let i = 1; i <= 12 * index.capacity; i++) {
     key.writeUInt32BE(random32(), 0);
     key.writeUInt32BE(random32(), 4);
-    index.lookup(key);
-    index.insert(key, i);
+    index.lookupAt(key, 0);
+    index.insertAt(key, 0, i);
     if (i % 2048 === 0) index.capture([]);
     if (i % index.capacity === 0) longest.push(index.longestRun());
   }
@@ -107,7 +107,7 @@ test('probe runs stay short while unique fingerprints turn the full table over m
 test('a checkpoint can write the table in slices: each bounded, together everything, nothing twice', async (t) => {
   const store = new MemoryMetaStore();
   const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1 << 20);
-  for (let key = 0; key < 10_000; key++) index.insert(fingerprint(key), key + 1);
+  for (let key = 0; key < 10_000; key++) index.insertAt(fingerprint(key), 0, key + 1);
   const written = new Set<string>();
   let slices = 0;
   t.is(index.unwrittenEntries, 10_000);
@@ -136,9 +136,9 @@ test('a checkpoint can write the table in slices: each bounded, together everyth
   await bloom.load(store);
   const reopened = new DedupIndex(store, bloom, 1 << 20);
   for (const key of [0, 4321, 9999]) {
-    t.is(reopened.lookup(fingerprint(key)), MAYBE_STORED);
+    t.is(reopened.lookupAt(fingerprint(key), 0), MAYBE_STORED);
     await reopened.prepare([fingerprint(key)]);
-    t.is(reopened.lookup(fingerprint(key)), key + 1);
+    t.is(reopened.lookupAt(fingerprint(key), 0), key + 1);
   }
 });
 
@@ -147,19 +147,19 @@ test('the Bloom filter never answers "not stored" for a fingerprint LevelDB hold
   const written = new DedupIndex(store, new BloomFilter(64 * 1024), 4096 * DEDUP_SLOT_BYTES);
   t.true(await written.bloom.load(store) === false, 'a new store has no record: not trusted');
   t.true(await written.bloom.rebuild(store, () => false));
-  for (let key = 0; key < 3000; key++) written.insert(fingerprint(key), key + 1);
+  for (let key = 0; key < 3000; key++) written.insertAt(fingerprint(key), 0, key + 1);
   const ops: Parameters<typeof written.capture>[0] = [];
   written.capture(ops, true);
   t.true(written.bloom.captureRecord(ops), 'complete, every segment captured: the record goes with them');
   await store.batch(ops, { sync: true });
   const stored = (index: DedupIndex) => {
     let surelyNot = 0;
-    for (let key = 0; key < 3000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    for (let key = 0; key < 3000; key++) if (index.lookupAt(fingerprint(key), 0) === undefined) surelyNot += 1;
     return surelyNot;
   };
   const unknown = (index: DedupIndex) => {
     let surelyNot = 0;
-    for (let key = 100_000; key < 101_000; key++) if (index.lookup(fingerprint(key)) === undefined) surelyNot += 1;
+    for (let key = 100_000; key < 101_000; key++) if (index.lookupAt(fingerprint(key), 0) === undefined) surelyNot += 1;
     return surelyNot;
   };
 
@@ -199,10 +199,10 @@ test('the count of unwritten entries follows inserts, removals, evictions and re
       let nextChunk = 1;
       for (const [kind, key] of steps) {
         if (kind === 0 || kind === 1) {
-          index.insert(fingerprint(key), nextChunk);
+          index.insertAt(fingerprint(key), 0, nextChunk);
           live.set(key, nextChunk++);
         } else if (kind === 2 && live.has(key)) {
-          index.remove(fingerprint(key), live.get(key)!);
+          index.removeAt(fingerprint(key), 0, live.get(key)!);
           live.delete(key);
         } else {
           const ops: Parameters<typeof index.capture>[0] = [];
@@ -236,7 +236,7 @@ test('a rehash in place drops the tombstones and keeps every entry, its chunk an
   const store = new MemoryMetaStore();
   // 1024 slots, 768 entries before it makes room.
   const index = new DedupIndex(store, new BloomFilter(64 * 1024), 1024 * 16);
-  for (let key = 0; key < 700; key++) index.insert(key8(key), key + 1);
+  for (let key = 0; key < 700; key++) index.insertAt(key8(key), 0, key + 1);
   // And a cluster at the table's last slot that wraps round to its first: the rehash meets entries
   // not yet moved on its way there and must move them on.
   const wrapKey = (n: number): Buffer => {
@@ -245,14 +245,14 @@ test('a rehash in place drops the tombstones and keeps every entry, its chunk an
     out.writeUInt32BE(0xffff_ffff, 4); // home: the last slot
     return out;
   };
-  for (let n = 0; n < 24; n++) index.insert(wrapKey(n), 50_000 + n);
+  for (let n = 0; n < 24; n++) index.insertAt(wrapKey(n), 0, 50_000 + n);
   // Half of them written (a checkpoint), so the written flag has both values.
   const written: Parameters<typeof index.capture>[0] = [];
   index.captureUnwritten(written, 350, 1024, 0);
   await store.batch(written, { sync: false });
   const unwrittenBefore = index.unwrittenEntries;
   // Freed chunks leave tombstones: 600 of the 700 entries go.
-  for (let key = 0; key < 600; key++) index.remove(key8(key), key + 1);
+  for (let key = 0; key < 600; key++) index.removeAt(key8(key), 0, key + 1);
   const removals: Parameters<typeof index.capture>[0] = [];
   index.capture(removals);
   await store.batch(removals, { sync: false });
@@ -267,11 +267,11 @@ test('a rehash in place drops the tombstones and keeps every entry, its chunk an
     rehash();
   };
   let added = 0;
-  while (rehashes === 0 && added < 260) index.insert(key8(10_000 + added), 10_000 + ++added);
-  for (let key = 600; key < 700; key++) t.is(index.lookup(key8(key)), key + 1, `entry ${key} after the rehash`);
-  for (let n = 0; n < 24; n++) t.is(index.lookup(wrapKey(n)), 50_000 + n, `wrapped entry ${n} after the rehash`);
-  for (let key = 10_000; key < 10_000 + added; key++) t.is(index.lookup(key8(key)), key + 1, `entry ${key}`);
-  for (let key = 0; key < 600; key++) t.not(index.lookup(key8(key)), key + 1, `removed entry ${key} stays removed`);
+  while (rehashes === 0 && added < 260) index.insertAt(key8(10_000 + added), 0, 10_000 + ++added);
+  for (let key = 600; key < 700; key++) t.is(index.lookupAt(key8(key), 0), key + 1, `entry ${key} after the rehash`);
+  for (let n = 0; n < 24; n++) t.is(index.lookupAt(wrapKey(n), 0), 50_000 + n, `wrapped entry ${n} after the rehash`);
+  for (let key = 10_000; key < 10_000 + added; key++) t.is(index.lookupAt(key8(key), 0), key + 1, `entry ${key}`);
+  for (let key = 0; key < 600; key++) t.not(index.lookupAt(key8(key), 0), key + 1, `removed entry ${key} stays removed`);
   t.is(index.unwrittenEntries, unwrittenAfterRemovals + added, 'the written flags survive the rehash');
   t.log(`${rehashes} rehash after ${added} new entries`);
   t.is(rehashes, 1, 'the table rehashed (rather than evicting)');
@@ -291,17 +291,17 @@ test('a rehash keeps every entry wherever the clusters lie, wrapped round the en
         out.writeUInt32BE(((i << 10) | slot) >>> 0, 4);
         return out;
       };
-      entries.forEach(([slot], i) => index.insert(keyOf(i, slot), i + 1));
+      entries.forEach(([slot], i) => index.insertAt(keyOf(i, slot), 0, i + 1));
       // Some written (so both flag values move), then some freed (tombstones).
       const written: Parameters<typeof index.capture>[0] = [];
       index.captureUnwritten(written, entries.length >> 1, 1024, 0);
       await store.batch(written, { sync: false });
-      entries.forEach(([slot, freed], i) => freed && index.remove(keyOf(i, slot), i + 1));
+      entries.forEach(([slot, freed], i) => freed && index.removeAt(keyOf(i, slot), 0, i + 1));
       const size = index.size;
       const unwritten = index.unwrittenEntries;
       (index as unknown as { rehash(): void }).rehash();
       if (index.size !== size || index.unwrittenEntries !== unwritten) return false;
-      return entries.every(([slot, freed], i) => freed || index.lookup(keyOf(i, slot)) === i + 1);
+      return entries.every(([slot, freed], i) => freed || index.lookupAt(keyOf(i, slot), 0) === i + 1);
     }),
     { numRuns: 200 },
   );
