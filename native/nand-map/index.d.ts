@@ -12,6 +12,12 @@ export function hashInto(data: Uint8Array, seedHigh: number, seedLow: number, ou
  * (the rule of src/reduce/codec.ts): the hash's low 32 bits, plus 2^32 when the block looks random.
  */
 export function hashAndSample(block: Uint8Array, seedHigh: number, seedLow: number, out: Uint8Array, outOffset: number): number;
+/**
+ * Seals the page at buffer[at..at + pageBytes] (its payload in place): zeroes the padding after
+ * `usedBytes` of payload, writes the page header of src/ftl/page-format.ts and its checksum (XXH64
+ * of bytes 4 to 16 + usedBytes with seed seedHigh * 2^32 + seedLow, low 32 bits); returns the checksum.
+ */
+export function sealPage(buffer: Uint8Array, at: number, pageBytes: number, magic: number, pageIndex: number, sequence: number, usedBytes: number, seedHigh: number, seedLow: number): number;
 /** XXH64 of `data` with `seed`, the same function as @node-rs/xxhash's xxh64 (for tests). */
 export function xxh64(data: Uint8Array, seed: bigint): bigint;
 /**

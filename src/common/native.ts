@@ -44,3 +44,6 @@ export const hashAndSample: Addon['hashAndSample'] | null = typeof nandMap?.hash
 
 /** XXH64 into a buffer, low 32 bits returned (no BigInt); null for an addon built before it existed. */
 export const hashInto: Addon['hashInto'] | null = typeof nandMap?.hashInto === 'function' ? nandMap.hashInto : null;
+
+/** Fill, header and checksum of a page in one call (see the addon's index.d.ts); null for an addon built before it existed. */
+export const sealPageNative: Addon['sealPage'] | null = typeof nandMap?.sealPage === 'function' ? nandMap.sealPage : null;

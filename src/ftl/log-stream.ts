@@ -165,9 +165,7 @@ export class LogStream {
   }
 
   private sealCurrentPage(): void {
-    const at = this.pageIndex * this.pageBytes;
-    if (this.pageUsedBytes < this.payloadBytes) this.buffer!.fill(0, at + PAGE_HEADER_BYTES + this.pageUsedBytes, at + this.pageBytes);
-    sealPage(this.buffer!.subarray(at, at + this.pageBytes), this.pageIndex, this.sequence, this.pageUsedBytes);
+    sealPage(this.buffer!, this.pageIndex * this.pageBytes, this.pageBytes, this.pageIndex, this.sequence, this.pageUsedBytes);
   }
 
   /** Seals the current page, counts its padding as written, and moves to the next page. */

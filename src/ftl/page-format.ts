@@ -29,7 +29,7 @@
  * block stored as it is needs one hash for both its dedup fingerprint and its record checksum.
  */
 import { xxh64 } from '@node-rs/xxhash';
-import { hashInto } from '../common/native.js';
+import { hashInto, sealPageNative } from '../common/native.js';
 
 export const PAGE_MAGIC = 0x5053;
 export const PAGE_HEADER_BYTES = 16;
@@ -79,14 +79,33 @@ export function checksumOfHash(hash: bigint): number {
   return Number(BigInt.asUintN(32, hash));
 }
 
-/** Fills in the header of a page whose payload (after the header) is already in place. */
-export function sealPage(page: Buffer, pageIndex: number, sequence: number, usedBytes: number): void {
+/**
+ * Seals the page at buffer[at..at + pageBytes] whose payload (after the header) is in place: zeroes
+ * the padding after `usedBytes`, and fills in the header and its checksum. The addon does it in one
+ * call when it is built (the same bytes: test/ftl/page-format.test.ts compares the two).
+ */
+export function sealPage(buffer: Buffer, at: number, pageBytes: number, pageIndex: number, sequence: number, usedBytes: number): void {
+  if (sealPageNative !== null) {
+    sealPageNative(buffer, at, pageBytes, PAGE_MAGIC, pageIndex, sequence >>> 0, usedBytes, DEFAULT_SEED_HIGH, DEFAULT_SEED_LOW);
+    return;
+  }
+  sealPageInJs(buffer, at, pageBytes, pageIndex, sequence, usedBytes);
+}
+
+/** `sealPage` without the addon. */
+export function sealPageInJs(buffer: Buffer, at: number, pageBytes: number, pageIndex: number, sequence: number, usedBytes: number): void {
+  if (usedBytes > pageBytes - PAGE_HEADER_BYTES || at + pageBytes > buffer.length) throw new RangeError('sealPage: the page lies outside the buffer');
+  buffer.fill(0, at + PAGE_HEADER_BYTES + usedBytes, at + pageBytes);
+  const page = buffer.subarray(at, at + pageBytes);
   page.writeUInt16BE(PAGE_MAGIC, PAGE_MAGIC_AT);
   page.writeUInt16BE(pageIndex, PAGE_INDEX_AT);
   page.writeUInt32BE(sequence >>> 0, PAGE_SEQUENCE_AT);
   page.writeUInt32BE(usedBytes, PAGE_USED_AT);
   page.writeUInt32BE(pageChecksum(page, usedBytes), PAGE_CHECKSUM_AT);
 }
+
+const DEFAULT_SEED_HIGH = Number(DEFAULT_CHECKSUM_SEED >> 32n);
+const DEFAULT_SEED_LOW = Number(DEFAULT_CHECKSUM_SEED & 0xffff_ffffn);
 
 function pageChecksum(page: Buffer, usedBytes: number): number {
   return checksumOf(page.subarray(PAGE_MAGIC_AT, PAGE_HEADER_BYTES + usedBytes));
