@@ -231,34 +231,51 @@ export function validateRequest(request: NbdRequest, context: RequestContext): R
 // ---- Replies -------------------------------------------------------------------------------
 
 export function encodeSimpleReply(cookie: bigint, errno: number): Buffer {
-  // Every byte is written below: a slice of Node's buffer pool, not a zeroed buffer of its own.
   const out = Buffer.allocUnsafe(C.SIMPLE_REPLY_HEADER_BYTES);
-  out.writeUInt32BE(C.NBD_SIMPLE_REPLY_MAGIC, 0);
-  out.writeUInt32BE(errno, 4);
-  out.writeBigUInt64BE(cookie, 8);
+  writeSimpleReplyAt(out, 0, cookie, errno);
   return out;
 }
 
+/** A simple reply header written at `target[at..at + 16]` (the fast path writes many into one buffer). */
+export function writeSimpleReplyAt(target: Buffer, at: number, cookie: bigint, errno: number): void {
+  target.writeUInt32BE(C.NBD_SIMPLE_REPLY_MAGIC, at);
+  target.writeUInt32BE(errno, at + 4);
+  target.writeBigUInt64BE(cookie, at + 8);
+}
+
 export function encodeChunkHeader(cookie: bigint, flags: number, type: number, payloadBytes: number): Buffer {
-  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES);
-  out.writeUInt32BE(C.NBD_STRUCTURED_REPLY_MAGIC, 0);
-  out.writeUInt16BE(flags, 4);
-  out.writeUInt16BE(type, 6);
-  out.writeBigUInt64BE(cookie, 8);
-  out.writeUInt32BE(payloadBytes, 16);
+  const out = Buffer.allocUnsafe(C.STRUCTURED_REPLY_HEADER_BYTES);
+  writeChunkHeaderAt(out, 0, cookie, flags, type, payloadBytes);
   return out;
+}
+
+/** A structured reply chunk header written at `target[at..at + 20]`. */
+export function writeChunkHeaderAt(target: Buffer, at: number, cookie: bigint, flags: number, type: number, payloadBytes: number): void {
+  target.writeUInt32BE(C.NBD_STRUCTURED_REPLY_MAGIC, at);
+  target.writeUInt16BE(flags, at + 4);
+  target.writeUInt16BE(type, at + 6);
+  target.writeBigUInt64BE(cookie, at + 8);
+  target.writeUInt32BE(payloadBytes, at + 16);
 }
 
 export function encodeNoneChunk(cookie: bigint): Buffer {
   return encodeChunkHeader(cookie, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_NONE, 0);
 }
 
+/** Bytes of an OFFSET_DATA chunk before its data: the chunk header and the offset. */
+export const OFFSET_DATA_HEADER_BYTES = C.STRUCTURED_REPLY_HEADER_BYTES + 8;
+
 /** Header and offset of an OFFSET_DATA chunk; the data follows on the wire. */
 export function encodeOffsetDataHeader(cookie: bigint, done: boolean, offset: bigint, dataBytes: number): Buffer {
-  const out = Buffer.alloc(C.STRUCTURED_REPLY_HEADER_BYTES + 8);
-  encodeChunkHeader(cookie, done ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_OFFSET_DATA, 8 + dataBytes).copy(out, 0);
-  out.writeBigUInt64BE(offset, C.STRUCTURED_REPLY_HEADER_BYTES);
+  const out = Buffer.allocUnsafe(OFFSET_DATA_HEADER_BYTES);
+  writeOffsetDataHeaderAt(out, 0, cookie, done, offset, dataBytes);
   return out;
+}
+
+/** `encodeOffsetDataHeader` written at `target[at..at + OFFSET_DATA_HEADER_BYTES]`. */
+export function writeOffsetDataHeaderAt(target: Buffer, at: number, cookie: bigint, done: boolean, offset: bigint, dataBytes: number): void {
+  writeChunkHeaderAt(target, at, cookie, done ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_OFFSET_DATA, 8 + dataBytes);
+  target.writeBigUInt64BE(offset, at + C.STRUCTURED_REPLY_HEADER_BYTES);
 }
 
 export function encodeOffsetHole(cookie: bigint, done: boolean, offset: bigint, holeBytes: number): Buffer {

@@ -44,7 +44,9 @@ import {
   encodeNoneChunk,
   encodeOffsetDataHeader,
   encodeOffsetHole,
-  encodeSimpleReply,
+  OFFSET_DATA_HEADER_BYTES,
+  writeOffsetDataHeaderAt,
+  writeSimpleReplyAt,
   validateRequest,
   type NbdRequest,
   type RequestEvent,
@@ -120,6 +122,14 @@ const SHUTDOWN_GRACE_MS = 1000;
  */
 const COALESCE_MAX_BYTES = 512;
 
+/**
+ * Reply headers are written in place into a slab, back to back, and go out as views of it: no
+ * buffer per reply (a 16-byte reply cost two allocations of about 110 bytes each, and a copy
+ * when its flush coalesced it). Slab bytes are written once and never reused: a full slab is
+ * replaced, and the old one is freed with the last write that refers to it.
+ */
+const REPLY_SLAB_BYTES = 16 * 1024;
+
 /** Extents in BLOCK_STATUS replies are capped well under the spec's 2^20 per chunk. */
 const MAX_STATUS_EXTENTS = 65536;
 
@@ -139,6 +149,10 @@ export class Connection {
   private closed = false;
   private readonly idle: Array<() => void> = [];
   private outgoing: Buffer[] = [];
+  /** Reply headers written in place (see REPLY_SLAB_BYTES); the run from `slabRunStart` is not yet in `outgoing`. */
+  private slab = Buffer.allocUnsafe(REPLY_SLAB_BYTES);
+  private slabAt = 0;
+  private slabRunStart = 0;
   /** Pooled read buffers in `outgoing`, given back once the write that carries them completes... */
   private releases: Buffer[] = [];
   /** ...and the request bytes they hold until then. */
@@ -429,18 +443,56 @@ export class Connection {
    * its end, which matters at high queue depths; a reply is never split by another.
    */
   private writeAll(buffers: Buffer[], release: Buffer | null = null, costBytes = 0): void {
+    if (!this.queueReply(release, costBytes)) return;
+    this.closeSlabRun();
+    for (const buffer of buffers) this.outgoing.push(buffer);
+  }
+
+  /**
+   * Accounts for a reply about to be queued (its pooled buffer and request bytes) and schedules the
+   * flush; false when the connection is closed (then both are released here and nothing is queued).
+   */
+  private queueReply(release: Buffer | null, costBytes: number): boolean {
     if (this.closed) {
       this.options.payloads.give(release);
       this.releaseBytes(costBytes);
-      return;
+      return false;
     }
-    for (const buffer of buffers) this.outgoing.push(buffer);
     if (release !== null) this.releases.push(release);
     this.outgoingCostBytes += costBytes;
     if (costBytes > 0 && !this.options.inFlight.isSmall(costBytes)) this.outgoingLargeCostBytes += costBytes;
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    queueMicrotask(() => this.flushOutgoing());
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(() => this.flushOutgoing());
+    }
+    return true;
+  }
+
+  /** Room for `bytes` of reply header in the slab, after everything queued: the offset to write it at. */
+  private slabRoom(bytes: number): number {
+    if (this.slabAt + bytes > this.slab.length) {
+      this.closeSlabRun();
+      this.slab = Buffer.allocUnsafe(REPLY_SLAB_BYTES);
+      this.slabAt = 0;
+      this.slabRunStart = 0;
+    }
+    const at = this.slabAt;
+    this.slabAt += bytes;
+    return at;
+  }
+
+  /** Queues the slab's pending run of headers (before a buffer that must follow them). */
+  private closeSlabRun(): void {
+    if (this.slabAt === this.slabRunStart) return;
+    this.outgoing.push(this.slab.subarray(this.slabRunStart, this.slabAt));
+    this.slabRunStart = this.slabAt;
+  }
+
+  /** A simple reply (header only) queued in place. */
+  private sendSimple(request: NbdRequest, errno: number, costBytes = 0): void {
+    if (!this.queueReply(null, costBytes)) return;
+    const at = this.slabRoom(C.SIMPLE_REPLY_HEADER_BYTES); // before reading this.slab: a full slab is replaced
+    writeSimpleReplyAt(this.slab, at, request.cookie, errno);
   }
 
   /**
@@ -465,6 +517,7 @@ export class Connection {
 
   private flushOutgoing(): void {
     this.flushScheduled = false;
+    this.closeSlabRun();
     const buffers = this.outgoing;
     const write: PendingWrite = { releases: this.releases, costBytes: this.outgoingCostBytes, largeCostBytes: this.outgoingLargeCostBytes, settled: false };
     this.outgoing = [];
@@ -502,13 +555,13 @@ export class Connection {
     if (this.session!.structuredReplies && request.type === C.NBD_CMD_READ) {
       this.writeAll([encodeNoneChunk(request.cookie)]);
     } else {
-      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)]);
+      this.sendSimple(request, C.NBD_OK);
     }
   }
 
   private sendError(request: NbdRequest, errno: number, message: string): void {
     if (this.session!.structuredReplies) this.writeAll([encodeErrorChunk(request.cookie, errno, message)]);
-    else this.writeAll([encodeSimpleReply(request.cookie, errno)]);
+    else this.sendSimple(request, errno);
   }
 
   /**
@@ -521,17 +574,26 @@ export class Connection {
     if (release === null) this.options.payloads.give(readInto);
     if (request.length === 0 || result === null) {
       if (session.structuredReplies) this.writeAll([encodeNoneChunk(request.cookie)], null, costBytes);
-      else this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK)], null, costBytes);
+      else this.sendSimple(request, C.NBD_OK, costBytes);
       return;
     }
     const extents: ReadExtent[] = result.extents;
     if (!session.structuredReplies) {
-      this.writeAll([encodeSimpleReply(request.cookie, C.NBD_OK), result.data], release, costBytes);
+      if (!this.queueReply(release, costBytes)) return;
+      const at = this.slabRoom(C.SIMPLE_REPLY_HEADER_BYTES); // before reading this.slab: a full slab is replaced
+      writeSimpleReplyAt(this.slab, at, request.cookie, C.NBD_OK);
+      this.closeSlabRun();
+      this.outgoing.push(result.data);
       return;
     }
     if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
       const data = result.data.length === request.length ? result.data : concatReadExtents(extents, request.length);
-      this.writeAll([encodeOffsetDataHeader(request.cookie, true, request.offset, data.length), data], release, costBytes);
+      this.sendData(request, request.offset, data, release, costBytes);
+      return;
+    }
+    if (extents.length === 1 && extents[0]!.data !== null) {
+      const only = extents[0]!;
+      this.sendData(request, request.offset, only.data!.length === only.lengthBytes ? only.data! : only.data!.subarray(0, only.lengthBytes), release, costBytes);
       return;
     }
     // Adjacent data extents go out as one OFFSET_DATA chunk (its payload is several buffers), so a
@@ -557,6 +619,15 @@ export class Connection {
       offset += BigInt(runBytes);
     }
     this.writeAll(buffers, release, costBytes);
+  }
+
+  /** A read's whole reply as one OFFSET_DATA chunk, its header written in place. */
+  private sendData(request: NbdRequest, offset: bigint, data: Buffer, release: Buffer | null, costBytes: number): void {
+    if (!this.queueReply(release, costBytes)) return;
+    const at = this.slabRoom(OFFSET_DATA_HEADER_BYTES); // before reading this.slab: a full slab is replaced
+    writeOffsetDataHeaderAt(this.slab, at, request.cookie, true, offset, data.length);
+    this.closeSlabRun();
+    this.outgoing.push(data);
   }
 
   private async sendBlockStatus(request: NbdRequest, offset: number): Promise<void> {

@@ -86,7 +86,7 @@ async function countReferences(array: FlashArray, report: (problem: string) => v
 }
 
 /** Resolves a chain (top layer first) and compares its mapped blocks with the recorded count. */
-async function checkMappedCount(array: FlashArray, name: string, chain: number[], sizeBytes: number, recorded: number, report: (problem: string) => void): Promise<void> {
+async function checkMappedCount(array: FlashArray, name: string, chain: readonly number[], sizeBytes: number, recorded: number, report: (problem: string) => void): Promise<void> {
   const resolved = new Map<number, EntryKind>();
   for (const layerId of chain) {
     for await (const [key, value] of array.meta.iterate('map', volumeMapRange(layerId))) {

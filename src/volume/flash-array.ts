@@ -197,7 +197,7 @@ export class FlashArray implements ExportCatalog {
   readonly snapshots = new Map<number, SnapshotRecord>();
   private readonly snapshotViews = new Map<number, Volume>();
   /** Every map layer: id → parent layer id (0 for none). Volumes and snapshots point into it. */
-  readonly layers = new Map<number, number>();
+  readonly layers = new LayerMap();
   /** Volume, snapshot and layer records changed since the last commit captured them. */
   catalogDirty = false;
   /** Metadata commits so far (each one LevelDB batch). */
@@ -465,8 +465,27 @@ export class FlashArray implements ExportCatalog {
     return this.nextVolumeId++;
   }
 
-  /** Layer ids from `topLayerId` down to the root of its chain. */
-  layerChain(topLayerId: number): number[] {
+  /**
+   * Layer ids from `topLayerId` down to the root of its chain, remembered until a layer changes:
+   * every write and read asks for its volume's chain, and a fresh array each time was the largest
+   * allocation of a 4 KiB write. The result is shared: callers must not change it.
+   */
+  layerChain(topLayerId: number): readonly number[] {
+    if (this.chains.generation !== this.layers.generation) {
+      this.chains.byTop.clear();
+      this.chains.generation = this.layers.generation;
+    }
+    let chain = this.chains.byTop.get(topLayerId);
+    if (chain === undefined) {
+      chain = this.walkChain(topLayerId);
+      this.chains.byTop.set(topLayerId, chain);
+    }
+    return chain;
+  }
+
+  private readonly chains = { generation: -1, byTop: new Map<number, readonly number[]>() };
+
+  private walkChain(topLayerId: number): number[] {
     const chain: number[] = [];
     for (let layer = topLayerId; layer !== 0 && chain.length < 100_000; layer = this.layers.get(layer) ?? 0) chain.push(layer);
     return chain;
@@ -1055,3 +1074,22 @@ function round(value: number, digits: number): number {
   return Math.round(value * scale) / scale;
 }
 
+/** The layer map, with a generation that changes whenever it does (for `layerChain`'s memory). */
+export class LayerMap extends Map<number, number> {
+  generation = 0;
+
+  override set(id: number, parent: number): this {
+    this.generation += 1;
+    return super.set(id, parent);
+  }
+
+  override delete(id: number): boolean {
+    this.generation += 1;
+    return super.delete(id);
+  }
+
+  override clear(): void {
+    this.generation += 1;
+    super.clear();
+  }
+}

@@ -767,7 +767,7 @@ export class Volume implements BlockDevice {
   }
 
   /** Layer ids from the top of this view down to the root. */
-  chain(): number[] {
+  chain(): readonly number[] {
     return this.array.layerChain(this.topLayerId);
   }
 
