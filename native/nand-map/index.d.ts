@@ -13,6 +13,25 @@ export function hashInto(data: Uint8Array, seedHigh: number, seedLow: number, ou
  */
 export function hashAndSample(block: Uint8Array, seedHigh: number, seedLow: number, out: Uint8Array, outOffset: number): number;
 /**
+ * The main thread's reduction of `count` 4 KiB blocks lying back to back in `blocks` (see
+ * nand_map.c): per block, at `first + i` of the columns, its pattern word, or its keyed XXH64
+ * (fingerprints, big-endian), the hash's low 32 bits (hashLow) and the sample (random: 1 looks
+ * random, 2 worth compressing).
+ */
+export function reduceRun(
+  blocks: Uint8Array,
+  count: number,
+  seedHigh: number,
+  seedLow: number,
+  fingerprints: Uint8Array,
+  hashLow: Uint32Array,
+  random: Uint8Array,
+  pattern: Uint8Array,
+  patternHigh: Uint32Array,
+  patternLow: Uint32Array,
+  first: number,
+): void;
+/**
  * Seals the page at buffer[at..at + pageBytes] (its payload in place): zeroes the padding after
  * `usedBytes` of payload, writes the page header of src/ftl/page-format.ts and its checksum (XXH64
  * of bytes 4 to 16 + usedBytes with seed seedHigh * 2^32 + seedLow, low 32 bits); returns the checksum.

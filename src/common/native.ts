@@ -47,3 +47,6 @@ export const hashInto: Addon['hashInto'] | null = typeof nandMap?.hashInto === '
 
 /** Fill, header and checksum of a page in one call (see the addon's index.d.ts); null for an addon built before it existed. */
 export const sealPageNative: Addon['sealPage'] | null = typeof nandMap?.sealPage === 'function' ? nandMap.sealPage : null;
+
+/** Pattern, hash and sample of a run of blocks in one call (see the addon's index.d.ts); null for an addon built before it existed. */
+export const reduceRun: Addon['reduceRun'] | null = typeof nandMap?.reduceRun === 'function' ? nandMap.reduceRun : null;

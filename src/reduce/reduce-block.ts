@@ -13,7 +13,7 @@
  * compute everything, since the main thread is what they save.
  */
 import { xxh64 } from '@node-rs/xxhash';
-import { hashAndSample, hashInto } from '../common/native.js';
+import { hashAndSample, hashInto, reduceRun } from '../common/native.js';
 import { checksumOf, checksumOfHash } from '../ftl/page-format.js';
 import { Codec, compressBlock, looksIncompressible } from './codec.js';
 import { FINGERPRINT_BYTES, fingerprintKeyOf, type FingerprintFunction } from './fingerprint.js';
@@ -80,6 +80,9 @@ export class ReducedBlocks {
    */
   readonly random: Uint8Array;
 
+  /** The blocks these are the results of, when the caller keeps them (so users need no view of their own). */
+  blocks: readonly Buffer[] | null = null;
+
   constructor(readonly count: number) {
     // Every numeric column in one zeroed piece of a shared slab: no allocation of its own per batch.
     let at = takeColumns(count * COLUMN_BYTES_PER_BLOCK);
@@ -135,9 +138,21 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
   // The addon writes the fingerprint and returns the checksum without a BigInt per block.
   const keyHigh = key === null ? 0 : Number(key >> 32n);
   const keyLow = key === null ? 0 : Number(key & 0xffff_ffffn);
+  // Runs of blocks back to back in one buffer (the blocks of one large write) go to the addon
+  // in one call when the hash is also the record checksum and the sample is wanted.
+  const runs = !stored && key !== null && key === settings.recordSeed && settings.codec !== Codec.Raw && reduceRun !== null;
   for (let i = 0; i < blocks.length; i++) {
     const block = blocks[i]!;
     const index = first + i;
+    if (runs && block.length === BLOCK_BYTES) {
+      const count = runLength(blocks, i);
+      if (count > 1) {
+        const { fingerprints, hashLow, random, pattern, patternHigh, patternLow } = out;
+        reduceRun!(new Uint8Array(block.buffer, block.byteOffset, count * BLOCK_BYTES), count, keyHigh, keyLow, fingerprints, hashLow, random, pattern, patternHigh, patternLow, index);
+        i += count - 1;
+        continue;
+      }
+    }
     const pattern = detectPattern(block);
     if (pattern !== null) {
       out.pattern[index] = 1;
@@ -168,6 +183,18 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
     }
     if (stored) ensureStored(out, index, block, settings);
   }
+}
+
+/** How many 4 KiB blocks from `blocks[from]` on lie back to back in one buffer. */
+function runLength(blocks: readonly Buffer[], from: number): number {
+  const first = blocks[from]!;
+  let count = 1;
+  while (from + count < blocks.length) {
+    const next = blocks[from + count]!;
+    if (next.buffer !== first.buffer || next.length !== BLOCK_BYTES || next.byteOffset !== first.byteOffset + count * BLOCK_BYTES) break;
+    count += 1;
+  }
+  return count;
 }
 
 /** Computes block `index`'s stored form (compressed when that pays) and record checksum, once. */

@@ -218,6 +218,7 @@ export class IoScheduler {
       return;
     }
     const reduced = new ReducedBlocks(count);
+    reduced.blocks = batch.blocks;
     batch.reduced = reduced;
     const pool = this.array.reducer;
     const settings = this.array.reduceSettings;

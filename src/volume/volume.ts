@@ -451,9 +451,9 @@ export class Volume implements BlockDevice {
       let index: number;
       let source: ReducedBlocks;
       if (to - from === LBA_BYTES && reduced !== null) {
-        block = data!.subarray(from - offsetBytes, to - offsetBytes);
         source = reduced;
         index = reducedFirst + (lba - firstWhole);
+        block = reduced.blocks?.[index] ?? data!.subarray(from - offsetBytes, to - offsetBytes);
       } else {
         // A block written only in part (or not reduced yet): merge with its old content.
         block = to - from === LBA_BYTES ? data!.subarray(from - offsetBytes, to - offsetBytes) : this.mergeOld(chain, lba, from - blockStart, data, from - offsetBytes, to - from, (missing ??= noneMissing()));

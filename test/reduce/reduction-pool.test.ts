@@ -11,6 +11,7 @@ import { ReducedBlocks, reduceInline } from '../../src/reduce/reduce-block.js';
 import { checksumOf } from '../../src/ftl/page-format.js';
 import { detectPattern } from '../../src/reduce/pattern.js';
 import { ReductionPool } from '../../src/reduce/reduction-pool.js';
+import { reduceRun } from '../../src/common/native.js';
 
 const B = 4096;
 
@@ -70,3 +71,33 @@ for (const codec of [Codec.Lz4, Codec.Zstd]) {
     });
   });
 }
+
+test('reduceInline: blocks back to back in one buffer (one addon call per run) give the columns of blocks apart (one call each)', (t) => {
+  if (reduceRun === null) t.log('the addon is not built here: both are the per-block path');
+  const settings = { codec: Codec.Lz4, fingerprint: keyedFingerprint(KEY), recordSeed: KEY };
+  for (let round = 0; round < 40; round++) {
+    const count = 1 + ((round * 5) % 33);
+    // Every kind, patterns among them, and near-patterns that differ only in their last word.
+    const parts = Array.from({ length: count }, (_, i) => {
+      const one = block(round * 7 + i * 3, round * 100 + i);
+      if ((round + i) % 9 === 0) one.writeUInt32LE(0xdeadbeef, B - 4);
+      return one;
+    });
+    const whole = Buffer.concat(parts);
+    const together = Array.from({ length: count }, (_, i) => whole.subarray(i * B, (i + 1) * B)); // one run
+    const apart = parts.map((one) => Buffer.from(one)); // no two back to back
+    const first = round % 3;
+    const a = new ReducedBlocks(first + count);
+    const b = new ReducedBlocks(first + count);
+    reduceInline(together, a, first, settings, false);
+    reduceInline(apart, b, first, settings, false);
+    for (const column of ['pattern', 'patternHigh', 'patternLow', 'hashLow', 'random', 'fingerprints'] as const) {
+      t.deepEqual([...a[column]], [...b[column]], `round ${round}: ${column}`);
+    }
+  }
+  const bad = new ReducedBlocks(2);
+  if (reduceRun !== null) {
+    t.throws(() => reduceRun!(Buffer.alloc(B), 2, 0, 0, bad.fingerprints, bad.hashLow, bad.random, bad.pattern, bad.patternHigh, bad.patternLow, 0), { instanceOf: RangeError });
+    t.throws(() => reduceRun!(Buffer.alloc(2 * B), 2, 0, 0, bad.fingerprints, bad.hashLow, bad.random, bad.pattern, bad.patternHigh, bad.patternLow, 1), { instanceOf: RangeError });
+  }
+});
