@@ -82,7 +82,7 @@ export function checksumOfHash(hash: bigint): number {
 /**
  * Seals the page at buffer[at..at + pageBytes] whose payload (after the header) is in place: zeroes
  * the padding after `usedBytes`, and fills in the header and its checksum. The addon does it in one
- * call when it is built (the same bytes: test/ftl/page-format.test.ts compares the two).
+ * call when it is built (the same bytes: test/engine/page-format.test.ts compares the two).
  */
 export function sealPage(buffer: Buffer, at: number, pageBytes: number, pageIndex: number, sequence: number, usedBytes: number): void {
   if (sealPageNative !== null) {

@@ -488,11 +488,14 @@ export class Connection {
     this.slabRunStart = this.slabAt;
   }
 
-  /** A simple reply (header only) queued in place. */
-  private sendSimple(request: NbdRequest, errno: number, costBytes = 0): void {
-    if (!this.queueReply(null, costBytes)) return;
+  /** A simple reply, its header written in place, and a READ's data after it. */
+  private sendSimple(request: NbdRequest, errno: number, costBytes = 0, release: Buffer | null = null, data: Buffer | null = null): void {
+    if (!this.queueReply(release, costBytes)) return;
     const at = this.slabRoom(C.SIMPLE_REPLY_HEADER_BYTES); // before reading this.slab: a full slab is replaced
     writeSimpleReplyAt(this.slab, at, request.cookie, errno);
+    if (data === null) return;
+    this.closeSlabRun();
+    this.outgoing.push(data);
   }
 
   /**
@@ -579,11 +582,7 @@ export class Connection {
     }
     const extents: ReadExtent[] = result.extents;
     if (!session.structuredReplies) {
-      if (!this.queueReply(release, costBytes)) return;
-      const at = this.slabRoom(C.SIMPLE_REPLY_HEADER_BYTES); // before reading this.slab: a full slab is replaced
-      writeSimpleReplyAt(this.slab, at, request.cookie, C.NBD_OK);
-      this.closeSlabRun();
-      this.outgoing.push(result.data);
+      this.sendSimple(request, C.NBD_OK, costBytes, release, result.data);
       return;
     }
     if ((request.flags & C.NBD_CMD_FLAG_DF) !== 0) {
