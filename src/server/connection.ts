@@ -53,6 +53,7 @@ import {
 } from '../protocol/transmission.js';
 import type { ExportCatalog } from '../common/block-device.js';
 import type { Grant, InFlightLimit } from './in-flight-limit.js';
+import type { ExportIoStats, IoStats } from './io-stats.js';
 import type { PayloadPool } from './payload-pool.js';
 
 export interface ConnectionOptions {
@@ -69,6 +70,8 @@ export interface ConnectionOptions {
   readBuffer: Buffer;
   maxInFlightRequests: number;
   isShuttingDown: () => boolean;
+  /** Where requests are counted and timed, per export (see io-stats.ts); null: not counted. */
+  ioStats?: IoStats | null;
 }
 
 /** Bytes one socket read may return: a QD8 stream of 128 KiB writes in four reads. */
@@ -137,6 +140,8 @@ export class Connection {
   private readonly handshake: Handshake;
   private session: NegotiatedSession | null = null;
   private decoder: RequestDecoder | null = null;
+  /** The attached export's counters, looked up once after the handshake. */
+  private ioStats: ExportIoStats | null = null;
   /** READ and WRITE bytes admitted and not yet done (see the design note). */
   private inFlightBytes = 0;
   private inFlightRequests = 0;
@@ -201,6 +206,7 @@ export class Connection {
   /** Gives back everything the connection holds; requests still running drop their replies. */
   private onClose(): void {
     this.closed = true;
+    if (this.ioStats !== null) this.ioStats.connections -= 1;
     if (this.waitingForServer && this.options.inFlight.cancel(this.onGrant)) this.waitingForServer = false;
     this.options.inFlight.release(this.grantedBytes); // granted to the held request, never admitted
     this.grantedBytes = 0;
@@ -237,6 +243,8 @@ export class Connection {
           return;
         case 'transmission':
           this.session = action.session;
+          this.ioStats = this.options.ioStats?.forExport(action.session.exportEntry.name) ?? null;
+          if (this.ioStats !== null) this.ioStats.connections += 1;
           this.decoder = new RequestDecoder(
             action.session.blockSizes.maximumPayloadBytes,
             (lengthBytes) => this.options.payloads.take(lengthBytes),
@@ -329,6 +337,7 @@ export class Connection {
           this.socket.destroy();
           return;
         case 'oversized-write':
+          this.ioStats?.rejected(C.NBD_CMD_WRITE, C.NBD_EINVAL);
           this.sendError(event.request, C.NBD_EINVAL, `WRITE of ${event.request.length} bytes exceeds the maximum payload`);
           break;
         case 'request':
@@ -350,6 +359,7 @@ export class Connection {
     if (this.options.isShuttingDown()) {
       this.options.payloads.give(payload);
       this.releaseBytes(costBytes);
+      this.ioStats?.rejected(request.type, C.NBD_ESHUTDOWN);
       this.sendError(request, C.NBD_ESHUTDOWN, 'server is shutting down');
       return;
     }
@@ -366,6 +376,7 @@ export class Connection {
       this.options.logger.debug('request rejected', { errno: rejection.errno, reason: rejection.message });
       this.options.payloads.give(payload);
       this.releaseBytes(costBytes);
+      this.ioStats?.rejected(request.type, rejection.errno);
       this.sendError(request, rejection.errno, rejection.message);
       return;
     }
@@ -382,6 +393,7 @@ export class Connection {
       return;
     }
     const io = new PendingIo(this, request, payload, costBytes);
+    if (this.ioStats !== null) io.startedMs = this.ioStats.begin();
     // A read fills a pooled buffer, which goes back once its reply has been written.
     if (request.type === C.NBD_CMD_READ && request.length > 0) io.readInto = this.options.payloads.take(request.length);
     // Zero-length data requests do nothing (a FUA one flushes), and the device never sees them.
@@ -399,6 +411,7 @@ export class Connection {
   complete(io: PendingIo, error: unknown): void {
     const request = io.nbd;
     let doneBytes = io.costBytes;
+    this.ioStats?.finish(request.type, request.length, error === null ? 0 : nbdErrnoOf(error), io.startedMs);
     if (error !== null) {
       this.failRequest(request, error);
       this.options.payloads.give(io.readInto);
@@ -658,6 +671,8 @@ class PendingIo implements IoRequest {
   readonly fastZero: boolean;
   result: ReadResult | null = null;
   readInto: Buffer | null = null;
+  /** `performance.now()` when dispatched, for the latency histogram (io-stats.ts). */
+  startedMs = 0;
 
   constructor(
     private readonly connection: Connection,

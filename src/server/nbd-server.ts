@@ -13,6 +13,7 @@ import { DEFAULT_BLOCK_SIZES, type BlockSizeConstraints } from '../protocol/hand
 import { InFlightLimit } from './in-flight-limit.js';
 import { PayloadPool, SLAB_BYTES } from './payload-pool.js';
 import { Connection, READ_BUFFER_BYTES } from './connection.js';
+import type { IoStats } from './io-stats.js';
 
 export interface NbdServerOptions {
   catalog: ExportCatalog;
@@ -26,6 +27,8 @@ export interface NbdServerOptions {
   /** The same for one connection (default half the server's). */
   maxConnectionInFlightBytes?: number;
   maxInFlightRequests?: number;
+  /** Counts and times every request per export, for the metrics (see io-stats.ts). */
+  ioStats?: IoStats;
 }
 
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
@@ -98,6 +101,7 @@ export class NbdServer {
       readBuffer: this.readBuffer,
       maxInFlightRequests: this.options.maxInFlightRequests ?? 1024,
       isShuttingDown: () => this.shuttingDown,
+      ioStats: this.options.ioStats ?? null,
     });
     this.connections.add(connection);
     logger.debug('client connected');

@@ -1,0 +1,133 @@
+/**
+ * Per-export NBD request statistics, recorded on the I/O path and read by the metrics exposition
+ * (mgmt/prometheus.ts) when it is scraped.
+ *
+ * Recording must cost next to nothing: a request adds to a few slots of typed arrays allocated
+ * when the export is first attached, and nothing else. There is no map lookup, no label string
+ * and no allocation per request; the connection looks its export's `ExportIoStats` up once, after
+ * the handshake, and keeps it. The latency histogram is a row of bucket counts per operation (not
+ * cumulative; the exposition adds them up) and a sum; the bucket is found by a short loop over the
+ * bounds, which for the usual sub-millisecond request ends after a handful of comparisons.
+ *
+ * The clock is `performance.now()`, read once when a request is dispatched and once when it
+ * completes. Counters are doubles: exact up to 2^53, so a byte counter stays exact for 9 PB.
+ */
+import * as C from '../protocol/constants.js';
+
+/** Operation labels, in slot order. */
+export const IO_OPS = ['read', 'write', 'trim', 'write_zeroes', 'flush'] as const;
+export type IoOp = (typeof IO_OPS)[number];
+const OP_COUNT = IO_OPS.length;
+
+/** NBD command type → slot in IO_OPS, or -1 (CACHE, BLOCK_STATUS and unknown ones are not counted). */
+const OP_SLOT_BY_COMMAND = new Int8Array(256).fill(-1);
+OP_SLOT_BY_COMMAND[C.NBD_CMD_READ] = 0;
+OP_SLOT_BY_COMMAND[C.NBD_CMD_WRITE] = 1;
+OP_SLOT_BY_COMMAND[C.NBD_CMD_TRIM] = 2;
+OP_SLOT_BY_COMMAND[C.NBD_CMD_WRITE_ZEROES] = 3;
+OP_SLOT_BY_COMMAND[C.NBD_CMD_FLUSH] = 4;
+
+/** Error labels: the NBD error numbers by their spec names, then `other` for anything else. */
+export const IO_ERRNOS = ['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN', 'other'] as const;
+const ERRNO_COUNT = IO_ERRNOS.length;
+const ERRNO_SLOT_BY_VALUE = new Int8Array(128).fill(ERRNO_COUNT - 1);
+[C.NBD_EPERM, C.NBD_EIO, C.NBD_ENOMEM, C.NBD_EINVAL, C.NBD_ENOSPC, C.NBD_EOVERFLOW, C.NBD_ENOTSUP, C.NBD_ESHUTDOWN].forEach((errno, slot) => (ERRNO_SLOT_BY_VALUE[errno] = slot));
+
+/** Upper bounds (seconds, `le`) of the latency buckets, 10 µs to 10 s in 1-2.5-5 steps; +Inf follows. */
+export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
+  1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+/** The bounds in milliseconds, compared against `performance.now()` differences without a division. */
+const BUCKET_BOUNDS_MS = Float64Array.from(LATENCY_BUCKETS_SECONDS, (seconds) => seconds * 1000);
+const BOUND_COUNT = BUCKET_BOUNDS_MS.length;
+/** Buckets per operation: one per bound, and +Inf. */
+export const BUCKETS_PER_OP = BOUND_COUNT + 1;
+
+/** The bucket of a latency: the first bound it does not exceed, or the +Inf bucket. */
+export function bucketOf(latencyMs: number): number {
+  let bucket = 0;
+  while (bucket < BOUND_COUNT && latencyMs > BUCKET_BOUNDS_MS[bucket]!) bucket += 1;
+  return bucket;
+}
+
+/** One export's counters. Slots are indexed `op`, `op * ERRNO_COUNT + errno` and `op * BUCKETS_PER_OP + bucket`. */
+export class ExportIoStats {
+  /** Requests completed (successfully or not) per operation. */
+  readonly requests = new Float64Array(OP_COUNT);
+  /** Bytes read, written, trimmed or zeroed by requests that succeeded. */
+  readonly bytes = new Float64Array(OP_COUNT);
+  readonly errors = new Float64Array(OP_COUNT * ERRNO_COUNT);
+  readonly latencyBuckets = new Float64Array(OP_COUNT * BUCKETS_PER_OP);
+  readonly latencySumMs = new Float64Array(OP_COUNT);
+  /** Data requests handed to the device and not yet completed. */
+  inFlight = 0;
+  /** NBD connections attached to this export now. */
+  connections = 0;
+
+  constructor(readonly name: string) {}
+
+  /** A data request goes to the device; returns the time to pass to `finish`. */
+  begin(): number {
+    this.inFlight += 1;
+    return performance.now();
+  }
+
+  /** A request given to `begin` completed; `errno` 0 for success. */
+  finish(command: number, lengthBytes: number, errno: number, startedMs: number): void {
+    this.inFlight -= 1;
+    this.record(command, lengthBytes, errno, performance.now() - startedMs);
+  }
+
+  /** A request answered without reaching the device (rejected by validation, or shutting down). */
+  rejected(command: number, errno: number): void {
+    this.record(command, 0, errno, 0);
+  }
+
+  private record(command: number, lengthBytes: number, errno: number, latencyMs: number): void {
+    const op = OP_SLOT_BY_COMMAND[command & 0xff]!;
+    if (op < 0) return;
+    this.requests[op] += 1;
+    if (errno === 0) this.bytes[op] += lengthBytes;
+    else this.errors[op * ERRNO_COUNT + ERRNO_SLOT_BY_VALUE[errno & 0x7f]!] += 1;
+    this.latencyBuckets[op * BUCKETS_PER_OP + bucketOf(latencyMs)] += 1;
+    this.latencySumMs[op] += latencyMs;
+  }
+
+  /** Errors of `op` (slot) with errno label `errnoSlot` (index in IO_ERRNOS). */
+  errorCount(op: number, errnoSlot: number): number {
+    return this.errors[op * ERRNO_COUNT + errnoSlot]!;
+  }
+
+  /** Nothing attached and nothing running: the series may be dropped once the export is gone. */
+  get idle(): boolean {
+    return this.connections === 0 && this.inFlight === 0;
+  }
+}
+
+/** The server's statistics: one `ExportIoStats` per export name, made when first asked for. */
+export class IoStats {
+  private readonly byExport = new Map<string, ExportIoStats>();
+
+  /** Called once per connection, after the handshake (and at scrape time): never per request. */
+  forExport(name: string): ExportIoStats {
+    let stats = this.byExport.get(name);
+    if (stats === undefined) {
+      stats = new ExportIoStats(name);
+      this.byExport.set(name, stats);
+    }
+    return stats;
+  }
+
+  exports(): ExportIoStats[] {
+    return [...this.byExport.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /**
+   * Forgets exports that no longer exist (`exists` says) and have nothing attached, so a deleted
+   * volume's series go away; a volume made again under the same name starts from zero, which
+   * Prometheus reads as a counter reset.
+   */
+  prune(exists: (name: string) => boolean): void {
+    for (const [name, stats] of this.byExport) if (stats.idle && !exists(name)) this.byExport.delete(name);
+  }
+}
