@@ -74,6 +74,16 @@ function apiListenFrom(text: string | undefined, token: string | undefined): { a
   return { address, token };
 }
 
+/** `--metrics-listen HOST:PORT` (or `none`); checked before the array opens. */
+function metricsListenFrom(text: string | undefined): TcpAddress | null {
+  if (text === undefined || text === '' || text === 'none' || text === 'off') return null;
+  try {
+    return parseListen(text, '--metrics-listen');
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
 export function buildProgram(): Command {
   const program = new Command('pstorage')
     .description('A software-defined all-flash storage array, served to Linux over NBD.')
@@ -104,7 +114,8 @@ export function buildProgram(): Command {
     }, process.env.PSTORAGE_DEDUP ?? 'on')
     .option('--api-listen <host:port>', 'also serve the management API on this loopback TCP address; needs a token (env PSTORAGE_API_LISTEN)', process.env.PSTORAGE_API_LISTEN)
     .option('--api-token <token>', 'bearer token the TCP management API requires (env PSTORAGE_API_TOKEN)', process.env.PSTORAGE_API_TOKEN)
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string }) => {
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics, no token (env PSTORAGE_METRICS_LISTEN)', process.env.PSTORAGE_METRICS_LISTEN)
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string }) => {
       // commander turns a parser's null ("--listen none") into ''.
       const listen = options.listen === '' ? null : options.listen;
       if (listen === null && options.socket === undefined) {
@@ -115,6 +126,7 @@ export function buildProgram(): Command {
         listen,
         socketPath: options.socket ?? null,
         apiListen: apiListenFrom(options.apiListen, options.apiToken),
+        metricsListen: metricsListenFrom(options.metricsListen),
         array: {
           capacityBytes: options.capacity,
           cacheBytes: options.cacheMb * 1024 * 1024,

@@ -7,7 +7,10 @@ import path from 'node:path';
 import { createLogger, fdLineWriter } from '../common/log.js';
 import { IdleReclaimer, limitHeapGrowth, tuneNativeMemory } from '../common/process-memory.js';
 import { formatBytes } from '../common/size.js';
-import { ApiServer, API_SOCKET_NAME, checkApiSocketPath } from '../mgmt/api-server.js';
+import { ApiServer, API_SOCKET_NAME, checkApiSocketPath, isLoopback } from '../mgmt/api-server.js';
+import { MetricsServer } from '../mgmt/metrics-server.js';
+import { PrometheusMetrics } from '../mgmt/prometheus.js';
+import { IoStats } from '../server/io-stats.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
 import type { TcpAddress } from './listen-address.js';
@@ -19,6 +22,8 @@ export interface ServeOptions {
   array: ArrayOptions;
   /** Optional loopback TCP listener for the management API, with its bearer token. */
   apiListen?: { address: TcpAddress; token: string } | null;
+  /** Optional plain HTTP listener serving only GET /metrics (Prometheus), no token. */
+  metricsListen?: TcpAddress | null;
 }
 
 export async function serve(options: ServeOptions): Promise<void> {
@@ -39,20 +44,29 @@ export async function serve(options: ServeOptions): Promise<void> {
     capacityBytes: array.ftl.usableBytes,
   });
 
-  const api = new ApiServer(array, logger.child({ component: 'api' }));
+  const ioStats = new IoStats();
+  const metrics = new PrometheusMetrics(array, ioStats, { recoveryMs });
+  const api = new ApiServer(array, logger.child({ component: 'api' }), metrics);
+  const metricsServer = new MetricsServer(metrics, logger.child({ component: 'metrics' }));
   await api.listen(path.join(dataDir, API_SOCKET_NAME));
   let apiPort: number | null = null;
-  if (options.apiListen) {
-    try {
-      apiPort = await api.listenTcp(options.apiListen.address, options.apiListen.token);
-    } catch (error) {
-      await api.close();
-      await array.close();
-      throw error;
-    }
+  let metricsPort: number | null = null;
+  try {
+    if (options.apiListen) apiPort = await api.listenTcp(options.apiListen.address, options.apiListen.token);
+    if (options.metricsListen) metricsPort = await metricsServer.listen(options.metricsListen);
+  } catch (error) {
+    await metricsServer.close();
+    await api.close();
+    await array.close();
+    throw error;
   }
   logger.info('management API listening', { unix: path.join(dataDir, API_SOCKET_NAME), tcp: apiPort === null ? null : `${formatHost(options.apiListen!.address.host)}:${apiPort}` });
-  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes });
+  if (metricsPort !== null) {
+    const host = options.metricsListen!.host;
+    logger.info('metrics listening', { tcp: `${formatHost(host)}:${metricsPort}`, path: '/metrics' });
+    if (!isLoopback(host)) logger.warn('the metrics listener has no token and is not on a loopback address: anyone who can reach it can read volume names and I/O counters', { host });
+  }
+  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes, ioStats });
   // Once quiet, what a busy moment needed goes back: pooled buffers, mapped image pages, V8's garbage.
   limitHeapGrowth(); // again: the reduction workers started since reset V8's flags
   const reclaimer = new IdleReclaimer({
@@ -83,6 +97,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     void (async () => {
       reclaimer.stop();
       await server.close();
+      await metricsServer.close();
       await api.close();
       await array.close();
       logger.info('stopped cleanly');

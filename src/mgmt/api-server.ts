@@ -6,7 +6,8 @@
  *
  * Routes (version 1) are the ROUTES table below; `GET /api/v1/openapi.json` describes each of
  * them (openapi.ts; a test checks the two agree). Errors are JSON `{ error: { code, message } }`
- * with a status that fits the StorageError code; 401 without the right token on TCP.
+ * with a status that fits the StorageError code; 401 without the right token on TCP. One route is
+ * not JSON: `GET /metrics`, the Prometheus text format (prometheus.ts), as scrapers expect it.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
@@ -14,8 +15,10 @@ import http from 'node:http';
 import { isStorageError, StorageError, type StorageErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { FlashArray } from '../volume/flash-array.js';
+import { METRICS_PATH, sendMetrics } from './metrics-server.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
 import * as ops from './operations.js';
+import type { PrometheusMetrics } from './prometheus.js';
 import { exportFrom, importInto, tooLarge } from './volume-data.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
@@ -62,8 +65,13 @@ interface JsonRoute extends RouteBase {
   status?: number;
   handler: (context: RouteContext) => unknown;
 }
+/** What a stream route may use besides the array. */
+export interface StreamContext {
+  metrics: PrometheusMetrics | null;
+  logger: Logger;
+}
 interface StreamRoute extends RouteBase {
-  stream: (array: FlashArray, params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse) => Promise<void>;
+  stream: (array: FlashArray, params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse, context: StreamContext) => Promise<void>;
 }
 export type Route = JsonRoute | StreamRoute;
 
@@ -87,6 +95,7 @@ export const ROUTES: Route[] = [
   { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
   { method: 'PUT', path: '/api/v1/volumes/{name}/data', stream: putData },
   { method: 'GET', path: '/api/v1/volumes/{name}/data', stream: getData },
+  { method: 'GET', path: METRICS_PATH, stream: getMetrics },
 ];
 
 /** `/api/v1/volumes/{name}` → a regex with one capture group per parameter, and the names. */
@@ -132,6 +141,8 @@ export class ApiServer {
   constructor(
     private readonly array: FlashArray,
     private readonly logger: Logger,
+    /** Served at GET /metrics (prometheus.ts); null: that route answers 404. */
+    private readonly metrics: PrometheusMetrics | null = null,
   ) {}
 
   /** The Unix socket: no token; its mode 0600 is the guard. */
@@ -195,7 +206,7 @@ export class ApiServer {
       }
       const { route, params } = found;
       if ('stream' in route) {
-        await route.stream(this.array, params, request, response);
+        await route.stream(this.array, params, request, response, { metrics: this.metrics, logger: this.logger });
         return;
       }
       const body = await readJson(request);
@@ -256,6 +267,13 @@ async function getData(array: FlashArray, params: Record<string, string>, reques
     if (!response.write(chunk)) await drained(response);
   }
   response.end();
+}
+
+/** `GET /metrics`: the Prometheus text exposition (the same as on `--metrics-listen`). */
+async function getMetrics(_array: FlashArray, _params: Record<string, string>, request: http.IncomingMessage, response: http.ServerResponse, context: StreamContext): Promise<void> {
+  if (context.metrics === null) throw StorageError.notFound('this server has no metrics');
+  request.resume();
+  await sendMetrics(context.metrics, response, context.logger);
 }
 
 /** Resolves when the response can take more, or is gone (the client hung up). */

@@ -100,6 +100,12 @@ export const OPENAPI_DOCUMENT = {
     '/api/v1/metrics': { get: { summary: 'Array counters (the `pstorage stats` document)', responses: { '200': ok('stats', { type: 'object' }) } } },
     '/api/v1/metrics/reduction': { get: { summary: 'Data-reduction counters (patterns, dedup, compression, thin provisioning)', responses: { '200': ok('reduction', { type: 'object' }) } } },
     '/api/v1/metrics/flash': { get: { summary: 'Flash counters (erase blocks, P/E, GC, failures)', responses: { '200': ok('flash', { type: 'object' }) } } },
+    '/metrics': {
+      get: {
+        summary: 'Prometheus metrics (text format 0.0.4): per-volume NBD requests, bytes, errors, latency histograms, connections; capacity, data reduction, flash wear, GC',
+        responses: { '200': { description: 'Prometheus text exposition', content: { 'text/plain; version=0.0.4': { schema: { type: 'string' } } } } },
+      },
+    },
     '/api/v1/audit': {
       post: { summary: 'Check metadata against the NAND image (commits first; changes nothing)', responses: { '200': ok('audit report; ok is false on any problem', ref('AuditReport')) } },
     },
