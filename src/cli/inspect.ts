@@ -7,12 +7,13 @@ import { auditArray, type AuditReport } from '../volume/audit.js';
 import { repairArray, type RepairReport } from '../volume/repair.js';
 import { DataDirectoryInUse, callApi, withArray } from './api-client.js';
 import { keyValues, printJson, table } from './output.js';
+import type { IoSummary } from '../server/io-stats.js';
 
 type Stats = Record<string, unknown> & {
   flash: Record<string, number>;
   hostSpace?: { state: string; totalBytes: number | null; availableBytes: number | null; reserveBytes: number; stalledBytes: number };
   reduction: Record<string, number | string | boolean>;
-  volumes: Array<{ name: string; sizeBytes: number; logicalBytes: number }>;
+  volumes: Array<{ name: string; sizeBytes: number; logicalBytes: number; io?: Record<'read' | 'write', IoSummary> }>;
 };
 
 export async function statsCommand(dataDir: string, json: boolean): Promise<void> {
@@ -40,7 +41,23 @@ export async function statsCommand(dataDir: string, json: boolean): Promise<void
       ['host file system', hostSpaceLine(stats.hostSpace)],
     ]),
   );
-  process.stdout.write('\n' + table(['VOLUME', 'SIZE', 'MAPPED'], stats.volumes.map((volume) => [volume.name, formatBytes(volume.sizeBytes), formatBytes(volume.logicalBytes)])));
+  // Latency comes from the running server (since it started); an array opened here has none.
+  const withLatency = stats.volumes.some((volume) => volume.io !== undefined);
+  const header = ['VOLUME', 'SIZE', 'MAPPED', ...(withLatency ? ['READS', 'READ p50/p99/p99.9', 'WRITES', 'WRITE p50/p99/p99.9'] : [])];
+  const rows = stats.volumes.map((volume) => {
+    const row = [volume.name, formatBytes(volume.sizeBytes), formatBytes(volume.logicalBytes)];
+    if (!withLatency) return row;
+    const { read, write } = volume.io ?? { read: undefined, write: undefined };
+    return [...row, String(read?.requests ?? 0), percentiles(read), String(write?.requests ?? 0), percentiles(write)];
+  });
+  process.stdout.write('\n' + table(header, rows));
+}
+
+/** "0.12 / 1.5 / 8 ms", or "-" before the first request. */
+export function percentiles(summary: IoSummary | undefined): string {
+  if (summary === undefined || summary.p50Ms === null) return '-';
+  const ms = (value: number | null): string => (value === null ? '-' : value === Infinity ? '>72 s' : value >= 10 ? value.toFixed(0) : String(Number(value.toPrecision(2))));
+  return `${ms(summary.p50Ms)} / ${ms(summary.p99Ms)} / ${ms(summary.p999Ms)} ms`;
 }
 
 /** "12.5 GiB free of 40 GiB, ok" or, when full, what waits for room and what to do. */

@@ -16,6 +16,7 @@ import { exportCommand, importCommand } from './data-commands.js';
 import { DEFAULT_LISTEN, parseListen, type TcpAddress } from './listen-address.js';
 import { estimateCommand } from './estimate.js';
 import { auditCommand, repairCommand, statsCommand } from './inspect.js';
+import { topCommand } from './top.js';
 import { serve } from './serve.js';
 import * as volumes from './volume-commands.js';
 
@@ -145,6 +146,14 @@ export function buildProgram(): Command {
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
     .option('--json', 'machine-readable output')
     .action(async (options: { dataDir: string; json?: boolean }) => statsCommand(options.dataDir, options.json ?? false));
+
+  program
+    .command('top')
+    .description("the running server's volumes refreshed every second: IOPS, MiB/s and latency percentiles (q or Ctrl-C quits)")
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
+    .option('-i, --interval <seconds>', 'seconds between refreshes', '1')
+    .option('-n, --count <n>', 'refreshes before exiting (0: until q or Ctrl-C)', '0')
+    .action(async (options: { dataDir: string; interval: string; count: string }) => topCommand(options.dataDir, { intervalSeconds: Number(options.interval), count: Number(options.count) }));
 
   program
     .command('estimate')

@@ -19,6 +19,7 @@ import { METRICS_PATH, sendMetrics } from './metrics-server.js';
 import { OPENAPI_DOCUMENT } from './openapi.js';
 import * as ops from './operations.js';
 import type { PrometheusMetrics } from './prometheus.js';
+import type { IoStats } from '../server/io-stats.js';
 import { exportFrom, importInto, tooLarge } from './volume-data.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
@@ -51,6 +52,8 @@ const STATUS_BY_CODE: Partial<Record<StorageErrorCode, number>> = {
 
 export interface RouteContext {
   array: FlashArray;
+  /** The NBD server's per-export request statistics, when this process serves NBD. */
+  io: IoStats | null;
   params: Record<string, string>;
   query: URLSearchParams;
   body: unknown;
@@ -89,7 +92,7 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/snapshots', handler: ({ array }) => ops.snapshots(array) },
   { method: 'POST', path: '/api/v1/clones', status: 201, handler: ({ array, body }) => ops.clone(array, body) },
   { method: 'GET', path: '/api/v1/diff', handler: ({ array, query }) => ops.changes(array, query.get('from'), query.get('to')) },
-  { method: 'GET', path: '/api/v1/metrics', handler: ({ array }) => ops.metrics(array) },
+  { method: 'GET', path: '/api/v1/metrics', handler: ({ array, io }) => ops.metrics(array, undefined, io) },
   { method: 'GET', path: '/api/v1/metrics/reduction', handler: ({ array }) => ops.metrics(array, 'reduction') },
   { method: 'GET', path: '/api/v1/metrics/flash', handler: ({ array }) => ops.metrics(array, 'flash') },
   { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
@@ -210,7 +213,7 @@ export class ApiServer {
         return;
       }
       const body = await readJson(request);
-      const result = await route.handler({ array: this.array, params, query: url.searchParams, body });
+      const result = await route.handler({ array: this.array, io: this.metrics?.io ?? null, params, query: url.searchParams, body });
       send(response, route.status ?? 200, result);
     } catch (error) {
       this.fail(request, response, url.pathname, error);

@@ -7,6 +7,7 @@
  * validates it, calls the engine (src/volume/snapshots.ts) and returns a JSON-ready document.
  * Nothing here is on the read/write path; names are validated by the engine.
  */
+import type { IoStats, IoSummary } from '../server/io-stats.js';
 import { StorageError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/size.js';
 import type { BlockDevice } from '../common/block-device.js';
@@ -166,10 +167,24 @@ export async function changes(array: FlashArray, from: string | null, to: string
   return { from, to, ranges, rangeCount: ranges.length, totalBytes: ranges.reduce((total, range) => total + range.lengthBytes, 0) };
 }
 
-export function metrics(array: FlashArray, part?: 'reduction' | 'flash'): Record<string, unknown> {
+/**
+ * The `pstorage stats` document (or one part of it). With the NBD server's statistics, each volume
+ * also carries `io`: its reads and writes since the server started (requests, bytes, and latency
+ * p50/p99/p99.9 inside the server, from a request's arrival to its reply).
+ */
+export function metrics(array: FlashArray, part?: 'reduction' | 'flash', io: IoStats | null = null): Record<string, unknown> {
   const stats = array.stats();
-  return part === undefined ? stats : (stats[part] as Record<string, unknown>);
+  if (part !== undefined) return stats[part] as Record<string, unknown>;
+  if (io !== null) {
+    for (const volume of stats.volumes as Array<{ name: string; io?: Record<string, IoSummary> }>) {
+      const counters = io.find(volume.name);
+      volume.io = { read: counters?.summary('read') ?? NO_REQUESTS, write: counters?.summary('write') ?? NO_REQUESTS };
+    }
+  }
+  return stats;
 }
+
+const NO_REQUESTS: IoSummary = { requests: 0, bytes: 0, p50Ms: null, p99Ms: null, p999Ms: null };
 
 export function audit(array: FlashArray): Promise<AuditReport> {
   return auditArray(array);

@@ -99,7 +99,7 @@ export class PrometheusMetrics {
 
   constructor(
     private readonly array: FlashArray,
-    private readonly io: IoStats,
+    readonly io: IoStats,
     startup: StartupFacts,
   ) {
     this.registerArrayMetrics(startup);

@@ -50,6 +50,36 @@ export function bucketOf(latencyMs: number): number {
   return bucket;
 }
 
+/**
+ * A finer histogram for percentiles (`pstorage stats`): four buckets per power of two of
+ * microseconds, from 1 µs up (bucket 0 is below 1 µs, the last is everything from about 72 s on).
+ * A percentile is reported as its bucket's upper bound, so it is at most 19 % high, never low.
+ */
+const FINE_PER_OCTAVE = 4;
+export const FINE_BUCKETS = 2 + 26 * FINE_PER_OCTAVE;
+
+/** The fine bucket of a latency. */
+export function fineBucketOf(latencyMs: number): number {
+  const us = latencyMs * 1000;
+  if (!(us >= 1)) return 0;
+  return Math.min(FINE_BUCKETS - 1, 1 + Math.floor(Math.log2(us) * FINE_PER_OCTAVE));
+}
+
+/** The upper bound of fine bucket `bucket`, in milliseconds (Infinity for the last). */
+export function fineBucketUpperMs(bucket: number): number {
+  if (bucket === FINE_BUCKETS - 1) return Infinity;
+  return 2 ** (bucket / FINE_PER_OCTAVE) / 1000;
+}
+
+/** One operation since the server started: requests, bytes of those that succeeded, latency percentiles (milliseconds; null when no requests). */
+export interface IoSummary {
+  requests: number;
+  bytes: number;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  p999Ms: number | null;
+}
+
 /** One export's counters. Slots are indexed `op`, `op * ERRNO_COUNT + errno` and `op * BUCKETS_PER_OP + bucket`. */
 export class ExportIoStats {
   /** Requests completed (successfully or not) per operation. */
@@ -59,6 +89,8 @@ export class ExportIoStats {
   readonly errors = new Float64Array(OP_COUNT * ERRNO_COUNT);
   readonly latencyBuckets = new Float64Array(OP_COUNT * BUCKETS_PER_OP);
   readonly latencySumMs = new Float64Array(OP_COUNT);
+  /** Fine buckets per operation (slot `op * FINE_BUCKETS + bucket`), for percentiles. */
+  readonly fineBuckets = new Float64Array(OP_COUNT * FINE_BUCKETS);
   /** Data requests handed to the device and not yet completed. */
   inFlight = 0;
   /** NBD connections attached to this export now. */
@@ -91,6 +123,26 @@ export class ExportIoStats {
     else this.errors[op * ERRNO_COUNT + ERRNO_SLOT_BY_VALUE[errno & 0x7f]!] += 1;
     this.latencyBuckets[op * BUCKETS_PER_OP + bucketOf(latencyMs)] += 1;
     this.latencySumMs[op] += latencyMs;
+    this.fineBuckets[op * FINE_BUCKETS + fineBucketOf(latencyMs)] += 1;
+  }
+
+  /** Requests, bytes, and p50, p99 and p99.9 of operation `op` (a name of IO_OPS) since the start. */
+  summary(op: IoOp): IoSummary {
+    const slot = IO_OPS.indexOf(op);
+    const requests = this.requests[slot]!;
+    const bytes = this.bytes[slot]!;
+    if (requests === 0) return { requests, bytes, p50Ms: null, p99Ms: null, p999Ms: null };
+    const at = (fraction: number): number => {
+      const rank = Math.ceil(fraction * requests);
+      let seen = 0;
+      for (let bucket = 0; bucket < FINE_BUCKETS; bucket++) {
+        seen += this.fineBuckets[slot * FINE_BUCKETS + bucket]!;
+        if (seen >= rank) return fineBucketUpperMs(bucket);
+      }
+      return Infinity;
+    };
+    const round = (ms: number): number => (Number.isFinite(ms) ? Math.round(ms * 1000) / 1000 : ms);
+    return { requests, bytes, p50Ms: round(at(0.5)), p99Ms: round(at(0.99)), p999Ms: round(at(0.999)) };
   }
 
   /** Errors of `op` (slot) with errno label `errnoSlot` (index in IO_ERRNOS). */
@@ -116,6 +168,11 @@ export class IoStats {
       this.byExport.set(name, stats);
     }
     return stats;
+  }
+
+  /** The counters of `name` if it has any. */
+  find(name: string): ExportIoStats | undefined {
+    return this.byExport.get(name);
   }
 
   exports(): ExportIoStats[] {

@@ -175,7 +175,27 @@ test('per-volume request, byte, error and latency metrics match the NBD traffic;
   t.false([...samples.keys()].some((name) => name.startsWith('pstorage_nbd_errors_total{') && name.includes('volume="second"')), 'no errors on the second volume');
 
   // Array-wide figures, from the same numbers as GET /api/v1/metrics.
-  const stats = (await apiRequest(apiSocket, 'GET', '/api/v1/metrics')).body as { logicalBytes: number; capacityBytes: number; provisionedBytes: number };
+  type Latency = { requests: number; bytes: number; p50Ms: number | null; p99Ms: number | null; p999Ms: number | null };
+  const stats = (await apiRequest(apiSocket, 'GET', '/api/v1/metrics')).body as {
+    logicalBytes: number;
+    capacityBytes: number;
+    provisionedBytes: number;
+    volumes: Array<{ name: string; io?: { read: Latency; write: Latency } }>;
+  };
+  // ...and `pstorage stats` gets each volume's read and write percentiles since the start.
+  for (const [volume, traffic] of [['default', DEFAULT_TRAFFIC], ['second', SECOND_TRAFFIC]] as const) {
+    const latency = stats.volumes.find((entry) => entry.name === volume)?.io;
+    t.truthy(latency, `${volume} has latency figures`);
+    t.is(latency!.write.requests, traffic.writes);
+    t.is(latency!.read.requests, traffic.reads + traffic.badReads);
+    t.is(latency!.write.bytes, traffic.writes * traffic.writeBytes);
+    t.is(latency!.read.bytes, traffic.reads * traffic.readBytes);
+    for (const op of ['read', 'write'] as const) {
+      const { p50Ms, p99Ms, p999Ms } = latency![op];
+      t.true(p50Ms !== null && p99Ms !== null && p999Ms !== null && p50Ms <= p99Ms && p99Ms <= p999Ms, `${volume} ${op}: ${p50Ms} <= ${p99Ms} <= ${p999Ms} ms`);
+      t.true(p999Ms! < 10_000, `${volume} ${op} p99.9 under 10 s`);
+    }
+  }
   t.is(sample(samples, 'pstorage_usable_bytes'), stats.capacityBytes);
   t.is(sample(samples, 'pstorage_provisioned_bytes'), stats.provisionedBytes);
   t.true(sample(samples, 'pstorage_logical_bytes') > 0);
@@ -245,4 +265,31 @@ test('--metrics-listen rejects a malformed address before opening the array', as
   const result = await run(process.execPath, [PSTORAGE_BIN, 'serve', '--data-dir', '/nonexistent/never-made', '--socket', '/nonexistent/x.sock', '--metrics-listen', 'localhost'], { timeoutMs: 30_000 });
   t.is(result.code, 2, describeRun(result));
   t.regex(result.stderr, /invalid --metrics-listen "localhost": use HOST:PORT/);
+});
+
+test('pstorage stats shows each volume\'s read and write percentiles; pstorage top refreshes rates and percentiles, and says when no server runs', async (t) => {
+  requireTools([SYSTEM_PYTHON]);
+  const server = await startServer(t);
+  await drive(server, 'default', { ...SECOND_TRAFFIC, writes: 30, reads: 20 });
+  const stats = await mustRun(process.execPath, [PSTORAGE_BIN, 'stats', '--data-dir', server.dataDir]);
+  const statsRow = stats.stdout.split('\n').find((line) => line.startsWith('default '));
+  t.regex(stats.stdout, /READ p50\/p99\/p99\.9 +WRITES +WRITE p50\/p99\/p99\.9/);
+  // 20 reads and 30 writes, and three percentiles of each in milliseconds.
+  t.regex(statsRow ?? '', /^default +16 GiB +[\d.]+ \S+ +20 +[\d.]+ \/ [\d.]+ \/ [\d.]+ ms +30 +[\d.]+ \/ [\d.]+ \/ [\d.]+ ms$/, stats.stdout);
+
+  // Not a terminal: one table per refresh, and --count ends it.
+  const top = await mustRun(process.execPath, [PSTORAGE_BIN, 'top', '--data-dir', server.dataDir, '--count', '2', '--interval', '0.2'], { timeoutMs: 30_000 });
+  const tables = top.stdout.split('pstorage top: ').slice(1);
+  t.is(tables.length, 2, top.stdout);
+  t.regex(tables[0]!, /VOLUME +MAPPED +READ\/s +READ MiB\/s +READ p50\/p99\/p99\.9 +WRITE\/s/);
+  t.regex(tables[0]!, /\ndefault +[\d.]+ \S+ +- +- +[\d.]+ \/ [\d.]+ \/ [\d.]+ ms +- +- +[\d.]+ \/ /, 'no rates before a second sample');
+  t.regex(tables[1]!, /\ndefault +[\d.]+ \S+ +0\.0 +0\.0 +[\d.]+ \/ [\d.]+ \/ [\d.]+ ms +0\.0 +0\.0 +[\d.]+ \/ /, 'idle: rates of zero');
+
+  const bad = await run(process.execPath, [PSTORAGE_BIN, 'top', '--data-dir', server.dataDir, '--interval', '0']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--interval must be between 0\.1 and 3600 seconds/);
+  await stopServer(t, server);
+  const none = await run(process.execPath, [PSTORAGE_BIN, 'top', '--data-dir', server.dataDir, '--count', '1']);
+  t.is(none.code, 2);
+  t.regex(none.stderr, /no server is running on .*pstorage serve --data-dir/);
 });

@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import * as C from '../../src/protocol/constants.js';
-import { BUCKETS_PER_OP, ExportIoStats, IO_ERRNOS, IO_OPS, IoStats, LATENCY_BUCKETS_SECONDS, bucketOf } from '../../src/server/io-stats.js';
+import { BUCKETS_PER_OP, ExportIoStats, FINE_BUCKETS, IO_ERRNOS, IO_OPS, IoStats, LATENCY_BUCKETS_SECONDS, bucketOf, fineBucketOf, fineBucketUpperMs } from '../../src/server/io-stats.js';
 
 test('latency buckets: 19 bounds from 10 µs to 10 s, each inclusive, then +Inf', (t) => {
   t.is(LATENCY_BUCKETS_SECONDS.length, 19);
@@ -78,4 +78,28 @@ test('IoStats: one object per export; prune drops only gone exports with nothing
   attached.connections = 0;
   io.prune((name) => name === 'kept');
   t.deepEqual(io.exports().map((stats) => stats.name), ['kept']);
+});
+
+test('latency percentiles: from the fine buckets, at most 19 % above the true value and never below it', (t) => {
+  const stats = new ExportIoStats('v');
+  t.deepEqual(stats.summary('read'), { requests: 0, bytes: 0, p50Ms: null, p99Ms: null, p999Ms: null });
+  // 1000 writes: 990 at 0.1 ms, 9 at 5 ms, 1 at 200 ms.
+  const record = (latencyMs: number) => {
+    const started = stats.begin();
+    stats.finish(C.NBD_CMD_WRITE, 4096, 0, started - latencyMs);
+  };
+  for (let i = 0; i < 990; i++) record(0.1);
+  for (let i = 0; i < 9; i++) record(5);
+  record(200);
+  const summary = stats.summary('write');
+  t.is(summary.requests, 1000);
+  const near = (value: number | null, truth: number) => value !== null && value >= truth && value <= truth * 1.19 + 0.01;
+  t.true(near(summary.p50Ms, 0.1), `p50 ${summary.p50Ms}`);
+  t.true(near(summary.p99Ms, 0.1), `p99 ${summary.p99Ms}`);
+  t.true(near(summary.p999Ms, 5), `p99.9 ${summary.p999Ms}`);
+  for (const ms of [0.0005, 0.001, 0.0123, 0.5, 1, 7.7, 1234, 60_000]) {
+    const upper = fineBucketUpperMs(fineBucketOf(ms));
+    t.true(upper >= ms && upper <= ms * 1.19 + 0.001, `${ms} ms -> bucket up to ${upper}`);
+  }
+  t.is(fineBucketOf(1e9), FINE_BUCKETS - 1);
 });
