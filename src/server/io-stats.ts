@@ -115,7 +115,8 @@ export class ExportIoStats {
     this.record(command, 0, errno, 0);
   }
 
-  private record(command: number, lengthBytes: number, errno: number, latencyMs: number): void {
+  /** Counts one completed request of a known latency (`finish` and `rejected` measure it; tests give it exactly). */
+  record(command: number, lengthBytes: number, errno: number, latencyMs: number): void {
     const op = OP_SLOT_BY_COMMAND[command & 0xff]!;
     if (op < 0) return;
     this.requests[op] += 1;
