@@ -110,15 +110,18 @@ export async function deleteSnapshot(array: FlashArray, volumeName: string, name
   const volume = findVolume(array, volumeName);
   const snapshot = findSnapshot(array, volume, name);
   const children = childrenOf(array, snapshot.layerId);
-  if (children.length > 1) {
-    const clones = dependents(array, snapshot.layerId, volume);
-    throw StorageError.busy(`snapshot "${volumeName}@${name}" has clones (${clones.join(', ')}); delete them first`);
-  }
+  // Clones (other volumes) reading through this layer keep it. The volume's own layers may be
+  // several children of it: after a restore to this snapshot, the volume's new top and the layer of
+  // a snapshot taken after this one both build on it.
+  const clones = dependents(array, snapshot.layerId, volume);
+  if (clones.length > 0) throw StorageError.busy(`snapshot "${volumeName}@${name}" has clones (${clones.join(', ')}); delete them first`);
   await array.scheduler.runExclusive(async () => {
     await array.checkpoint();
-    // One layer above: merge into it. None (the volume was restored to an older snapshot since):
-    // nothing reads through this layer any more, so its entries are simply released.
-    if (children.length === 1) await mergeLayerInto(array, snapshot.layerId, children[0]!);
+    // Layers above: a copy of its entries into each but the last, then a merge into the last.
+    // None (the volume was restored to an older snapshot since): nothing reads through this layer
+    // any more, so its entries are simply released.
+    for (const child of children.slice(0, -1)) await copyLayerInto(array, snapshot.layerId, child);
+    if (children.length > 0) await mergeLayerInto(array, snapshot.layerId, children.at(-1)!);
     else await releaseLayer(array, snapshot.layerId);
     array.forgetSnapshot(snapshot);
     await array.checkpoint();
@@ -142,6 +145,23 @@ async function mergeLayerInto(array: FlashArray, lower: number, upper: number): 
   }
   array.layers.set(upper, array.layers.get(lower) ?? 0);
   array.layers.delete(lower);
+  array.catalogDirty = true;
+}
+
+/** Copies `lower`'s entries into `upper` where `upper` has none (a reference more per chunk), and makes `upper` a child of `lower`'s parent. */
+async function copyLayerInto(array: FlashArray, lower: number, upper: number): Promise<void> {
+  for (const pageIndex of await layerPageIndexes(array, lower)) {
+    const ids = [mapCacheId(lower, pageIndex), mapCacheId(upper, pageIndex)];
+    await withPages(array, ids, (from) => from.chunkIdsIn(), ([from, to]) => {
+      for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
+        const kind = from!.kind(slot);
+        if (kind === EntryKind.Absent || to!.kind(slot) !== EntryKind.Absent) continue;
+        if (kind === EntryKind.Chunk) array.chunks.incref(from!.chunkId(slot));
+        array.maps.set(to!, upper, pageIndex * LBAS_PER_MAP_PAGE + slot, kind, from!.high[slot]!, from!.low[slot]!);
+      }
+    });
+  }
+  array.layers.set(upper, array.layers.get(lower) ?? 0);
   array.catalogDirty = true;
 }
 
