@@ -97,6 +97,8 @@ const ITERATE_BATCH_BYTES = 256 * 1024;
 const BUILD_SLICE_MS = 2;
 /** Operations between two looks at the clock while building a batch. */
 const BUILD_CHECK_OPS = 64;
+/** ...or after a value at least this large. */
+const LARGE_VALUE_BYTES = 16 * 1024;
 
 type RootDatabase = Level<Buffer, Buffer>;
 type SublevelDatabase = AbstractSublevel<RootDatabase, string | Buffer | Uint8Array, Uint8Array, Buffer>;
@@ -314,7 +316,8 @@ export class LevelMetaStore implements MetaStore {
         // The database's 'buffer' encoding wraps a Uint8Array value without a copy (level-transcoder).
         if (op.type === 'put') batch.put(key, op.value as Buffer);
         else batch.del(key);
-        if (i % BUILD_CHECK_OPS === BUILD_CHECK_OPS - 1 && slicer.due()) await slicer.nextTurn();
+        // A large value (a journal piece, a page) costs as much as many small operations.
+        if ((i % BUILD_CHECK_OPS === BUILD_CHECK_OPS - 1 || (op.type === 'put' && op.value.length >= LARGE_VALUE_BYTES)) && slicer.due()) await slicer.nextTurn();
       }
     } catch (error) {
       await batch.close().catch(() => undefined);

@@ -181,6 +181,8 @@ export interface StateRecord {
 interface Capture {
   ops: MetaOp[];
   journal: Array<{ seq: number; value: Buffer }>;
+  /** Journal pieces written before the commit's batch, each in a batch of its own (see `doCommit`). */
+  journalAhead: MetaOp[];
   mapPages: Array<CapturedPage<import('./map-page.js').MapPage>>;
   chunkPages: Array<CapturedPage<import('./chunk-table.js').ChunkPage>>;
   summaryPages: number[];
@@ -401,7 +403,9 @@ export class FlashArray implements ExportCatalog {
    */
   private async replayJournal(): Promise<void> {
     const started = process.hrtime.bigint();
-    for await (const [key, value] of this.meta.iterate('journal', { gte: u64Key(this.journalTrimSeq) })) {
+    // Values at or past the committed next seq are pieces written ahead of a commit that never
+    // landed (see `doCommit`): not part of the committed state, and rewritten when the seq comes again.
+    for await (const [key, value] of this.meta.iterate('journal', { gte: u64Key(this.journalTrimSeq), lt: u64Key(this.journal.seq) })) {
       const seq = decodeU64Key(key);
       const where = `journal value ${seq}`;
       const mapIds = new Set<number>();
@@ -727,6 +731,7 @@ export class FlashArray implements ExportCatalog {
     try {
       // The copy first: it may then be one catalog change ahead of LevelDB, never behind.
       if (captured.catalog) this.writeCatalogCopy();
+      for (const piece of captured.journalAhead) await this.meta.batch([piece], { sync: false });
       await this.meta.batch(captured.ops, { sync });
       ok = true;
     } catch (error) {
@@ -749,12 +754,13 @@ export class FlashArray implements ExportCatalog {
     const ops: MetaOp[] = [];
     const journal = [...this.journalRetry];
     this.journalRetry = [];
-    const value = this.journal.capture();
-    if (value !== null) journal.push(value);
-    for (const { seq, value: bytes } of journal) {
-      ops.push({ type: 'put', sublevel: 'journal', key: u64Key(seq), value: bytes });
+    journal.push(...this.journal.capture());
+    const journalAhead: MetaOp[] = [];
+    journal.forEach(({ seq, value: bytes }, index) => {
+      const op: MetaOp = { type: 'put', sublevel: 'journal', key: u64Key(seq), value: bytes };
+      (index < journal.length - 1 ? journalAhead : ops).push(op);
       this.noteJournalKept(seq, bytes.length);
-    }
+    });
     const choice = this.writebackChoice(checkpoint, drain);
     const mapPages = this.maps.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraMapPages });
     const chunkPages = this.chunks.cache.captureWriteback(ops, { ...choice, extraPages: choice.extraChunkPages });
@@ -792,7 +798,7 @@ export class FlashArray implements ExportCatalog {
     };
     ops.push({ type: 'put', sublevel: 'super', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) });
     const deleted = { volumes: [...this.deletedVolumes], snapshots: [...this.deletedSnapshots] };
-    return { ops, journal, mapPages, chunkPages, summaryPages: summaries.map(([page]) => page), volumes, catalog, deleted, trimSeq, generation };
+    return { ops, journal, journalAhead, mapPages, chunkPages, summaryPages: summaries.map(([page]) => page), volumes, catalog, deleted, trimSeq, generation };
   }
 
   /**

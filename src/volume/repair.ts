@@ -388,7 +388,9 @@ function checkJournal(repair: Repair): boolean {
 function replayJournal(repair: Repair, extents: Map<number, number>): void {
   const journal = repair.sub('journal');
   const from = repair.state?.journalTrimSeq ?? 0;
-  const values = [...journal.values.values()].map(({ key, value }) => ({ seq: decodeU64Key(key), value })).filter(({ seq }) => seq >= from);
+  // Past the committed next seq: pieces written ahead of a commit that never landed (flash-array.ts).
+  const to = repair.state?.journalNextSeq ?? Infinity;
+  const values = [...journal.values.values()].map(({ key, value }) => ({ seq: decodeU64Key(key), value })).filter(({ seq }) => seq >= from && seq < to);
   values.sort((a, b) => a.seq - b.seq);
   for (const { seq, value } of values) {
     decodeJournalValue(value, {

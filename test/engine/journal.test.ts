@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import { concatReadExtents } from '../../src/common/block-device.js';
 import { silentLogger } from '../../src/common/log.js';
 import { MetaJournal, decodeJournalValue, type JournalVisitor } from '../../src/meta/journal.js';
+import { decodeU64Key, u64Key } from '../../src/meta/keys.js';
 import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import type { BatchOptions, IterateRange, MetaOp, MetaStore, Sublevel } from '../../src/meta/meta-store.js';
 import { MemoryNand } from '../../src/nand/memory-nand.js';
@@ -67,12 +68,14 @@ test('journal values decode to the entries journalled, in order, across captures
         }
         const captured = journal.capture();
         if (entries.length === 0) {
-          t.is(captured, null);
+          t.deepEqual(captured, []);
           continue;
         }
-        t.is(captured!.seq, expectedSeq++);
         const decoded: Entry[] = [];
-        decodeJournalValue(captured!.value, recorder(decoded), 'test');
+        for (const piece of captured) {
+          t.is(piece.seq, expectedSeq++);
+          decodeJournalValue(piece.value, recorder(decoded), 'test');
+        }
         t.deepEqual(decoded, entries);
       }
       t.is(journal.seq, expectedSeq);
@@ -80,11 +83,39 @@ test('journal values decode to the entries journalled, in order, across captures
   );
 });
 
+test('a large capture is cut into pieces of about 64 KiB at entry boundaries, with consecutive seqs', (t) => {
+  fc.assert(
+    fc.property(fc.array(entry, { minLength: 3000, maxLength: 12000 }), fc.integer({ min: 1, max: 1000 }), (entries, firstSeq) => {
+      const journal = new MetaJournal(firstSeq);
+      for (const e of entries) {
+        if (e.type === 'map') journal.map(e.layer, e.lba, e.kind, e.high, e.low);
+        else if (e.type === 'new') journal.chunkNew(e.chunk, e.block, e.offset, e.stored, e.codec, e.fingerprint);
+        else if (e.type === 'refs') journal.chunkRefs(e.chunk, e.refcount);
+        else journal.chunkMove(e.chunk, e.block, e.offset);
+      }
+      const totalBytes = journal.pendingBytes;
+      const pieces = journal.capture();
+      t.true(pieces.length >= Math.floor(totalBytes / (64 * 1024 + 277)), `${pieces.length} pieces for ${totalBytes} bytes`);
+      const decoded: Entry[] = [];
+      pieces.forEach((piece, index) => {
+        t.is(piece.seq, firstSeq + index);
+        t.true(piece.value.length <= 64 * 1024 + 277, `piece of ${piece.value.length} bytes`);
+        if (index < pieces.length - 1) t.true(piece.value.length >= 64 * 1024, `inner piece of ${piece.value.length} bytes`);
+        decodeJournalValue(piece.value, recorder(decoded), 'test');
+      });
+      t.deepEqual(decoded, entries);
+      t.is(journal.seq, firstSeq + pieces.length);
+      t.is(journal.pendingBytes, 0);
+    }),
+    { numRuns: 20 },
+  );
+});
+
 test('a damaged journal value is CORRUPT, never a wrong entry', (t) => {
   const journal = new MetaJournal(1);
   journal.map(7, 123456, 1, 0, 42);
   journal.chunkNew(9, 3, 4096, 4096, 0, Buffer.alloc(8, 1));
-  const { value } = journal.capture()!;
+  const [{ value }] = journal.capture();
   const none: JournalVisitor = { map() {}, chunkNew() {}, chunkRefs() {}, chunkMove() {} };
   for (const cut of [1, 19, 21, value.length - 1]) {
     t.throws(() => decodeJournalValue(value.subarray(0, cut), none, 'cut'), { code: 'CORRUPT' }, `cut at ${cut}`);
@@ -97,10 +128,15 @@ test('a damaged journal value is CORRUPT, never a wrong entry', (t) => {
 /** A metadata store that can hold the next batch (never applied) to crash while it is in flight. */
 class HoldingStore implements MetaStore {
   private holdNext = false;
+  private holdWhere: ((ops: MetaOp[]) => boolean) | null = null;
   held = false;
   constructor(public inner: MemoryMetaStore) {}
   holdNextBatch(): void {
     this.holdNext = true;
+  }
+  /** Holds the first batch `where` picks; the batches before it go through. */
+  holdBatchWhere(where: (ops: MetaOp[]) => boolean): void {
+    this.holdWhere = where;
   }
   get(sublevel: Sublevel, key: Uint8Array) {
     return this.inner.get(sublevel, key);
@@ -112,8 +148,9 @@ class HoldingStore implements MetaStore {
     return this.inner.iterate(sublevel, range);
   }
   batch(ops: MetaOp[], options: BatchOptions): Promise<void> {
-    if (this.holdNext) {
+    if (this.holdNext || this.holdWhere?.(ops) === true) {
       this.holdNext = false;
+      this.holdWhere = null;
       this.held = true;
       return new Promise(() => {}); // the power goes before it is written
     }
@@ -145,12 +182,13 @@ interface Rig {
   store: HoldingStore;
   array: FlashArray;
   volume: Volume;
+  options: ArrayOptions;
 }
 
-async function openRig(nand: MemoryNand, store: HoldingStore, create: boolean): Promise<Rig> {
-  const array = await FlashArray.assemble('memory', store, nand, silentLogger, OPTIONS, create);
+async function openRig(nand: MemoryNand, store: HoldingStore, create: boolean, options = OPTIONS): Promise<Rig> {
+  const array = await FlashArray.assemble('memory', store, nand, silentLogger, options, create);
   const volume = create ? await array.createVolume('v', REGION_BLOCKS * B) : (array.lookup('v')!.device as Volume);
-  return { nand, store, array, volume };
+  return { nand, store, array, volume, options };
 }
 
 function blockContent(random: SeededRandom, kind: number): Buffer {
@@ -180,11 +218,11 @@ class Versions {
   }
 }
 
-async function crashAndReopen(rig: Rig): Promise<Rig> {
+async function crashAndReopen(rig: Rig, keepUnsynced?: 'all'): Promise<Rig> {
   rig.array.abandon();
   const nand = rig.nand.crash();
-  const store = new HoldingStore(rig.store.inner.crash());
-  return openRig(nand, store, false);
+  const store = new HoldingStore(rig.store.inner.crash(keepUnsynced === undefined ? {} : { keepUnsynced }));
+  return openRig(nand, store, false, rig.options);
 }
 
 test('replay after crashes restores exactly the committed state while pages are written back all the time', async (t) => {
@@ -261,6 +299,56 @@ test('a crash while a checkpoint batch is in flight keeps the flushed state, and
     rig = await crashAndReopen(rig);
     t.is(rig.array.recovery.journalValues, 0);
     await versions.check(rig, `seed ${seed}, after a checkpoint`);
+  } finally {
+    rig.array.abandon();
+  }
+});
+
+test('journal pieces written ahead of a commit that never lands are not replayed, and are rewritten later', async (t) => {
+  // A large cache and no commits but the ones the test makes: one capture of ~150 KB of journal.
+  const options: ArrayOptions = { ...OPTIONS, dedup: false, cacheBytes: 64 * 1024 * 1024, metadata: { journalCommitBytes: 1 << 30, dirtyPageShare: 1, commitIntervalMs: 3_600_000 } };
+  const random = new SeededRandom(11);
+  // Room enough that no GC (which commits) runs.
+  let rig = await openRig(new MemoryNand({ ...GEOMETRY, eraseBlockCount: 2048 }), new HoldingStore(new MemoryMetaStore()), true, options);
+  const versions = new Versions();
+  const writeRound = async (blocks: number) => {
+    for (let i = 0; i < blocks; i++) {
+      const lba = random.nextInt(REGION_BLOCKS);
+      const data = blockContent(random, 0);
+      await rig.volume.write(lba * B, data, { fua: false });
+      versions.push(lba, data);
+    }
+  };
+  const isCommitBatch = (ops: MetaOp[]) => ops.some((op) => op.sublevel === 'super');
+  try {
+    await writeRound(2500);
+    await rig.volume.flush();
+    versions.flushed();
+    const committed = rig.array.stats().journal as { nextSeq: number };
+    await writeRound(3500);
+    const pendingBytes = (rig.array.stats().journal as { pendingBytes: number }).pendingBytes;
+    t.true(pendingBytes > 2 * 64 * 1024, `journal pending: ${pendingBytes} bytes`);
+    // The pieces ahead go through; the commit's own batch never reaches the store.
+    rig.store.holdBatchWhere(isCommitBatch);
+    void rig.array.commit(true);
+    for (let i = 0; i < 1000 && !rig.store.held; i++) await new Promise((resolve) => setImmediate(resolve));
+    t.true(rig.store.held, 'the commit reached its batch');
+    const ahead: number[] = [];
+    for await (const [key] of rig.store.inner.iterate('journal', { gte: u64Key(committed.nextSeq) })) ahead.push(decodeU64Key(key));
+    t.true(ahead.length >= 2, `pieces written ahead: ${ahead.join(', ')}`);
+    // Every unsynced batch survives (the pieces), the commit's does not: the flushed state, exactly.
+    rig = await crashAndReopen(rig, 'all');
+    t.is((rig.array.stats().journal as { nextSeq: number }).nextSeq, committed.nextSeq);
+    await versions.check(rig, 'after a crash with pieces written ahead');
+    t.deepEqual((await auditArray(rig.array)).problems, []);
+    // New writes reuse those seqs, the stale pieces are overwritten, and a later crash replays the new ones.
+    await writeRound(2500);
+    await rig.volume.flush();
+    versions.flushed();
+    rig = await crashAndReopen(rig);
+    t.true(rig.array.recovery.journalValues >= 2, `replayed ${rig.array.recovery.journalValues} values`);
+    await versions.check(rig, 'after a crash following new commits');
+    t.deepEqual((await auditArray(rig.array)).problems, []);
   } finally {
     rig.array.abandon();
   }
