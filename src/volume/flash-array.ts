@@ -70,6 +70,7 @@ import { MapTable, mapCacheId } from './map-table.js';
 import type { CapturedPage } from './page-cache.js';
 import { HostSpace, type HostSpaceOptions } from './host-space.js';
 import { Volume, type Missing, type SnapshotRecord, type VolumeRecord } from './volume.js';
+import { CoarseClock, WriteAges } from './write-age.js';
 
 export const FORMAT_VERSION = 2;
 export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
@@ -131,6 +132,8 @@ export interface ArrayOptions {
   metadata?: Partial<MetadataPolicy>;
   /** The host file system's space and the metadata reserve (tests inject the space). */
   hostSpace?: HostSpaceOptions;
+  /** Wall clock of the write ages (write-age.ts); tests inject one. Default Date.now. */
+  nowMs?: () => number;
 }
 
 /** When commits happen and which pages they write back (see the design note). */
@@ -223,6 +226,10 @@ export class FlashArray implements ExportCatalog {
   readonly slab = new BufferSlab();
   /** Recovery figures of the last open. */
   readonly recovery = { journalValues: 0, journalBytes: 0, replayMs: 0 };
+  /** The minute clock of the write ages, refreshed once per second (write-age.ts). */
+  readonly clock: CoarseClock;
+  /** Per volume id: when each 4 MiB extent was last written (for analytics). */
+  readonly writeAges = new Map<number, WriteAges>();
   private nextVolumeId: number;
   /** Journal values written and not yet trimmed: seq → bytes (for the backlog). */
   private readonly journalKept = new Map<number, number>();
@@ -258,6 +265,8 @@ export class FlashArray implements ExportCatalog {
   ) {
     assert(os.endianness() === 'LE', 'pstorage stores typed-array pages in little-endian order and needs a little-endian host');
     this.policy = { ...DEFAULT_METADATA_POLICY, ...options.metadata };
+    this.clock = new CoarseClock(options.nowMs);
+    this.clock.start();
     this.counters = { ...state.counters };
     Object.assign(this.reduction, state.reduction ?? {});
     this.nextVolumeId = state.nextVolumeId;
@@ -521,6 +530,16 @@ export class FlashArray implements ExportCatalog {
     return found;
   }
 
+  /** The write ages of volume `volumeId`, created empty on first use. */
+  writeAgesOf(volumeId: number): WriteAges {
+    let ages = this.writeAges.get(volumeId);
+    if (ages === undefined) {
+      ages = new WriteAges(this.clock);
+      this.writeAges.set(volumeId, ages);
+    }
+    return ages;
+  }
+
   volumeById(id: number): Volume | undefined {
     for (const volume of this.volumes.values()) if (volume.record.id === id) return volume;
     return undefined;
@@ -544,6 +563,7 @@ export class FlashArray implements ExportCatalog {
   }
 
   forgetVolume(volume: Volume): void {
+    this.writeAges.delete(volume.record.id);
     this.volumes.delete(volume.record.name);
     this.deletedVolumes.add(volume.record.id);
     this.catalogDirty = true;
@@ -987,6 +1007,7 @@ export class FlashArray implements ExportCatalog {
     if (this.closed) return;
     this.closed = true;
     if (this.commitTimer) clearInterval(this.commitTimer);
+    this.clock.stop();
     let failure: unknown = null;
     try {
       await this.bloomRebuild; // stops at once now that the array is closed
