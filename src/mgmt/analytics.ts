@@ -74,6 +74,8 @@ export interface AnalyticsReport {
   forecasts: Forecast[];
   health: HealthReport;
   volumes: VolumeTemperature[];
+  /** With `{ history: true }`: [time ms, used bytes, logical bytes, capacity bytes], oldest first, finest tier at each time. */
+  history?: Array<[number, number, number, number]>;
 }
 
 export interface AnalyticsOptions {
@@ -186,7 +188,7 @@ export class Analytics {
     this.persistedSegments.set(volumeId, Math.max(this.persistedSegments.get(volumeId) ?? 0, segmentIndex + 1));
   }
 
-  async report(): Promise<AnalyticsReport> {
+  async report(options: { history?: boolean } = {}): Promise<AnalyticsReport> {
     const nowMs = this.nowMs();
     const stats = this.array.stats() as { physicalBytes: number; logicalBytes: number; capacityBytes: number; freeBytes: number };
     const volumes: VolumeTemperature[] = [];
@@ -203,6 +205,7 @@ export class Analytics {
       forecasts: this.history.forecasts(nowMs),
       health: health(this.array),
       volumes,
+      ...(options.history === true ? { history: this.history.merged().map(({ sample }) => [sample.timeMs, sample.usedBytes, sample.logicalBytes, sample.capacityBytes] as [number, number, number, number]) } : {}),
     };
   }
 
