@@ -43,6 +43,7 @@ import path from 'node:path';
 import { assert } from '../common/assert.js';
 import { BufferSlab } from '../common/buffer-slab.js';
 import { StorageError, isHostFull } from '../common/errors.js';
+import { COMMIT_BUCKETS_SECONDS, LatencyHistogram } from '../common/latency-histogram.js';
 import type { Logger } from '../common/log.js';
 import { nextTurn } from '../common/turns.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
@@ -194,6 +195,15 @@ interface Capture {
   generation: number;
 }
 
+/** One cache's figures (`FlashArray.cacheStats`); `dirtyBytes` is null for a cache that holds no changes. */
+export interface CacheStats {
+  cache: string;
+  hits: number;
+  misses: number;
+  bytes: number;
+  dirtyBytes: number | null;
+}
+
 export class FlashArray implements ExportCatalog {
   readonly volumes = new Map<string, Volume>();
   /** Snapshots by id, and their read-only views (exported as `volume@snapshot`). */
@@ -203,8 +213,15 @@ export class FlashArray implements ExportCatalog {
   readonly layers = new LayerMap();
   /** Volume, snapshot and layer records changed since the last commit captured them. */
   catalogDirty = false;
-  /** Metadata commits so far (each one LevelDB batch). */
+  /** Metadata commits so far that succeeded (each one LevelDB batch). */
   commits = 0;
+  /**
+   * Duration of every commit since the open, successful or not: from the start of the NAND side
+   * to the batch's end (the erases that may follow are GC's). One bucket increment per commit.
+   */
+  readonly commitDurations = new LatencyHistogram(COMMIT_BUCKETS_SECONDS);
+  /** Commits that failed (they count in `commitDurations` too). */
+  commitFailures = 0;
   private readonly deletedSnapshots = new Set<number>();
   private readonly deletedVolumes = new Set<number>();
   readonly journal: MetaJournal;
@@ -728,7 +745,23 @@ export class FlashArray implements ExportCatalog {
     }
   }
 
+  /** Times the commit (NAND sync and batch, success or failure), then lets GC erase what it freed. */
   private async doCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<void> {
+    const startedMs = performance.now();
+    let captured: Capture;
+    try {
+      captured = await this.writeCommit(sync, checkpoint, drain);
+    } catch (error) {
+      this.commitFailures += 1;
+      throw error;
+    } finally {
+      this.commitDurations.record(performance.now() - startedMs);
+    }
+    if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+  }
+
+  /** NAND durable first, then the metadata batch that points at it (see the design note). */
+  private async writeCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<Capture> {
     let previous: Capture | null = null;
     let captured: Capture;
     try {
@@ -756,7 +789,7 @@ export class FlashArray implements ExportCatalog {
     }
     this.commits += 1;
     this.logger.debug('commit', { ops: captured.ops.length, journalBytes: captured.journal.reduce((sum, { value }) => sum + value.length, 0), batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
-    if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+    return captured;
   }
 
   /** A commit failed: a full host file system is `hostSpace`'s business. Returns the error. */
@@ -969,6 +1002,25 @@ export class FlashArray implements ExportCatalog {
       journal: { keptBytes: this.journalKeptBytes, pendingBytes: this.journal.pendingBytes, trimSeq: this.journalTrimSeq, nextSeq: this.journal.seq, commits: this.commits },
       hostSpace: this.hostSpace.stats(),
     };
+  }
+
+  /**
+   * Hits, misses and bytes of the map and chunk page caches (see page-cache.ts for what counts)
+   * and, on a mapped NAND image, of its read mapping (nand/read-mapping.ts; it holds nothing dirty).
+   * For the metrics, at scrape time.
+   */
+  cacheStats(): CacheStats[] {
+    const pages = (cache: FlashArray['maps']['cache'] | FlashArray['chunks']['cache'], name: string): CacheStats => ({
+      cache: name,
+      hits: cache.hits,
+      misses: cache.misses,
+      bytes: cache.cachedBytes,
+      dirtyBytes: cache.dirtyBytes,
+    });
+    const caches = [pages(this.maps.cache, 'map'), pages(this.chunks.cache, 'chunk')];
+    const mapped = this.nand instanceof FileNand ? this.nand.mappedReads : null;
+    if (mapped !== null) caches.push({ cache: 'nand_mapping', hits: mapped.hits, misses: mapped.misses, bytes: (this.nand as FileNand).mappedBytes, dirtyBytes: null });
+    return caches;
   }
 
   async flush(): Promise<void> {
