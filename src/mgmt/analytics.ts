@@ -27,6 +27,7 @@
  * Crash: batches are `sync: false`; `close()` writes the last state with `sync: true`. A crash
  * loses at most one interval of write ages (those extents then look older than they are).
  */
+import { isStorageError } from '../common/errors.js';
 import { TRACKING_START_KEY, decodeWriteAgeKey, volumeMapKey, writeAgeKey, writeAgeRange } from '../meta/keys.js';
 import type { MetaOp } from '../meta/meta-store.js';
 import type { FlashArray } from '../volume/flash-array.js';
@@ -104,15 +105,26 @@ export class Analytics {
     this.nowMs = nowMs;
   }
 
-  /** Loads the history and the persisted write ages (merged into the array's, newest wins). */
+  /**
+   * Loads the history and the persisted write ages (merged into the array's, newest wins). None of
+   * it is needed to serve data, so a damaged 'analytics' sublevel (LevelDB reports corruption) is
+   * logged and analytics start afresh, from now; `pstorage inspect repair` drops the damage.
+   */
   static async open(array: FlashArray, options: AnalyticsOptions = {}): Promise<Analytics> {
     const nowMs = options.nowMs ?? array.clock.nowMs;
-    const history = await CapacityHistory.load(array.meta);
-    const startBytes = await array.meta.get('analytics', TRACKING_START_KEY);
-    const trackingStartMs = startBytes === undefined ? nowMs() : Number(startBytes.readBigUInt64BE(0));
-    const analytics = new Analytics(array, history, trackingStartMs, options.sampleIntervalMs ?? SAMPLE_INTERVAL_MS, nowMs);
-    await analytics.loadWriteAges();
-    return analytics;
+    const sampleIntervalMs = options.sampleIntervalMs ?? SAMPLE_INTERVAL_MS;
+    try {
+      const history = await CapacityHistory.load(array.meta);
+      const startBytes = await array.meta.get('analytics', TRACKING_START_KEY);
+      const trackingStartMs = startBytes === undefined ? nowMs() : Number(startBytes.readBigUInt64BE(0));
+      const analytics = new Analytics(array, history, trackingStartMs, sampleIntervalMs, nowMs);
+      await analytics.loadWriteAges();
+      return analytics;
+    } catch (error) {
+      if (!(isStorageError(error) && error.code === 'CORRUPT')) throw error;
+      array.logger.warn('capacity history and write ages unreadable: analytics start afresh; run "pstorage inspect repair" when the server is stopped', { error: error.message });
+      return new Analytics(array, new CapacityHistory(), nowMs(), sampleIntervalMs, nowMs);
+    }
   }
 
   private async loadWriteAges(): Promise<void> {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'ava';
+import { StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { MemoryMetaStore } from '../../src/meta/memory-store.js';
 import { Analytics, health } from '../../src/mgmt/analytics.js';
@@ -16,6 +17,8 @@ import { CapacityHistory, DAY_MS, FORECAST_WINDOWS_DAYS, SAMPLE_INTERVAL_MS, TIE
 import { FlashArray } from '../../src/volume/flash-array.js';
 import { seededBytes } from '../helpers/interop.js';
 import { memoryArray } from '../helpers/reduce-data.js';
+import { recordingLogger } from '../engine/ftl-harness.js';
+import { MemoryNand } from '../../src/nand/memory-nand.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -168,4 +171,30 @@ test('health is the lowest of wear, retired erase blocks and free space', async 
   t.log(JSON.stringify(full));
   t.true(full.freeScore < 60 && full.freeScore > 30, `about 10 % free: ${full.freeScore}`);
   t.is(full.limitedBy, 'wear');
+});
+
+test('a damaged analytics sublevel does not stop the array: analytics start afresh, with a warning, and sample again', async (t) => {
+  const meta = new MemoryMetaStore();
+  const logger = recordingLogger();
+  const array = await FlashArray.assemble('memory', meta, new MemoryNand(GEOMETRY), logger, { cacheBytes: 4 * MiB, reductionWorkers: 0 }, true);
+  t.teardown(() => array.close().catch(() => undefined));
+  await array.createVolume('v', 64 * MiB);
+  const first = await Analytics.open(array);
+  await first.sample(true);
+  await first.close();
+  // LevelDB reporting corruption in a table block that holds analytics keys (see cli/repair.test.ts).
+  const iterate = meta.iterate.bind(meta);
+  meta.iterate = (sublevel, range) => {
+    if (sublevel !== 'analytics') return iterate(sublevel, range);
+    return (async function* () {
+      yield* [] as Array<[Buffer, Buffer]>;
+      throw StorageError.corrupt('metadata iteration in analytics: LevelDB reports corruption (Corruption: bad block type)');
+    })();
+  };
+  const analytics = await Analytics.open(array);
+  t.deepEqual(logger.lines.map((line) => line.msg), ['capacity history and write ages unreadable: analytics start afresh; run "pstorage inspect repair" when the server is stopped']);
+  t.is(analytics.history.tiers[0]!.length, 0, 'no history');
+  await analytics.sample(true);
+  t.is((await analytics.report()).samples.tier5m, 1, 'a fresh sample');
+  await analytics.close();
 });
