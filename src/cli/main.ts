@@ -15,6 +15,7 @@ import { DataDirectoryInUse, OperationConflict } from './api-client.js';
 import { exportCommand, importCommand } from './data-commands.js';
 import { DEFAULT_LISTEN, parseListen, type TcpAddress } from './listen-address.js';
 import { estimateCommand } from './estimate.js';
+import { analyticsCommand } from './analytics.js';
 import { auditCommand, repairCommand, statsCommand } from './inspect.js';
 import { topCommand } from './top.js';
 import { serve } from './serve.js';
@@ -146,6 +147,13 @@ export function buildProgram(): Command {
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
     .option('--json', 'machine-readable output')
     .action(async (options: { dataDir: string; json?: boolean }) => statsCommand(options.dataDir, options.json ?? false));
+
+  program
+    .command('analytics')
+    .description('capacity forecast (fill rate, days until full over 7/30/90 days), health score, and per-volume hot/cold shares')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
+    .option('--json', 'machine-readable output')
+    .action(async (options: { dataDir: string; json?: boolean }) => analyticsCommand(options.dataDir, options.json ?? false));
 
   program
     .command('top')

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { createLogger, fdLineWriter } from '../common/log.js';
 import { IdleReclaimer, limitHeapGrowth, tuneNativeMemory } from '../common/process-memory.js';
 import { formatBytes } from '../common/size.js';
+import { Analytics } from '../mgmt/analytics.js';
 import { ApiServer, API_SOCKET_NAME, checkApiSocketPath, isLoopback } from '../mgmt/api-server.js';
 import { MetricsServer } from '../mgmt/metrics-server.js';
 import { PrometheusMetrics } from '../mgmt/prometheus.js';
@@ -46,7 +47,10 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const ioStats = new IoStats();
   const metrics = new PrometheusMetrics(array, ioStats, { recoveryMs });
-  const api = new ApiServer(array, logger.child({ component: 'api' }), metrics);
+  // Capacity history: a sample now, then every 5 minutes on an unref'd timer (mgmt/analytics.ts).
+  const analytics = await Analytics.open(array);
+  analytics.start();
+  const api = new ApiServer(array, logger.child({ component: 'api' }), metrics, analytics);
   const metricsServer = new MetricsServer(metrics, logger.child({ component: 'metrics' }));
   await api.listen(path.join(dataDir, API_SOCKET_NAME));
   let apiPort: number | null = null;
@@ -57,6 +61,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   } catch (error) {
     await metricsServer.close();
     await api.close();
+    await analytics.close().catch(() => undefined);
     await array.close();
     throw error;
   }
@@ -99,6 +104,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       await server.close();
       await metricsServer.close();
       await api.close();
+      await analytics.close().catch((error: unknown) => logger.warn('the last capacity sample was not written', { error: (error as Error).message }));
       await array.close();
       logger.info('stopped cleanly');
       process.exit(0);

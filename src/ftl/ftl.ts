@@ -137,6 +137,8 @@ export interface FtlCounters {
   relocatedBytes: number;
   erases: number;
   gcRuns: number;
+  /** Wall time of the GC runs (relocation and the commit that follows each), in milliseconds. */
+  gcMs: number;
   programFailures: number;
   eraseFailures: number;
   retiredForWear: number;
@@ -145,7 +147,7 @@ export interface FtlCounters {
 export class Ftl implements StreamHost {
   readonly buffers: BlockBuffers;
   readonly table: EraseBlockTable;
-  readonly counters: FtlCounters = { nandBytesProgrammed: 0, relocatedBytes: 0, erases: 0, gcRuns: 0, programFailures: 0, eraseFailures: 0, retiredForWear: 0 };
+  readonly counters: FtlCounters = { nandBytesProgrammed: 0, relocatedBytes: 0, erases: 0, gcRuns: 0, gcMs: 0, programFailures: 0, eraseFailures: 0, retiredForWear: 0 };
   private readonly hostStream: LogStream;
   private readonly gcStream: LogStream;
   private readonly inflightPrograms = new Set<Promise<void>>();
@@ -695,8 +697,13 @@ export class Ftl implements StreamHost {
       const victims = this.chooseVictims();
       if (victims.length === 0) return;
       this.counters.gcRuns += 1;
-      for (const victim of victims) await this.relocateBlock(victim, false);
-      await this.committer!();
+      const startedMs = performance.now();
+      try {
+        for (const victim of victims) await this.relocateBlock(victim, false);
+        await this.committer!();
+      } finally {
+        this.counters.gcMs += performance.now() - startedMs;
+      }
       if (this.table.freeBlocks >= this.options.gcTargetFreeBlocks && this.table.retiringBlocks === 0) return;
       await nextTurn();
     }
@@ -743,6 +750,7 @@ export class Ftl implements StreamHost {
       relocatedBytes: this.counters.relocatedBytes,
       erases: this.counters.erases,
       gcRuns: this.counters.gcRuns,
+      gcSeconds: Math.round(this.counters.gcMs) / 1000,
       programFailures: this.counters.programFailures,
       eraseFailures: this.counters.eraseFailures,
       stalledProgramBytes: this.stalledBytes,

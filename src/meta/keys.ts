@@ -12,6 +12,12 @@
  *   u64Key(n)                          8 bytes, n big-endian, 0 <= n < 2^53 (a safe JS integer)
  *   volumeMapKey(volumeId, pageIndex)  12 bytes: u32 volume id, then u64 map page index
  *
+ * The 'analytics' sublevel (mgmt/analytics.ts) keeps three kinds of key, told apart by a first byte:
+ *   capacitySampleKey(tier, timeMs)     10 bytes: 0x01, u8 tier, u64 sample time (ms since epoch)
+ *   writeAgeKey(volumeId, segmentIndex) 9 bytes: 0x02, u32 volume id, u32 write-age segment
+ *   TRACKING_START_KEY                  1 byte: 0x03 (when the array began keeping analytics)
+ * so all samples of one tier sit together in time order, and all segments of one volume together.
+ *
  * Encoding an out-of-range number is a programmer error (assertion). Decoding bytes of the wrong
  * length, or a u64 beyond 2^53, means the stored metadata is damaged: `StorageError` `CORRUPT`.
  */
@@ -120,4 +126,52 @@ export function prefixRange(prefix: Uint8Array): PrefixRange {
 /** Every map page of one volume, in page order. */
 export function volumeMapRange(volumeId: number): PrefixRange {
   return prefixRange(u32Key(volumeId));
+}
+
+const CAPACITY_SAMPLE_KIND = 0x01;
+const WRITE_AGE_KIND = 0x02;
+export const CAPACITY_SAMPLE_KEY_BYTES = 2 + U64_KEY_BYTES;
+export const WRITE_AGE_KEY_BYTES = 1 + 2 * U32_KEY_BYTES;
+export const TRACKING_START_KEY = Buffer.from([0x03]);
+
+export function capacitySampleKey(tier: number, timeMs: number): Buffer {
+  if (!(Number.isInteger(tier) && tier >= 0 && tier < 256)) fail(`capacity sample tier ${tier} is not a byte`);
+  checkU64(timeMs, 'capacity sample time');
+  const key = Buffer.allocUnsafe(CAPACITY_SAMPLE_KEY_BYTES);
+  key[0] = CAPACITY_SAMPLE_KIND;
+  key[1] = tier;
+  writeU64(key, timeMs, 2);
+  return key;
+}
+
+export function decodeCapacitySampleKey(key: Uint8Array): { tier: number; timeMs: number } {
+  const bytes = checkLength(key, CAPACITY_SAMPLE_KEY_BYTES, 'capacity sample');
+  if (bytes[0] !== CAPACITY_SAMPLE_KIND) throw StorageError.corrupt(`capacity sample key starts with 0x${bytes[0]!.toString(16)}`);
+  return { tier: bytes[1]!, timeMs: readU64(bytes, 2, 'capacity sample') };
+}
+
+/** Every sample of one tier, oldest first. */
+export function capacityTierRange(tier: number): PrefixRange {
+  return prefixRange(capacitySampleKey(tier, 0).subarray(0, 2));
+}
+
+export function writeAgeKey(volumeId: number, segmentIndex: number): Buffer {
+  checkU32(volumeId, 'volume id');
+  checkU32(segmentIndex, 'write-age segment');
+  const key = Buffer.allocUnsafe(WRITE_AGE_KEY_BYTES);
+  key[0] = WRITE_AGE_KIND;
+  key.writeUInt32BE(volumeId, 1);
+  key.writeUInt32BE(segmentIndex, 1 + U32_KEY_BYTES);
+  return key;
+}
+
+export function decodeWriteAgeKey(key: Uint8Array): { volumeId: number; segmentIndex: number } {
+  const bytes = checkLength(key, WRITE_AGE_KEY_BYTES, 'write age');
+  if (bytes[0] !== WRITE_AGE_KIND) throw StorageError.corrupt(`write-age key starts with 0x${bytes[0]!.toString(16)}`);
+  return { volumeId: bytes.readUInt32BE(1), segmentIndex: bytes.readUInt32BE(1 + U32_KEY_BYTES) };
+}
+
+/** Every write-age segment of every volume. */
+export function writeAgeRange(): PrefixRange {
+  return prefixRange(Buffer.from([WRITE_AGE_KIND]));
 }

@@ -2,7 +2,7 @@
  * The metadata store: the one interface through which the storage engine reads and commits its
  * metadata. The engine never sees LevelDB; it sees named sublevels of raw byte keys and values.
  *
- * What it owns: eight keyspaces (`Sublevel`), each sorted by unsigned byte order of its keys.
+ * What it owns: nine keyspaces (`Sublevel`), each sorted by unsigned byte order of its keys.
  * Keys and values are opaque bytes; the engine encodes them (big-endian keys from `keys.ts`, so
  * byte order is numeric order).
  *
@@ -40,10 +40,13 @@
 import { assert, fail } from '../common/assert.js';
 import type { StorageError } from '../common/errors.js';
 
-export type Sublevel = 'super' | 'volumes' | 'snapshots' | 'map' | 'chunks' | 'erase-blocks' | 'fingerprints' | 'journal';
+export type Sublevel = 'super' | 'volumes' | 'snapshots' | 'map' | 'chunks' | 'erase-blocks' | 'fingerprints' | 'journal' | 'analytics';
 
-/** Every sublevel, in a fixed order. */
-export const SUBLEVELS: readonly Sublevel[] = ['super', 'volumes', 'snapshots', 'map', 'chunks', 'erase-blocks', 'fingerprints', 'journal'];
+/**
+ * Every sublevel, in a fixed order. 'analytics' (capacity history and write ages, mgmt/analytics.ts)
+ * is no part of the engine's metadata: nothing the data path reads, and `inspect repair` may drop it.
+ */
+export const SUBLEVELS: readonly Sublevel[] = ['super', 'volumes', 'snapshots', 'map', 'chunks', 'erase-blocks', 'fingerprints', 'journal', 'analytics'];
 
 export type MetaOp =
   | { type: 'put'; sublevel: Sublevel; key: Uint8Array; value: Uint8Array }

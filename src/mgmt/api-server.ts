@@ -8,6 +8,9 @@
  * them (openapi.ts; a test checks the two agree). Errors are JSON `{ error: { code, message } }`
  * with a status that fits the StorageError code; 401 without the right token on TCP. One route is
  * not JSON: `GET /metrics`, the Prometheus text format (prometheus.ts), as scrapers expect it.
+ * The web dashboard's static files (`GET /dashboard/...`, dashboard-assets.ts) are the only routes
+ * served on TCP without the token: they hold no data, and the page sends the token on every data
+ * route it calls.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
@@ -21,6 +24,8 @@ import * as ops from './operations.js';
 import type { PrometheusMetrics } from './prometheus.js';
 import type { IoStats } from '../server/io-stats.js';
 import { exportFrom, importInto, tooLarge } from './volume-data.js';
+import type { Analytics } from './analytics.js';
+import { sendAsset } from './dashboard-assets.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
 const MAX_SOCKET_PATH_BYTES = 107;
@@ -54,6 +59,8 @@ export interface RouteContext {
   array: FlashArray;
   /** The NBD server's per-export request statistics, when this process serves NBD. */
   io: IoStats | null;
+  /** The server's analytics sampler, when it runs one (else a report is made from what is stored). */
+  analytics: Analytics | null;
   params: Record<string, string>;
   query: URLSearchParams;
   body: unknown;
@@ -63,6 +70,8 @@ interface RouteBase {
   method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   /** OpenAPI-style template: `/api/v1/volumes/{name}`. */
   path: string;
+  /** Served on TCP without the bearer token (the dashboard's static files only). */
+  public?: boolean;
 }
 interface JsonRoute extends RouteBase {
   status?: number;
@@ -95,10 +104,14 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/metrics', handler: ({ array, io }) => ops.metrics(array, undefined, io) },
   { method: 'GET', path: '/api/v1/metrics/reduction', handler: ({ array }) => ops.metrics(array, 'reduction') },
   { method: 'GET', path: '/api/v1/metrics/flash', handler: ({ array }) => ops.metrics(array, 'flash') },
+  { method: 'GET', path: '/api/v1/analytics', handler: ({ array, analytics, query }) => ops.analytics(array, analytics, query.get('history')) },
+  { method: 'GET', path: '/api/v1/flash/erase-blocks', handler: ({ array }) => ops.eraseBlocks(array) },
   { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
   { method: 'PUT', path: '/api/v1/volumes/{name}/data', stream: putData },
   { method: 'GET', path: '/api/v1/volumes/{name}/data', stream: getData },
   { method: 'GET', path: METRICS_PATH, stream: getMetrics },
+  { method: 'GET', path: '/dashboard/', public: true, stream: (_array, _params, request, response) => sendAsset('index.html', request, response) },
+  { method: 'GET', path: '/dashboard/{asset}', public: true, stream: (_array, params, request, response) => sendAsset(params.asset!, request, response) },
 ];
 
 /** `/api/v1/volumes/{name}` → a regex with one capture group per parameter, and the names. */
@@ -146,6 +159,8 @@ export class ApiServer {
     private readonly logger: Logger,
     /** Served at GET /metrics (prometheus.ts); null: that route answers 404. */
     private readonly metrics: PrometheusMetrics | null = null,
+    /** The capacity-history sampler behind GET /api/v1/analytics; null: reports from what is stored. */
+    private readonly analytics: Analytics | null = null,
   ) {}
 
   /** The Unix socket: no token; its mode 0600 is the guard. */
@@ -193,13 +208,14 @@ export class ApiServer {
   private async handle(request: http.IncomingMessage, response: http.ServerResponse, viaTcp: boolean): Promise<void> {
     const url = new URL(request.url ?? '/', 'http://pstorage');
     try {
-      if (viaTcp && !this.authorized(request)) {
+      const found = matchRoute(request.method ?? 'GET', url.pathname);
+      const isPublic = found !== null && 'route' in found && found.route.public === true;
+      if (viaTcp && !isPublic && !this.authorized(request)) {
         request.resume();
         response.setHeader('www-authenticate', 'Bearer realm="pstorage"');
         send(response, 401, { error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token: send "Authorization: Bearer TOKEN" with the token pstorage serve was given (--api-token or PSTORAGE_API_TOKEN)' } });
         return;
       }
-      const found = matchRoute(request.method ?? 'GET', url.pathname);
       if (found === null) throw StorageError.notFound(`no route ${request.method} ${url.pathname}; GET /api/v1/openapi.json lists them`);
       if ('allowed' in found) {
         request.resume();
@@ -213,7 +229,7 @@ export class ApiServer {
         return;
       }
       const body = await readJson(request);
-      const result = await route.handler({ array: this.array, io: this.metrics?.io ?? null, params, query: url.searchParams, body });
+      const result = await route.handler({ array: this.array, io: this.metrics?.io ?? null, analytics: this.analytics, params, query: url.searchParams, body });
       send(response, route.status ?? 200, result);
     } catch (error) {
       this.fail(request, response, url.pathname, error);

@@ -100,6 +100,26 @@ export const OPENAPI_DOCUMENT = {
     '/api/v1/metrics': { get: { summary: 'Array counters (the `pstorage stats` document)', responses: { '200': ok('stats', { type: 'object' }) } } },
     '/api/v1/metrics/reduction': { get: { summary: 'Data-reduction counters (patterns, dedup, compression, thin provisioning)', responses: { '200': ok('reduction', { type: 'object' }) } } },
     '/api/v1/metrics/flash': { get: { summary: 'Flash counters (erase blocks, P/E, GC, failures)', responses: { '200': ok('flash', { type: 'object' }) } } },
+    '/api/v1/analytics': {
+      get: {
+        summary: 'Capacity analytics: fill rate and days until full from least-squares fits over 7, 30 and 90 days (with each fit\'s sample count and span), a health score (0-100) from wear, retired erase blocks and free space, and per-volume shares of mapped blocks not written for 1, 7 and 30 days',
+        parameters: [{ name: 'history', in: 'query', schema: { type: 'boolean', default: false }, description: 'also return the samples: [time ms, used bytes, logical bytes, capacity bytes], oldest first' }],
+        responses: { '200': ok('the `pstorage analytics --json` document', ref('Analytics')) },
+      },
+    },
+    '/api/v1/flash/erase-blocks': {
+      get: {
+        summary: 'Per-erase-block P/E (erase) counts and the retired blocks, for a wear heat map',
+        responses: { '200': ok('erase counts by erase block', { type: 'object', properties: { eraseBlocks: { type: 'integer' }, enduranceCycles: { type: 'integer' }, eraseCounts: { type: 'array', items: { type: 'integer' } }, retired: { type: 'array', items: { type: 'integer' }, description: 'indexes of retired (or retiring) erase blocks' } } }) },
+      },
+    },
+    '/dashboard/': {
+      get: { summary: 'The web dashboard (HTML; no token needed for the page itself, it asks for the token and uses it for every data route)', security: [], responses: { '200': { description: 'HTML page', content: { 'text/html': { schema: { type: 'string' } } } } } },
+    },
+    '/dashboard/{asset}': {
+      parameters: [pathParam('asset', 'dashboard.js, dashboard.css, uPlot.iife.min.js or uPlot.min.css')],
+      get: { summary: "The dashboard's static scripts and styles (no token needed)", security: [], responses: { '200': { description: 'the asset', content: { 'text/javascript': { schema: { type: 'string' } }, 'text/css': { schema: { type: 'string' } } } }, ...errors(404) } },
+    },
     '/metrics': {
       get: {
         summary: 'Prometheus metrics (text format 0.0.4): per-volume NBD requests, bytes, errors, latency histograms, connections; capacity, data reduction, flash wear, GC',
@@ -126,6 +146,35 @@ export const OPENAPI_DOCUMENT = {
     securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'required on the TCP listener only' } },
     responses: Object.fromEntries(Object.entries(ERROR_TEXT).map(([status, description]) => [`Error${status}`, { description, content: json(ref('Error')) }])),
     schemas: {
+      Analytics: {
+        type: 'object',
+        properties: {
+          generatedAt: { type: 'string', format: 'date-time' },
+          trackingSince: { type: 'string', format: 'date-time' },
+          samples: { type: 'object', properties: { tier5m: { type: 'integer' }, tier1h: { type: 'integer' }, tier1d: { type: 'integer' } } },
+          current: { type: 'object', nullable: true },
+          forecasts: {
+            type: 'array',
+            items: {
+              type: 'object',
+              properties: {
+                windowDays: { type: 'integer' },
+                samples: { type: 'integer' },
+                spanDays: { type: 'number' },
+                usedBytesPerDay: { type: 'number', nullable: true },
+                logicalBytesPerDay: { type: 'number', nullable: true },
+                daysUntilFull: { type: 'number', nullable: true },
+                fullAt: { type: 'string', format: 'date-time', nullable: true },
+              },
+            },
+          },
+          health: { type: 'object', properties: { score: { type: 'number' }, limitedBy: { type: 'string', enum: ['wear', 'retired', 'free'] }, wearScore: { type: 'number' }, retiredScore: { type: 'number' }, freeScore: { type: 'number' } } },
+          volumes: {
+            type: 'array',
+            items: { type: 'object', properties: { name: { type: 'string' }, mappedBlocks: { type: 'integer' }, untrackedBlocks: { type: 'integer' }, notWrittenFor: { type: 'object', properties: { '1d': { type: 'number', nullable: true }, '7d': { type: 'number', nullable: true }, '30d': { type: 'number', nullable: true } } } } },
+          },
+        },
+      },
       Error: {
         type: 'object',
         required: ['error'],

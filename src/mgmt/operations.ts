@@ -12,6 +12,8 @@ import { StorageError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/size.js';
 import type { BlockDevice } from '../common/block-device.js';
 import { auditArray, type AuditReport } from '../volume/audit.js';
+import { BlockState } from '../ftl/erase-block-table.js';
+import { Analytics, type AnalyticsReport } from './analytics.js';
 import type { FlashArray } from '../volume/flash-array.js';
 import {
   cloneSnapshot,
@@ -185,6 +187,27 @@ export function metrics(array: FlashArray, part?: 'reduction' | 'flash', io: IoS
 }
 
 const NO_REQUESTS: IoSummary = { requests: 0, bytes: 0, p50Ms: null, p99Ms: null, p999Ms: null };
+
+/** `GET /api/v1/analytics`: from the running sampler, or (no server) from the stored history. */
+export async function analytics(array: FlashArray, sampler: Analytics | null, history: string | null = null): Promise<AnalyticsReport> {
+  return (sampler ?? (await Analytics.open(array))).report({ history: booleanFrom(history) });
+}
+
+export interface EraseBlocksDocument {
+  eraseBlocks: number;
+  enduranceCycles: number;
+  eraseCounts: number[];
+  /** Indexes of retired and retiring erase blocks. */
+  retired: number[];
+}
+
+/** `GET /api/v1/flash/erase-blocks`: per-erase-block P/E counts, for the wear heat map. */
+export function eraseBlocks(array: FlashArray): EraseBlocksDocument {
+  const table = array.ftl.table;
+  const retired: number[] = [];
+  for (let block = 0; block < table.blockCount; block++) if (table.state[block] === BlockState.Retiring || table.state[block] === BlockState.Bad) retired.push(block);
+  return { eraseBlocks: table.blockCount, enduranceCycles: array.nand.geometry.enduranceCycles, eraseCounts: Array.from(table.eraseCount), retired };
+}
 
 export function audit(array: FlashArray): Promise<AuditReport> {
   return auditArray(array);

@@ -6,7 +6,10 @@
  * Nothing here runs on the I/O path. Per-request figures are recorded by the NBD connections into
  * the typed arrays of server/io-stats.ts and read here, at scrape time; array-wide figures come
  * from `FlashArray.stats()` (the document behind `GET /api/v1/metrics` and `pstorage stats
- * --json`), computed once per scrape. prom-client renders the text. Of the usual process metrics only
+ * --json`), computed once per scrape. The engine's own timings and counters (metadata commit
+ * durations in a common/latency-histogram.ts histogram, page-cache and read-mapping hits and
+ * misses, GC time) are plain numbers it increments where the work happens anyway; they too are
+ * read only here. prom-client renders the text. Of the usual process metrics only
  * `process_cpu_seconds_total` and `process_resident_memory_bytes` are given, read at scrape time:
  * prom-client's default set (its GC observer and event-loop monitor run all the time once
  * started) cost 4-7 % of 4 KiB read throughput and CPU when scraped once a second, against 1-2 %
@@ -15,12 +18,13 @@
  * Naming: every metric starts `pstorage_`, is in base units (bytes, seconds, ratios 0..1), and
  * counters end `_total`. A per-volume series carries the label `volume` (the export name, so a
  * snapshot exported as `VOLUME@SNAP` gets its own series); the I/O series also carry `op` (read,
- * write, trim, write_zeroes, flush) and errors `errno` (the NBD error name). The series of a
+ * write, trim, write_zeroes, flush) and errors `errno` (the NBD error name); cache series carry
+ * `cache` (map, chunk, nand_mapping). The series of a
  * deleted volume are dropped at the next scrape once nothing is attached to it.
  */
 import { Gauge, Registry, type Metric } from 'prom-client';
 import { BUCKETS_PER_OP, IO_ERRNOS, IO_OPS, LATENCY_BUCKETS_SECONDS, type ExportIoStats, type IoStats } from '../server/io-stats.js';
-import type { FlashArray } from '../volume/flash-array.js';
+import type { CacheStats, FlashArray } from '../volume/flash-array.js';
 
 /** The part of `FlashArray.stats()` read here (see README, "pstorage stats --json"). */
 interface StatsDocument {
@@ -103,6 +107,7 @@ export class PrometheusMetrics {
     startup: StartupFacts,
   ) {
     this.registerArrayMetrics(startup);
+    this.registerMetadataMetrics();
     this.registerIoMetrics();
     this.collector('process_cpu_seconds_total', 'User and system CPU time of the server process, in seconds.', 'counter', () => {
       const { user, system } = process.cpuUsage();
@@ -182,10 +187,34 @@ export class PrometheusMetrics {
     this.gauge('pstorage_flash_free_erase_blocks', 'Erased erase blocks ready to be written.', (s) => s.flash.freeEraseBlocks);
     this.gauge('pstorage_flash_retired_erase_blocks', 'Erase blocks retired (bad, or being retired) after failures or wear.', (s) => s.flash.badEraseBlocks);
     this.gauge('pstorage_flash_health_ratio', 'Endurance left: 1 - mean P/E cycles / rated cycles (1 when new; pstorage stats shows it as flashHealthPercent).', (s) => s.flash.flashHealthPercent / 100);
+    this.collector('pstorage_gc_seconds_total', 'Wall time garbage-collection runs took (relocating live data and the commit after it), since the server started.', 'counter', () => [{ value: this.array.ftl.counters.gcMs / 1000 }]);
     this.gauge('pstorage_recovery_seconds', 'Time opening the data directory took at this process\'s start, recovery included.', () => startup.recoveryMs / 1000);
     const perVolume = (pick: (volume: StatsDocument['volumes'][number]) => number) => () => this.current.volumes.map((volume) => ({ labels: { volume: volume.name }, value: pick(volume) }));
     this.collector('pstorage_volume_size_bytes', 'Virtual size of each volume.', 'gauge', perVolume((volume) => volume.sizeBytes));
     this.collector('pstorage_volume_logical_bytes', 'Bytes of each volume\'s address space mapped.', 'gauge', perVolume((volume) => volume.logicalBytes));
+  }
+
+  /** Metadata commits and the metadata caches: read from the engine's counters at scrape time. */
+  private registerMetadataMetrics(): void {
+    const commits = this.array.commitDurations;
+    this.collector('pstorage_metadata_commits_total', 'Metadata commits (NAND sync, then one LevelDB batch), successful or not, since the server started.', 'counter', () => [{ value: commits.count }]);
+    this.collector('pstorage_metadata_commit_failures_total', 'Metadata commits that failed (their data stays in memory for the next one).', 'counter', () => [{ value: this.array.commitFailures }]);
+    this.collector('pstorage_metadata_commit_duration_seconds', 'Time a metadata commit took, from making NAND durable to the end of its LevelDB batch, successful or not.', 'histogram', () =>
+      histogramSamples([], 'pstorage_metadata_commit_duration_seconds', commits.boundsSeconds, commits.buckets, 0, commits.sumMs / 1000, {}),
+    );
+    const perCache = (value: (cache: CacheStats) => number | null) => () => {
+      const samples: Sample[] = [];
+      for (const cache of this.array.cacheStats()) {
+        const figure = value(cache);
+        if (figure !== null) samples.push({ labels: { cache: cache.cache }, value: figure });
+      }
+      return samples;
+    };
+    const caches = 'cache: map (volume-map pages), chunk (chunk-table pages), nand_mapping (erase blocks of the memory-mapped NAND image, when mapped)';
+    this.collector('pstorage_cache_hits_total', `Lookups served from memory, by ${caches}.`, 'counter', perCache((cache) => cache.hits));
+    this.collector('pstorage_cache_misses_total', `Lookups not served from memory: map and chunk pages read from LevelDB, NAND reads of erase blocks not mapped; by ${caches}.`, 'counter', perCache((cache) => cache.misses));
+    this.collector('pstorage_cache_bytes', `Bytes held, by ${caches}.`, 'gauge', perCache((cache) => cache.bytes));
+    this.collector('pstorage_cache_dirty_bytes', 'Bytes of cached map and chunk pages changed since they were last written to LevelDB (approximate: dirty pages times the page size), by cache.', 'gauge', perCache((cache) => cache.dirtyBytes));
   }
 
   private registerIoMetrics(): void {
@@ -211,7 +240,11 @@ export class PrometheusMetrics {
     });
     this.collector('pstorage_nbd_request_duration_seconds', 'Time from an NBD request\'s dispatch (its payload read) to its reply being queued, by volume and operation.', 'histogram', () => {
       const samples: Sample[] = [];
-      for (const stats of this.io.exports()) for (let op = 0; op < IO_OPS.length; op++) histogramSamples(samples, stats, op, labels(stats, op));
+      for (const stats of this.io.exports()) {
+        for (let op = 0; op < IO_OPS.length; op++) {
+          histogramSamples(samples, 'pstorage_nbd_request_duration_seconds', LATENCY_BUCKETS_SECONDS, stats.latencyBuckets, op * BUCKETS_PER_OP, stats.latencySumMs[op]! / 1000, labels(stats, op));
+        }
+      }
       return samples;
     });
     const perExport = (value: (stats: ExportIoStats) => number) => () => this.io.exports().map((stats) => ({ labels: { volume: stats.name }, value: value(stats) }));
@@ -220,15 +253,18 @@ export class PrometheusMetrics {
   }
 }
 
-/** One operation's histogram lines: cumulative `_bucket`s (with `le`), then `_sum` and `_count`. */
-function histogramSamples(samples: Sample[], stats: ExportIoStats, op: number, labels: Labels): void {
-  const name = 'pstorage_nbd_request_duration_seconds';
+/**
+ * One histogram's lines, appended to `samples`: cumulative `_bucket`s (with `le`), then `_sum` and
+ * `_count`. Its bucket counts (not cumulative, +Inf last) are `buckets[at]` to `buckets[at + bounds.length]`.
+ */
+function histogramSamples(samples: Sample[], name: string, boundsSeconds: readonly number[], buckets: Float64Array, at: number, sumSeconds: number, labels: Labels): Sample[] {
   let cumulative = 0;
-  for (let bucket = 0; bucket < BUCKETS_PER_OP; bucket++) {
-    cumulative += stats.latencyBuckets[op * BUCKETS_PER_OP + bucket]!;
-    const le = bucket < LATENCY_BUCKETS_SECONDS.length ? String(LATENCY_BUCKETS_SECONDS[bucket]) : '+Inf';
+  for (let bucket = 0; bucket <= boundsSeconds.length; bucket++) {
+    cumulative += buckets[at + bucket]!;
+    const le = bucket < boundsSeconds.length ? String(boundsSeconds[bucket]) : '+Inf';
     samples.push({ metricName: `${name}_bucket`, labels: { ...labels, le }, value: cumulative });
   }
-  samples.push({ metricName: `${name}_sum`, labels, value: stats.latencySumMs[op]! / 1000 });
+  samples.push({ metricName: `${name}_sum`, labels, value: sumSeconds });
   samples.push({ metricName: `${name}_count`, labels, value: cumulative });
+  return samples;
 }

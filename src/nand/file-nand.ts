@@ -359,6 +359,12 @@ export class FileNand extends NandDeviceBase {
     return this.residency?.droppedEraseBlocks ?? 0;
   }
 
+  /** Reads through the mapping of blocks it held (hits) and of blocks it did not (misses); null without a mapping. */
+  get mappedReads(): { hits: number; misses: number } | null {
+    const residency = this.residency;
+    return residency === null ? null : { hits: residency.hits, misses: residency.misses };
+  }
+
   /**
    * Drops every page of the image from the mapping (the page cache keeps them); returns the bytes
    * that were mapped (at most). For when idle.

@@ -50,6 +50,10 @@ export class ReadMapping {
   private readonly blockBytes: number;
   /** Erase blocks dropped so far (each drop of a block that was read counts once). */
   droppedEraseBlocks = 0;
+  /** Reads (`takesIn`) of a block already in the mapping... */
+  hits = 0;
+  /** ...and of one that was not (taken in now, or refused and read by pread). */
+  misses = 0;
 
   /** `segments`: the image mapped in pieces of `segmentBytes`, each a whole number of erase blocks. */
   constructor(
@@ -69,6 +73,8 @@ export class ReadMapping {
    */
   takesIn(eraseBlockIndex: number, pageCount: number): boolean {
     let taken = this.blockReadEpoch[eraseBlockIndex] !== 0;
+    if (taken) this.hits += 1;
+    else this.misses += 1;
     if (!taken && (this.mappedBlocks + 1) * this.blockBytes <= this.limit) {
       this.mappedBlocks += 1;
       taken = true;

@@ -7,12 +7,16 @@
  * and no allocation per request; the connection looks its export's `ExportIoStats` up once, after
  * the handshake, and keeps it. The latency histogram is a row of bucket counts per operation (not
  * cumulative; the exposition adds them up) and a sum; the bucket is found by a short loop over the
- * bounds, which for the usual sub-millisecond request ends after a handful of comparisons.
+ * bounds (common/latency-histogram.ts), which for the usual sub-millisecond request ends after a
+ * handful of comparisons.
  *
  * The clock is `performance.now()`, read once when a request is dispatched and once when it
  * completes. Counters are doubles: exact up to 2^53, so a byte counter stays exact for 9 PB.
  */
+import { LATENCY_BUCKETS_SECONDS, boundsMs, bucketIndex } from '../common/latency-histogram.js';
 import * as C from '../protocol/constants.js';
+
+export { LATENCY_BUCKETS_SECONDS };
 
 /** Operation labels, in slot order. */
 export const IO_OPS = ['read', 'write', 'trim', 'write_zeroes', 'flush'] as const;
@@ -33,21 +37,14 @@ const ERRNO_COUNT = IO_ERRNOS.length;
 const ERRNO_SLOT_BY_VALUE = new Int8Array(128).fill(ERRNO_COUNT - 1);
 [C.NBD_EPERM, C.NBD_EIO, C.NBD_ENOMEM, C.NBD_EINVAL, C.NBD_ENOSPC, C.NBD_EOVERFLOW, C.NBD_ENOTSUP, C.NBD_ESHUTDOWN].forEach((errno, slot) => (ERRNO_SLOT_BY_VALUE[errno] = slot));
 
-/** Upper bounds (seconds, `le`) of the latency buckets, 10 µs to 10 s in 1-2.5-5 steps; +Inf follows. */
-export const LATENCY_BUCKETS_SECONDS: readonly number[] = [
-  1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-];
-/** The bounds in milliseconds, compared against `performance.now()` differences without a division. */
-const BUCKET_BOUNDS_MS = Float64Array.from(LATENCY_BUCKETS_SECONDS, (seconds) => seconds * 1000);
-const BOUND_COUNT = BUCKET_BOUNDS_MS.length;
+/** The bounds of the latency buckets (common/latency-histogram.ts), in milliseconds. */
+const BUCKET_BOUNDS_MS = boundsMs(LATENCY_BUCKETS_SECONDS);
 /** Buckets per operation: one per bound, and +Inf. */
-export const BUCKETS_PER_OP = BOUND_COUNT + 1;
+export const BUCKETS_PER_OP = BUCKET_BOUNDS_MS.length + 1;
 
 /** The bucket of a latency: the first bound it does not exceed, or the +Inf bucket. */
 export function bucketOf(latencyMs: number): number {
-  let bucket = 0;
-  while (bucket < BOUND_COUNT && latencyMs > BUCKET_BOUNDS_MS[bucket]!) bucket += 1;
-  return bucket;
+  return bucketIndex(BUCKET_BOUNDS_MS, latencyMs);
 }
 
 /**

@@ -43,6 +43,7 @@ import path from 'node:path';
 import { assert } from '../common/assert.js';
 import { BufferSlab } from '../common/buffer-slab.js';
 import { StorageError, isHostFull } from '../common/errors.js';
+import { COMMIT_BUCKETS_SECONDS, LatencyHistogram } from '../common/latency-histogram.js';
 import type { Logger } from '../common/log.js';
 import { nextTurn } from '../common/turns.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
@@ -70,6 +71,7 @@ import { MapTable, mapCacheId } from './map-table.js';
 import type { CapturedPage } from './page-cache.js';
 import { HostSpace, type HostSpaceOptions } from './host-space.js';
 import { Volume, type Missing, type SnapshotRecord, type VolumeRecord } from './volume.js';
+import { CoarseClock, WriteAges } from './write-age.js';
 
 export const FORMAT_VERSION = 2;
 export const DEFAULT_CAPACITY_BYTES = 8 * GiB;
@@ -131,6 +133,8 @@ export interface ArrayOptions {
   metadata?: Partial<MetadataPolicy>;
   /** The host file system's space and the metadata reserve (tests inject the space). */
   hostSpace?: HostSpaceOptions;
+  /** Wall clock of the write ages (write-age.ts); tests inject one. Default Date.now. */
+  nowMs?: () => number;
 }
 
 /** When commits happen and which pages they write back (see the design note). */
@@ -193,6 +197,15 @@ interface Capture {
   generation: number;
 }
 
+/** One cache's figures (`FlashArray.cacheStats`); `dirtyBytes` is null for a cache that holds no changes. */
+export interface CacheStats {
+  cache: string;
+  hits: number;
+  misses: number;
+  bytes: number;
+  dirtyBytes: number | null;
+}
+
 export class FlashArray implements ExportCatalog {
   readonly volumes = new Map<string, Volume>();
   /** Snapshots by id, and their read-only views (exported as `volume@snapshot`). */
@@ -202,8 +215,15 @@ export class FlashArray implements ExportCatalog {
   readonly layers = new LayerMap();
   /** Volume, snapshot and layer records changed since the last commit captured them. */
   catalogDirty = false;
-  /** Metadata commits so far (each one LevelDB batch). */
+  /** Metadata commits so far that succeeded (each one LevelDB batch). */
   commits = 0;
+  /**
+   * Duration of every commit since the open, successful or not: from the start of the NAND side
+   * to the batch's end (the erases that may follow are GC's). One bucket increment per commit.
+   */
+  readonly commitDurations = new LatencyHistogram(COMMIT_BUCKETS_SECONDS);
+  /** Commits that failed (they count in `commitDurations` too). */
+  commitFailures = 0;
   private readonly deletedSnapshots = new Set<number>();
   private readonly deletedVolumes = new Set<number>();
   readonly journal: MetaJournal;
@@ -225,6 +245,10 @@ export class FlashArray implements ExportCatalog {
   readonly slab = new BufferSlab();
   /** Recovery figures of the last open. */
   readonly recovery = { journalValues: 0, journalBytes: 0, replayMs: 0 };
+  /** The minute clock of the write ages, refreshed once per second (write-age.ts). */
+  readonly clock: CoarseClock;
+  /** Per volume id: when each 4 MiB extent was last written (for analytics). */
+  readonly writeAges = new Map<number, WriteAges>();
   private nextVolumeId: number;
   /** Journal values written and not yet trimmed: seq → bytes (for the backlog). */
   private readonly journalKept = new Map<number, number>();
@@ -260,6 +284,8 @@ export class FlashArray implements ExportCatalog {
   ) {
     assert(os.endianness() === 'LE', 'pstorage stores typed-array pages in little-endian order and needs a little-endian host');
     this.policy = { ...DEFAULT_METADATA_POLICY, ...options.metadata };
+    this.clock = new CoarseClock(options.nowMs);
+    this.clock.start();
     this.counters = { ...state.counters };
     Object.assign(this.reduction, state.reduction ?? {});
     this.nextVolumeId = state.nextVolumeId;
@@ -525,6 +551,16 @@ export class FlashArray implements ExportCatalog {
     return found;
   }
 
+  /** The write ages of volume `volumeId`, created empty on first use. */
+  writeAgesOf(volumeId: number): WriteAges {
+    let ages = this.writeAges.get(volumeId);
+    if (ages === undefined) {
+      ages = new WriteAges(this.clock);
+      this.writeAges.set(volumeId, ages);
+    }
+    return ages;
+  }
+
   volumeById(id: number): Volume | undefined {
     for (const volume of this.volumes.values()) if (volume.record.id === id) return volume;
     return undefined;
@@ -548,6 +584,7 @@ export class FlashArray implements ExportCatalog {
   }
 
   forgetVolume(volume: Volume): void {
+    this.writeAges.delete(volume.record.id);
     this.volumes.delete(volume.record.name);
     this.deletedVolumes.add(volume.record.id);
     this.catalogDirty = true;
@@ -712,7 +749,23 @@ export class FlashArray implements ExportCatalog {
     }
   }
 
+  /** Times the commit (NAND sync and batch, success or failure), then lets GC erase what it freed. */
   private async doCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<void> {
+    const startedMs = performance.now();
+    let captured: Capture;
+    try {
+      captured = await this.writeCommit(sync, checkpoint, drain);
+    } catch (error) {
+      this.commitFailures += 1;
+      throw error;
+    } finally {
+      this.commitDurations.record(performance.now() - startedMs);
+    }
+    if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+  }
+
+  /** NAND durable first, then the metadata batch that points at it (see the design note). */
+  private async writeCommit(sync: boolean, checkpoint: boolean, drain: boolean): Promise<Capture> {
     let previous: Capture | null = null;
     let captured: Capture;
     try {
@@ -741,7 +794,7 @@ export class FlashArray implements ExportCatalog {
     }
     this.commits += 1;
     this.logger.debug('commit', { ops: captured.ops.length, journalBytes: captured.journal.reduce((sum, { value }) => sum + value.length, 0), batchMs: Number(process.hrtime.bigint() - started) / 1e6, sync, checkpoint });
-    if (sync) await this.ftl.releaseAfterCommit(captured.generation);
+    return captured;
   }
 
   /** A commit failed: a full host file system is `hostSpace`'s business. Returns the error. */
@@ -957,6 +1010,25 @@ export class FlashArray implements ExportCatalog {
     };
   }
 
+  /**
+   * Hits, misses and bytes of the map and chunk page caches (see page-cache.ts for what counts)
+   * and, on a mapped NAND image, of its read mapping (nand/read-mapping.ts; it holds nothing dirty).
+   * For the metrics, at scrape time.
+   */
+  cacheStats(): CacheStats[] {
+    const pages = (cache: FlashArray['maps']['cache'] | FlashArray['chunks']['cache'], name: string): CacheStats => ({
+      cache: name,
+      hits: cache.hits,
+      misses: cache.misses,
+      bytes: cache.cachedBytes,
+      dirtyBytes: cache.dirtyBytes,
+    });
+    const caches = [pages(this.maps.cache, 'map'), pages(this.chunks.cache, 'chunk')];
+    const mapped = this.nand instanceof FileNand ? this.nand.mappedReads : null;
+    if (mapped !== null) caches.push({ cache: 'nand_mapping', hits: mapped.hits, misses: mapped.misses, bytes: (this.nand as FileNand).mappedBytes, dirtyBytes: null });
+    return caches;
+  }
+
   async flush(): Promise<void> {
     await this.commit(true);
   }
@@ -993,6 +1065,7 @@ export class FlashArray implements ExportCatalog {
     if (this.closed) return;
     this.closed = true;
     if (this.commitTimer) clearInterval(this.commitTimer);
+    this.clock.stop();
     let failure: unknown = null;
     try {
       await this.bloomRebuild; // stops at once now that the array is closed

@@ -20,6 +20,11 @@
  * `firstDirtySeq`, so the journal's trim point (the smallest `firstDirtySeq`) is its first entry
  * and write-back takes from its front. Only a failed batch can disorder it (its pages go back with
  * their old seq); the next use sorts it again.
+ *
+ * Counters (for the metrics): a hit is a `get` that finds its page in memory; a miss is a page
+ * read from the store by `load`, which is what a miss costs. Each is one integer increment on a
+ * path that runs anyway. A page looked up before it is loaded counts a miss for its read and a hit
+ * for the lookup that follows the load.
  */
 import { fail } from '../common/assert.js';
 import type { MetaOp, MetaStore, Sublevel } from '../meta/meta-store.js';
@@ -60,6 +65,10 @@ export class PageCache<P extends CachedPage> {
   private bytes = 0;
   /** While above 0, inserting a page evicts nothing (see `holdEvictions`). */
   private holds = 0;
+  /** Lookups (`get`) that found their page in memory. */
+  hits = 0;
+  /** Pages read from the store (`load`). */
+  misses = 0;
 
   constructor(
     private readonly store: MetaStore,
@@ -90,7 +99,10 @@ export class PageCache<P extends CachedPage> {
   /** The page if it is in memory (and marks it recently used). */
   get(id: number): P | undefined {
     const page = this.pages.get(id);
-    if (page !== undefined) page.referenced = true;
+    if (page !== undefined) {
+      page.referenced = true;
+      this.hits += 1;
+    }
     return page;
   }
 
@@ -114,6 +126,7 @@ export class PageCache<P extends CachedPage> {
       else missing.push(id);
     }
     if (missing.length > 0) {
+      this.misses += missing.length;
       const read = this.store.getMany(this.sublevel, missing.map(this.keyOf)).then((values) => {
         missing.forEach((id, i) => {
           if (!this.pages.has(id)) this.insert(id, this.decode(id, values[i]));

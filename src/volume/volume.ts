@@ -52,6 +52,7 @@ import { ReducedBlocks, ensureStored, reduceInline } from '../reduce/reduce-bloc
 import type { FlashArray } from './flash-array.js';
 import { EntryKind, LBAS_PER_MAP_PAGE, type MapPage } from './map-page.js';
 import { mapCacheId } from './map-table.js';
+import type { WriteAges } from './write-age.js';
 
 export const LBA_BYTES = 4096;
 /** Unmap and block-status work is done this many map pages at a time. */
@@ -145,6 +146,8 @@ interface ReadPlan {
 export class Volume implements BlockDevice {
   readonly readOnly: boolean;
   recordDirty = false;
+  /** When each 4 MiB extent was last written or unmapped (write-age.ts); analytics reads it. */
+  private readonly writeAges: WriteAges;
 
   constructor(
     private readonly array: FlashArray,
@@ -153,6 +156,7 @@ export class Volume implements BlockDevice {
     readonly snapshot: SnapshotRecord | null = null,
   ) {
     this.readOnly = snapshot !== null;
+    this.writeAges = array.writeAgesOf(record.id);
   }
 
   get name(): string {
@@ -626,6 +630,7 @@ export class Volume implements BlockDevice {
       patternDelta += (after === EntryKind.Pattern ? 1 : 0) - (before === EntryKind.Pattern ? 1 : 0);
     }
     for (let i = 0; i < plan.count; i++) if (plan.oldChunk[i]! >= 0) this.array.releaseChunk(plan.oldChunk[i]!);
+    if (plan.count > 0) this.writeAges.touch(plan.first, plan.first + plan.count - 1);
     if (dedupHits > 0) {
       reduction.dedupHits += dedupHits;
       this.record.dedupHits += dedupHits;

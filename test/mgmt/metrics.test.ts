@@ -209,6 +209,21 @@ test('per-volume request, byte, error and latency metrics match the NBD traffic;
     t.true(Number.isFinite(sample(samples, name)), name);
   }
   t.true(sample(samples, 'process_resident_memory_bytes') > 0, 'process metrics are there too');
+  // The clients flushed: each flush is a metadata commit, in the histogram and in the counter.
+  const commits = sample(samples, 'pstorage_metadata_commits_total');
+  t.true(commits >= DEFAULT_TRAFFIC.flushes + SECOND_TRAFFIC.flushes, `${commits} commits`);
+  t.is(sample(samples, 'pstorage_metadata_commit_duration_seconds_count'), commits);
+  t.is(sample(samples, 'pstorage_metadata_commit_duration_seconds_bucket', { le: '+Inf' }), commits);
+  t.is(sample(samples, 'pstorage_metadata_commit_duration_seconds_bucket', { le: '0.0001' }) <= commits, true);
+  t.true(sample(samples, 'pstorage_metadata_commit_duration_seconds_sum') > 0);
+  t.is(sample(samples, 'pstorage_metadata_commit_failures_total'), 0);
+  for (const cache of ['map', 'chunk']) {
+    t.true(sample(samples, 'pstorage_cache_hits_total', { cache }) > 0, `${cache} cache hits`);
+    t.true(sample(samples, 'pstorage_cache_misses_total', { cache }) >= 0, `${cache} cache misses`);
+    t.true(sample(samples, 'pstorage_cache_bytes', { cache }) > 0, `${cache} cache bytes`);
+    t.true(sample(samples, 'pstorage_cache_dirty_bytes', { cache }) >= 0, `${cache} dirty bytes`);
+  }
+  t.true(sample(samples, 'pstorage_gc_seconds_total') >= 0);
 
   const lint = await run('promtool', ['check', 'metrics'], { input: scrape.body, timeoutMs: 30_000 });
   t.is(lint.code, 0, `promtool check metrics found problems\n${describeRun(lint)}`);

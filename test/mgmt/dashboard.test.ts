@@ -1,0 +1,167 @@
+/**
+ * The web dashboard (issue: observability, part 4) in a real browser: a real `pstorage serve` with
+ * the TCP management API and a token, NBD traffic from python3-libnbd on two volumes, then headless
+ * Chromium (test/helpers/chromium.ts) loads /dashboard/, is refused with a wrong token, gets the
+ * right one typed in, and renders. With the traffic stopped, every volume row's request counts,
+ * bytes and mapped bytes must equal what GET /metrics says, the wear heat map must cover every
+ * erase block, and the capacity forecast table must show the three windows. A screenshot goes to
+ * the test's temporary directory (and to PSTORAGE_DASHBOARD_PNG when set: scripts/dashboard-screenshot.sh
+ * uses that for docs/dashboard.png).
+ */
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import test from 'ava';
+import { apiRequest, apiSocketOf } from '../cli/cli-run.js';
+import { Browser, CHROMIUM } from '../helpers/chromium.js';
+import { SYSTEM_PYTHON, mustRun, requireTools, startServer, stopServer, tempDir } from '../helpers/interop.js';
+import type { PstorageProcess } from '../helpers/pstorage-process.js';
+
+const KiB = 1024;
+/** Per volume: 4 KiB reads, 64 KiB writes (half of them compressible text, a few all zero). */
+const TRAFFIC = { default: { writes: 300, reads: 500 }, db: { writes: 120, reads: 90 } } as const;
+
+const CLIENT = `
+import sys, nbd, os
+uri, writes, reads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(uri)
+text = (b'pstorage dashboard test line ' * 3000)[:65536]
+for i in range(writes):
+    data = bytes(65536) if i % 10 == 0 else (text if i % 2 else os.urandom(65536))
+    h.pwrite(data, i * 65536)
+for i in range(reads):
+    h.pread(4096, (i % writes) * 65536)
+h.flush()
+h.shutdown()
+`;
+
+function get(port: number, route: string, token: string | null): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const headers = token === null ? {} : { authorization: `Bearer ${token}` };
+    const request = http.get({ host: '127.0.0.1', port, path: route, headers }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    request.on('error', reject);
+  });
+}
+
+/** `name{a="x",b="y"}` (labels sorted) → value. */
+function parseExposition(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (match === null) continue;
+    const labels = match[2] === undefined ? '' : `{${[...match[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => `${l[1]}="${l[2]}"`).sort().join(',')}}`;
+    samples.set(`${match[1]}${labels}`, Number(match[3]));
+  }
+  return samples;
+}
+
+function apiPort(server: PstorageProcess): number {
+  for (const line of server.logs().split('\n')) {
+    if (!line.includes('"msg":"management API listening"')) continue;
+    const tcp = (JSON.parse(line) as { tcp: string | null }).tcp;
+    if (tcp !== null) return Number(tcp.split(':').pop());
+  }
+  throw new Error(`no TCP management API in the log:\n${server.logs()}`);
+}
+
+interface Row {
+  name: string;
+  reads: number;
+  writes: number;
+  readBytes: number;
+  writeBytes: number;
+  logicalBytes: number;
+  mappedText: string;
+}
+
+test('the dashboard shows what /metrics says, in headless Chromium', async (t) => {
+  requireTools([SYSTEM_PYTHON, CHROMIUM]);
+  const startedMs = Date.now();
+  const token = `dashboard-token-${process.pid}`;
+  const server = await startServer(t, { args: ['--api-listen', '127.0.0.1:0'], env: { PSTORAGE_API_TOKEN: token } });
+  const port = apiPort(server);
+  t.is((await apiRequest({ socketPath: apiSocketOf(server.dataDir) }, 'POST', '/api/v1/volumes', { body: { name: 'db', size: '2G' } })).status, 201);
+
+  // Static files need no token; data routes do; nothing outside the table is served.
+  t.is((await get(port, '/dashboard/', null)).status, 200);
+  t.is((await get(port, '/dashboard/uPlot.iife.min.js', null)).status, 200);
+  t.is((await get(port, '/dashboard/../package.json', null)).status, 401, 'not a dashboard file: the token is asked for');
+  t.is((await get(port, '/dashboard/nothing.js', null)).status, 404);
+  t.is((await get(port, '/api/v1/metrics', null)).status, 401);
+  t.is((await get(port, '/api/v1/analytics', null)).status, 401);
+  t.is((await get(port, '/api/v1/flash/erase-blocks', null)).status, 401);
+
+  await Promise.all(Object.entries(TRAFFIC).map(([volume, { writes, reads }]) => mustRun(SYSTEM_PYTHON, ['-c', CLIENT, server.unixUri(volume), String(writes), String(reads)], { timeoutMs: 60_000 })));
+  const trafficMs = Date.now() - startedMs;
+
+  const dir = tempDir(t, 'pstorage-dashboard-');
+  const browser = Browser.launch(path.join(dir, 'profile'));
+  t.teardown(() => browser.close());
+  const page = await browser.newPage(1280, 1500);
+  await page.goto(`http://127.0.0.1:${port}/dashboard/`);
+  await page.waitFor('!document.querySelector("#token-form").hidden', 10_000, 'the token form');
+  await page.typeAndEnter('#token', 'wrong-token');
+  const refusal = await page.waitFor<string>('!document.querySelector("#token-error").hidden && document.querySelector("#token-error").textContent', 10_000, 'the refusal of a wrong token');
+  t.regex(refusal, /refused/);
+  await page.typeAndEnter('#token', token);
+  await page.waitFor('Number(document.body.dataset.updates) >= 2 && document.querySelectorAll("#volumes tbody tr").length === 2', 15_000, 'two updates with both volumes');
+  t.is(await page.evaluate<string | null>('sessionStorage.getItem("pstorage-api-token")'), token, 'the token is kept in sessionStorage');
+
+  // The traffic has stopped: take /metrics, then wait for the page's next update, and compare.
+  const metrics = parseExposition((await get(port, '/metrics', token)).body);
+  const updates = await page.evaluate<number>('Number(document.body.dataset.updates)');
+  await page.waitFor(`Number(document.body.dataset.updates) > ${updates}`, 10_000, 'one more update');
+  const rows = await page.evaluate<Row[]>(`[...document.querySelectorAll('#volumes tbody tr')].map((row) => ({
+    name: row.dataset.volume,
+    reads: Number(row.querySelector('[data-field=reads]').textContent),
+    writes: Number(row.querySelector('[data-field=writes]').textContent),
+    readBytes: Number(row.dataset.readBytes),
+    writeBytes: Number(row.dataset.writeBytes),
+    logicalBytes: Number(row.dataset.logicalBytes),
+    mappedText: row.querySelector('[data-field=mapped]').textContent,
+  }))`);
+  t.log(`traffic done in ${trafficMs} ms; page rows: ${JSON.stringify(rows)}`);
+  t.deepEqual(rows.map((row) => row.name).sort(), ['db', 'default']);
+  for (const row of rows) {
+    const expected = TRAFFIC[row.name as keyof typeof TRAFFIC];
+    const metric = (name: string, op?: string): number => {
+      const key = `${name}{${op === undefined ? '' : `op="${op}",`}volume="${row.name}"}`;
+      const value = metrics.get(key);
+      if (value === undefined) throw new Error(`no ${key} in /metrics`);
+      return value;
+    };
+    t.is(row.reads, metric('pstorage_nbd_requests_total', 'read'), `${row.name}: reads`);
+    t.is(row.writes, metric('pstorage_nbd_requests_total', 'write'), `${row.name}: writes`);
+    t.is(row.readBytes, metric('pstorage_nbd_bytes_total', 'read'), `${row.name}: bytes read`);
+    t.is(row.writeBytes, metric('pstorage_nbd_bytes_total', 'write'), `${row.name}: bytes written`);
+    t.is(row.logicalBytes, metric('pstorage_volume_logical_bytes'), `${row.name}: mapped bytes`);
+    // And the traffic itself, so that a page and an exposition that agree on nothing are caught.
+    t.is(row.writes, expected.writes);
+    t.is(row.reads, expected.reads);
+    t.is(row.writeBytes, expected.writes * 64 * KiB);
+    t.is(row.logicalBytes, expected.writes * 64 * KiB, 'zero blocks count as mapped (pattern entries)');
+    const mappedMiB = (expected.writes * 64) / 1024;
+    t.is(row.mappedText, `${mappedMiB.toFixed(mappedMiB >= 10 ? 1 : 2)} MiB`, 'the text shown');
+  }
+  const wear = await page.evaluate<{ blocks: number; max: number }>('({ blocks: Number(document.querySelector("#wear").dataset.eraseBlocks), max: Number(document.querySelector("#wear").dataset.maxErases) })');
+  t.is(wear.blocks, metrics.get('pstorage_flash_erase_blocks') ?? NaN, 'the heat map has a cell per erase block');
+  t.is(wear.max, metrics.get('pstorage_flash_erase_cycles_max') ?? NaN);
+  const forecastRows = await page.evaluate<string[]>('[...document.querySelectorAll("#forecasts tbody tr td:first-child")].map((td) => td.textContent)');
+  t.deepEqual(forecastRows, ['7 d', '30 d', '90 d']);
+  t.true(await page.evaluate<boolean>('document.querySelector("#capacity-chart canvas") !== null'), 'the capacity chart is drawn (uPlot)');
+  t.regex(await page.evaluate<string>('document.querySelector("#reduction-ratio").textContent'), /^\d+(\.\d+)?:1$/);
+  t.is(await page.evaluate<string>('document.querySelector("#status").dataset.state'), 'ok');
+
+  const screenshot = path.join(dir, 'dashboard.png');
+  await page.screenshot(screenshot);
+  t.true(fs.statSync(screenshot).size > 10_000, 'a screenshot with something in it');
+  if (process.env.PSTORAGE_DASHBOARD_PNG) fs.copyFileSync(screenshot, process.env.PSTORAGE_DASHBOARD_PNG);
+  t.log(`screenshot ${screenshot}; test took ${Date.now() - startedMs} ms`);
+  await browser.close();
+  await stopServer(t, server);
+});
