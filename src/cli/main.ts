@@ -211,6 +211,18 @@ function addVolumeCommands(program: Command, dataDir: () => string): void {
     .addHelpText('after', '\nExample: pstorage volume create db --size 100G')
     .action((name: string, options: DataDirOptions & { size: number }) => volumes.volumeCreate(options.dataDir, name, options.size, out(options)));
   arrayCommand(volume, 'list', 'list volumes: size, mapped bytes, snapshots, origin', dataDir).action((options: DataDirOptions) => volumes.volumeList(options.dataDir, out(options)));
+  arrayCommand(volume, 'show', 'one volume: size, mapped bytes, snapshots, origin, access list', dataDir)
+    .argument('<name>', 'volume name')
+    .action((name: string, options: DataDirOptions) => volumes.volumeShow(options.dataDir, name, out(options)));
+  arrayCommand(volume, 'access', 'show or set which TLS clients may attach a volume and its snapshots over NBD', dataDir)
+    .argument('<name>', 'volume name')
+    .option('--allow <identities>', 'comma-separated client identities: certificate common names or PSK usernames', (value: string) => value.split(',').map((identity) => identity.trim()).filter((identity) => identity !== ''))
+    .option('--clear', 'remove the access list: every client may attach the volume')
+    .addHelpText('after', '\nA volume with an access list is served over TLS only (pstorage serve --tls on|require), to the listed\nidentities; every other client is told it does not exist. Example: pstorage volume access db --allow alice,bob')
+    .action((name: string, options: DataDirOptions & { allow?: string[]; clear?: boolean }) => {
+      if (options.allow !== undefined && options.clear) throw new InvalidArgumentError('give --allow or --clear, not both');
+      return volumes.volumeAccess(options.dataDir, name, { allow: options.allow, clear: options.clear ?? false }, out(options));
+    });
   arrayCommand(volume, 'delete', 'delete a volume; frees what no snapshot, clone or dedup sharer still references', dataDir)
     .argument('<name>', 'volume name')
     .option('--force', 'also delete its snapshots (clones must be deleted first)')
