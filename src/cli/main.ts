@@ -18,6 +18,7 @@ import { estimateCommand } from './estimate.js';
 import { auditCommand, repairCommand, statsCommand } from './inspect.js';
 import { topCommand } from './top.js';
 import { serve } from './serve.js';
+import { loadTlsConfig } from './tls-files.js';
 import * as volumes from './volume-commands.js';
 
 export const EXIT_FAILURE = 1;
@@ -116,13 +117,23 @@ export function buildProgram(): Command {
     .option('--api-listen <host:port>', 'also serve the management API on this loopback TCP address; needs a token (env PSTORAGE_API_LISTEN)', process.env.PSTORAGE_API_LISTEN)
     .option('--api-token <token>', 'bearer token the TCP management API requires (env PSTORAGE_API_TOKEN)', process.env.PSTORAGE_API_TOKEN)
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics, no token (env PSTORAGE_METRICS_LISTEN)', process.env.PSTORAGE_METRICS_LISTEN)
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string }) => {
+    .option('--tls <mode>', 'NBD over TLS (STARTTLS): off, on (offered) or require (TLS only) (env PSTORAGE_TLS)', (value: string) => {
+      if (value !== 'off' && value !== 'on' && value !== 'require') throw new InvalidArgumentError('use off, on or require');
+      return value;
+    }, process.env.PSTORAGE_TLS ?? 'off')
+    .option('--tls-certificates <dir>', 'directory with ca-cert.pem, server-cert.pem and server-key.pem, as for nbdkit and qemu (env PSTORAGE_TLS_CERTIFICATES)', process.env.PSTORAGE_TLS_CERTIFICATES)
+    .option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (or a PSK) (env PSTORAGE_TLS_VERIFY_PEER=1)', ['1', 'true', 'on', 'yes'].includes(process.env.PSTORAGE_TLS_VERIFY_PEER ?? ''))
+    .option('--tls-psk <file>', 'pre-shared keys, psktool format (username:hexkey lines) (env PSTORAGE_TLS_PSK)', process.env.PSTORAGE_TLS_PSK)
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
       // commander turns a parser's null ("--listen none") into ''.
       const listen = options.listen === '' ? null : options.listen;
       if (listen === null && options.socket === undefined) {
         throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
       }
+      // Credentials are read and checked before the array opens or anything listens.
+      const tls = loadTlsConfig({ mode: options.tls, certificatesDir: options.tlsCertificates ?? null, verifyPeer: options.tlsVerifyPeer, pskFile: options.tlsPsk ?? null });
       await serve({
+        tls,
         dataDir: options.dataDir,
         listen,
         socketPath: options.socket ?? null,

@@ -72,10 +72,11 @@ export interface NegotiatedSession {
 export type HandshakeAction =
   | { type: 'send'; bytes: Buffer }
   /**
-   * After the ACK to STARTTLS (sent just before): run the TLS handshake as the server, then call
-   * `tlsEstablished`. No bytes may be fed to `receive` until then.
+   * Send `reply` (the ACK to STARTTLS) in plain text and, once it is written, run the TLS
+   * handshake as the server on the same socket, then call `tlsEstablished`. No bytes may be fed
+   * to `receive` until then.
    */
-  | { type: 'starttls' }
+  | { type: 'starttls'; reply: Buffer }
   /** `normal`: the client ended the handshake as the protocol allows (listing or probing exports). */
   | { type: 'close'; reason: string; normal: boolean }
   | { type: 'transmission'; session: NegotiatedSession; leftover: Buffer };
@@ -319,9 +320,8 @@ export class Handshake {
       this.finish(actions, 'client sent data after STARTTLS before reading the reply');
       return;
     }
-    actions.push(this.send(this.optionReply(C.NBD_REP_ACK)));
     this.phase = 'tls-handshake';
-    actions.push({ type: 'starttls' });
+    actions.push({ type: 'starttls', reply: this.optionReply(C.NBD_REP_ACK) });
   }
 
   /** The export `name` if this client may see it (see `mayAccess`); undefined otherwise. */
