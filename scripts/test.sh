@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs zstd
-  util-linux procps g++ make python3 prometheus)
+  util-linux procps g++ make python3 prometheus gnutls-bin)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
