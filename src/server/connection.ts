@@ -29,6 +29,11 @@
  * a 3–7 ms pause that every request in flight waited for; a buffer per connection cost 256 KiB for
  * each client connected. The decoder copies payloads out of the read buffer (into pooled buffers)
  * and keeps only what it owns.
+ *
+ * TLS (STARTTLS, see tls.ts) replaces `socket` once, during the handshake, by a TLSSocket on the
+ * same file descriptor; the shared read buffer is installed on it the same way (TLSWrap hands out
+ * decrypted bytes through the same allocation hook, synchronously). Everything after the handshake
+ * writes to `this.socket` whatever it is, so the plain path has no TLS branch or wrapper.
  */
 import net, { type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';

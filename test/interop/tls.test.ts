@@ -96,8 +96,8 @@ function pki(): Promise<Pki> {
 const certUri = (port: number, exportName: string, dir: string) => `nbds://127.0.0.1:${port}/${exportName}?tls-certificates=${dir}`;
 const pskUri = (port: number, exportName: string, file: string) => `nbds://alice@127.0.0.1:${port}/${exportName}?tls-psk-file=${file}`;
 
-async function tlsServer(t: ExecutionContext, args: string[]): Promise<PstorageProcess & { port: number }> {
-  const server = await startServer(t, { tcp: true, args });
+async function tlsServer(t: ExecutionContext, args: string[], dataDir?: string): Promise<PstorageProcess & { port: number }> {
+  const server = await startServer(t, { tcp: true, args, dataDir });
   return server as PstorageProcess & { port: number };
 }
 
@@ -211,11 +211,18 @@ test('access lists: alice sees and opens her volume and its snapshot, bob and pl
   const qemuBob = await run('qemu-img', ['info', ...qemuArgs(server.port, keys.bob, 'secret')], { timeoutMs: 20_000 });
   t.not(qemuBob.code, 0, describeRun(qemuBob));
 
-  await cli(server, ['volume', 'access', 'secret', '--clear']);
-  const bobAfter = await nbdinfoSize(certUri(server.port, 'secret', keys.bob));
-  t.is(bobAfter.code, 0, describeRun(bobAfter));
-  t.deepEqual(await listed(`nbd://${base}/`), ['default', 'secret', 'secret@s1']);
+  // The list is in the volume record: it survives a restart.
   await stopServer(t, server);
+  const restarted = await tlsServer(t, ['--tls', 'on', '--tls-certificates', keys.server], server.dataDir);
+  const again = `127.0.0.1:${restarted.port}`;
+  t.deepEqual(await listed(`nbds://${again}/?tls-certificates=${keys.alice}`), ['default', 'secret', 'secret@s1']);
+  t.deepEqual(await listed(`nbds://${again}/?tls-certificates=${keys.bob}`), ['default']);
+
+  await cli(restarted, ['volume', 'access', 'secret', '--clear']);
+  const bobAfter = await nbdinfoSize(certUri(restarted.port, 'secret', keys.bob));
+  t.is(bobAfter.code, 0, describeRun(bobAfter));
+  t.deepEqual(await listed(`nbd://${again}/`), ['default', 'secret', 'secret@s1']);
+  await stopServer(t, restarted);
 });
 
 /** A byte-level NBD client over a socket that may be upgraded to TLS. */
