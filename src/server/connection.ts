@@ -243,12 +243,6 @@ export class Connection {
   /** Bytes from the socket; `transient` ones are overwritten by the next read. */
   private onData(chunk: Buffer, transient: boolean): void {
     if (this.disconnecting) return;
-    if (this.tlsPending) {
-      // Reading stopped at STARTTLS; bytes here would be plain text the TLS layer never saw.
-      this.options.logger.info('handshake ended', { reason: 'client sent plain text during the TLS upgrade' });
-      this.socket.destroy();
-      return;
-    }
     if (this.decoder === null) {
       this.runHandshake(transient ? Buffer.from(chunk) : chunk);
       return;
@@ -261,6 +255,12 @@ export class Connection {
   }
 
   private runHandshake(chunk: Buffer): void {
+    if (this.tlsPending) {
+      // Reading stopped at STARTTLS; bytes here would be plain text the TLS layer never saw.
+      this.options.logger.info('handshake ended', { reason: 'client sent plain text during the TLS upgrade' });
+      this.socket.destroy();
+      return;
+    }
     for (const action of this.handshake.receive(chunk)) {
       switch (action.type) {
         case 'send':

@@ -15,7 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import * as C from '../../src/protocol/constants.js';
-import { cleanupOnExit, describeRun, MiB, mustRun, requireTools, run, seededBytes, sha256, sha256File, startServer, stopServer, tempDir, type RunResult } from '../helpers/interop.js';
+import { cleanupOnExit, describeRun, MiB, mustRun, requireTools, run, seededBytes, sha256, sha256File, startServer, stopServer, tempDir, waitFor, type RunResult } from '../helpers/interop.js';
 import { makeTempDir, PSTORAGE_BIN, type PstorageProcess } from '../helpers/pstorage-process.js';
 
 interface Pki {
@@ -341,7 +341,7 @@ test('STARTTLS edge cases (raw client): FORCEDTLS answers TLS_REQD to everything
   t.true(await client.closed());
 
   // Structured replies negotiated in plain text are forgotten after STARTTLS (server in `on` mode).
-  const selective = await tlsServer(t, ['--tls', 'on', '--tls-certificates', keys.server]);
+  const selective = await tlsServer(t, ['--tls', 'on', '--tls-certificates', keys.server, '--tls-verify-peer']);
   const forgetful = await RawClient.connect(selective.port);
   t.deepEqual(await forgetful.option(C.NBD_OPT_STRUCTURED_REPLY), [C.NBD_REP_ACK]);
   t.deepEqual(await forgetful.option(C.NBD_OPT_SET_META_CONTEXT, metaContextRequest('default', ['base:allocation'])), [C.NBD_REP_META_CONTEXT, C.NBD_REP_ACK]);
@@ -349,6 +349,15 @@ test('STARTTLS edge cases (raw client): FORCEDTLS answers TLS_REQD to everything
   await forgetful.startTls(keys.bob);
   t.deepEqual(await forgetful.option(C.NBD_OPT_SET_META_CONTEXT, metaContextRequest('default', ['base:allocation'])), [C.NBD_REP_ERR_INVALID], 'structured replies forgotten');
   forgetful.socket.destroy();
+
+  // A certificate with CN alice from another CA: OpenSSL's client sends it (GnuTLS's would not,
+  // as it is not from a CA the server named), the handshake completes on the client's side, and
+  // the server, which finds the chain does not verify, hangs up before any option is answered.
+  const impostor = await RawClient.connect(selective.port);
+  t.deepEqual(await impostor.option(C.NBD_OPT_STARTTLS), [C.NBD_REP_ACK]);
+  await impostor.startTls(keys.foreign).catch(() => {});
+  await t.throwsAsync(impostor.option(C.NBD_OPT_LIST), { message: /closed/ });
+  await waitFor(() => /TLS client refused.*client certificate not accepted/.test(selective.logs()), 5000, () => selective.logs());
 
   for (const [what, bytes, hangUp] of [
     ['garbage instead of a ClientHello', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(4)), false],
