@@ -19,6 +19,7 @@ import { analyticsCommand } from './analytics.js';
 import { auditCommand, repairCommand, statsCommand } from './inspect.js';
 import { topCommand } from './top.js';
 import { serve } from './serve.js';
+import { loadTlsConfig } from './tls-files.js';
 import * as volumes from './volume-commands.js';
 
 export const EXIT_FAILURE = 1;
@@ -117,13 +118,23 @@ export function buildProgram(): Command {
     .option('--api-listen <host:port>', 'also serve the management API on this loopback TCP address; needs a token (env PSTORAGE_API_LISTEN)', process.env.PSTORAGE_API_LISTEN)
     .option('--api-token <token>', 'bearer token the TCP management API requires (env PSTORAGE_API_TOKEN)', process.env.PSTORAGE_API_TOKEN)
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics, no token (env PSTORAGE_METRICS_LISTEN)', process.env.PSTORAGE_METRICS_LISTEN)
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string }) => {
+    .option('--tls <mode>', 'NBD over TLS (STARTTLS): off, on (offered) or require (TLS only) (env PSTORAGE_TLS)', (value: string) => {
+      if (value !== 'off' && value !== 'on' && value !== 'require') throw new InvalidArgumentError('use off, on or require');
+      return value;
+    }, process.env.PSTORAGE_TLS ?? 'off')
+    .option('--tls-certificates <dir>', 'directory with ca-cert.pem, server-cert.pem and server-key.pem, as for nbdkit and qemu (env PSTORAGE_TLS_CERTIFICATES)', process.env.PSTORAGE_TLS_CERTIFICATES)
+    .option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (or a PSK) (env PSTORAGE_TLS_VERIFY_PEER=1)', ['1', 'true', 'on', 'yes'].includes(process.env.PSTORAGE_TLS_VERIFY_PEER ?? ''))
+    .option('--tls-psk <file>', 'pre-shared keys, psktool format (username:hexkey lines) (env PSTORAGE_TLS_PSK)', process.env.PSTORAGE_TLS_PSK)
+    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
       // commander turns a parser's null ("--listen none") into ''.
       const listen = options.listen === '' ? null : options.listen;
       if (listen === null && options.socket === undefined) {
         throw new InvalidArgumentError('nothing to listen on: give --listen HOST:PORT or --socket PATH');
       }
+      // Credentials are read and checked before the array opens or anything listens.
+      const tls = loadTlsConfig({ mode: options.tls, certificatesDir: options.tlsCertificates ?? null, verifyPeer: options.tlsVerifyPeer, pskFile: options.tlsPsk ?? null });
       await serve({
+        tls,
         dataDir: options.dataDir,
         listen,
         socketPath: options.socket ?? null,
@@ -219,6 +230,18 @@ function addVolumeCommands(program: Command, dataDir: () => string): void {
     .addHelpText('after', '\nExample: pstorage volume create db --size 100G')
     .action((name: string, options: DataDirOptions & { size: number }) => volumes.volumeCreate(options.dataDir, name, options.size, out(options)));
   arrayCommand(volume, 'list', 'list volumes: size, mapped bytes, snapshots, origin', dataDir).action((options: DataDirOptions) => volumes.volumeList(options.dataDir, out(options)));
+  arrayCommand(volume, 'show', 'one volume: size, mapped bytes, snapshots, origin, access list', dataDir)
+    .argument('<name>', 'volume name')
+    .action((name: string, options: DataDirOptions) => volumes.volumeShow(options.dataDir, name, out(options)));
+  arrayCommand(volume, 'access', 'show or set which TLS clients may attach a volume and its snapshots over NBD', dataDir)
+    .argument('<name>', 'volume name')
+    .option('--allow <identities>', 'comma-separated client identities: certificate common names or PSK usernames', (value: string) => value.split(',').map((identity) => identity.trim()).filter((identity) => identity !== ''))
+    .option('--clear', 'remove the access list: every client may attach the volume')
+    .addHelpText('after', '\nA volume with an access list is served over TLS only (pstorage serve --tls on|require), to the listed\nidentities; every other client is told it does not exist. Example: pstorage volume access db --allow alice,bob')
+    .action((name: string, options: DataDirOptions & { allow?: string[]; clear?: boolean }) => {
+      if (options.allow !== undefined && options.clear) throw new InvalidArgumentError('give --allow or --clear, not both');
+      return volumes.volumeAccess(options.dataDir, name, { allow: options.allow, clear: options.clear ?? false }, out(options));
+    });
   arrayCommand(volume, 'delete', 'delete a volume; frees what no snapshot, clone or dedup sharer still references', dataDir)
     .argument('<name>', 'volume name')
     .option('--force', 'also delete its snapshots (clones must be deleted first)')

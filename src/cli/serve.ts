@@ -13,6 +13,7 @@ import { MetricsServer } from '../mgmt/metrics-server.js';
 import { PrometheusMetrics } from '../mgmt/prometheus.js';
 import { IoStats } from '../server/io-stats.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
+import type { TlsServerConfig } from '../server/tls.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
 import type { TcpAddress } from './listen-address.js';
 
@@ -25,6 +26,8 @@ export interface ServeOptions {
   apiListen?: { address: TcpAddress; token: string } | null;
   /** Optional plain HTTP listener serving only GET /metrics (Prometheus), no token. */
   metricsListen?: TcpAddress | null;
+  /** STARTTLS on the NBD listeners (checked credentials, see tls-files.ts); null: no TLS. */
+  tls?: TlsServerConfig | null;
 }
 
 export async function serve(options: ServeOptions): Promise<void> {
@@ -71,7 +74,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     logger.info('metrics listening', { tcp: `${formatHost(host)}:${metricsPort}`, path: '/metrics' });
     if (!isLoopback(host)) logger.warn('the metrics listener has no token and is not on a loopback address: anyone who can reach it can read volume names and I/O counters', { host });
   }
-  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes, ioStats });
+  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes, ioStats, tls: options.tls ?? null });
   // Once quiet, what a busy moment needed goes back: pooled buffers, mapped image pages, V8's garbage.
   limitHeapGrowth(); // again: the reduction workers started since reset V8's flags
   const reclaimer = new IdleReclaimer({
@@ -115,8 +118,10 @@ export async function serve(options: ServeOptions): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
-  const urls = bound.map((address) => ('path' in address ? `nbd+unix:///default?socket=${address.path}` : `nbd://${formatHost(address.host)}:${address.port}/default`));
+  const scheme = options.tls?.mode === 'require' ? 'nbds' : 'nbd';
+  const urls = bound.map((address) => ('path' in address ? `${scheme}+unix:///default?socket=${address.path}` : `${scheme}://${formatHost(address.host)}:${address.port}/default`));
   logger.info('listening', {
+    tls: options.tls?.mode ?? 'off',
     tcp: bound.filter((a): a is { host: string; port: number } => 'port' in a).map((a) => `${formatHost(a.host)}:${a.port}`),
     unix: bound.filter((a): a is { path: string } => 'path' in a).map((a) => a.path),
   });

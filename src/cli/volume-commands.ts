@@ -38,8 +38,47 @@ export async function volumeList(dataDir: string, output: Output): Promise<void>
     process.stdout.write('no volumes; create one with "pstorage volume create NAME --size 10G"\n');
     return;
   }
-  const rows = volumes.map((v) => [v.name, formatBytes(v.sizeBytes), formatBytes(v.logicalBytes), v.snapshots.length, v.origin ?? '-', shortTime(v.createdAt)]);
-  process.stdout.write(table(['NAME', 'SIZE', 'MAPPED', 'SNAPSHOTS', 'ORIGIN', 'CREATED'], rows));
+  const rows = volumes.map((v) => [v.name, formatBytes(v.sizeBytes), formatBytes(v.logicalBytes), v.snapshots.length, v.origin ?? '-', accessText(v), shortTime(v.createdAt)]);
+  process.stdout.write(table(['NAME', 'SIZE', 'MAPPED', 'SNAPSHOTS', 'ORIGIN', 'ACCESS', 'CREATED'], rows));
+}
+
+/** `everyone`, or the identities allowed (TLS clients only). */
+function accessText(info: ops.VolumeInfo): string {
+  return info.accessList === null ? 'everyone' : info.accessList.join(',');
+}
+
+export async function volumeShow(dataDir: string, name: string, output: Output): Promise<void> {
+  const info = await request(dataDir, 'GET', `/api/v1/volumes/${enc(name)}`, undefined, async (array) => ops.getVolume(array, name));
+  if (output.json) return printJson(info);
+  const rows: Array<[string, string]> = [
+    ['name', info.name],
+    ['size', `${formatBytes(info.sizeBytes)} (${info.sizeBytes} bytes)`],
+    ['mapped', formatBytes(info.logicalBytes)],
+    ['snapshots', info.snapshots.length === 0 ? '-' : info.snapshots.join(', ')],
+    ['origin', info.origin ?? '-'],
+    ['access', info.accessList === null ? 'every client' : `TLS clients ${info.accessList.join(', ')} only`],
+    ['created', shortTime(info.createdAt)],
+  ];
+  process.stdout.write(rows.map(([key, value]) => `${`${key}:`.padEnd(11)}${value}\n`).join(''));
+}
+
+/** `volume access NAME --allow a,b` sets the list, `--clear` removes it; neither shows it. */
+export async function volumeAccess(dataDir: string, name: string, change: { allow?: string[]; clear: boolean }, output: Output): Promise<void> {
+  let info: ops.VolumeInfo;
+  if (change.clear) {
+    info = await request(dataDir, 'DELETE', `/api/v1/volumes/${enc(name)}/access`, undefined, (array) => ops.clearAccess(array, name));
+  } else if (change.allow !== undefined) {
+    const body = { identities: change.allow };
+    info = await request(dataDir, 'PUT', `/api/v1/volumes/${enc(name)}/access`, body, (array) => ops.access(array, name, body));
+  } else {
+    info = await request(dataDir, 'GET', `/api/v1/volumes/${enc(name)}`, undefined, async (array) => ops.getVolume(array, name));
+  }
+  if (output.json) return printJson({ name: info.name, accessList: info.accessList });
+  if (info.accessList === null) {
+    process.stdout.write(`volume ${info.name}: every client may attach it (no access list); restrict it with "pstorage volume access ${info.name} --allow NAME,..."\n`);
+  } else {
+    process.stdout.write(`volume ${info.name} and its snapshots: only TLS clients ${info.accessList.join(', ')} may attach them (certificate common name or PSK username); others are told it does not exist\n`);
+  }
 }
 
 export async function volumeDelete(dataDir: string, name: string, force: boolean, output: Output): Promise<void> {

@@ -158,6 +158,11 @@ export interface ExportEntry {
   name: string;
   description: string;
   device: BlockDevice;
+  /**
+   * Client identities (TLS certificate common names or PSK usernames) allowed to see this export;
+   * undefined: everyone. An export with a list is never served to plain (non-TLS) clients.
+   */
+  accessList?: readonly string[];
 }
 
 /**
@@ -165,7 +170,7 @@ export interface ExportEntry {
  * INFO/GO from an in-memory registry.
  */
 export interface ExportCatalog {
-  list(): Array<{ name: string; description: string }>;
+  list(): Array<{ name: string; description: string; accessList?: readonly string[] }>;
   lookup(name: string): ExportEntry | undefined;
 }
 

@@ -60,6 +60,15 @@ export const OPENAPI_DOCUMENT = {
         responses: { '200': ok('what was deleted', { type: 'object', properties: { deleted: { type: 'string' }, snapshotsDeleted: { type: 'array', items: { type: 'string' } } } }), ...errors(404, 409) },
       },
     },
+    '/api/v1/volumes/{name}/access': {
+      parameters: [VOLUME],
+      put: {
+        summary: 'Set the NBD access list: only TLS clients with these identities (client certificate common name, or PSK username) see the volume and its snapshots; everyone else, plain clients included, is told it does not exist',
+        requestBody: { required: true, content: json({ type: 'object', required: ['identities'], properties: { identities: { type: 'array', minItems: 1, items: { type: 'string' }, example: ['alice', 'bob'] } } }) },
+        responses: { '200': ok('the volume, with its accessList', ref('Volume')), ...errors(400, 404) },
+      },
+      delete: { summary: 'Clear the access list: every client may attach the volume again', responses: { '200': ok('the volume, accessList null', ref('Volume')), ...errors(404) } },
+    },
     '/api/v1/volumes/{name}/snapshots': {
       parameters: [VOLUME],
       get: { summary: "A volume's snapshots, oldest first", responses: { '200': ok('snapshots', { type: 'array', items: ref('SnapshotInfo') }), ...errors(404) } },
@@ -194,6 +203,7 @@ export const OPENAPI_DOCUMENT = {
           createdAt: { type: 'string', format: 'date-time' },
           origin: { type: 'string', nullable: true, description: 'VOLUME@SNAPSHOT a clone was made from' },
           snapshots: { type: 'array', items: { type: 'string' } },
+          accessList: { type: 'array', items: { type: 'string' }, nullable: true, description: 'identities allowed to attach it over NBD (TLS only); null: every client' },
         },
       },
       Snapshot: {

@@ -27,6 +27,7 @@ import {
   parseSnapshotName,
   resizeVolume,
   restoreSnapshot,
+  setVolumeAccess,
   type ChangedRange,
   type SnapshotInfo,
 } from '../volume/snapshots.js';
@@ -44,6 +45,8 @@ export interface VolumeInfo {
   createdAt: string;
   origin: string | null;
   snapshots: string[];
+  /** Identities allowed to attach it over NBD (TLS only); null: every client. */
+  accessList: string[] | null;
 }
 
 export interface SnapshotDocument {
@@ -104,6 +107,7 @@ export function volumeInfo(array: FlashArray, volume: Volume): VolumeInfo {
     createdAt: record.createdAt,
     origin: record.origin ?? null,
     snapshots: snapshots.sort((a, b) => a.id - b.id).map((snapshot) => snapshot.name),
+    accessList: record.accessList === undefined ? null : [...record.accessList],
   };
 }
 
@@ -131,6 +135,25 @@ export async function resize(array: FlashArray, name: string, body: unknown): Pr
   const fields = (body ?? {}) as Record<string, unknown>;
   await resizeVolume(array, name, sizeFrom(fields.size), { force: booleanFrom(fields.force) });
   return { ...volumeInfo(array, volume), previousSizeBytes };
+}
+
+/**
+ * `PUT /api/v1/volumes/{name}/access` with `{ "identities": ["alice", "bob"] }` (an array, or one
+ * comma-separated string); `null` identities (DELETE) clear the list.
+ */
+export async function access(array: FlashArray, name: string, body: unknown): Promise<VolumeInfo> {
+  return volumeInfo(array, await setVolumeAccess(array, name, identitiesFrom(body)));
+}
+
+export async function clearAccess(array: FlashArray, name: string): Promise<VolumeInfo> {
+  return volumeInfo(array, await setVolumeAccess(array, name, null));
+}
+
+function identitiesFrom(body: unknown): string[] {
+  const value = (body as Record<string, unknown> | undefined)?.identities;
+  if (typeof value === 'string') return value.split(',').map((identity) => identity.trim()).filter((identity) => identity !== '');
+  if (Array.isArray(value) && value.every((identity) => typeof identity === 'string')) return value as string[];
+  throw StorageError.invalidArgument('"identities" is missing: give an array of client identities (certificate common names or PSK usernames), such as ["alice", "bob"]');
 }
 
 export async function removeVolume(array: FlashArray, name: string, force: unknown): Promise<{ deleted: string; snapshotsDeleted: string[] }> {

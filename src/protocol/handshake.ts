@@ -15,6 +15,22 @@
  * - EXPORT_NAME cannot carry an error, so an unknown export (or a shutting-down server) closes;
  * - SET_META_CONTEXT replaces earlier contexts even when it fails; contexts set for another export
  *   than the one finally chosen are dropped.
+ *
+ * TLS (NBD.md section 3, STARTTLS): the mode is the spec's NOTLS (`off`: STARTTLS gets
+ * NBD_REP_ERR_POLICY, never TLS_REQD), SELECTIVETLS (`on`: STARTTLS is offered, exports without an
+ * access list are served either way) or FORCEDTLS (`require`: before STARTTLS every option but
+ * STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, LIST and INFO included, and EXPORT_NAME, which
+ * cannot carry an error, closes). STARTTLS answers ACK and emits a `starttls` action; the server
+ * performs the TLS handshake on the socket and calls `tlsEstablished(identity)`, which forgets
+ * everything negotiated before (structured replies, meta contexts), as the spec requires. A
+ * second STARTTLS gets NBD_REP_ERR_INVALID.
+ *
+ * Access lists: an export whose `accessList` is set is visible only to a TLS client whose identity
+ * (client certificate common name, or PSK username) is on it. Everyone else, plain clients
+ * included, is told it does not exist (NBD_REP_ERR_UNKNOWN, absent from LIST, EXPORT_NAME closes),
+ * as nbdkit's and qemu's tls-authz do; the spec's SELECTIVETLS SHOULD (TLS_REQD for a TLS-only
+ * export asked for in plain) is not followed for these, because TLS_REQD would tell a stranger that
+ * the export exists.
  */
 import { assert } from '../common/assert.js';
 import type { ExportCatalog, ExportEntry } from '../common/block-device.js';
@@ -55,23 +71,47 @@ export interface NegotiatedSession {
 
 export type HandshakeAction =
   | { type: 'send'; bytes: Buffer }
+  /**
+   * Send `reply` (the ACK to STARTTLS) in plain text and, once it is written, run the TLS
+   * handshake as the server on the same socket, then call `tlsEstablished`. No bytes may be fed
+   * to `receive` until then.
+   */
+  | { type: 'starttls'; reply: Buffer }
   /** `normal`: the client ended the handshake as the protocol allows (listing or probing exports). */
   | { type: 'close'; reason: string; normal: boolean }
   | { type: 'transmission'; session: NegotiatedSession; leftover: Buffer };
 
+/** The spec's NOTLS, SELECTIVETLS and FORCEDTLS modes. */
+export type TlsMode = 'off' | 'on' | 'require';
+
 export interface HandshakeOptions {
   catalog: ExportCatalog;
+  /** Default `off`. */
+  tlsMode?: TlsMode;
   blockSizes?: BlockSizeConstraints;
   /** True once the server is shutting down: options get NBD_REP_ERR_SHUTDOWN. */
   isShuttingDown?: () => boolean;
 }
 
-type Phase = 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'done';
+type Phase = 'client-flags' | 'option-header' | 'option-data' | 'option-skip' | 'tls-handshake' | 'done';
+
+/**
+ * Whether a client may see an export: one without an access list is open to everyone; one with a
+ * list only to a TLS client whose identity is on it.
+ */
+export function mayAccess(accessList: readonly string[] | undefined, tlsActive: boolean, identity: string | null): boolean {
+  if (accessList === undefined) return true;
+  return tlsActive && identity !== null && accessList.includes(identity);
+}
 
 export class Handshake {
   private readonly catalog: ExportCatalog;
   private readonly blockSizes: BlockSizeConstraints;
   private readonly isShuttingDown: () => boolean;
+  private readonly tlsMode: TlsMode;
+  private tlsActive = false;
+  /** The TLS client's identity (certificate CN or PSK username), once TLS is up; null otherwise. */
+  private identity: string | null = null;
   private readonly input: Buffer[] = [];
   private inputBytes = 0;
   private phase: Phase = 'client-flags';
@@ -88,6 +128,21 @@ export class Handshake {
     this.catalog = options.catalog;
     this.blockSizes = options.blockSizes ?? DEFAULT_BLOCK_SIZES;
     this.isShuttingDown = options.isShuttingDown ?? (() => false);
+    this.tlsMode = options.tlsMode ?? 'off';
+  }
+
+  /**
+   * The server finished the TLS handshake that a `starttls` action asked for. Everything
+   * negotiated in plain text is forgotten (the spec's MUST), and options are read again.
+   */
+  tlsEstablished(identity: string | null): void {
+    assert(this.phase === 'tls-handshake', 'tlsEstablished without a pending STARTTLS');
+    this.tlsActive = true;
+    this.identity = identity;
+    this.structuredReplies = false;
+    this.metaContexts = new Map();
+    this.metaContextExport = null;
+    this.phase = 'option-header';
   }
 
   greeting(): Buffer {
@@ -104,6 +159,7 @@ export class Handshake {
 
   receive(chunk: Buffer): HandshakeAction[] {
     assert(this.phase !== 'done', 'handshake received bytes after it finished');
+    assert(this.phase !== 'tls-handshake', 'handshake received bytes while the TLS handshake runs');
     if (chunk.length > 0) {
       this.input.push(chunk);
       this.inputBytes += chunk.length;
@@ -135,6 +191,7 @@ export class Handshake {
         return this.readOptionData(actions);
       case 'option-skip':
         return this.skipOptionData(actions);
+      case 'tls-handshake':
       case 'done':
         return false;
     }
@@ -214,6 +271,16 @@ export class Handshake {
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_SHUTDOWN, errorText('server is shutting down'))));
       return;
     }
+    if (option === C.NBD_OPT_STARTTLS) return this.handleStartTls(data, actions);
+    if (this.tlsMode === 'require' && !this.tlsActive) {
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        this.finish(actions, 'EXPORT_NAME before STARTTLS, and this server requires TLS');
+        return;
+      }
+      const name = C.OPTION_NAMES[option] ?? `option ${option}`;
+      actions.push(this.send(this.optionReply(C.NBD_REP_ERR_TLS_REQD, errorText(`this server requires TLS: send NBD_OPT_STARTTLS before ${name}`))));
+      return;
+    }
     switch (option) {
       case C.NBD_OPT_EXPORT_NAME:
         return this.handleExportName(data, actions);
@@ -234,9 +301,39 @@ export class Handshake {
     }
   }
 
+  private handleStartTls(data: Buffer, actions: HandshakeAction[]): void {
+    if (this.tlsMode === 'off') {
+      actions.push(this.send(this.optionReply(C.NBD_REP_ERR_POLICY, errorText('TLS is not enabled on this server (pstorage serve --tls on|require)'))));
+      return;
+    }
+    if (data.length !== 0) {
+      actions.push(this.send(this.optionReply(C.NBD_REP_ERR_INVALID, errorText('STARTTLS takes no data'))));
+      return;
+    }
+    if (this.tlsActive) {
+      actions.push(this.send(this.optionReply(C.NBD_REP_ERR_INVALID, errorText('TLS is already established on this connection'))));
+      return;
+    }
+    if (this.inputBytes > 0) {
+      // The client must wait for our ACK before its TLS ClientHello; bytes already here would be
+      // plain text that the TLS layer never sees, so the stream cannot be kept in step.
+      this.finish(actions, 'client sent data after STARTTLS before reading the reply');
+      return;
+    }
+    this.phase = 'tls-handshake';
+    actions.push({ type: 'starttls', reply: this.optionReply(C.NBD_REP_ACK) });
+  }
+
+  /** The export `name` if this client may see it (see `mayAccess`); undefined otherwise. */
+  private lookupVisible(name: string): ExportEntry | undefined {
+    const entry = this.catalog.lookup(name);
+    if (entry === undefined || !mayAccess(entry.accessList, this.tlsActive, this.identity)) return undefined;
+    return entry;
+  }
+
   private handleExportName(data: Buffer, actions: HandshakeAction[]): void {
     const name = decodeString(data);
-    const entry = name === null ? undefined : this.catalog.lookup(name);
+    const entry = name === null ? undefined : this.lookupVisible(name);
     if (entry === undefined) {
       this.finish(actions, `EXPORT_NAME for unknown export ${JSON.stringify(name ?? '<invalid utf-8>')}`);
       return;
@@ -254,7 +351,8 @@ export class Handshake {
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_INVALID, errorText('LIST takes no data'))));
       return;
     }
-    for (const { name, description } of this.catalog.list()) {
+    for (const { name, description, accessList } of this.catalog.list()) {
+      if (!mayAccess(accessList, this.tlsActive, this.identity)) continue;
       const nameBytes = Buffer.from(name, 'utf8');
       const body = Buffer.concat([u32(nameBytes.length), nameBytes, Buffer.from(description, 'utf8')]);
       actions.push(this.send(this.optionReply(C.NBD_REP_SERVER, body)));
@@ -268,7 +366,7 @@ export class Handshake {
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_INVALID, errorText('malformed INFO/GO request'))));
       return;
     }
-    const entry = this.catalog.lookup(request.name);
+    const entry = this.lookupVisible(request.name);
     if (entry === undefined) {
       const message = `export ${JSON.stringify(request.name)} does not exist; list them with NBD_OPT_LIST (nbdinfo --list)`;
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_UNKNOWN, errorText(message))));
@@ -338,7 +436,7 @@ export class Handshake {
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_INVALID, errorText(message))));
       return;
     }
-    const entry = this.catalog.lookup(request.exportName);
+    const entry = this.lookupVisible(request.exportName);
     if (entry === undefined) {
       const message = `export ${JSON.stringify(request.exportName)} does not exist`;
       actions.push(this.send(this.optionReply(C.NBD_REP_ERR_UNKNOWN, errorText(message))));

@@ -29,8 +29,14 @@
  * a 3–7 ms pause that every request in flight waited for; a buffer per connection cost 256 KiB for
  * each client connected. The decoder copies payloads out of the read buffer (into pooled buffers)
  * and keeps only what it owns.
+ *
+ * TLS (STARTTLS, see tls.ts) replaces `socket` once, during the handshake, by a TLSSocket on the
+ * same file descriptor; the shared read buffer is installed on it the same way (TLSWrap hands out
+ * decrypted bytes through the same allocation hook, synchronously). Everything after the handshake
+ * writes to `this.socket` whatever it is, so the plain path has no TLS branch or wrapper.
  */
 import net, { type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { IoCommand, concatReadExtents, type IoRequest, type ReadExtent, type ReadResult } from '../common/block-device.js';
 import { isStorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
@@ -55,6 +61,7 @@ import type { ExportCatalog } from '../common/block-device.js';
 import type { Grant, InFlightLimit } from './in-flight-limit.js';
 import type { ExportIoStats, IoStats } from './io-stats.js';
 import type { PayloadPool } from './payload-pool.js';
+import { peerIdentity, upgradeToTls, type TlsServerConfig } from './tls.js';
 
 export interface ConnectionOptions {
   catalog: ExportCatalog;
@@ -72,6 +79,8 @@ export interface ConnectionOptions {
   isShuttingDown: () => boolean;
   /** Where requests are counted and timed, per export (see io-stats.ts); null: not counted. */
   ioStats?: IoStats | null;
+  /** STARTTLS is offered (or required) with these credentials; null: the spec's NOTLS mode. */
+  tls?: TlsServerConfig | null;
 }
 
 /** Bytes one socket read may return: a QD8 stream of 128 KiB writes in four reads. */
@@ -168,19 +177,35 @@ export class Connection {
   private readonly onGrant: Grant = (bytes) => this.granted(bytes);
   readonly finished: Promise<void>;
   private resolveFinished!: () => void;
+  /** Set from STARTTLS until the TLS handshake is done (nothing is read as NBD meanwhile). */
+  private tlsPending = false;
+  /**
+   * The socket every reply is written to: the accepted one, or after STARTTLS the TLS socket on
+   * top of it, so the transmission phase runs the same code either way.
+   */
+  private socket: Socket;
+  private readonly onSocketData = (chunk: Buffer) => this.onData(chunk, false);
+  private readonly onSocketDrain = () => this.updateFlow();
+  private readonly onSocketError = (error: Error) => this.options.logger.debug('socket error', { error: error.message });
+  private readonly onSocketClose = () => this.onClose();
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly options: ConnectionOptions,
   ) {
+    this.socket = socket;
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
-    this.handshake = new Handshake({ catalog: options.catalog, blockSizes: options.blockSizes, isShuttingDown: options.isShuttingDown });
+    this.handshake = new Handshake({ catalog: options.catalog, blockSizes: options.blockSizes, isShuttingDown: options.isShuttingDown, tlsMode: options.tls?.mode ?? 'off' });
     socket.setNoDelay?.(true);
-    if (!readIntoUserBuffer(socket, options.readBuffer, (bytes) => this.onData(bytes, true))) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
-    socket.on('drain', () => this.updateFlow());
-    socket.on('error', (error) => options.logger.debug('socket error', { error: error.message }));
-    socket.on('close', () => this.onClose());
+    this.listenTo(socket);
     socket.write(this.handshake.greeting());
+  }
+
+  private listenTo(socket: Socket): void {
+    if (!readIntoUserBuffer(socket, this.options.readBuffer, (bytes) => this.onData(bytes, true))) socket.on('data', this.onSocketData);
+    socket.on('drain', this.onSocketDrain);
+    socket.on('error', this.onSocketError);
+    socket.on('close', this.onSocketClose);
   }
 
   /** Resolves once no request is running on this connection. */
@@ -230,6 +255,12 @@ export class Connection {
   }
 
   private runHandshake(chunk: Buffer): void {
+    if (this.tlsPending) {
+      // Reading stopped at STARTTLS; bytes here would be plain text the TLS layer never saw.
+      this.options.logger.info('handshake ended', { reason: 'client sent plain text during the TLS upgrade' });
+      this.socket.destroy();
+      return;
+    }
     for (const action of this.handshake.receive(chunk)) {
       switch (action.type) {
         case 'send':
@@ -240,6 +271,9 @@ export class Connection {
           if (action.normal) this.options.logger.debug('handshake ended', { reason: action.reason });
           else this.options.logger.info('handshake ended', { reason: action.reason });
           this.socket.end();
+          return;
+        case 'starttls':
+          this.startTls(action.reply);
           return;
         case 'transmission':
           this.session = action.session;
@@ -260,6 +294,46 @@ export class Connection {
           return;
       }
     }
+  }
+
+  /**
+   * STARTTLS was accepted: stop reading, write the ACK in plain text, and once it is out hand the
+   * file descriptor to a TLS socket, which from then on is the socket everything is read from and
+   * written to. The handshake resumes (state forgotten) when TLS is up; a failed TLS handshake
+   * (garbage instead of a ClientHello, a client that hangs up, a refused certificate) closes the
+   * connection like any other socket error.
+   */
+  private startTls(reply: Buffer): void {
+    const plain = this.socket;
+    const config = this.options.tls!;
+    this.tlsPending = true;
+    plain.pause();
+    plain.write(reply, (error) => {
+      if (error || this.closed || plain.destroyed) return;
+      plain.off('data', this.onSocketData);
+      plain.off('drain', this.onSocketDrain);
+      plain.off('close', this.onSocketClose);
+      plain.off('error', this.onSocketError);
+      plain.on('error', () => {}); // its errors now reach the TLS socket, which reports them
+      const upgrade = upgradeToTls(plain, config);
+      const secure: TLSSocket = upgrade.socket;
+      this.socket = secure;
+      this.listenTo(secure);
+      secure.on('error', (tlsError: Error) => {
+        if (this.tlsPending) this.options.logger.info('TLS handshake failed', { error: tlsError.message });
+      });
+      secure.once('secure', () => {
+        const { identity, refused } = peerIdentity(upgrade, config);
+        if (refused !== null) {
+          this.options.logger.info('TLS client refused', { reason: refused });
+          secure.destroy();
+          return;
+        }
+        this.tlsPending = false;
+        this.options.logger.debug('TLS established', { protocol: secure.getProtocol(), cipher: secure.getCipher().name, identity });
+        this.handshake.tlsEstablished(identity);
+      });
+    });
   }
 
   /** What a request holds in flight: the length of a READ or WRITE the server will serve. */

@@ -14,6 +14,7 @@ import { InFlightLimit } from './in-flight-limit.js';
 import { PayloadPool, SLAB_BYTES } from './payload-pool.js';
 import { Connection, READ_BUFFER_BYTES } from './connection.js';
 import type { IoStats } from './io-stats.js';
+import type { TlsServerConfig } from './tls.js';
 
 export interface NbdServerOptions {
   catalog: ExportCatalog;
@@ -29,6 +30,8 @@ export interface NbdServerOptions {
   maxInFlightRequests?: number;
   /** Counts and times every request per export, for the metrics (see io-stats.ts). */
   ioStats?: IoStats;
+  /** STARTTLS offered (`on`) or required (`require`) with these credentials; absent: no TLS. */
+  tls?: TlsServerConfig | null;
 }
 
 export const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
@@ -102,6 +105,7 @@ export class NbdServer {
       maxInFlightRequests: this.options.maxInFlightRequests ?? 1024,
       isShuttingDown: () => this.shuttingDown,
       ioStats: this.options.ioStats ?? null,
+      tls: this.options.tls ?? null,
     });
     this.connections.add(connection);
     logger.debug('client connected');

@@ -590,11 +590,11 @@ export class FlashArray implements ExportCatalog {
     this.catalogDirty = true;
   }
 
-  list(): Array<{ name: string; description: string }> {
-    const volumes = [...this.volumes.values()].map((volume) => ({ name: volume.record.name, description: volume.description }));
+  list(): Array<{ name: string; description: string; accessList?: readonly string[] }> {
+    const volumes = [...this.volumes.values()].map((volume) => ({ name: volume.record.name, description: volume.description, accessList: volume.record.accessList }));
     const snapshots = [...this.snapshots.values()].map((snapshot) => {
       const view = this.snapshotView(snapshot);
-      return { name: view.name, description: view.description };
+      return { name: view.name, description: view.description, accessList: view.record.accessList };
     });
     return [...volumes, ...snapshots];
   }
@@ -607,11 +607,11 @@ export class FlashArray implements ExportCatalog {
       const snapshot = [...this.snapshots.values()].find((candidate) => candidate.volumeId === volume?.record.id && candidate.name === wanted.slice(at + 1));
       if (snapshot === undefined) return undefined;
       const view = this.snapshotView(snapshot);
-      return { name: view.name, description: view.description, device: view };
+      return { name: view.name, description: view.description, device: view, accessList: view.record.accessList };
     }
     const volume = this.volumes.get(wanted);
     if (volume === undefined) return undefined;
-    return { name: volume.record.name, description: volume.description, device: volume };
+    return { name: volume.record.name, description: volume.description, device: volume, accessList: volume.record.accessList };
   }
 
   // ---- Chunks and pages ----------------------------------------------------------------------

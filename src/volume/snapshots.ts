@@ -93,7 +93,43 @@ export async function cloneSnapshot(array: FlashArray, source: string, name: str
   const parsed = parseSnapshotName(source);
   const snapshot = findSnapshot(array, findVolume(array, parsed.volume), parsed.snapshot);
   if (array.volumes.has(name)) throw StorageError.alreadyExists(`volume "${name}" already exists`);
-  return array.addVolume(name, snapshot.sizeBytes, snapshot.layerId, { origin: source, mappedBlocks: snapshot.mappedBlocks, patternBlocks: snapshot.patternBlocks });
+  // A clone holds the same data as its source, so it starts with the source's access list: cloning
+  // must not publish what only some clients could read.
+  const accessList = findVolume(array, parsed.volume).record.accessList;
+  const extra = { origin: source, mappedBlocks: snapshot.mappedBlocks, patternBlocks: snapshot.patternBlocks, ...(accessList === undefined ? {} : { accessList: [...accessList] }) };
+  return array.addVolume(name, snapshot.sizeBytes, snapshot.layerId, extra);
+}
+
+/** At most this many identities on one access list, each at most this long. */
+export const MAX_ACCESS_IDENTITIES = 1024;
+export const MAX_IDENTITY_BYTES = 255;
+
+/**
+ * Sets (or with null clears) the identities allowed to attach a volume and its snapshots over NBD
+ * (see VolumeRecord.accessList), and commits. New connections see the change at once; connections
+ * already attached keep their export until they close.
+ */
+export async function setVolumeAccess(array: FlashArray, name: string, identities: readonly string[] | null): Promise<Volume> {
+  const volume = findVolume(array, name);
+  if (identities !== null) validateIdentities(identities);
+  await array.scheduler.runExclusive(async () => {
+    if (identities === null) delete volume.record.accessList;
+    else volume.record.accessList = [...new Set(identities)];
+    volume.recordDirty = true;
+    await array.commit(true);
+  });
+  return volume;
+}
+
+/** An identity is a certificate common name or a PSK username: printable, no commas. */
+function validateIdentities(identities: readonly string[]): void {
+  if (identities.length === 0) throw StorageError.invalidArgument('an access list needs at least one identity; to let every client in, clear the list instead');
+  if (identities.length > MAX_ACCESS_IDENTITIES) throw StorageError.invalidArgument(`an access list holds at most ${MAX_ACCESS_IDENTITIES} identities`);
+  for (const identity of identities) {
+    if (typeof identity !== 'string' || identity === '' || Buffer.byteLength(identity) > MAX_IDENTITY_BYTES || /[,\x00-\x1f\x7f]/.test(identity) || identity.trim() !== identity) {
+      throw StorageError.invalidArgument(`invalid identity ${JSON.stringify(identity)}: give a client certificate's common name or a PSK username (1-${MAX_IDENTITY_BYTES} bytes, no commas, control characters or surrounding spaces)`);
+    }
+  }
 }
 
 /** Layers whose parent is `layerId`. */

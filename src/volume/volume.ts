@@ -80,6 +80,12 @@ export interface VolumeRecord {
   patternBlocks: number;
   hostBytesWritten: number;
   dedupHits: number;
+  /**
+   * Client identities (TLS certificate common names, PSK usernames) allowed to attach this volume
+   * and its snapshots over NBD; absent (as in records written before access lists existed): every
+   * client. A volume with a list is never served to plain (non-TLS) clients.
+   */
+  accessList?: string[];
 }
 
 export interface SnapshotRecord {

@@ -35,7 +35,7 @@ export class MemoryDevice implements BlockDevice {
 
 export function catalogOf(...entries: ExportEntry[]): ExportCatalog {
   return {
-    list: () => entries.map(({ name, description }) => ({ name, description })),
+    list: () => entries.map(({ name, description, accessList }) => ({ name, description, accessList })),
     lookup: (name) => entries.find((entry) => entry.name === (name === '' ? entries[0]!.name : name)),
   };
 }

@@ -1,7 +1,7 @@
 import test from 'ava';
 import fc from 'fast-check';
 import * as C from '../../src/protocol/constants.js';
-import { Handshake, MAX_OPTION_DATA_BYTES, type HandshakeAction } from '../../src/protocol/handshake.js';
+import { Handshake, MAX_OPTION_DATA_BYTES, type HandshakeAction, type TlsMode } from '../../src/protocol/handshake.js';
 import { MemoryDevice, catalogOf, clientFlags, infoRequest, metaContextRequest, option, parseOptionReplies } from './fixtures.js';
 
 const SIZE = 1 << 20;
@@ -118,9 +118,9 @@ test('STRUCTURED_REPLY: ACK once, ERR_INVALID when repeated or with data', (t) =
   t.deepEqual(got.map((r) => r.type), [C.NBD_REP_ERR_INVALID, C.NBD_REP_ACK, C.NBD_REP_ERR_INVALID]);
 });
 
-test('unsupported options (STARTTLS, unknown numbers) get ERR_UNSUP and the next option still parses', (t) => {
+test('unsupported options (unknown numbers; STARTTLS with TLS off gets POLICY, as nbdkit built with TLS) get an error and the next option still parses', (t) => {
   const got = replies(Buffer.concat([clientFlags(), option(C.NBD_OPT_STARTTLS), option(4242, Buffer.from('payload')), option(C.NBD_OPT_EXTENDED_HEADERS), option(C.NBD_OPT_LIST)]));
-  t.deepEqual(got.map((r) => r.type), [C.NBD_REP_ERR_UNSUP, C.NBD_REP_ERR_UNSUP, C.NBD_REP_ERR_UNSUP, C.NBD_REP_SERVER, C.NBD_REP_SERVER, C.NBD_REP_ACK]);
+  t.deepEqual(got.map((r) => r.type), [C.NBD_REP_ERR_POLICY, C.NBD_REP_ERR_UNSUP, C.NBD_REP_ERR_UNSUP, C.NBD_REP_SERVER, C.NBD_REP_SERVER, C.NBD_REP_ACK]);
   t.deepEqual(got.map((r) => r.option).slice(0, 3), [C.NBD_OPT_STARTTLS, 4242, C.NBD_OPT_EXTENDED_HEADERS]);
 });
 
@@ -212,4 +212,59 @@ test('property: random client bytes never throw and never hang', (t) => {
     { numRuns: 2000 },
   ));
   t.true(sends > 0, 'some random inputs reached option replies');
+});
+
+// ---- STARTTLS and access lists (NBD.md section 3) ------------------------------------------------
+
+const tlsCatalog = () =>
+  catalogOf(
+    { name: 'default', description: 'open', device: new MemoryDevice(SIZE) },
+    { name: 'secret', description: 'alice only', device: new MemoryDevice(SIZE), accessList: ['alice'] },
+  );
+
+/** Runs `before` in plain text, STARTTLS (if the mode gives ACK) as `identity`, then `after`: the reply types of each part. */
+function tlsRun(mode: TlsMode, before: Buffer[], after: Buffer[] = [], identity: string | null = null): { before: number[]; after: number[]; started: boolean } {
+  const handshake = new Handshake({ catalog: tlsCatalog(), tlsMode: mode });
+  const types = (actions: HandshakeAction[]) => parseOptionReplies(Buffer.concat(actions.flatMap((a) => (a.type === 'send' ? [a.bytes] : a.type === 'starttls' ? [a.reply] : [])))).map((r) => r.type);
+  const first = handshake.receive(Buffer.concat([clientFlags(), ...before]));
+  const started = first.some((a) => a.type === 'starttls');
+  if (!started) return { before: types(first), after: [], started };
+  handshake.tlsEstablished(identity);
+  return { before: types(first), after: types(handshake.receive(Buffer.concat(after))), started };
+}
+
+const LIST = option(C.NBD_OPT_LIST);
+const STARTTLS = option(C.NBD_OPT_STARTTLS);
+const infoFor = (name: string) => option(C.NBD_OPT_INFO, infoRequest(name));
+
+const tlsTable: Array<[string, TlsMode, Buffer[], Buffer[], string | null, number[], number[]]> = [
+  ['NOTLS: STARTTLS gets POLICY, never TLS_REQD', 'off', [STARTTLS, LIST], [], null, [C.NBD_REP_ERR_POLICY, C.NBD_REP_SERVER, C.NBD_REP_ACK], []],
+  ['FORCEDTLS: LIST, INFO, STRUCTURED_REPLY and unknown options get TLS_REQD before STARTTLS', 'require', [LIST, infoFor('default'), option(C.NBD_OPT_STRUCTURED_REPLY), option(99), STARTTLS], [LIST], null, [C.NBD_REP_ERR_TLS_REQD, C.NBD_REP_ERR_TLS_REQD, C.NBD_REP_ERR_TLS_REQD, C.NBD_REP_ERR_TLS_REQD, C.NBD_REP_ACK], [C.NBD_REP_SERVER, C.NBD_REP_ACK]],
+  ['STARTTLS with data is invalid, then a proper one is accepted', 'on', [option(C.NBD_OPT_STARTTLS, Buffer.from('x')), STARTTLS], [], null, [C.NBD_REP_ERR_INVALID, C.NBD_REP_ACK], []],
+  ['a second STARTTLS is invalid', 'on', [STARTTLS], [STARTTLS], 'alice', [C.NBD_REP_ACK], [C.NBD_REP_ERR_INVALID]],
+  ['structured replies are forgotten after STARTTLS', 'on', [option(C.NBD_OPT_STRUCTURED_REPLY), STARTTLS], [option(C.NBD_OPT_SET_META_CONTEXT, metaContextRequest('default', ['base:allocation']))], null, [C.NBD_REP_ACK, C.NBD_REP_ACK], [C.NBD_REP_ERR_INVALID]],
+  ['plain clients neither see nor open an access-listed export', 'on', [LIST, infoFor('secret'), option(C.NBD_OPT_LIST_META_CONTEXT, metaContextRequest('secret', []))], [], null, [C.NBD_REP_SERVER, C.NBD_REP_ACK, C.NBD_REP_ERR_UNKNOWN, C.NBD_REP_ERR_UNKNOWN], []],
+  ['a TLS client not on the list neither sees nor opens it', 'on', [STARTTLS], [LIST, infoFor('secret')], 'bob', [C.NBD_REP_ACK], [C.NBD_REP_SERVER, C.NBD_REP_ACK, C.NBD_REP_ERR_UNKNOWN]],
+  ['an anonymous TLS client neither sees nor opens it', 'on', [STARTTLS], [LIST, infoFor('secret')], null, [C.NBD_REP_ACK], [C.NBD_REP_SERVER, C.NBD_REP_ACK, C.NBD_REP_ERR_UNKNOWN]],
+  ['the identity on the list sees and opens it', 'on', [STARTTLS], [LIST, infoFor('secret')], 'alice', [C.NBD_REP_ACK], [C.NBD_REP_SERVER, C.NBD_REP_SERVER, C.NBD_REP_ACK, C.NBD_REP_INFO, C.NBD_REP_ACK]],
+];
+
+for (const [title, mode, before, after, identity, expectBefore, expectAfter] of tlsTable) {
+  test(`TLS: ${title}`, (t) => {
+    const got = tlsRun(mode, before, after, identity);
+    t.deepEqual(got.before, expectBefore);
+    t.deepEqual(got.after, expectAfter);
+  });
+}
+
+test('TLS: EXPORT_NAME before STARTTLS in FORCEDTLS mode closes (it cannot carry an error)', (t) => {
+  const handshake = new Handshake({ catalog: tlsCatalog(), tlsMode: 'require' });
+  const actions = handshake.receive(Buffer.concat([clientFlags(), option(C.NBD_OPT_EXPORT_NAME, Buffer.from('default'))]));
+  t.deepEqual(actions.map((a) => a.type), ['close']);
+});
+
+test('TLS: bytes sent after STARTTLS before its reply close the connection (they would bypass TLS)', (t) => {
+  const handshake = new Handshake({ catalog: tlsCatalog(), tlsMode: 'on' });
+  const actions = handshake.receive(Buffer.concat([clientFlags(), STARTTLS, Buffer.from([0x16, 0x03, 0x01])]));
+  t.deepEqual(actions.map((a) => a.type), ['close']);
 });
