@@ -11,47 +11,28 @@ import { PrometheusMetrics } from '../../src/mgmt/prometheus.js';
 import { IoStats } from '../../src/server/io-stats.js';
 import { COMMIT_BUCKETS_SECONDS } from '../../src/common/latency-histogram.js';
 import { Harness, seedFor } from '../engine/ftl-harness.js';
+import { parseExposition, sample } from '../helpers/exposition.js';
 import { describeRun, run } from '../helpers/interop.js';
 
-/** The exposition as `name{label="value",...}` (labels sorted) → value; comments dropped. */
-function parse(text: string): Map<string, number> {
-  const samples = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null) throw new Error(`not an exposition line: ${line}`);
-    const labels = match[2] === undefined ? [] : [...match[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((label) => `${label[1]}="${label[2]}"`).sort();
-    samples.set(labels.length === 0 ? match[1]! : `${match[1]}{${labels.join(',')}}`, Number(match[3]));
-  }
-  return samples;
-}
-
-function value(samples: Map<string, number>, name: string, labels: Record<string, string> = {}): number {
-  const list = Object.entries(labels).map(([label, v]) => `${label}="${v}"`).sort();
-  const key = list.length === 0 ? name : `${name}{${list.join(',')}}`;
-  const found = samples.get(key);
-  if (found === undefined) throw new Error(`no sample ${key}`);
-  return found;
-}
 
 async function scrape(h: Harness): Promise<{ text: string; samples: Map<string, number> }> {
   const text = await new PrometheusMetrics(h.array, new IoStats(), { recoveryMs: 0 }).render();
-  return { text, samples: parse(text) };
+  return { text, samples: parseExposition(text) };
 }
 
 /** The commit histogram is whole: cumulative buckets, +Inf = _count = pstorage_metadata_commits_total. */
 function commitHistogram(samples: Map<string, number>): { count: number; sumSeconds: number } {
   const name = 'pstorage_metadata_commit_duration_seconds';
-  const count = value(samples, `${name}_count`);
+  const count = sample(samples, `${name}_count`);
   let previous = 0;
   for (const le of [...COMMIT_BUCKETS_SECONDS.map(String), '+Inf']) {
-    const bucket = value(samples, `${name}_bucket`, { le });
+    const bucket = sample(samples, `${name}_bucket`, { le });
     if (bucket < previous) throw new Error(`bucket le=${le} (${bucket}) is below the one before (${previous})`);
     previous = bucket;
   }
   if (previous !== count) throw new Error(`+Inf bucket ${previous} but _count ${count}`);
-  if (count !== value(samples, 'pstorage_metadata_commits_total')) throw new Error(`_count ${count} but commits_total ${value(samples, 'pstorage_metadata_commits_total')}`);
-  return { count, sumSeconds: value(samples, `${name}_sum`) };
+  if (count !== sample(samples, 'pstorage_metadata_commits_total')) throw new Error(`_count ${count} but commits_total ${sample(samples, 'pstorage_metadata_commits_total')}`);
+  return { count, sumSeconds: sample(samples, `${name}_sum`) };
 }
 
 test('each flush is a commit in the histogram and in pstorage_metadata_commits_total; a failed commit counts in both and in the failures', async (t) => {
@@ -67,7 +48,7 @@ test('each flush is a commit in the histogram and in pstorage_metadata_commits_t
   const after = commitHistogram(samples);
   t.true(after.count >= before.count + 3, `${before.count} commits, then ${after.count} after three flushes`);
   t.true(after.sumSeconds > before.sumSeconds, 'commits take some time');
-  t.is(value(samples, 'pstorage_metadata_commit_failures_total'), 0);
+  t.is(sample(samples, 'pstorage_metadata_commit_failures_total'), 0);
 
   // A batch the metadata store refuses (its disk is full): the commit fails, and is counted.
   h.meta.hostFull = true;
@@ -75,7 +56,7 @@ test('each flush is a commit in the histogram and in pstorage_metadata_commits_t
   await t.throwsAsync(h.volume.flush());
   const failed = (await scrape(h)).samples;
   t.is(commitHistogram(failed).count, after.count + 1);
-  t.is(value(failed, 'pstorage_metadata_commit_failures_total'), 1);
+  t.is(sample(failed, 'pstorage_metadata_commit_failures_total'), 1);
   h.array.abandon();
 });
 
@@ -89,33 +70,33 @@ test('a read of metadata that is not cached counts a miss; reading it again coun
   h = await h.crashAndReopen();
   const cold = (await scrape(h)).samples;
   for (const cache of ['map', 'chunk']) {
-    t.true(value(cold, 'pstorage_cache_bytes', { cache }) >= 0, cache);
-    t.is(value(cold, 'pstorage_cache_dirty_bytes', { cache }), 0, `${cache}: nothing changed since the checkpoint`);
+    t.true(sample(cold, 'pstorage_cache_bytes', { cache }) >= 0, cache);
+    t.is(sample(cold, 'pstorage_cache_dirty_bytes', { cache }), 0, `${cache}: nothing changed since the checkpoint`);
   }
   t.false([...cold.keys()].some((key) => key.includes('cache="nand_mapping"')), 'memory NAND has no read mapping');
 
   t.deepEqual(await h.mismatches(0, 4), []);
   const first = (await scrape(h)).samples;
-  t.true(value(first, 'pstorage_cache_misses_total', { cache: 'map' }) > value(cold, 'pstorage_cache_misses_total', { cache: 'map' }), 'the map page was read from the store');
-  t.true(value(first, 'pstorage_cache_misses_total', { cache: 'chunk' }) > value(cold, 'pstorage_cache_misses_total', { cache: 'chunk' }), 'the chunk page was read from the store');
-  t.true(value(first, 'pstorage_cache_bytes', { cache: 'map' }) > value(cold, 'pstorage_cache_bytes', { cache: 'map' }), 'and is held now');
+  t.true(sample(first, 'pstorage_cache_misses_total', { cache: 'map' }) > sample(cold, 'pstorage_cache_misses_total', { cache: 'map' }), 'the map page was read from the store');
+  t.true(sample(first, 'pstorage_cache_misses_total', { cache: 'chunk' }) > sample(cold, 'pstorage_cache_misses_total', { cache: 'chunk' }), 'the chunk page was read from the store');
+  t.true(sample(first, 'pstorage_cache_bytes', { cache: 'map' }) > sample(cold, 'pstorage_cache_bytes', { cache: 'map' }), 'and is held now');
 
   t.deepEqual(await h.mismatches(0, 4), []);
   const again = (await scrape(h)).samples;
   for (const cache of ['map', 'chunk']) {
-    t.is(value(again, 'pstorage_cache_misses_total', { cache }), value(first, 'pstorage_cache_misses_total', { cache }), `${cache}: no new miss`);
-    t.true(value(again, 'pstorage_cache_hits_total', { cache }) > value(first, 'pstorage_cache_hits_total', { cache }), `${cache}: hits`);
+    t.is(sample(again, 'pstorage_cache_misses_total', { cache }), sample(first, 'pstorage_cache_misses_total', { cache }), `${cache}: no new miss`);
+    t.true(sample(again, 'pstorage_cache_hits_total', { cache }) > sample(first, 'pstorage_cache_hits_total', { cache }), `${cache}: hits`);
   }
   // A write dirties its pages until the next commit writes them back.
   await h.write(1);
-  t.true(value((await scrape(h)).samples, 'pstorage_cache_dirty_bytes', { cache: 'map' }) > 0, 'a dirty map page');
+  t.true(sample((await scrape(h)).samples, 'pstorage_cache_dirty_bytes', { cache: 'map' }) > 0, 'a dirty map page');
   await h.close();
 });
 
 test('forced garbage collection adds to pstorage_gc_seconds_total; promtool accepts the exposition', async (t) => {
   const seed = seedFor(t);
   const h = await Harness.create(seed);
-  t.is(value((await scrape(h)).samples, 'pstorage_gc_seconds_total'), 0, 'no GC yet');
+  t.is(sample((await scrape(h)).samples, 'pstorage_gc_seconds_total'), 0, 'no GC yet');
   // Fill 80 % with unique data, then overwrite at random until GC has run.
   const fillLbas = Math.floor(h.capacityLbas * 0.8);
   for (let lba = 0; lba < fillLbas; lba += 8) await h.write(lba, Math.min(8, fillLbas - lba));
@@ -125,8 +106,8 @@ test('forced garbage collection adds to pstorage_gc_seconds_total; promtool acce
   await h.volume.flush();
   await h.quiesce();
   const { text, samples } = await scrape(h);
-  t.true(value(samples, 'pstorage_gc_runs_total') > 0, `GC ran (seed ${seed})`);
-  t.true(value(samples, 'pstorage_gc_seconds_total') > 0, `GC took time (seed ${seed})`);
+  t.true(sample(samples, 'pstorage_gc_runs_total') > 0, `GC ran (seed ${seed})`);
+  t.true(sample(samples, 'pstorage_gc_seconds_total') > 0, `GC took time (seed ${seed})`);
   t.true(commitHistogram(samples).count > 0);
   await h.close();
 

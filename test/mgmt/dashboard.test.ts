@@ -16,6 +16,7 @@ import { apiRequest, apiSocketOf } from '../cli/cli-run.js';
 import { Browser, CHROMIUM } from '../helpers/chromium.js';
 import { SYSTEM_PYTHON, mustRun, requireTools, startServer, stopServer, tempDir } from '../helpers/interop.js';
 import type { PstorageProcess } from '../helpers/pstorage-process.js';
+import { parseExposition } from '../helpers/exposition.js';
 
 const KiB = 1024;
 /** Per volume: 4 KiB reads, 64 KiB writes (half of them compressible text, a few all zero). */
@@ -46,18 +47,6 @@ function get(port: number, route: string, token: string | null): Promise<{ statu
     });
     request.on('error', reject);
   });
-}
-
-/** `name{a="x",b="y"}` (labels sorted) → value. */
-function parseExposition(text: string): Map<string, number> {
-  const samples = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null) continue;
-    const labels = match[2] === undefined ? '' : `{${[...match[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((l) => `${l[1]}="${l[2]}"`).sort().join(',')}}`;
-    samples.set(`${match[1]}${labels}`, Number(match[3]));
-  }
-  return samples;
 }
 
 function apiPort(server: PstorageProcess): number {

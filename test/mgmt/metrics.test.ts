@@ -10,6 +10,7 @@ import http from 'node:http';
 import test from 'ava';
 import { apiRequest, apiSocketOf } from '../cli/cli-run.js';
 import { SYSTEM_PYTHON, describeRun, mustRun, requireTools, run, startServer, stopServer } from '../helpers/interop.js';
+import { parseExposition, sample } from '../helpers/exposition.js';
 import { PSTORAGE_BIN, type PstorageProcess } from '../helpers/pstorage-process.js';
 
 const KiB = 1024;
@@ -70,29 +71,6 @@ h.shutdown()
 const DEFAULT_TRAFFIC: Traffic = { writes: 200, writeBytes: 4 * KiB, reads: 150, readBytes: 4 * KiB, trims: 10, trimBytes: 64 * KiB, zeroes: 5, zeroBytes: 8 * KiB, flushes: 3, badReads: 2 };
 const SECOND_TRAFFIC: Traffic = { writes: 40, writeBytes: 64 * KiB, reads: 25, readBytes: 128 * KiB, trims: 0, trimBytes: 4 * KiB, zeroes: 7, zeroBytes: 4 * KiB, flushes: 1, badReads: 0 };
 
-/** The exposition as `name{label="value",...}` (labels sorted) → value; comments dropped. */
-function parseExposition(text: string): Map<string, number> {
-  const samples = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (match === null) throw new Error(`not an exposition line: ${line}`);
-    const labels = match[2] === undefined ? [] : [...match[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((label) => `${label[1]}="${label[2]}"`).sort();
-    samples.set(key(match[1]!, labels), Number(match[3]));
-  }
-  return samples;
-}
-
-function key(name: string, labels: string[] | Record<string, string> = []): string {
-  const list = Array.isArray(labels) ? labels : Object.entries(labels).map(([label, value]) => `${label}="${value}"`).sort();
-  return list.length === 0 ? name : `${name}{${list.join(',')}}`;
-}
-
-function sample(samples: Map<string, number>, name: string, labels: Record<string, string> = {}): number {
-  const value = samples.get(key(name, labels));
-  if (value === undefined) throw new Error(`no sample ${key(name, labels)}`);
-  return value;
-}
 
 function httpGet(target: { socketPath: string } | { port: number }, route: string, options: { method?: string; headers?: Record<string, string> } = {}): Promise<{ status: number; contentType: string; body: string }> {
   return new Promise((resolve, reject) => {
