@@ -166,6 +166,21 @@ export async function deleteSnapshot(array: FlashArray, volumeName: string, name
 
 /** Moves `lower`'s entries up into `upper` where `upper` has none; releases the rest; drops `lower`. */
 async function mergeLayerInto(array: FlashArray, lower: number, upper: number): Promise<void> {
+  await fillLayerFrom(array, lower, upper, 'move');
+  array.layers.delete(lower);
+}
+
+/** Copies `lower`'s entries into `upper` where `upper` has none (a reference more per chunk), and makes `upper` a child of `lower`'s parent. */
+async function copyLayerInto(array: FlashArray, lower: number, upper: number): Promise<void> {
+  await fillLayerFrom(array, lower, upper, 'copy');
+}
+
+/**
+ * Gives `upper` every entry of `lower` it lacks, page by page, and makes `upper` a child of
+ * `lower`'s parent. 'copy' takes a reference more on each chunk it copies and leaves `lower` as it
+ * is; 'move' empties `lower` (an entry `upper` already has is released instead of moved).
+ */
+async function fillLayerFrom(array: FlashArray, lower: number, upper: number, mode: 'copy' | 'move'): Promise<void> {
   for (const pageIndex of await layerPageIndexes(array, lower)) {
     const ids = [mapCacheId(lower, pageIndex), mapCacheId(upper, pageIndex)];
     await withPages(array, ids, (from) => from.chunkIdsIn(), ([from, to]) => {
@@ -173,27 +188,13 @@ async function mergeLayerInto(array: FlashArray, lower: number, upper: number): 
         const kind = from!.kind(slot);
         if (kind === EntryKind.Absent) continue;
         const lba = pageIndex * LBAS_PER_MAP_PAGE + slot;
-        if (to!.kind(slot) === EntryKind.Absent) array.maps.set(to!, upper, lba, kind, from!.high[slot]!, from!.low[slot]!);
-        else if (kind === EntryKind.Chunk) array.releaseChunk(from!.chunkId(slot));
-        array.maps.set(from!, lower, lba, EntryKind.Absent, 0, 0);
-      }
-    });
-  }
-  array.layers.set(upper, array.layers.get(lower) ?? 0);
-  array.layers.delete(lower);
-  array.catalogDirty = true;
-}
-
-/** Copies `lower`'s entries into `upper` where `upper` has none (a reference more per chunk), and makes `upper` a child of `lower`'s parent. */
-async function copyLayerInto(array: FlashArray, lower: number, upper: number): Promise<void> {
-  for (const pageIndex of await layerPageIndexes(array, lower)) {
-    const ids = [mapCacheId(lower, pageIndex), mapCacheId(upper, pageIndex)];
-    await withPages(array, ids, (from) => from.chunkIdsIn(), ([from, to]) => {
-      for (let slot = 0; slot < LBAS_PER_MAP_PAGE; slot++) {
-        const kind = from!.kind(slot);
-        if (kind === EntryKind.Absent || to!.kind(slot) !== EntryKind.Absent) continue;
-        if (kind === EntryKind.Chunk) array.chunks.incref(from!.chunkId(slot));
-        array.maps.set(to!, upper, pageIndex * LBAS_PER_MAP_PAGE + slot, kind, from!.high[slot]!, from!.low[slot]!);
+        if (to!.kind(slot) === EntryKind.Absent) {
+          if (mode === 'copy' && kind === EntryKind.Chunk) array.chunks.incref(from!.chunkId(slot));
+          array.maps.set(to!, upper, lba, kind, from!.high[slot]!, from!.low[slot]!);
+        } else if (mode === 'move' && kind === EntryKind.Chunk) {
+          array.releaseChunk(from!.chunkId(slot));
+        }
+        if (mode === 'move') array.maps.set(from!, lower, lba, EntryKind.Absent, 0, 0);
       }
     });
   }
