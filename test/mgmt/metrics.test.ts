@@ -1,7 +1,8 @@
 /**
  * Prometheus metrics of a real `pstorage serve` (issue: observability, part 1): a known number of
  * NBD requests of each kind on two volumes, driven by python3-libnbd, must show up exactly in the
- * per-volume counters, bytes and latency histograms; the exposition must pass `promtool check
+ * per-volume counters, bytes and latency histograms, and two fio jobs at once on two volumes must be
+ * counted within 1 % of fio's own request counts; the exposition must pass `promtool check
  * metrics`; `--metrics-listen` serves GET /metrics and 404 for anything else, with no token; the
  * management API serves the same route on its socket, and on TCP only with the bearer token.
  */
@@ -206,6 +207,35 @@ test('per-volume request, byte, error and latency metrics match the NBD traffic;
   const lint = await run('promtool', ['check', 'metrics'], { input: scrape.body, timeoutMs: 30_000 });
   t.is(lint.code, 0, `promtool check metrics found problems\n${describeRun(lint)}`);
 
+  await stopServer(t, server);
+});
+
+test('after fio traffic on two volumes the per-volume counters match fio\'s request counts, and each histogram counts them all', async (t) => {
+  requireTools(['fio']);
+  const server = await startServer(t, { args: ['--metrics-listen', '127.0.0.1:0'] });
+  const metricsPort = loggedPort(server, 'metrics listening');
+  t.is((await apiRequest({ socketPath: apiSocketOf(server.dataDir) }, 'POST', '/api/v1/volumes', { body: { name: 'second', size: '1G' } })).status, 201);
+  // Both at once, as two clients would: 4 KiB random writes on one, 64 KiB random reads and writes on the other.
+  const jobs = [
+    { volume: 'default', args: ['--rw=randwrite', '--bs=4k', '--iodepth=16'] },
+    { volume: 'second', args: ['--rw=randrw', '--rwmixread=60', '--bs=64k', '--iodepth=4'] },
+  ];
+  const results = await Promise.all(jobs.map(({ volume, args }) => mustRun('fio', [`--name=${volume}`, '--ioengine=nbd', `--uri=${server.unixUri(volume)}`, ...args, '--size=64M', '--time_based=1', '--runtime=2', '--output-format=json'], { timeoutMs: 60_000 })));
+  const samples = parseExposition((await httpGet({ port: metricsPort }, '/metrics')).body);
+  results.forEach((result, index) => {
+    const volume = jobs[index]!.volume;
+    // fio prints a line of its own ("fio: connected to ...") before the JSON.
+    const job = (JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { total_ios: number; io_bytes: number }>> }).jobs[0]!;
+    for (const op of ['read', 'write'] as const) {
+      const fioRequests = job[op].total_ios;
+      const counted = sample(samples, 'pstorage_nbd_requests_total', { volume, op });
+      t.true(Math.abs(counted - fioRequests) <= Math.max(1, fioRequests * 0.01), `${volume} ${op}: ${counted} counted, fio ${fioRequests}`);
+      t.true(Math.abs(sample(samples, 'pstorage_nbd_bytes_total', { volume, op }) - job[op].io_bytes) <= Math.max(64 * KiB, job[op].io_bytes * 0.01), `${volume} ${op} bytes`);
+      t.is(sample(samples, 'pstorage_nbd_request_duration_seconds_count', { volume, op }), counted, `${volume} ${op} histogram count`);
+    }
+    t.true(job.write.total_ios > 100, `${volume}: fio wrote (${job.write.total_ios} requests)`);
+  });
+  t.is(results.length, 2);
   await stopServer(t, server);
 });
 
