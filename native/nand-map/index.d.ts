@@ -84,3 +84,9 @@ export function trimMalloc(): boolean;
  * "madvise" mode). The bytes advised; 0 when the array is too small or the kernel refused.
  */
 export function adviseHugePages(array: ArrayBufferView): number;
+/**
+ * AES-256-XTS of `data` (at least 16 bytes) in place, encrypting or decrypting, with the tweak
+ * chunkId as u64 little-endian zero-padded to 16 bytes (src/ftl/record-cipher.ts); `key` is the
+ * 64-byte XTS key. Throws a RangeError when the cipher fails.
+ */
+export function xtsBuffer(key: Uint8Array, encrypt: boolean, data: Uint8Array, chunkId: number): void;

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <node_api.h>
+#include <openssl/evp.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -650,6 +651,70 @@ static napi_value read_records(napi_env env, napi_callback_info info) {
   return result != NULL ? result : make_int(env, -1);
 }
 
+/* ---- AES-256-XTS of records (src/ftl/record-cipher.ts) ---- */
+
+/*
+ * One cipher context per direction, keyed once and re-keyed only when another key comes (an
+ * array has one key; tests open several): a record then costs setting its tweak and the cipher
+ * itself, no key schedule. The contexts live for the process (one per thread that calls here).
+ */
+static __thread EVP_CIPHER_CTX* xts_ctx[2];
+static __thread uint8_t xts_key[2][64];
+static __thread bool xts_keyed[2];
+
+static EVP_CIPHER_CTX* xts_context(const uint8_t* key, int encrypt) {
+  int d = encrypt ? 1 : 0;
+  if (xts_ctx[d] == NULL) {
+    xts_ctx[d] = EVP_CIPHER_CTX_new();
+    if (xts_ctx[d] == NULL) return NULL;
+  }
+  if (!xts_keyed[d] || memcmp(xts_key[d], key, 64) != 0) {
+    if (EVP_CipherInit_ex(xts_ctx[d], EVP_aes_256_xts(), NULL, key, NULL, encrypt) != 1) return NULL;
+    memcpy(xts_key[d], key, 64);
+    xts_keyed[d] = true;
+  }
+  return xts_ctx[d];
+}
+
+/* Encrypts or decrypts `length` (>= 16) bytes in place with tweak = chunk id, u64 little-endian, zero-padded. */
+static bool xts_one(EVP_CIPHER_CTX* ctx, int encrypt, uint8_t* data, size_t length, double chunk_id) {
+  uint8_t tweak[16] = {0};
+  uint64_t id = (uint64_t)chunk_id;
+  for (int i = 0; i < 8; i++) tweak[i] = (uint8_t)(id >> (8 * i));
+  int out = 0;
+  if (length < 16 || length > 0x7fffffff) return false;
+  if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, encrypt) != 1) return false;
+  return EVP_CipherUpdate(ctx, data, &out, data, (int)length) == 1 && (size_t)out == length;
+}
+
+static const uint8_t* xts_key_of(napi_env env, napi_value value) {
+  size_t length = 0;
+  const uint8_t* key = bytes_of(env, value, &length);
+  return key != NULL && length == 64 ? key : NULL;
+}
+
+/* xtsBuffer(key: 64 bytes, encrypt: boolean, data: Uint8Array, chunkId: number): in place. */
+static napi_value xts_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool encrypt = false;
+  double chunk_id = 0;
+  size_t length = 0;
+  const uint8_t* key = argc == 4 ? xts_key_of(env, argv[0]) : NULL;
+  uint8_t* data = argc == 4 ? bytes_of(env, argv[2], &length) : NULL;
+  if (key == NULL || data == NULL || napi_get_value_bool(env, argv[1], &encrypt) != napi_ok || napi_get_value_double(env, argv[3], &chunk_id) != napi_ok) {
+    napi_throw_type_error(env, NULL, "xtsBuffer(key: 64 bytes, encrypt: boolean, data: Uint8Array, chunkId: number)");
+    return NULL;
+  }
+  EVP_CIPHER_CTX* ctx = xts_context(key, encrypt);
+  if (ctx == NULL || !xts_one(ctx, encrypt, data, length, chunk_id)) {
+    napi_throw_range_error(env, NULL, "xtsBuffer: the cipher failed (data shorter than 16 bytes?)");
+    return NULL;
+  }
+  return NULL;
+}
+
 static napi_value make_bool(napi_env env, bool value) {
   napi_value result;
   if (napi_get_boolean(env, value, &result) != napi_ok) return NULL;
@@ -730,6 +795,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, tune_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "tuneMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashAndSample", NAPI_AUTO_LENGTH, hash_and_sample, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashAndSample", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "xtsBuffer", NAPI_AUTO_LENGTH, xts_buffer, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsBuffer", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "adviseHugePages", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -7,6 +7,7 @@
  * directory is then locked (a server without a reachable API, or another CLI), the error is
  * DataDirectoryInUse, exit code 3.
  */
+import { readKeyFile } from '../volume/array-key.js';
 import http from 'node:http';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -89,7 +90,9 @@ export function apiError(response: ApiResponse): StorageError {
 /** Opens the data directory for a CLI command (no server runs), or says why not. */
 export async function openLocal(dataDir: string): Promise<FlashArray> {
   try {
-    const { array } = await FlashArray.open(path.resolve(dataDir), silentLogger, { createIfMissing: false });
+    // An encrypted array opens with the key file of PSTORAGE_KEY_FILE (array-key.ts).
+    const keyFile = process.env.PSTORAGE_KEY_FILE;
+    const { array } = await FlashArray.open(path.resolve(dataDir), silentLogger, { createIfMissing: false, keyFileBytes: keyFile === undefined || keyFile === '' ? undefined : readKeyFile(keyFile) });
     return array;
   } catch (error) {
     if (isStorageError(error) && error.code === 'BUSY') throw new DataDirectoryInUse(error);

@@ -6,6 +6,9 @@
  * through the running server's management API, or opens the directory itself when none runs.
  */
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { readKeyFile } from '../volume/array-key.js';
+import { rotateArrayKey } from '../volume/key-rotation.js';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isStorageError } from '../common/errors.js';
 import { defaultBudgetMiB } from '../common/memory-budget.js';
@@ -125,7 +128,8 @@ export function buildProgram(): Command {
     .option('--tls-certificates <dir>', 'directory with ca-cert.pem, server-cert.pem and server-key.pem, as for nbdkit and qemu (env PSTORAGE_TLS_CERTIFICATES)', process.env.PSTORAGE_TLS_CERTIFICATES)
     .option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (or a PSK) (env PSTORAGE_TLS_VERIFY_PEER=1)', ['1', 'true', 'on', 'yes'].includes(process.env.PSTORAGE_TLS_VERIFY_PEER ?? ''))
     .option('--tls-psk <file>', 'pre-shared keys, psktool format (username:hexkey lines) (env PSTORAGE_TLS_PSK)', process.env.PSTORAGE_TLS_PSK)
-    .action(async (options: { dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
+    .option('--key-file <file>', 'encryption at rest: a new array given a key file (>= 32 bytes, e.g. "openssl rand -out FILE 32") is encrypted, and then needs it to open (env PSTORAGE_KEY_FILE)', process.env.PSTORAGE_KEY_FILE)
+    .action(async (options: { keyFile?: string; dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
       // commander turns a parser's null ("--listen none") into ''.
       const listen = options.listen === '' ? null : options.listen;
       if (listen === null && options.socket === undefined) {
@@ -133,6 +137,7 @@ export function buildProgram(): Command {
       }
       // Credentials are read and checked before the array opens or anything listens.
       const tls = loadTlsConfig({ mode: options.tls, certificatesDir: options.tlsCertificates ?? null, verifyPeer: options.tlsVerifyPeer, pskFile: options.tlsPsk ?? null });
+      const keyFileBytes = options.keyFile === undefined || options.keyFile === '' ? undefined : readKeyFile(options.keyFile);
       await serve({
         tls,
         dataDir: options.dataDir,
@@ -146,8 +151,22 @@ export function buildProgram(): Command {
           ftl: { victimPolicy: options.gcPolicy },
           compression: options.compression,
           dedup: options.dedup === 'on',
+          keyFileBytes,
         },
       });
+    });
+
+  const key = program.command('key').description('encryption at rest: the key file that unlocks an encrypted array');
+  key
+    .command('rotate')
+    .description('rewrap the array\'s data key under a new key file (offline: stop the server first; no data is rewritten)')
+    .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', process.env.PSTORAGE_DATA_DIR ?? './pstorage-data')
+    .requiredOption('--key-file <file>', 'the current key file')
+    .requiredOption('--new-key-file <file>', 'the new key file (>= 32 bytes, e.g. "openssl rand -out FILE 32")')
+    .addHelpText('after', '\nExample: pstorage key rotate -d /srv/pstorage --key-file old.key --new-key-file new.key')
+    .action(async (options: { dataDir: string; keyFile: string; newKeyFile: string }) => {
+      const result = await rotateArrayKey(path.resolve(options.dataDir), readKeyFile(options.keyFile), readKeyFile(options.newKeyFile));
+      process.stdout.write(result.rotated ? `key rotated: ${options.newKeyFile} now unlocks ${options.dataDir}\n` : `the rotation was already committed; the catalog copy is now in step\n`);
     });
 
   const dataDirOption = () => process.env.PSTORAGE_DATA_DIR ?? './pstorage-data';

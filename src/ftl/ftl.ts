@@ -41,6 +41,7 @@ import { isNandFault, type NandDevice } from '../nand/nand-device.js';
 import { BlockState, EraseBlockTable, type BlockSummary, type VictimPolicy } from './erase-block-table.js';
 import { BlockBuffers, LogStream, type PhysicalAddress, type StreamHost } from './log-stream.js';
 import { RecordReader } from './record-reader.js';
+import type { RecordCipher } from './record-cipher.js';
 import { DEFAULT_CHECKSUM_SEED, PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checksumOf } from './page-format.js';
 
 /** Erases in flight at once after a commit (see `releaseAfterCommit`). */
@@ -176,6 +177,8 @@ export class Ftl implements StreamHost {
   private committer: (() => Promise<void>) | null = null;
   readonly streamBytesPerBlock: number;
   readonly payloadBytesPerPage: number;
+  /** Where an encrypted array's host records are encrypted before they are appended. */
+  private readonly cipherScratch: Buffer;
 
   constructor(
     readonly nand: NandDevice,
@@ -184,14 +187,19 @@ export class Ftl implements StreamHost {
     nextSequence = 1,
     /** Seed of record checksums (page-format.ts): the array's fingerprint key. */
     readonly recordSeed = DEFAULT_CHECKSUM_SEED,
+    /** The array's record cipher (record-cipher.ts), or null for a plain array. */
+    readonly cipher: RecordCipher | null = null,
   ) {
     const { pageBytes, pagesPerEraseBlock, eraseBlockCount } = nand.geometry;
     this.payloadBytesPerPage = pageBytes - PAGE_HEADER_BYTES;
     this.streamBytesPerBlock = this.payloadBytesPerPage * pagesPerEraseBlock;
+    this.cipherScratch = cipher === null ? Buffer.alloc(0) : Buffer.alloc(this.streamBytesPerBlock);
     this.table = new EraseBlockTable(eraseBlockCount, this.streamBytesPerBlock);
     this.table.warmWearSlack = options.warmWearSlack;
     this.buffers = new BlockBuffers(pageBytes * pagesPerEraseBlock);
-    this.reader = new RecordReader(nand, this.buffers, recordSeed);
+    this.reader = new RecordReader(nand, this.buffers, recordSeed, cipher);
+    // An encrypted array swaps in its own append: a plain one pays no check per record.
+    if (cipher !== null) this.append = this.appendEncrypted;
     for (let block = 0; block < eraseBlockCount; block++) this.table.eraseCount[block] = nand.blockInfo(block).eraseCount;
     this.table.rebuildFreeHeap();
     this.table.clearDirty();
@@ -311,6 +319,10 @@ export class Ftl implements StreamHost {
 
   /** Appends a record; `checksum` is its record checksum (computed here when not given). */
   append(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array, checksum = checksumOf(stored, this.recordSeed)): PhysicalAddress {
+    return this.appendRecord(stream, chunkId, stored, checksum);
+  }
+
+  private appendRecord(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array, checksum: number): PhysicalAddress {
     const target = stream === 'gc' && this.options.hotColdSeparation ? this.gcStream : this.hostStream;
     this.appendingForGc = stream === 'gc';
     let address: PhysicalAddress;
@@ -321,6 +333,25 @@ export class Ftl implements StreamHost {
     }
     this.table.addValid(address.block, LogStream.recordBytes(stored.length));
     return address;
+  }
+
+  /**
+   * `append` of an encrypted array: a host record is encrypted (a copy, in scratch memory) and its
+   * checksum computed over the ciphertext; a GC record is ciphertext already (parseBlock) and goes
+   * as it is. The caller's checksum (of the clear bytes) is not used.
+   */
+  private appendEncrypted(stream: 'host' | 'gc', chunkId: number, stored: Uint8Array): PhysicalAddress {
+    if (stream === 'gc') return this.appendRecord(stream, chunkId, stored, checksumOf(stored, this.recordSeed));
+    const sealed = this.cipherScratch.subarray(0, stored.length);
+    sealed.set(stored);
+    this.cipher!.encrypt(sealed, chunkId);
+    return this.appendRecord(stream, chunkId, sealed, checksumOf(sealed, this.recordSeed));
+  }
+
+  /** Decrypts a record's payload from `parseBlock` in place (repair reads records that way); nothing on a plain array. */
+  openRecord(payload: Buffer, chunkId: number): Buffer {
+    this.cipher?.decrypt(payload, chunkId);
+    return payload;
   }
 
   /** A chunk's record (of `storedBytes`, in erase block `block`) is no longer referenced. */

@@ -12,6 +12,7 @@ import { copyRecords, readRecords } from '../common/native.js';
 import { directOffsetOf, type NandDevice } from '../nand/nand-device.js';
 import type { BlockBuffers, PhysicalAddress } from './log-stream.js';
 import type { ParsedRecord, RecordRef } from './ftl.js';
+import type { RecordCipher } from './record-cipher.js';
 import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
 
 export class RecordReader {
@@ -20,6 +21,8 @@ export class RecordReader {
   /** Scratch for NAND pages read synchronously, and for records that span pages. */
   private readonly pageScratch: Buffer;
   private readonly recordScratch: Buffer;
+  /** Where a record read as a view (of a page buffer or the read-only mapping) is decrypted. */
+  private readonly clearScratch: Buffer;
   /** Rows of the native batch read (readMappedRecords), grown as needed. */
   private mappedPlan = new Float64Array(64 * PLAN_FIELDS);
   /** The same for the records read with pread (the pages the mapping does not take in now). */
@@ -33,12 +36,15 @@ export class RecordReader {
     private readonly buffers: BlockBuffers,
     /** Seed of record checksums (page-format.ts). */
     private readonly recordSeed: bigint,
+    /** An encrypted array's cipher (record-cipher.ts): payloads are decrypted before anyone sees them. */
+    private readonly cipher: RecordCipher | null = null,
   ) {
     const { pageBytes, pagesPerEraseBlock } = nand.geometry;
     this.payloadBytesPerPage = pageBytes - PAGE_HEADER_BYTES;
     this.pageScratch = Buffer.alloc(pageBytes * pagesPerEraseBlock);
     this.streamBytesPerBlock = this.payloadBytesPerPage * pagesPerEraseBlock;
     this.recordScratch = Buffer.alloc(this.streamBytesPerBlock);
+    this.clearScratch = cipher === null ? Buffer.alloc(0) : Buffer.alloc(this.streamBytesPerBlock);
   }
 
   /**
@@ -60,6 +66,33 @@ export class RecordReader {
    * another chunk, or whose checksum fails, is CORRUPT.
    */
   readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
+    if (this.cipher !== null) {
+      this.readRecordsSyncClear(requests, this.decryptingSink(requests, sink, destinations), destinations);
+      return;
+    }
+    this.readRecordsSyncClear(requests, sink, destinations);
+  }
+
+  /**
+   * A sink that decrypts each verified payload before handing it on: in place when it is the
+   * caller's destination (or the scratch record), else in a copy (a view of a page buffer or of
+   * the read-only mapping must not change).
+   */
+  private decryptingSink(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): (index: number, payload: Buffer) => void {
+    const cipher = this.cipher!;
+    return (index, payload) => {
+      let clear = payload;
+      if (payload !== destinations?.[index]) {
+        clear = this.clearScratch.subarray(0, payload.length);
+        payload.copy(clear);
+      }
+      cipher.decrypt(clear, requests[index]!.chunkId);
+      sink(index, clear);
+    };
+  }
+
+  /** `readRecordsSync` of the records as they are stored (ciphertext on an encrypted array). */
+  private readRecordsSyncClear(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
     let rest: readonly number[] | null = null;
     if (destinations !== undefined && copyRecords !== null && this.nand.mappedImage !== null) {
       rest = this.readMappedRecords(requests, sink, destinations);
@@ -168,6 +201,8 @@ export class RecordReader {
           const index = order[k]!;
           const wanted = requests[index]!;
           results[index] = this.extractRecord(pages, firstPage, wanted.address, wanted.chunkId, wanted.storedBytes, null);
+          // A fresh buffer, or a view of pages read for this call alone: decrypted in place.
+          this.cipher?.decrypt(results[index]!, wanted.chunkId);
         }
         start = end;
       }

@@ -32,6 +32,8 @@ export const enum Codec {
 }
 
 export const MIN_SAVING_BYTES = 256;
+/** The smallest compressed record stored (ftl/record-cipher.ts's MIN_STORED_BYTES). */
+export const MIN_STORED_BYTES = 16;
 
 /** Sample stride and the distinct-byte count (of 127 samples) above which a block looks random. */
 const SAMPLE_STRIDE = 32;
@@ -49,7 +51,9 @@ export function codecFor(name: CompressionName): Codec {
 export function compressBlock(block: Buffer, codec: Codec, looksRandom?: boolean): { stored: Buffer; codec: Codec } {
   if (codec === Codec.Raw || (block.length === 4096 && (looksRandom ?? looksIncompressible(block)))) return { stored: block, codec: Codec.Raw };
   const compressed = codec === Codec.Lz4 ? lz4Compress(block) : zstdCompress(block, { compressionLevel: 3 });
-  if (compressed.length + MIN_SAVING_BYTES > block.length) return { stored: block, codec: Codec.Raw };
+  // Fewer than MIN_STORED_BYTES compressed bytes are stored raw (AES-XTS needs 16 bytes, see
+  // ftl/record-cipher.ts); plain arrays make the same choice, so both store the same bytes.
+  if (compressed.length + MIN_SAVING_BYTES > block.length || compressed.length < MIN_STORED_BYTES) return { stored: block, codec: Codec.Raw };
   return { stored: compressed, codec };
 }
 

@@ -27,6 +27,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { StorageError, fromSystemError } from '../common/errors.js';
+import type { EncryptionRecord } from './array-key.js';
 import type { NandGeometry } from '../nand/nand-device.js';
 import type { SnapshotRecord, VolumeRecord } from './volume.js';
 
@@ -38,8 +39,12 @@ export interface FormatRecord {
   formatVersion: number;
   geometry: NandGeometry;
   createdAt: string;
-  /** The fingerprint key, hex (see reduce/fingerprint.ts). */
+  /** The fingerprint key, hex (see reduce/fingerprint.ts); empty for an encrypted array (derived from its DEK). */
   fingerprintKey: string;
+  /** The wrapped data-encryption key of an encrypted array (array-key.ts); absent for a plain one. */
+  encryption?: EncryptionRecord;
+  /** In the catalog copy only, while a key rotation is in flight (key-rotation.ts): the record before it. */
+  previousEncryption?: EncryptionRecord;
 }
 
 export interface CatalogCopy {

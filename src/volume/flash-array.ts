@@ -63,7 +63,10 @@ import { DedupIndex } from '../reduce/dedup-index.js';
 import { FINGERPRINT_BYTES, keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
 import type { ReduceSettings } from '../reduce/reduce-block.js';
 import { ReductionPool } from '../reduce/reduction-pool.js';
-import { writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
+import { CATALOG_COPY_NAME, decodeCatalogCopy, writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
+import { fingerprintKeyFromDek, newEncryption, unwrapDek } from './array-key.js';
+import { RecordCipher } from '../ftl/record-cipher.js';
+import { DEFAULT_CHECKSUM_SEED } from '../ftl/page-format.js';
 import { CHUNKS_PER_PAGE, ChunkTable, pageOf } from './chunk-table.js';
 import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
 import type { EntryKind } from './map-page.js';
@@ -135,6 +138,11 @@ export interface ArrayOptions {
   hostSpace?: HostSpaceOptions;
   /** Wall clock of the write ages (write-age.ts); tests inject one. Default Date.now. */
   nowMs?: () => number;
+  /**
+   * The bytes of the operator's key file (array-key.ts): creating an array with it makes the array
+   * encrypted; an encrypted array opens only with it; a plain one refuses it.
+   */
+  keyFileBytes?: Buffer;
 }
 
 /** When commits happen and which pages they write back (see the design note). */
@@ -281,6 +289,8 @@ export class FlashArray implements ExportCatalog {
     readonly format: FormatRecord,
     cacheBytes: number,
     options: ArrayOptions,
+    /** The fingerprint key: the format record's, or derived from an encrypted array's DEK. */
+    key: bigint,
   ) {
     assert(os.endianness() === 'LE', 'pstorage stores typed-array pages in little-endian order and needs a little-endian host');
     this.policy = { ...DEFAULT_METADATA_POLICY, ...options.metadata };
@@ -293,7 +303,6 @@ export class FlashArray implements ExportCatalog {
     this.journal = new MetaJournal(state.journalNextSeq);
     this.compression = options.compression ?? 'lz4';
     this.codec = codecFor(this.compression);
-    const key = fingerprintKey(format);
     this.fingerprint = options.fingerprint ?? keyedFingerprint(key);
     // The memory budget, shared out in one place (see common/memory-budget.ts).
     this.memory = planMemory({ cacheBytes, capacityBytes: capacityOf(nand), onDisk: nand instanceof FileNand, dedup: options.dedup !== false });
@@ -327,6 +336,9 @@ export class FlashArray implements ExportCatalog {
     if (options.createIfMissing === false && !fs.existsSync(path.join(dataDir, 'meta', 'CURRENT'))) {
       throw StorageError.notFound(`no pstorage array in ${dataDir}: start one with "pstorage serve --data-dir ${dataDir}"`);
     }
+    // The key is checked against the catalog copy before LevelDB opens (which writes its log):
+    // a missing or wrong key stops here and the data directory is left exactly as it was.
+    if (fs.existsSync(path.join(dataDir, 'meta', 'CURRENT'))) checkKeyAgainstCopy(dataDir, options.keyFileBytes);
     fs.mkdirSync(dataDir, { recursive: true });
     // LevelDB's and the mapping's shares do not depend on the capacity (the Bloom filter's does).
     const plan = planMemory({ cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES, capacityBytes: 0, onDisk: true, dedup: options.dedup !== false });
@@ -358,7 +370,15 @@ export class FlashArray implements ExportCatalog {
   /** Builds an array over given devices (tests use memory NAND and a memory metadata store). */
   static async assemble(dataDir: string, meta: MetaStore, nand: NandDevice, logger: Logger, options: ArrayOptions, create: boolean): Promise<FlashArray> {
     if (create) {
-      const format: FormatRecord = { formatVersion: FORMAT_VERSION, geometry: nand.geometry, createdAt: new Date().toISOString(), fingerprintKey: newFingerprintKey().toString(16).padStart(16, '0') };
+      const encryption = options.keyFileBytes === undefined ? undefined : newEncryption(options.keyFileBytes).record;
+      const format: FormatRecord = {
+        formatVersion: FORMAT_VERSION,
+        geometry: nand.geometry,
+        createdAt: new Date().toISOString(),
+        // An encrypted array's fingerprint key is derived from its DEK, never stored (array-key.ts).
+        fingerprintKey: encryption === undefined ? newFingerprintKey().toString(16).padStart(16, '0') : '',
+        ...(encryption === undefined ? {} : { encryption }),
+      };
       await meta.batch([{ type: 'put', sublevel: 'super', key: FORMAT_KEY, value: Buffer.from(JSON.stringify(format)) }], { sync: true });
     }
     const format = parseFormat((await meta.get('super', FORMAT_KEY))!);
@@ -372,8 +392,9 @@ export class FlashArray implements ExportCatalog {
     // a sequence number is never given to two uses of a block, and a page left over from an
     // uncommitted use can never pass for a page of the current one.
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
-    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, fingerprintKey(format));
-    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options);
+    const keys = unlock(format, options.keyFileBytes, dataDir);
+    const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, keys.recordSeed, keys.cipher);
+    const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options, keys.fingerprintKey);
     let bloomTrusted = true;
     try {
       bloomTrusted = (await array.dedup?.bloom.load(meta)) ?? true;
@@ -999,6 +1020,7 @@ export class FlashArray implements ExportCatalog {
         dedupHits: record.dedupHits,
       })),
       flash: this.ftl.stats(),
+      encryption: this.format.encryption === undefined ? null : { cipher: this.format.encryption.cipher, keyWrap: this.format.encryption.keyWrap },
       cache: {
         mapBytes: this.maps.cache.cachedBytes,
         chunkBytes: this.chunks.cache.cachedBytes,
@@ -1111,9 +1133,57 @@ function isBlank(nand: NandDevice): boolean {
   return true;
 }
 
-/** The array's secret: the key of its fingerprints and the seed of its record checksums. */
-function fingerprintKey(format: FormatRecord): bigint {
-  return BigInt(`0x${format.fingerprintKey}`);
+/**
+ * The array's secrets: the key of its fingerprints, the seed of its record checksums and its record
+ * cipher. A plain array's key is in its format record and seeds both; an encrypted array's is
+ * derived from its DEK, and its record checksums (over ciphertext) use the public default seed.
+ * A key file is refused for a plain array and required for an encrypted one (array-key.ts).
+ */
+function unlock(format: FormatRecord, keyFileBytes: Buffer | undefined, dataDir: string): { fingerprintKey: bigint; recordSeed: bigint; cipher: RecordCipher | null } {
+  if (format.encryption === undefined) {
+    if (keyFileBytes !== undefined) throw plainArrayWithKey(dataDir);
+    const key = BigInt(`0x${format.fingerprintKey}`);
+    return { fingerprintKey: key, recordSeed: key, cipher: null };
+  }
+  if (keyFileBytes === undefined) throw encryptedArrayWithoutKey(dataDir);
+  const dek = unwrapDek(format.encryption, keyFileBytes, dataDir);
+  return { fingerprintKey: BigInt(`0x${fingerprintKeyFromDek(dek)}`), recordSeed: DEFAULT_CHECKSUM_SEED, cipher: new RecordCipher(dek) };
+}
+
+/**
+ * `unlock`'s checks against the catalog copy's format record, before LevelDB is opened. Without
+ * a readable copy the checks wait for LevelDB's record (the open then goes on as before).
+ */
+function checkKeyAgainstCopy(dataDir: string, keyFileBytes: Buffer | undefined): void {
+  let format: FormatRecord;
+  try {
+    format = decodeCatalogCopy(fs.readFileSync(path.join(dataDir, CATALOG_COPY_NAME)), CATALOG_COPY_NAME).format;
+  } catch {
+    return;
+  }
+  if (format.encryption === undefined) {
+    if (keyFileBytes !== undefined) throw plainArrayWithKey(dataDir);
+    return;
+  }
+  if (keyFileBytes === undefined) throw encryptedArrayWithoutKey(dataDir);
+  // While a rotation is in flight the copy holds both records (key-rotation.ts); LevelDB decides.
+  if (format.previousEncryption !== undefined) {
+    try {
+      unwrapDek(format.previousEncryption, keyFileBytes, dataDir);
+      return;
+    } catch {
+      // Not the old key: it must be the new one.
+    }
+  }
+  unwrapDek(format.encryption, keyFileBytes, dataDir);
+}
+
+function plainArrayWithKey(dataDir: string): StorageError {
+  return StorageError.invalidArgument(`the array in ${dataDir} is not encrypted, but a key file was given (--key-file or PSTORAGE_KEY_FILE); encryption is chosen when an array is created: drop the key file to open this one`);
+}
+
+function encryptedArrayWithoutKey(dataDir: string): StorageError {
+  return StorageError.invalidArgument(`the array in ${dataDir} is encrypted: pass its key file with --key-file FILE (or PSTORAGE_KEY_FILE); nothing was changed`);
 }
 
 /**

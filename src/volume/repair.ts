@@ -157,6 +157,9 @@ export async function repairArray(dataDir: string, logger: Logger = silentLogger
     logger.info('metadata salvaged', { versions: salvage.versions, damagedBlocks: salvage.damagedBlocks.length, logDamage: salvage.logDamaged.length });
     const catalog = catalogFrom(salvage, dataDir);
     checkGeometry(catalog.format, nand);
+    if (catalog.format.encryption !== undefined) {
+      throw StorageError.notSupported(`the array in ${dataDir} is encrypted, and "inspect repair" does not repair encrypted arrays yet (nothing was changed)`);
+    }
     repair = new Repair(salvage, catalog, stateFrom(salvage));
     scan = await scanNand(nand, BigInt(`0x${catalog.format.fingerprintKey}`));
     logger.info('NAND scanned', { records: scan.byAddress.size, problems: scan.problems.length });
