@@ -172,7 +172,7 @@ function commandPaths(command: Command, prefix: string[] = []): string[][] {
 
 test('--help works on every command, and the top level documents the exit codes', async (t) => {
   const paths = commandPaths(buildProgram());
-  for (const expected of ['volume create', 'volume list', 'volume delete', 'volume resize', 'snapshot create', 'snapshot list', 'snapshot delete', 'snapshot restore', 'clone', 'diff', 'import', 'export', 'stats', 'inspect audit', 'estimate', 'serve']) {
+  for (const expected of ['volume create', 'volume list', 'volume delete', 'volume resize', 'snapshot create', 'snapshot list', 'snapshot delete', 'snapshot restore', 'clone', 'diff', 'import', 'export', 'stats', 'inspect audit', 'estimate', 'serve', 'key rotate', 'volume access', 'volume show']) {
     t.true(paths.some((p) => p.join(' ') === expected), `command "${expected}" exists`);
   }
   const top = await pstorage(null, ['--help']);
@@ -184,7 +184,7 @@ test('--help works on every command, and the top level documents the exit codes'
     t.is(result.code, 0, `pstorage ${words} --help exits 0\n${describeRun(result)}`);
     t.true(result.stdout.startsWith(`Usage: pstorage ${words} `), `pstorage ${words} --help prints its usage`);
     // Every command that works on an array (all but the groups and estimate) takes -d/--data-dir.
-    if (!['volume', 'snapshot', 'inspect', 'estimate'].includes(words)) t.regex(result.stdout, /-d, --data-dir <dir>/, `pstorage ${words} takes -d/--data-dir`);
+    if (!['volume', 'snapshot', 'inspect', 'key', 'estimate'].includes(words)) t.regex(result.stdout, /-d, --data-dir <dir>/, `pstorage ${words} takes -d/--data-dir`);
   });
   // A group without its subcommand is a usage error (exit 2), as is an unknown command.
   t.is((await pstorage(null, ['volume'])).code, 2);
