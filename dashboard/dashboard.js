@@ -189,43 +189,78 @@
     drawCapacityChart(analytics);
   }
 
+  /**
+   * The capacity chart's time axis and forecast line (seconds), from the history and the 30-day
+   * fit: the history's span plus as much again (at least an hour) for the forecast, so minutes of
+   * history never get an axis of years. The forecast starts at the newest sample and runs at the
+   * fit's rate to the full point when that falls inside the range, else to the range's end.
+   */
+  function capacityRange(history, fit) {
+    const firstS = history[0][0] / 1000;
+    const last = history[history.length - 1];
+    const lastS = last[0] / 1000;
+    const endS = lastS + Math.max(lastS - firstS, 3600);
+    let forecast = null;
+    if (fit?.usedBytesPerDay !== null && fit?.usedBytesPerDay !== undefined && fit.usedBytesPerDay > 0) {
+      const fullS = fit.daysUntilFull === null ? Infinity : lastS + fit.daysUntilFull * 86400;
+      const toS = Math.min(fullS, endS);
+      forecast = { fromS: lastS, fromBytes: last[1], toS, toBytes: toS === fullS ? last[3] : last[1] + (fit.usedBytesPerDay * (toS - lastS)) / 86400, full: toS === fullS };
+    }
+    return { minS: firstS, maxS: endS, forecast };
+  }
+  window.pstorageDashboard = { capacityRange };
+
   /** Used and logical bytes over time, capacity, and the 30-day fit projected forward. */
   function drawCapacityChart(analytics) {
     const history = analytics.history ?? [];
     if (history.length === 0) return;
+    const range = capacityRange(history, analytics.forecasts.find((f) => f.windowDays === 30));
     const times = history.map(([timeMs]) => timeMs / 1000);
     const used = history.map(([, usedBytes]) => usedBytes);
     const logical = history.map(([, , logicalBytes]) => logicalBytes);
     const capacity = history.map(([, , , capacityBytes]) => capacityBytes);
     const forecast = history.map(() => null);
-    const fit = analytics.forecasts.find((f) => f.windowDays === 30);
-    if (fit?.daysUntilFull !== null && fit?.daysUntilFull !== undefined && fit.daysUntilFull < 3650) {
-      const last = history[history.length - 1];
-      times.push(last[0] / 1000 + fit.daysUntilFull * 86400);
+    // The capacity line runs to the right edge; the forecast from the newest sample to its end.
+    const last = history[history.length - 1];
+    if (range.forecast !== null) {
+      forecast[forecast.length - 1] = range.forecast.fromBytes;
+      times.push(range.forecast.toS);
       used.push(null);
       logical.push(null);
       capacity.push(last[3]);
-      forecast[forecast.length - 1] = last[1];
-      forecast.push(last[3]);
+      forecast.push(range.forecast.toBytes);
     }
+    if (times[times.length - 1] < range.maxS) {
+      times.push(range.maxS);
+      used.push(null);
+      logical.push(null);
+      capacity.push(last[3]);
+      forecast.push(null);
+    }
+    const chart = $('#capacity-chart');
+    chart.dataset.minS = String(range.minS);
+    chart.dataset.maxS = String(range.maxS);
+    chart.dataset.samples = String(history.length);
+    chart.dataset.forecastToS = range.forecast === null ? '' : String(range.forecast.toS);
     const data = [times, used, logical, capacity, forecast];
-    const width = Math.max(300, $('#capacity-chart').clientWidth - 10);
+    const width = Math.max(300, chart.clientWidth - 10);
     if (capacityPlot !== null) capacityPlot.destroy();
     capacityPlot = new uPlot(
       {
         width,
         height: 220,
+        scales: { x: { time: true, range: () => [range.minS, range.maxS] }, y: { range: (_, min, max) => [0, Math.max(max, 1) * 1.05] } },
         series: [
           {},
-          { label: 'used', stroke: '#3b7dd8', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
-          { label: 'logical', stroke: '#2e9b5f', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: 'used', stroke: '#3b7dd8', width: 2, fill: 'rgba(59, 125, 216, 0.08)', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: 'logical', stroke: '#2e9b5f', width: 2, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
           { label: 'capacity', stroke: '#888', dash: [4, 4], value: (_, v) => (v === null ? '-' : formatBytes(v)) },
-          { label: 'forecast (30 d fit)', stroke: '#d8683b', dash: [8, 4], spanGaps: true, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: range.forecast?.full ? 'forecast (30 d fit, to full)' : 'forecast (30 d fit)', stroke: '#d8683b', dash: [8, 4], spanGaps: true, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
         ],
         axes: [{}, { values: (_, ticks) => ticks.map(formatBytes), size: 80 }],
       },
       data,
-      $('#capacity-chart'),
+      chart,
     );
   }
 
