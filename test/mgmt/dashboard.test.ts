@@ -4,9 +4,12 @@
  * Chromium (test/helpers/chromium.ts) loads /dashboard/, is refused with a wrong token, gets the
  * right one typed in, and renders. With the traffic stopped, every volume row's request counts,
  * bytes and mapped bytes must equal what GET /metrics says, the wear heat map must cover every
- * erase block, and the capacity forecast table must show the three windows. A screenshot goes to
- * the test's temporary directory (and to PSTORAGE_DASHBOARD_PNG when set: scripts/dashboard-screenshot.sh
- * uses that for docs/dashboard.png).
+ * erase block (its legend giving the most-erased block's count), the capacity forecast table must
+ * show the three windows, and the capacity chart's time axis must be the history's span plus as
+ * much again, at least 12 sampling intervals (checked against the API's history, and on synthetic
+ * histories of 90 days and of minutes). A screenshot goes to the test's temporary directory (and
+ * to PSTORAGE_DASHBOARD_PNG when set; docs/dashboard.png comes from scripts/dashboard-screenshot.sh,
+ * under live fio traffic).
  */
 import fs from 'node:fs';
 import http from 'node:http';
