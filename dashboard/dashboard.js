@@ -181,7 +181,7 @@
     $('#forecasts tbody').replaceChildren(
       ...analytics.forecasts.map((f) => {
         const row = document.createElement('tr');
-        row.append(cell(`${f.windowDays} d`), cell(String(f.samples)), cell(`${f.spanDays} d`), cell(f.usedBytesPerDay === null ? '-' : `${formatBytes(f.usedBytesPerDay)}/day`), cell(f.daysUntilFull === null ? 'not filling' : String(f.daysUntilFull)));
+        row.append(cell(`${f.windowDays} d`), cell(String(f.samples)), cell(`${f.spanDays} d`), cell(f.usedBytesPerDay === null ? '-' : `${formatBytes(f.usedBytesPerDay)}/day`), cell(f.daysUntilFull === null ? 'not filling' : String(f.daysUntilFull)), cell(f.fullAt === null ? '-' : new Date(f.fullAt).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' })));
         return row;
       }),
     );
@@ -189,43 +189,80 @@
     drawCapacityChart(analytics);
   }
 
+  /**
+   * The capacity chart's time axis and forecast line (seconds), from the history, the 30-day fit
+   * and the sampling interval: the history's span plus as much again for the forecast, at least 12
+   * sampling intervals (an hour at the default 5 minutes), so minutes of history never get an axis
+   * of years. The forecast starts at the newest sample and runs at the fit's rate to the full point
+   * when that falls inside the range, else to the range's end.
+   */
+  function capacityRange(history, fit, sampleIntervalMs) {
+    const firstS = history[0][0] / 1000;
+    const last = history[history.length - 1];
+    const lastS = last[0] / 1000;
+    const endS = lastS + Math.max(lastS - firstS, (12 * sampleIntervalMs) / 1000);
+    let forecast = null;
+    if (fit?.usedBytesPerDay !== null && fit?.usedBytesPerDay !== undefined && fit.usedBytesPerDay > 0) {
+      // From the rate, not daysUntilFull: that is rounded to 0.01 day, 14 minutes.
+      const fullS = lastS + (Math.max(0, last[3] - last[1]) / fit.usedBytesPerDay) * 86400;
+      const toS = Math.min(fullS, endS);
+      forecast = { fromS: lastS, fromBytes: last[1], toS, toBytes: toS === fullS ? last[3] : last[1] + (fit.usedBytesPerDay * (toS - lastS)) / 86400, full: toS === fullS };
+    }
+    return { minS: firstS, maxS: endS, forecast };
+  }
+  window.pstorageDashboard = { capacityRange };
+
   /** Used and logical bytes over time, capacity, and the 30-day fit projected forward. */
   function drawCapacityChart(analytics) {
     const history = analytics.history ?? [];
     if (history.length === 0) return;
+    const range = capacityRange(history, analytics.forecasts.find((f) => f.windowDays === 30), analytics.sampleIntervalMs);
     const times = history.map(([timeMs]) => timeMs / 1000);
     const used = history.map(([, usedBytes]) => usedBytes);
     const logical = history.map(([, , logicalBytes]) => logicalBytes);
     const capacity = history.map(([, , , capacityBytes]) => capacityBytes);
     const forecast = history.map(() => null);
-    const fit = analytics.forecasts.find((f) => f.windowDays === 30);
-    if (fit?.daysUntilFull !== null && fit?.daysUntilFull !== undefined && fit.daysUntilFull < 3650) {
-      const last = history[history.length - 1];
-      times.push(last[0] / 1000 + fit.daysUntilFull * 86400);
+    // The capacity line runs to the right edge; the forecast from the newest sample to its end.
+    const last = history[history.length - 1];
+    if (range.forecast !== null) {
+      forecast[forecast.length - 1] = range.forecast.fromBytes;
+      times.push(range.forecast.toS);
       used.push(null);
       logical.push(null);
       capacity.push(last[3]);
-      forecast[forecast.length - 1] = last[1];
-      forecast.push(last[3]);
+      forecast.push(range.forecast.toBytes);
     }
+    if (times[times.length - 1] < range.maxS) {
+      times.push(range.maxS);
+      used.push(null);
+      logical.push(null);
+      capacity.push(last[3]);
+      forecast.push(null);
+    }
+    const chart = $('#capacity-chart');
+    chart.dataset.minS = String(range.minS);
+    chart.dataset.maxS = String(range.maxS);
+    chart.dataset.samples = String(history.length);
+    chart.dataset.forecastToS = range.forecast === null ? '' : String(range.forecast.toS);
     const data = [times, used, logical, capacity, forecast];
-    const width = Math.max(300, $('#capacity-chart').clientWidth - 10);
+    const width = Math.max(300, chart.clientWidth - 10);
     if (capacityPlot !== null) capacityPlot.destroy();
     capacityPlot = new uPlot(
       {
         width,
         height: 220,
+        scales: { x: { time: true, range: () => [range.minS, range.maxS] }, y: { range: (_, min, max) => [0, Math.max(max, 1) * 1.05] } },
         series: [
           {},
-          { label: 'used', stroke: '#3b7dd8', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
-          { label: 'logical', stroke: '#2e9b5f', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
-          { label: 'capacity', stroke: '#888', dash: [4, 4], value: (_, v) => (v === null ? '-' : formatBytes(v)) },
-          { label: 'forecast (30 d fit)', stroke: '#d8683b', dash: [8, 4], spanGaps: true, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: 'used', stroke: '#3b7dd8', width: 2, fill: 'rgba(59, 125, 216, 0.08)', value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: 'logical', stroke: '#2e9b5f', width: 2, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: 'capacity', stroke: '#888', dash: [4, 4], points: { show: false }, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
+          { label: range.forecast?.full ? 'forecast (30 d fit, to full)' : 'forecast (30 d fit)', stroke: '#d8683b', width: 2, dash: [8, 4], spanGaps: true, points: { show: false }, value: (_, v) => (v === null ? '-' : formatBytes(v)) },
         ],
         axes: [{}, { values: (_, ticks) => ticks.map(formatBytes), size: 80 }],
       },
       data,
-      $('#capacity-chart'),
+      chart,
     );
   }
 
@@ -237,14 +274,19 @@
     const size = Math.max(1, Math.floor(Math.sqrt((canvas.width * canvas.height) / Math.max(1, count))));
     const columns = Math.max(1, Math.floor(canvas.width / size));
     const retired = new Set(blocks.retired);
+    // Colours are relative to the most-erased block, so that wear levelling shows long before any
+    // block nears its rated endurance (the health score above measures against that).
+    const maxErases = blocks.eraseCounts.reduce((max, erases) => Math.max(max, erases), 0);
+    const scale = Math.max(1, maxErases);
     context.clearRect(0, 0, canvas.width, canvas.height);
     blocks.eraseCounts.forEach((erases, block) => {
-      const share = Math.min(1, erases / blocks.enduranceCycles);
+      const share = Math.min(1, erases / scale);
       context.fillStyle = retired.has(block) ? '#000' : `hsl(${40 - share * 40}, 90%, ${92 - share * 60}%)`;
       context.fillRect((block % columns) * size, Math.floor(block / columns) * size, size - (size > 3 ? 1 : 0), size - (size > 3 ? 1 : 0));
     });
     canvas.dataset.eraseBlocks = String(count);
-    canvas.dataset.maxErases = String(Math.max(0, ...blocks.eraseCounts));
+    canvas.dataset.maxErases = String(maxErases);
+    $('#wear-legend').textContent = `each cell is one of ${count} erase blocks: P/E cycles from 0 (pale) to ${maxErases}, the most-erased block (dark red); rated endurance ${blocks.enduranceCycles} cycles; black: retired`;
   }
 
   let analyticsCache = null;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates docs/dashboard.png: runs the dashboard browser test (a real server, NBD traffic,
-# headless Chromium) and keeps its screenshot. Needs chromium and python3-libnbd (scripts/test.sh
-# installs both).
+# Regenerates docs/dashboard.png under live traffic (scripts/dashboard-screenshot.ts): a fresh
+# server, two volumes, a fill and overwrites, then fio on both volumes while headless Chromium
+# watches ~30 s of dashboard updates. Needs fio (nbd engine) and chromium (scripts/test.sh
+# installs both). Takes about a minute and a half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx tsc -p .
-PSTORAGE_DASHBOARD_PNG="$PWD/docs/dashboard.png" PSTORAGE_TEST_ROOT="$PWD" node scripts/run-ava.mjs 'build/test/mgmt/dashboard.test.js'
-echo "wrote docs/dashboard.png"
+node build/scripts/dashboard-screenshot.js --out "$PWD/docs/dashboard.png" "$@"

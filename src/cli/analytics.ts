@@ -22,7 +22,7 @@ export function renderAnalytics(report: AnalyticsReport): string {
     ['used', current === null ? '-' : `${formatBytes(current.usedBytes)} of ${formatBytes(current.capacityBytes)} (${formatBytes(current.freeBytes)} free)`],
     ['logical (mapped)', current === null ? '-' : formatBytes(current.logicalBytes)],
     ['history since', report.trackingSince],
-    ['samples', `${report.samples.tier5m} x 5 min, ${report.samples.tier1h} x 1 h, ${report.samples.tier1d} x 1 day`],
+    ['samples', `${report.samples.tier5m} x ${intervalText(report.sampleIntervalMs)}, ${report.samples.tier1h} x 1 h, ${report.samples.tier1d} x 1 day`],
     ['health', `${report.health.score}/100 (limited by ${report.health.limitedBy}; wear ${report.health.wearScore}, retired blocks ${report.health.retiredScore}, free space ${report.health.freeScore})`],
   ]);
   const perDay = (bytes: number | null) => (bytes === null ? '-' : `${bytes < 0 ? '-' : ''}${formatBytes(Math.abs(bytes))}/day`);
@@ -36,4 +36,9 @@ export function renderAnalytics(report: AnalyticsReport): string {
     report.volumes.map((v) => [v.name, formatBytes(v.mappedBlocks * 4096), share(v.notWrittenFor['1d']), share(v.notWrittenFor['7d']), share(v.notWrittenFor['30d'])]),
   );
   return `${head}\n${forecasts}\n${volumes}`;
+}
+
+/** The finest tier's interval: '5 min' by default, '2 s' under PSTORAGE_ANALYTICS_INTERVAL_MS=2000. */
+function intervalText(ms: number): string {
+  return ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`;
 }

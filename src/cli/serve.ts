@@ -7,7 +7,7 @@ import path from 'node:path';
 import { createLogger, fdLineWriter } from '../common/log.js';
 import { IdleReclaimer, limitHeapGrowth, tuneNativeMemory } from '../common/process-memory.js';
 import { formatBytes } from '../common/size.js';
-import { Analytics } from '../mgmt/analytics.js';
+import { Analytics, sampleIntervalFromEnv } from '../mgmt/analytics.js';
 import { ApiServer, API_SOCKET_NAME, checkApiSocketPath, isLoopback } from '../mgmt/api-server.js';
 import { MetricsServer } from '../mgmt/metrics-server.js';
 import { PrometheusMetrics } from '../mgmt/prometheus.js';
@@ -37,6 +37,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   if (!tuneNativeMemory()) logger.debug('malloc settings left alone (no glibc, or the native addon is missing or older)');
   const dataDir = path.resolve(options.dataDir);
   checkApiSocketPath(path.join(dataDir, API_SOCKET_NAME)); // before anything is created
+  const sampleIntervalMs = sampleIntervalFromEnv(); // likewise: a bad value stops here
   const startedAt = process.hrtime.bigint();
   const { array, created, recoveryMs } = await FlashArray.open(dataDir, logger, options.array);
   if (created) await array.createVolume(DEFAULT_VOLUME_NAME, DEFAULT_VOLUME_BYTES);
@@ -50,8 +51,8 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const ioStats = new IoStats();
   const metrics = new PrometheusMetrics(array, ioStats, { recoveryMs });
-  // Capacity history: a sample now, then every 5 minutes on an unref'd timer (mgmt/analytics.ts).
-  const analytics = await Analytics.open(array);
+  // Capacity history: a sample now, then every 5 minutes (PSTORAGE_ANALYTICS_INTERVAL_MS) on an unref'd timer (mgmt/analytics.ts).
+  const analytics = await Analytics.open(array, { sampleIntervalMs });
   analytics.start();
   const api = new ApiServer(array, logger.child({ component: 'api' }), metrics, analytics);
   const metricsServer = new MetricsServer(metrics, logger.child({ component: 'metrics' }));

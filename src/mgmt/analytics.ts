@@ -7,7 +7,8 @@
  * segments (value: 1024 u32 minutes, little-endian, the typed array's own bytes) and the time
  * analytics began (`TRACKING_START_KEY`, u64 ms big-endian). None of it is read by the data path.
  *
- * Cost: the sampler runs on an unref'd timer every 5 minutes (and once at start). A sample reads
+ * Cost: the sampler runs on an unref'd timer every 5 minutes (and once at start; `pstorage serve`
+ * takes a shorter interval from PSTORAGE_ANALYTICS_INTERVAL_MS, at least 1 s, for demos). A sample reads
  * the array's counters (O(volumes)) and writes the write-age segments holding an extent written
  * since the previous sample: a segment is one 4 KiB value for 4 GiB of volume, and a scan of all
  * of them costs about 1 ms per TiB written. The hot/cold shares need each tracked extent's mapped
@@ -35,7 +36,7 @@ import { EntryKind, LBAS_PER_MAP_PAGE, MapPage } from '../volume/map-page.js';
 import { mapCacheId } from '../volume/map-table.js';
 import type { Volume } from '../volume/volume.js';
 import { SEGMENT_EXTENTS, type WriteAges } from '../volume/write-age.js';
-import { CapacityHistory, DAY_MS, MINUTE_MS, SAMPLE_INTERVAL_MS, type Forecast } from './capacity-history.js';
+import { CapacityHistory, DAY_MS, MAX_SAMPLE_INTERVAL_MS, MINUTE_MS, MIN_SAMPLE_INTERVAL_MS, SAMPLE_INTERVAL_MS, type Forecast } from './capacity-history.js';
 
 export const COLD_AFTER_DAYS = [1, 7, 30] as const;
 const RETIRED_LIMIT_SHARE = 0.05;
@@ -85,6 +86,21 @@ export interface AnalyticsOptions {
   sampleIntervalMs?: number;
 }
 
+/**
+ * The sampling interval `pstorage serve` uses: PSTORAGE_ANALYTICS_INTERVAL_MS when set (whole
+ * milliseconds, 1000 to 3600000; for demos and tests that want a capacity history within
+ * minutes), else 5 minutes. Anything else is an error, not a silent default.
+ */
+export function sampleIntervalFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const text = env.PSTORAGE_ANALYTICS_INTERVAL_MS;
+  if (text === undefined || text === '') return SAMPLE_INTERVAL_MS;
+  const value = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isInteger(value) || value < MIN_SAMPLE_INTERVAL_MS || value > MAX_SAMPLE_INTERVAL_MS) {
+    throw new Error(`PSTORAGE_ANALYTICS_INTERVAL_MS must be a whole number of milliseconds from ${MIN_SAMPLE_INTERVAL_MS} to ${MAX_SAMPLE_INTERVAL_MS}, not "${text}"`);
+  }
+  return value;
+}
+
 export class Analytics {
   private timer: NodeJS.Timeout | null = null;
   /** Clock minute at the last write-age persist: segments with a newer entry are written again. */
@@ -114,7 +130,7 @@ export class Analytics {
     const nowMs = options.nowMs ?? array.clock.nowMs;
     const sampleIntervalMs = options.sampleIntervalMs ?? SAMPLE_INTERVAL_MS;
     try {
-      const history = await CapacityHistory.load(array.meta);
+      const history = await CapacityHistory.load(array.meta, sampleIntervalMs);
       const startBytes = await array.meta.get('analytics', TRACKING_START_KEY);
       const trackingStartMs = startBytes === undefined ? nowMs() : Number(startBytes.readBigUInt64BE(0));
       const analytics = new Analytics(array, history, trackingStartMs, sampleIntervalMs, nowMs);
@@ -123,7 +139,7 @@ export class Analytics {
     } catch (error) {
       if (!(isStorageError(error) && error.code === 'CORRUPT')) throw error;
       array.logger.warn('capacity history and write ages unreadable: analytics start afresh; run "pstorage inspect repair" when the server is stopped', { error: error.message });
-      return new Analytics(array, new CapacityHistory(), nowMs(), sampleIntervalMs, nowMs);
+      return new Analytics(array, new CapacityHistory(sampleIntervalMs), nowMs(), sampleIntervalMs, nowMs);
     }
   }
 

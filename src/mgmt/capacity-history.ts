@@ -4,9 +4,10 @@
  *
  * What it owns: the capacity samples in the 'analytics' sublevel (key `capacitySampleKey(tier,
  * timeMs)`, meta/keys.ts; value 24 bytes: f64 used bytes, f64 logical bytes, f64 capacity bytes,
- * little-endian) and their copy in memory (at most 576 + 720 + 365 samples, about 100 KiB).
+ * little-endian) and their copy in memory (at most 576 + 720 + 365 samples, about 100 KiB, whatever the interval).
  *
- * Thinning with age. A sample goes into tier 0 (every 5 minutes, kept 2 days); the first sample of
+ * Thinning with age. A sample goes into tier 0 (every 5 minutes, kept 2 days; at a shorter sampler
+ * interval, PSTORAGE_ANALYTICS_INTERVAL_MS, one per interval for 576 intervals); the first sample of
  * each hour also goes into tier 1 (kept 30 days), and the first of each UTC day into tier 2 (kept a
  * year). Samples past a tier's age are deleted in the same batch that adds the new one, so the
  * history is bounded whatever the uptime. A fit reads tier 0 where it has samples, tier 1 before
@@ -38,12 +39,25 @@ export const HOUR_MS = 60 * MINUTE_MS;
 export const DAY_MS = 24 * HOUR_MS;
 export const SAMPLE_INTERVAL_MS = 5 * MINUTE_MS;
 
-/** Resolution and age limit of each tier, finest first. */
-export const TIERS: ReadonlyArray<{ intervalMs: number; keepMs: number }> = [
-  { intervalMs: SAMPLE_INTERVAL_MS, keepMs: 2 * DAY_MS },
-  { intervalMs: HOUR_MS, keepMs: 30 * DAY_MS },
-  { intervalMs: DAY_MS, keepMs: 365 * DAY_MS },
-];
+/** Samples tier 0 keeps: 2 days at the default 5-minute interval. */
+export const TIER0_SAMPLES = 576;
+/** Bounds of a sampling interval other than the default (PSTORAGE_ANALYTICS_INTERVAL_MS, for demos and tests). */
+export const MIN_SAMPLE_INTERVAL_MS = 1000;
+export const MAX_SAMPLE_INTERVAL_MS = HOUR_MS;
+
+/**
+ * Resolution and age limit of each tier, finest first, for a sampler running every
+ * `sampleIntervalMs`: tier 0 holds one sample per interval for the last 576 intervals (2 days at
+ * the default 5 minutes, 9.6 minutes at 1 s), so a short interval never grows the history.
+ */
+export function tiersFor(sampleIntervalMs: number): ReadonlyArray<{ intervalMs: number; keepMs: number }> {
+  return [
+    { intervalMs: sampleIntervalMs, keepMs: TIER0_SAMPLES * sampleIntervalMs },
+    { intervalMs: HOUR_MS, keepMs: 30 * DAY_MS },
+    { intervalMs: DAY_MS, keepMs: 365 * DAY_MS },
+  ];
+}
+export const TIERS = tiersFor(SAMPLE_INTERVAL_MS);
 export const FORECAST_WINDOWS_DAYS = [7, 30, 90] as const;
 const SAMPLE_VALUE_BYTES = 24;
 
@@ -76,9 +90,15 @@ export function decodeSample(timeMs: number, value: Buffer): CapacitySample {
 export class CapacityHistory {
   /** Per tier, oldest first. */
   readonly tiers: CapacitySample[][] = TIERS.map(() => []);
+  /** This history's tiers (tier 0 at the sampler's interval). */
+  readonly config: ReadonlyArray<{ intervalMs: number; keepMs: number }>;
 
-  static async load(meta: MetaStore): Promise<CapacityHistory> {
-    const history = new CapacityHistory();
+  constructor(sampleIntervalMs: number = SAMPLE_INTERVAL_MS) {
+    this.config = tiersFor(sampleIntervalMs);
+  }
+
+  static async load(meta: MetaStore, sampleIntervalMs: number = SAMPLE_INTERVAL_MS): Promise<CapacityHistory> {
+    const history = new CapacityHistory(sampleIntervalMs);
     for (let tier = 0; tier < TIERS.length; tier++) {
       for await (const [key, value] of meta.iterate('analytics', capacityTierRange(tier))) {
         history.tiers[tier]!.push(decodeSample(decodeCapacitySampleKey(key).timeMs, value));
@@ -93,7 +113,7 @@ export class CapacityHistory {
    */
   record(sample: CapacitySample): MetaOp[] {
     const ops: MetaOp[] = [];
-    TIERS.forEach(({ intervalMs, keepMs }, tier) => {
+    this.config.forEach(({ intervalMs, keepMs }, tier) => {
       const samples = this.tiers[tier]!;
       const last = samples[samples.length - 1];
       if (last === undefined || Math.floor(last.timeMs / intervalMs) < Math.floor(sample.timeMs / intervalMs)) {
@@ -117,7 +137,7 @@ export class CapacityHistory {
   merged(): Array<{ sample: CapacitySample; weight: number }> {
     const out: Array<{ sample: CapacitySample; weight: number }> = [];
     let before = Infinity;
-    TIERS.forEach(({ intervalMs }, tier) => {
+    this.config.forEach(({ intervalMs }, tier) => {
       const older = this.tiers[tier]!.filter((sample) => sample.timeMs < before);
       out.unshift(...older.map((sample) => ({ sample, weight: intervalMs })));
       if (older.length > 0) before = older[0]!.timeMs;

@@ -160,7 +160,8 @@ export const OPENAPI_DOCUMENT = {
         properties: {
           generatedAt: { type: 'string', format: 'date-time' },
           trackingSince: { type: 'string', format: 'date-time' },
-          samples: { type: 'object', properties: { tier5m: { type: 'integer' }, tier1h: { type: 'integer' }, tier1d: { type: 'integer' } } },
+          sampleIntervalMs: { type: 'integer', description: 'sampling interval: 300000 unless the server runs with PSTORAGE_ANALYTICS_INTERVAL_MS' },
+          samples: { type: 'object', properties: { tier5m: { type: 'integer', description: 'samples at the sampling interval (every 5 minutes by default)' }, tier1h: { type: 'integer' }, tier1d: { type: 'integer' } } },
           current: { type: 'object', nullable: true },
           forecasts: {
             type: 'array',

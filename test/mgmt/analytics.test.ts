@@ -12,8 +12,8 @@ import test from 'ava';
 import { StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { MemoryMetaStore } from '../../src/meta/memory-store.js';
-import { Analytics, health } from '../../src/mgmt/analytics.js';
-import { CapacityHistory, DAY_MS, FORECAST_WINDOWS_DAYS, SAMPLE_INTERVAL_MS, TIERS } from '../../src/mgmt/capacity-history.js';
+import { Analytics, health, sampleIntervalFromEnv } from '../../src/mgmt/analytics.js';
+import { CapacityHistory, DAY_MS, FORECAST_WINDOWS_DAYS, SAMPLE_INTERVAL_MS, TIER0_SAMPLES, TIERS } from '../../src/mgmt/capacity-history.js';
 import { FlashArray } from '../../src/volume/flash-array.js';
 import { seededBytes } from '../helpers/interop.js';
 import { memoryArray } from '../helpers/reduce-data.js';
@@ -85,6 +85,22 @@ test('a short history says so: no fit from one sample, spans as long as the hist
   t.is(week!.logicalBytesPerDay, 0);
   history.record({ timeMs: startMs + 2 * DAY_MS, usedBytes: GiB, logicalBytes: GiB, capacityBytes: 10 * GiB });
   t.is(history.forecasts(startMs + 2 * DAY_MS)[0]!.daysUntilFull, null, 'not filling: no date');
+});
+
+test('a short sampling interval (PSTORAGE_ANALYTICS_INTERVAL_MS) keeps one sample per interval, still bounded', async (t) => {
+  t.is(sampleIntervalFromEnv({}), SAMPLE_INTERVAL_MS, 'the default: 5 minutes');
+  t.is(sampleIntervalFromEnv({ PSTORAGE_ANALYTICS_INTERVAL_MS: '2000' }), 2000);
+  for (const bad of ['999', '1.5e3', 'fast', '3600001']) t.throws(() => sampleIntervalFromEnv({ PSTORAGE_ANALYTICS_INTERVAL_MS: bad }), { message: /1000 to 3600000/ }, bad);
+  const meta = new MemoryMetaStore();
+  const history = new CapacityHistory(1000);
+  const startMs = Date.UTC(2026, 0, 1);
+  for (let second = 0; second < 3600; second++) {
+    await meta.batch(history.record({ timeMs: startMs + second * 1000, usedBytes: GiB + second * MiB, logicalBytes: GiB, capacityBytes: 64 * GiB }), { sync: false });
+  }
+  t.deepEqual(history.tiers.map((samples) => samples.length), [TIER0_SAMPLES + 1, 1, 1], 'tier 0: the last 576 seconds; hourly and daily tiers as ever');
+  t.deepEqual((await CapacityHistory.load(meta, 1000)).tiers, history.tiers, 'what the batches stored is what is in memory');
+  const [week] = history.forecasts(startMs + 3599 * 1000);
+  t.true(Math.abs(week!.usedBytesPerDay! - 86400 * MiB) <= 1, `the fit sees 1 MiB a second: ${week!.usedBytesPerDay} bytes a day`);
 });
 
 test('hot/cold shares follow the write times of each 4 MiB extent', async (t) => {

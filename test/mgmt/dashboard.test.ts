@@ -4,9 +4,12 @@
  * Chromium (test/helpers/chromium.ts) loads /dashboard/, is refused with a wrong token, gets the
  * right one typed in, and renders. With the traffic stopped, every volume row's request counts,
  * bytes and mapped bytes must equal what GET /metrics says, the wear heat map must cover every
- * erase block, and the capacity forecast table must show the three windows. A screenshot goes to
- * the test's temporary directory (and to PSTORAGE_DASHBOARD_PNG when set: scripts/dashboard-screenshot.sh
- * uses that for docs/dashboard.png).
+ * erase block (its legend giving the most-erased block's count), the capacity forecast table must
+ * show the three windows, and the capacity chart's time axis must be the history's span plus as
+ * much again, at least 12 sampling intervals (checked against the API's history, and on synthetic
+ * histories of 90 days and of minutes). A screenshot goes to the test's temporary directory (and
+ * to PSTORAGE_DASHBOARD_PNG when set; docs/dashboard.png comes from scripts/dashboard-screenshot.sh,
+ * under live fio traffic).
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -140,9 +143,36 @@ test('the dashboard shows what /metrics says, in headless Chromium', async (t) =
   const wear = await page.evaluate<{ blocks: number; max: number }>('({ blocks: Number(document.querySelector("#wear").dataset.eraseBlocks), max: Number(document.querySelector("#wear").dataset.maxErases) })');
   t.is(wear.blocks, metrics.get('pstorage_flash_erase_blocks') ?? NaN, 'the heat map has a cell per erase block');
   t.is(wear.max, metrics.get('pstorage_flash_erase_cycles_max') ?? NaN);
+  t.regex(await page.evaluate<string>('document.querySelector("#wear-legend").textContent'), new RegExp(`one of ${wear.blocks} erase blocks: P/E cycles from 0 \\(pale\\) to ${wear.max}, `), 'the colour scale the legend gives');
   const forecastRows = await page.evaluate<string[]>('[...document.querySelectorAll("#forecasts tbody tr td:first-child")].map((td) => td.textContent)');
   t.deepEqual(forecastRows, ['7 d', '30 d', '90 d']);
   t.true(await page.evaluate<boolean>('document.querySelector("#capacity-chart canvas") !== null'), 'the capacity chart is drawn (uPlot)');
+  // The chart's time axis: the history's span plus as much again, at least 12 sampling intervals
+  // (an hour at the default 5 minutes), not years.
+  const { history, sampleIntervalMs } = JSON.parse((await get(port, '/api/v1/analytics?history=1', token)).body) as { history: Array<[number, number, number, number]>; sampleIntervalMs: number };
+  t.is(sampleIntervalMs, 5 * 60_000);
+  const chart = await page.evaluate<{ minS: number; maxS: number; samples: number }>('({ minS: Number(document.querySelector("#capacity-chart").dataset.minS), maxS: Number(document.querySelector("#capacity-chart").dataset.maxS), samples: Number(document.querySelector("#capacity-chart").dataset.samples) })');
+  t.is(chart.minS, history[0]![0] / 1000, 'the axis starts at the first sample');
+  if (chart.samples === history.length) {
+    const spanS = (history[history.length - 1]![0] - history[0]![0]) / 1000;
+    t.is(chart.maxS - chart.minS, spanS + Math.max(spanS, 3600), `the axis covers the history (${spanS} s) and as much again, at least an hour`);
+  }
+  // The same rule on a synthetic history of 90 days (a sample a day, 1000 GiB used of 2 TiB at the end).
+  const ranges = await page.evaluate<Array<{ minS: number; maxS: number; forecast: { toS: number; toBytes: number; full: boolean } | null }>>(`(() => {
+    const day = 86400000, GiB = 1024 ** 3, start = Date.UTC(2026, 0, 1);
+    const long = Array.from({ length: 91 }, (_, i) => [start + i * day, 100 * GiB + i * 10 * GiB, 200 * GiB, 2048 * GiB]);
+    const fit = (gibPerDay) => ({ windowDays: 30, usedBytesPerDay: gibPerDay * GiB, daysUntilFull: 1 });
+    const minutes = Array.from({ length: 10 }, (_, i) => [start + i * 60000, GiB + i * 1024, GiB, 8 * GiB]);
+    const range = window.pstorageDashboard.capacityRange;
+    return [range(long, fit(16), 300000), range(long, fit(10), 300000), range(minutes, fit(0.001), 300000), range(minutes.slice(0, 1), { windowDays: 30, usedBytesPerDay: null, daysUntilFull: null }, 300000), range(minutes, fit(0.001), 2000)];
+  })()`);
+  const startS = Date.UTC(2026, 0, 1) / 1000;
+  const DAY_S = 86400;
+  t.deepEqual(ranges[0], { minS: startS, maxS: startS + 180 * DAY_S, forecast: { fromS: startS + 90 * DAY_S, fromBytes: 1000 * 1024 ** 3, toS: startS + (90 + 65.5) * DAY_S, toBytes: 2048 * 1024 ** 3, full: true } }, '90 days of history, 1048 GiB free at 16 GiB a day: the forecast ends at the full point, 65.5 days on');
+  t.deepEqual(ranges[1]!.forecast, { fromS: startS + 90 * DAY_S, fromBytes: 1000 * 1024 ** 3, toS: startS + 180 * DAY_S, toBytes: 1900 * 1024 ** 3, full: false }, 'full in 104.8 days at 10 GiB a day: the forecast runs to the end of the axis');
+  t.is(ranges[2]!.maxS - ranges[2]!.minS, 540 + 3600, '9 minutes of history, full in 7000 days: an hour of forecast, not years');
+  t.deepEqual(ranges[3], { minS: startS, maxS: startS + 3600, forecast: null }, 'one sample, no fit: an hour');
+  t.is(ranges[4]!.maxS - ranges[4]!.minS, 2 * 540, 'sampled every 2 s (PSTORAGE_ANALYTICS_INTERVAL_MS): 9 minutes of history, 9 of forecast');
   t.regex(await page.evaluate<string>('document.querySelector("#reduction-ratio").textContent'), /^\d+(\.\d+)?:1$/);
   t.is(await page.evaluate<string>('document.querySelector("#status").dataset.state'), 'ok');
 
