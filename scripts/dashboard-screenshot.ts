@@ -18,6 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Browser } from '../test/helpers/chromium.js';
+import { startServe } from './serve-process.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const options = { out: '', watchS: 30, repo: path.resolve(here, '../..') };
@@ -35,30 +36,11 @@ if (options.out === '') options.out = path.join(options.repo, 'docs/dashboard.pn
 const log = (text: string) => process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${text}\n`);
 
 async function startServer(workDir: string, token: string): Promise<{ child: ChildProcess; nbdPort: number; apiPort: number }> {
-  const child = spawn(process.execPath, [path.join(options.repo, 'bin/pstorage.js'), 'serve', '--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0', '--capacity', '1G'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, PSTORAGE_LOG: 'info', PSTORAGE_API_TOKEN: token, PSTORAGE_ANALYTICS_INTERVAL_MS: '2000' },
+  const server = await startServe(options.repo, ['--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0', '--capacity', '1G'], {
+    env: { PSTORAGE_API_TOKEN: token, PSTORAGE_ANALYTICS_INTERVAL_MS: '2000' },
+    portMessages: ['listening', 'management API listening'],
   });
-  let text = '';
-  const portOf = (message: string): number | null => {
-    const line = text.split('\n').find((candidate) => candidate.includes(`"msg":"${message}"`));
-    if (line === undefined) return null;
-    const tcp = (JSON.parse(line) as { tcp: string | string[] }).tcp;
-    return Number((Array.isArray(tcp) ? tcp[0]! : tcp).split(':').pop());
-  };
-  const [nbdPort, apiPort] = await new Promise<[number, number]>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`pstorage did not start:\n${text}`)), 30_000);
-    child.stderr!.on('data', (chunk: Buffer) => {
-      text += chunk.toString();
-      const nbd = portOf('listening');
-      const api = portOf('management API listening');
-      if (nbd === null || api === null) return;
-      clearTimeout(timer);
-      resolve([nbd, api]);
-    });
-    child.once('exit', (code) => reject(new Error(`pstorage exited (${code}):\n${text}`)));
-  });
-  return { child, nbdPort, apiPort };
+  return { child: server.child, nbdPort: server.ports.get('listening')!, apiPort: server.ports.get('management API listening')! };
 }
 
 function apiPost(port: number, token: string, route: string, body: unknown): Promise<number> {

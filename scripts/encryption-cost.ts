@@ -10,11 +10,12 @@
  *
  * Needs fio with its nbd engine and openssl. The machine is shared: read the ratio of medians.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { median, startServe } from './serve-process.js';
 
 interface Options {
   size: string;
@@ -54,26 +55,10 @@ function parseOptions(argv: string[]): Options {
   return options;
 }
 
-/** Starts a server and resolves with its NBD port (from its log records). */
+/** Starts a server and resolves with its NBD port. */
 async function startServer(repo: string, dataDir: string, extraArgs: string[]): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [path.join(repo, 'bin/pstorage.js'), 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extraArgs], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, PSTORAGE_LOG: 'info', PSTORAGE_KEY_FILE: '' },
-  });
-  let log = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`pstorage did not start:\n${log}`)), 30_000);
-    child.stderr!.on('data', (chunk: Buffer) => {
-      log += chunk.toString();
-      const line = log.split('\n').find((candidate) => candidate.includes('"msg":"listening"'));
-      if (line === undefined) return;
-      clearTimeout(timer);
-      const tcp = (JSON.parse(line) as { tcp: string | string[] }).tcp;
-      resolve(Number((Array.isArray(tcp) ? tcp[0]! : tcp).split(':').pop()));
-    });
-    child.once('exit', (code) => reject(new Error(`pstorage exited (${code}):\n${log}`)));
-  });
-  return { child, port };
+  const server = await startServe(repo, ['--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extraArgs], { env: { PSTORAGE_KEY_FILE: '' } });
+  return { child: server.child, port: server.ports.get('listening')! };
 }
 
 function fio(args: string[], outputPath: string): { iops: number; mibPerSecond: number } {
@@ -81,12 +66,6 @@ function fio(args: string[], outputPath: string): { iops: number; mibPerSecond: 
   if (result.status !== 0) throw new Error(`fio failed (${result.status}): ${result.stderr}`);
   const job = (JSON.parse(fs.readFileSync(outputPath, 'utf8')) as { jobs: Array<Record<'read' | 'write', { iops: number; bw_bytes: number }>> }).jobs[0]!;
   return { iops: job.read.iops + job.write.iops, mibPerSecond: (job.read.bw_bytes + job.write.bw_bytes) / 1048576 };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function main(): Promise<void> {

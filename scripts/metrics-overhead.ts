@@ -16,6 +16,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { median, startServe } from './serve-process.js';
 
 interface Options {
   rw: string;
@@ -63,32 +64,10 @@ function parseOptions(argv: string[]): Options {
   return options;
 }
 
-/** Starts the server and resolves with its NBD and metrics ports (from its log records). */
+/** Starts the server and resolves with its NBD and metrics ports. */
 async function startServer(repo: string, workDir: string): Promise<{ child: ChildProcess; nbdPort: number; metricsPort: number }> {
-  const child = spawn(process.execPath, [path.join(repo, 'bin/pstorage.js'), 'serve', '--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, PSTORAGE_LOG: 'info' },
-  });
-  let log = '';
-  const portOf = (message: string): number | null => {
-    const line = log.split('\n').find((candidate) => candidate.includes(`"msg":"${message}"`));
-    if (line === undefined) return null;
-    const tcp = (JSON.parse(line) as { tcp: string | string[] }).tcp;
-    return Number((Array.isArray(tcp) ? tcp[0]! : tcp).split(':').pop());
-  };
-  const ports = await new Promise<[number, number]>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`pstorage did not start:\n${log}`)), 30_000);
-    child.stderr!.on('data', (chunk: Buffer) => {
-      log += chunk.toString();
-      const nbd = portOf('listening');
-      const metrics = portOf('metrics listening');
-      if (nbd === null || metrics === null) return;
-      clearTimeout(timer);
-      resolve([nbd, metrics]);
-    });
-    child.once('exit', (code) => reject(new Error(`pstorage exited (${code}):\n${log}`)));
-  });
-  return { child, nbdPort: ports[0], metricsPort: ports[1] };
+  const server = await startServe(repo, ['--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0', '--metrics-listen', '127.0.0.1:0'], { portMessages: ['listening', 'metrics listening'] });
+  return { child: server.child, nbdPort: server.ports.get('listening')!, metricsPort: server.ports.get('metrics listening')! };
 }
 
 function fio(args: string[], outputPath: string): { iops: number; requests: number } {
@@ -125,12 +104,6 @@ function startScraper(port: number, intervalMs: number): { stop(): number } {
       return scrapes;
     },
   };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function main(): Promise<void> {

@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startServe } from './serve-process.js';
 
 interface Options {
   job: string;
@@ -105,23 +106,8 @@ function fio(args: string[], outputPath: string): Record<string, unknown> {
 }
 
 async function startServer(repo: string, workDir: string): Promise<{ child: ReturnType<typeof spawn>; port: number }> {
-  const child = spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${path.join(workDir, 'prof')}`, path.join(repo, 'bin/pstorage.js'), 'serve', '--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, PSTORAGE_LOG: 'info' },
-  });
-  let log = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`pstorage did not start:\n${log}`)), 30_000);
-    child.stderr!.on('data', (chunk: Buffer) => {
-      log += chunk.toString();
-      const line = log.split('\n').find((candidate) => candidate.includes('"msg":"listening"'));
-      if (line === undefined) return;
-      clearTimeout(timer);
-      resolve(Number((JSON.parse(line) as { tcp: string[] }).tcp[0]!.split(':').pop()));
-    });
-    child.once('exit', (code) => reject(new Error(`pstorage exited (${code}):\n${log}`)));
-  });
-  return { child, port };
+  const server = await startServe(repo, ['--data-dir', path.join(workDir, 'data'), '--listen', '127.0.0.1:0'], { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${path.join(workDir, 'prof')}`] });
+  return { child: server.child, port: server.ports.get('listening')! };
 }
 
 /** Microseconds of samples per stage inside [fromUs, toUs] of the profile's clock. */
