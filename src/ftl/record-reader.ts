@@ -67,10 +67,10 @@ export class RecordReader {
    */
   readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
     if (this.cipher !== null) {
-      this.readRecordsSyncClear(requests, this.decryptingSink(requests, sink, destinations), destinations);
+      this.readStoredRecordsSync(requests, this.decryptingSink(requests, sink, destinations), destinations);
       return;
     }
-    this.readRecordsSyncClear(requests, sink, destinations);
+    this.readStoredRecordsSync(requests, sink, destinations);
   }
 
   /**
@@ -92,7 +92,7 @@ export class RecordReader {
   }
 
   /** `readRecordsSync` of the records as they are stored (ciphertext on an encrypted array). */
-  private readRecordsSyncClear(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
+  private readStoredRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
     let rest: readonly number[] | null = null;
     if (destinations !== undefined && copyRecords !== null && this.nand.mappedImage !== null) {
       rest = this.readMappedRecords(requests, sink, destinations);

@@ -25,7 +25,10 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { StorageError } from '../common/errors.js';
-import { DEK_BYTES, RECORD_CIPHER_NAME } from '../ftl/record-cipher.js';
+import path from 'node:path';
+import { DEFAULT_CHECKSUM_SEED } from '../ftl/page-format.js';
+import { DEK_BYTES, RECORD_CIPHER_NAME, RecordCipher } from '../ftl/record-cipher.js';
+import { CATALOG_COPY_NAME, decodeCatalogCopy, type FormatRecord } from './catalog-copy.js';
 
 export interface EncryptionRecord {
   cipher: typeof RECORD_CIPHER_NAME;
@@ -97,3 +100,57 @@ function kekOf(keyFileBytes: Buffer, salt: Buffer): Buffer {
 }
 
 const WRAP_AAD = Buffer.from('pstorage dek aes-256-xts aes-256-gcm');
+
+/**
+ * The array's secrets: the key of its fingerprints, the seed of its record checksums and its record
+ * cipher. A plain array's key is in its format record and seeds both; an encrypted array's is
+ * derived from its DEK, and its record checksums (over ciphertext) use the public default seed.
+ */
+export function unlockArray(format: FormatRecord, keyFileBytes: Buffer | undefined, dataDir: string): { fingerprintKey: bigint; recordSeed: bigint; cipher: RecordCipher | null } {
+  if (!keyFileFits(format, keyFileBytes, dataDir)) {
+    const key = BigInt(`0x${format.fingerprintKey}`);
+    return { fingerprintKey: key, recordSeed: key, cipher: null };
+  }
+  const dek = unwrapDek(format.encryption!, keyFileBytes!, dataDir);
+  return { fingerprintKey: BigInt(`0x${fingerprintKeyFromDek(dek)}`), recordSeed: DEFAULT_CHECKSUM_SEED, cipher: new RecordCipher(dek) };
+}
+
+/**
+ * `unlockArray`'s checks against the catalog copy's format record, before LevelDB is opened (which
+ * writes its log), so that a missing or wrong key leaves the data directory exactly as it was.
+ * Without a readable copy the checks wait for LevelDB's record.
+ */
+export function checkKeyAgainstCopy(dataDir: string, keyFileBytes: Buffer | undefined): void {
+  let format: FormatRecord;
+  try {
+    format = decodeCatalogCopy(fs.readFileSync(path.join(dataDir, CATALOG_COPY_NAME)), CATALOG_COPY_NAME).format;
+  } catch {
+    return;
+  }
+  if (!keyFileFits(format, keyFileBytes, dataDir)) return;
+  // While a rotation is in flight the copy holds both records (key-rotation.ts); LevelDB decides.
+  if (format.previousEncryption !== undefined) {
+    try {
+      unwrapDek(format.previousEncryption, keyFileBytes!, dataDir);
+      return;
+    } catch {
+      // Not the old key: it must be the new one.
+    }
+  }
+  unwrapDek(format.encryption!, keyFileBytes!, dataDir);
+}
+
+/**
+ * True for an encrypted array given a key file, false for a plain one given none; a key file is
+ * refused for a plain array and required for an encrypted one.
+ */
+function keyFileFits(format: FormatRecord, keyFileBytes: Buffer | undefined, dataDir: string): boolean {
+  if (format.encryption === undefined) {
+    if (keyFileBytes !== undefined) {
+      throw StorageError.invalidArgument(`the array in ${dataDir} is not encrypted, but a key file was given (--key-file or PSTORAGE_KEY_FILE); encryption is chosen when an array is created: drop the key file to open this one`);
+    }
+    return false;
+  }
+  if (keyFileBytes === undefined) throw StorageError.invalidArgument(`the array in ${dataDir} is encrypted: pass its key file with --key-file FILE (or PSTORAGE_KEY_FILE); nothing was changed`);
+  return true;
+}

@@ -63,10 +63,8 @@ import { DedupIndex } from '../reduce/dedup-index.js';
 import { FINGERPRINT_BYTES, keyedFingerprint, newFingerprintKey, type FingerprintFunction } from '../reduce/fingerprint.js';
 import type { ReduceSettings } from '../reduce/reduce-block.js';
 import { ReductionPool } from '../reduce/reduction-pool.js';
-import { CATALOG_COPY_NAME, decodeCatalogCopy, writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
-import { fingerprintKeyFromDek, newEncryption, unwrapDek } from './array-key.js';
-import { RecordCipher } from '../ftl/record-cipher.js';
-import { DEFAULT_CHECKSUM_SEED } from '../ftl/page-format.js';
+import { writeCatalogCopy, type FormatRecord } from './catalog-copy.js';
+import { checkKeyAgainstCopy, newEncryption, unlockArray } from './array-key.js';
 import { CHUNKS_PER_PAGE, ChunkTable, pageOf } from './chunk-table.js';
 import { DEFAULT_WORKER_MIN_BLOCKS, IoScheduler } from './io-scheduler.js';
 import type { EntryKind } from './map-page.js';
@@ -392,7 +390,7 @@ export class FlashArray implements ExportCatalog {
     // a sequence number is never given to two uses of a block, and a page left over from an
     // uncommitted use can never pass for a page of the current one.
     const nextSequence = stateBytes ? state.nextSequence + nand.geometry.eraseBlockCount : state.nextSequence;
-    const keys = unlock(format, options.keyFileBytes, dataDir);
+    const keys = unlockArray(format, options.keyFileBytes, dataDir);
     const ftl = new Ftl(nand, { ...defaultFtlOptions(nand.geometry.eraseBlockCount), ...options.ftl }, logger.child({ component: 'ftl' }), nextSequence, keys.recordSeed, keys.cipher);
     const array = new FlashArray(dataDir, meta, nand, ftl, logger, state, format, options.cacheBytes ?? DEFAULT_CACHE_BYTES, options, keys.fingerprintKey);
     let bloomTrusted = true;
@@ -1131,59 +1129,6 @@ function isBlank(nand: NandDevice): boolean {
     if (info.writePointer !== 0 || info.eraseCount !== 0 || info.bad) return false;
   }
   return true;
-}
-
-/**
- * The array's secrets: the key of its fingerprints, the seed of its record checksums and its record
- * cipher. A plain array's key is in its format record and seeds both; an encrypted array's is
- * derived from its DEK, and its record checksums (over ciphertext) use the public default seed.
- * A key file is refused for a plain array and required for an encrypted one (array-key.ts).
- */
-function unlock(format: FormatRecord, keyFileBytes: Buffer | undefined, dataDir: string): { fingerprintKey: bigint; recordSeed: bigint; cipher: RecordCipher | null } {
-  if (format.encryption === undefined) {
-    if (keyFileBytes !== undefined) throw plainArrayWithKey(dataDir);
-    const key = BigInt(`0x${format.fingerprintKey}`);
-    return { fingerprintKey: key, recordSeed: key, cipher: null };
-  }
-  if (keyFileBytes === undefined) throw encryptedArrayWithoutKey(dataDir);
-  const dek = unwrapDek(format.encryption, keyFileBytes, dataDir);
-  return { fingerprintKey: BigInt(`0x${fingerprintKeyFromDek(dek)}`), recordSeed: DEFAULT_CHECKSUM_SEED, cipher: new RecordCipher(dek) };
-}
-
-/**
- * `unlock`'s checks against the catalog copy's format record, before LevelDB is opened. Without
- * a readable copy the checks wait for LevelDB's record (the open then goes on as before).
- */
-function checkKeyAgainstCopy(dataDir: string, keyFileBytes: Buffer | undefined): void {
-  let format: FormatRecord;
-  try {
-    format = decodeCatalogCopy(fs.readFileSync(path.join(dataDir, CATALOG_COPY_NAME)), CATALOG_COPY_NAME).format;
-  } catch {
-    return;
-  }
-  if (format.encryption === undefined) {
-    if (keyFileBytes !== undefined) throw plainArrayWithKey(dataDir);
-    return;
-  }
-  if (keyFileBytes === undefined) throw encryptedArrayWithoutKey(dataDir);
-  // While a rotation is in flight the copy holds both records (key-rotation.ts); LevelDB decides.
-  if (format.previousEncryption !== undefined) {
-    try {
-      unwrapDek(format.previousEncryption, keyFileBytes, dataDir);
-      return;
-    } catch {
-      // Not the old key: it must be the new one.
-    }
-  }
-  unwrapDek(format.encryption, keyFileBytes, dataDir);
-}
-
-function plainArrayWithKey(dataDir: string): StorageError {
-  return StorageError.invalidArgument(`the array in ${dataDir} is not encrypted, but a key file was given (--key-file or PSTORAGE_KEY_FILE); encryption is chosen when an array is created: drop the key file to open this one`);
-}
-
-function encryptedArrayWithoutKey(dataDir: string): StorageError {
-  return StorageError.invalidArgument(`the array in ${dataDir} is encrypted: pass its key file with --key-file FILE (or PSTORAGE_KEY_FILE); nothing was changed`);
 }
 
 /**

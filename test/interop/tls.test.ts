@@ -389,23 +389,18 @@ test('--tls off (the default): STARTTLS gets ERR_POLICY, never TLS_REQD', async 
 test('missing, unreadable or mismatched credentials stop the start before anything listens, saying what to do', async (t) => {
   const keys = await pki();
   const dir = tempDir(t);
-  const mismatched = path.join(dir, 'mismatched');
-  fs.mkdirSync(mismatched);
-  fs.copyFileSync(path.join(keys.server, 'ca-cert.pem'), path.join(mismatched, 'ca-cert.pem'));
-  fs.copyFileSync(path.join(keys.server, 'server-cert.pem'), path.join(mismatched, 'server-cert.pem'));
-  fs.copyFileSync(path.join(keys.bob, 'client-key.pem'), path.join(mismatched, 'server-key.pem'));
-  const noKey = path.join(dir, 'no-key');
-  fs.mkdirSync(noKey);
-  fs.copyFileSync(path.join(keys.server, 'server-cert.pem'), path.join(noKey, 'server-cert.pem'));
-  const unreadable = path.join(dir, 'unreadable');
-  fs.mkdirSync(unreadable);
-  fs.copyFileSync(path.join(keys.server, 'server-cert.pem'), path.join(unreadable, 'server-cert.pem'));
+  /** A credentials directory under `dir`: each file copied from [source directory, source name]. */
+  const credentials = (name: string, files: Record<string, [string, string]>): string => {
+    const target = path.join(dir, name);
+    fs.mkdirSync(target);
+    for (const [file, [from, source]] of Object.entries(files)) fs.copyFileSync(path.join(from, source), path.join(target, file));
+    return target;
+  };
+  const mismatched = credentials('mismatched', { 'ca-cert.pem': [keys.server, 'ca-cert.pem'], 'server-cert.pem': [keys.server, 'server-cert.pem'], 'server-key.pem': [keys.bob, 'client-key.pem'] });
+  const noKey = credentials('no-key', { 'server-cert.pem': [keys.server, 'server-cert.pem'] });
+  const unreadable = credentials('unreadable', { 'server-cert.pem': [keys.server, 'server-cert.pem'] });
   fs.mkdirSync(path.join(unreadable, 'server-key.pem')); // a directory: unreadable as a file, even for root
-  const foreignSigned = path.join(dir, 'foreign-signed');
-  fs.mkdirSync(foreignSigned);
-  fs.copyFileSync(path.join(keys.server, 'ca-cert.pem'), path.join(foreignSigned, 'ca-cert.pem'));
-  fs.copyFileSync(path.join(keys.foreign, 'client-cert.pem'), path.join(foreignSigned, 'server-cert.pem'));
-  fs.copyFileSync(path.join(keys.foreign, 'client-key.pem'), path.join(foreignSigned, 'server-key.pem'));
+  const foreignSigned = credentials('foreign-signed', { 'ca-cert.pem': [keys.server, 'ca-cert.pem'], 'server-cert.pem': [keys.foreign, 'client-cert.pem'], 'server-key.pem': [keys.foreign, 'client-key.pem'] });
   const badPsk = path.join(dir, 'bad.psk');
   fs.writeFileSync(badPsk, 'alice:not-hex\n');
   const cases: Array<[string, string[], RegExp]> = [
