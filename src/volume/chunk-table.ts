@@ -187,11 +187,10 @@ export class ChunkTable {
   }
 
   /**
-   * Allocates a chunk with refcount 1. `place(chunkId)` stores its record and returns where: the
-   * record header carries the id, so the id comes first. Its fingerprint is the 8 bytes of
-   * `fingerprint` from `fingerprintAt` on (a batch's fingerprints, without a view of each).
+   * The id the next `add` takes, with its page cached and pinned: the caller stores the record
+   * under it (the record header carries the id, so the id comes first), then calls `add`.
    */
-  add(storedBytes: number, codec: Codec, fingerprint: Uint8Array | null, place: (chunkId: number) => PhysicalAddress, fingerprintAt = 0): number {
+  nextId(): number {
     const chunkId = this.next;
     const pageId = pageOf(chunkId);
     if (pageId !== this.allocationPageId) {
@@ -201,8 +200,18 @@ export class ChunkTable {
       this.allocationPageId = pageId;
       this.unpinAllocationPage = this.cache.pin([pageId]);
     }
-    const address = place(chunkId);
+    return chunkId;
+  }
+
+  /**
+   * Allocates the chunk `nextId()` named, refcount 1, its record stored at `address`. Its
+   * fingerprint is the 8 bytes of `fingerprint` from `fingerprintAt` on (a batch's fingerprints,
+   * without a view of each).
+   */
+  add(storedBytes: number, codec: Codec, fingerprint: Uint8Array | null, address: PhysicalAddress, fingerprintAt = 0): number {
+    const chunkId = this.nextId();
     this.next += 1;
+    const pageId = pageOf(chunkId);
     const page = this.cache.peek(pageId)!;
     const slot = chunkId % N;
     page.setEntry(slot, address.block, address.offsetBytes, storedBytes, 1, codec, fingerprint, fingerprintAt);

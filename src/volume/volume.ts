@@ -615,7 +615,7 @@ export class Volume implements BlockDevice {
           const stored = plan.storedOf(i);
           const checksum = source.checksum[index]!;
           const fingerprintAt = index * FINGERPRINT_BYTES;
-          const chunkId = chunks.add(stored.length, source.codec[index]! as Codec, dedup === null ? null : source.fingerprints, (id) => ftl.append('host', id, stored, checksum), fingerprintAt);
+          const chunkId = chunks.add(stored.length, source.codec[index]! as Codec, dedup === null ? null : source.fingerprints, ftl.append('host', chunks.nextId(), stored, checksum), fingerprintAt);
           reduction.onChunkStored(stored.length);
           if (dedup !== null) dedup.insertAt(source.fingerprints, fingerprintAt, chunkId);
           created[i] = chunkId;
@@ -865,8 +865,16 @@ class ChangePlan {
   count = 0;
   chain: readonly number[] = [];
   private own: ReducedBlocks | null = null;
-  /** First block storing each fingerprint (by its first 48 bits), for `earlierCopy`. */
-  private stores: Map<number, number> | null = null;
+  /**
+   * First block storing each fingerprint (by its first 48 bits), for `earlierCopy`: an open
+   * addressing table of keys and block indexes, whose slots count as used only when stamped with
+   * this change's `generation`, so a new change starts with an empty table without clearing it. (A
+   * `Map`, cleared per change, reallocated its table as it grew: 41 bytes a block at 128 KiB writes.)
+   */
+  private storeKeys = new Float64Array(0);
+  private storeBlocks = new Int32Array(0);
+  private storeStamps = new Uint32Array(0);
+  private generation = 0;
 
   /** Makes the plan ready for `count` blocks from `first` (growing its columns if needed). */
   reset(first: number, count: number, chain: readonly number[]): this {
@@ -887,8 +895,25 @@ class ChangePlan {
     this.count = count;
     this.chain = chain;
     this.own = null;
-    this.stores?.clear();
+    if (count > 1) this.resetStores(count);
     return this;
+  }
+
+  /** An empty `earlierCopy` table with room for `count` blocks at half load. */
+  private resetStores(count: number): void {
+    if (this.storeKeys.length < 2 * count) {
+      let size = 64;
+      while (size < 2 * count) size *= 2;
+      this.storeKeys = new Float64Array(size);
+      this.storeBlocks = new Int32Array(size);
+      this.storeStamps = new Uint32Array(size);
+      this.generation = 0;
+    }
+    this.generation += 1;
+    if (this.generation === 0x1_0000_0000) {
+      this.storeStamps.fill(0);
+      this.generation = 1;
+    }
   }
 
   /**
@@ -921,12 +946,16 @@ class ChangePlan {
     if (this.count === 1) return -1;
     const at = index * FINGERPRINT_BYTES;
     const key = source.fingerprints.readUInt32BE(at) * 0x10000 + source.fingerprints.readUInt16BE(at + 4);
-    this.stores ??= new Map();
-    const j = this.stores.get(key);
-    if (j === undefined) {
-      this.stores.set(key, i);
+    const mask = this.storeKeys.length - 1;
+    let slot = (key ^ (key / 0x1_0000_0000)) & mask;
+    while (this.storeStamps[slot] === this.generation && this.storeKeys[slot] !== key) slot = (slot + 1) & mask;
+    if (this.storeStamps[slot] !== this.generation) {
+      this.storeStamps[slot] = this.generation;
+      this.storeKeys[slot] = key;
+      this.storeBlocks[slot] = i;
       return -1;
     }
+    const j = this.storeBlocks[slot]!;
     if (this.blocks[j]!.equals(block)) return j;
     // Two different blocks with one fingerprint (a collision): look at every earlier block.
     const fingerprint = source.fingerprint(index);

@@ -71,3 +71,25 @@ test('concurrency: the same block written and overwritten concurrently in two vo
   }
   await expectCleanAudit(t, array);
 });
+
+test('one write of 300 blocks holding 37 distinct ones stores 37 chunks; the next writes start afresh', async (t) => {
+  const { array } = await memoryArray(t, geometryForCapacity(64 * MiB));
+  const volume = await array.createVolume('v', VOLUME_BYTES);
+  const distinct = Array.from({ length: 37 }, (_, i) => (i % 3 === 0 ? textBlock(800 + i) : randomBlock(800 + i)));
+  const data = Buffer.concat(Array.from({ length: 300 }, (_, i) => distinct[(i * 11) % 37]!));
+  const before = statsOf(array);
+  await volume.write(0, data, { fua: false });
+  let after = statsOf(array);
+  t.is(after.reduction.liveChunks - before.reduction.liveChunks, 37, 'one chunk per distinct block');
+  t.is(after.reduction.dedupHits - before.reduction.dedupHits, 300 - 37, 'the rest share them');
+  t.true((await readBytes(volume, 0, data.length)).equals(data));
+  // Later writes (two blocks each: the same table, a new change) see none of the earlier entries
+  // as their own: a pair of new distinct blocks stores two chunks, a pair of one block stores one.
+  const [x, y, z] = [randomBlock(900), randomBlock(901), randomBlock(902)];
+  await volume.write(400 * LBA_BYTES, Buffer.concat([x, y]), { fua: false });
+  await volume.write(402 * LBA_BYTES, Buffer.concat([z, z]), { fua: false });
+  after = statsOf(array);
+  t.is(after.reduction.liveChunks - before.reduction.liveChunks, 40);
+  t.true((await readBytes(volume, 400 * LBA_BYTES, 4 * LBA_BYTES)).equals(Buffer.concat([x, y, z, z])));
+  await expectCleanAudit(t, array);
+});
