@@ -913,6 +913,7 @@ export class FlashArray implements ExportCatalog {
       if (captured.catalog) this.catalogDirty = true;
       return;
     }
+    this.journal.recycle(captured.journal);
     for (let seq = this.journalTrimSeq; seq < captured.trimSeq; seq++) {
       const bytes = this.journalKept.get(seq);
       if (bytes === undefined) continue;

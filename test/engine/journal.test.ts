@@ -83,6 +83,39 @@ test('journal values decode to the entries journalled, in order, across captures
   );
 });
 
+test('a capture\'s buffer takes new entries only after it is recycled, never while its batch may be pending', (t) => {
+  const journal = new MetaJournal(1);
+  const fill = (from: number) => {
+    for (let i = 0; i < 5000; i++) journal.chunkRefs(from + i, i + 1);
+  };
+  const bytesOf = (pieces: Array<{ value: Buffer }>) => Buffer.concat(pieces.map((piece) => piece.value));
+  const refsIn = (pieces: Array<{ value: Buffer }>) => {
+    const decoded: Entry[] = [];
+    for (const piece of pieces) decodeJournalValue(piece.value, recorder(decoded), 'test');
+    return decoded.map((e) => (e.type === 'refs' ? e.chunk : -1));
+  };
+  fill(0);
+  const a = journal.capture();
+  fill(10_000);
+  const b = journal.capture();
+  const bBytes = bytesOf(b);
+  journal.recycle(a); // a's batch is written: its buffer takes the entries after the next capture
+  fill(20_000);
+  const c = journal.capture();
+  fill(30_000);
+  const d = journal.capture();
+  t.is(d[0]!.value.buffer, a[0]!.value.buffer, 'the recycled buffer was reused');
+  t.deepEqual(refsIn(c), Array.from({ length: 5000 }, (_, i) => 20_000 + i));
+  t.deepEqual(refsIn(d), Array.from({ length: 5000 }, (_, i) => 30_000 + i));
+  // b was never recycled (as a failed batch's pieces, kept for the retry): never written over.
+  fill(40_000);
+  const e = journal.capture();
+  t.true(bytesOf(b).equals(bBytes), 'a capture not recycled is never written over');
+  for (const later of [c, d, e]) t.not(later[0]!.value.buffer, b[0]!.value.buffer);
+  t.deepEqual(refsIn(b), Array.from({ length: 5000 }, (_, i) => 10_000 + i));
+  t.deepEqual(refsIn(e), Array.from({ length: 5000 }, (_, i) => 40_000 + i));
+});
+
 test('a large capture is cut into pieces of about 64 KiB at entry boundaries, with consecutive seqs', (t) => {
   fc.assert(
     fc.property(fc.array(entry, { minLength: 3000, maxLength: 12000 }), fc.integer({ min: 1, max: 1000 }), (entries, firstSeq) => {
