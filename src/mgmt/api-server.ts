@@ -69,6 +69,13 @@ export interface RouteContext {
   body: unknown;
 }
 
+/** A pod volume is resized or deleted on both arrays at once, never on one alone. */
+function notInPod(context: RouteContext): true {
+  const pod = context.replication?.podOf(context.params.name!) ?? null;
+  if (pod !== null) throw StorageError.busy(`volume ${context.params.name!} belongs to pod ${pod}: it cannot be resized or deleted on one array alone; "pstorage pod delete ${pod}" first makes its volumes ordinary volumes again`);
+  return true;
+}
+
 function pods(context: RouteContext): ReplicationApi {
   if (context.replication === null) throw StorageError.notSupported('this server has no replication service');
   return context.replication;
@@ -100,8 +107,8 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/volumes', handler: ({ array }) => ops.listVolumes(array) },
   { method: 'POST', path: '/api/v1/volumes', status: 201, handler: ({ array, body }) => ops.createVolume(array, body) },
   { method: 'GET', path: '/api/v1/volumes/{name}', handler: ({ array, params }) => ops.getVolume(array, params.name!) },
-  { method: 'PATCH', path: '/api/v1/volumes/{name}', handler: ({ array, params, body }) => ops.resize(array, params.name!, body) },
-  { method: 'DELETE', path: '/api/v1/volumes/{name}', handler: ({ array, params, query }) => ops.removeVolume(array, params.name!, query.get('force')) },
+  { method: 'PATCH', path: '/api/v1/volumes/{name}', handler: (context) => notInPod(context) && ops.resize(context.array, context.params.name!, context.body) },
+  { method: 'DELETE', path: '/api/v1/volumes/{name}', handler: (context) => notInPod(context) && ops.removeVolume(context.array, context.params.name!, context.query.get('force')) },
   { method: 'PUT', path: '/api/v1/volumes/{name}/access', handler: ({ array, params, body }) => ops.access(array, params.name!, body) },
   { method: 'DELETE', path: '/api/v1/volumes/{name}/access', handler: ({ array, params }) => ops.clearAccess(array, params.name!) },
   { method: 'GET', path: '/api/v1/volumes/{name}/snapshots', handler: ({ array, params }) => ops.snapshots(array, params.name!) },

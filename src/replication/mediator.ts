@@ -14,13 +14,25 @@
  * Every call is bounded (MEDIATOR_TIMEOUT_MS): an unreachable etcd is an answer ("unreachable"),
  * not a hang, so a pod can suspend rather than wait.
  */
-import { Etcd3, type Lease } from 'etcd3';
+import type { Etcd3, Lease } from 'etcd3';
 import type { Logger } from '../common/log.js';
 
 export const LEASE_TTL_SECONDS = 10;
 export const MEDIATOR_TIMEOUT_MS = 2000;
 
 export type AcquireResult = 'won' | 'lost' | 'unreachable';
+
+let etcdModule: Promise<typeof import('etcd3')> | null = null;
+
+/**
+ * The etcd client (gRPC and protobuf, about 0.2 s of CPU to load) is loaded only by an array that
+ * has pods, in the background when the pod starts, so that neither the CLI nor an array without
+ * pods pays for it, and a failover does not wait for it.
+ */
+export function loadEtcd(): Promise<typeof import('etcd3')> {
+  etcdModule ??= import('etcd3');
+  return etcdModule;
+}
 
 function withTimeout<T>(work: Promise<T>, timeoutMs: number): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -47,7 +59,9 @@ export class Mediator {
     private readonly pod: string,
     private readonly arrayId: string,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    void loadEtcd().catch((error: unknown) => logger.error('the etcd client did not load', { error: (error as Error).message }));
+  }
 
   private get ownerKey(): string {
     return `/pstorage/pods/${this.pod}/owner`;
@@ -56,9 +70,10 @@ export class Mediator {
     return `/pstorage/pods/${this.pod}/survivor`;
   }
 
-  private connect(): Etcd3 {
+  private async connect(): Promise<Etcd3> {
     // Every call is also bounded by withTimeout: the client's own retries cannot turn
     // "etcd is down" into a long wait.
+    const { Etcd3 } = await loadEtcd();
     this.client ??= new Etcd3({ hosts: this.url, dialTimeout: MEDIATOR_TIMEOUT_MS });
     return this.client;
   }
@@ -75,7 +90,7 @@ export class Mediator {
   }
 
   private async race(): Promise<AcquireResult> {
-    const client = this.connect();
+    const client = await this.connect();
     if (this.lease === null) {
       const lease = client.lease(LEASE_TTL_SECONDS);
       lease.on('lost', (error) => this.logger.warn('mediator lease lost', { error: error.message }));
@@ -105,7 +120,7 @@ export class Mediator {
     try {
       await withTimeout(
         (async () => {
-          const client = this.connect();
+          const client = await this.connect();
           await client.if(this.survivorKey, 'Value', '==', this.arrayId).then(client.delete().key(this.survivorKey), client.delete().key(this.ownerKey)).commit();
         })(),
         MEDIATOR_TIMEOUT_MS,

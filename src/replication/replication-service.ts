@@ -43,6 +43,8 @@ export interface ReplicationApi {
   createPod(body: unknown): Promise<Record<string, unknown>>;
   deletePod(name: string): Promise<Record<string, unknown>>;
   createPodVolume(pod: string, body: unknown): Promise<{ name: string; sizeBytes: number; pod: string }>;
+  /** The pod a volume belongs to, or null. */
+  podOf(volume: string): string | null;
 }
 
 const POD_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -255,6 +257,11 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
   }
 
   // ---- Management API -------------------------------------------------------------------------
+
+  podOf(volume: string): string | null {
+    for (const pod of this.pods.values()) if (pod.hasVolume(volume)) return pod.name;
+    return null;
+  }
 
   listPods(): Array<Record<string, unknown>> {
     return [...this.pods.values()].map((pod) => pod.status());

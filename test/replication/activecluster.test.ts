@@ -8,7 +8,7 @@ import test from 'ava';
 import { requireTools, run } from '../helpers/interop.js';
 import { startArray, cli, exportDigest, podIo, podStatus, startCluster, waitForState, type ArrayProcess, type Cluster } from './cluster-harness.js';
 
-requireTools(['fio', 'nbdcopy', 'sha256sum']);
+requireTools(['fio', 'nbdcopy', 'sha256sum', 'etcd']);
 
 const MiB = 1024 * 1024;
 
@@ -131,7 +131,9 @@ test.serial('SIGKILL of A while fio --verify=crc32c writes through B and a write
   proxy.heal();
   await Promise.all([waitForState(a2, ['in-sync'], 60_000), waitForState(b, ['in-sync'], 60_000)]);
   const after = await podStatus(b);
-  t.log(`resumed resync: ${after.lastResyncChunks} chunk(s) in ${after.lastResyncMs} ms`);
+  const skipped = (after as unknown as { lastResyncSkippedChunks: number }).lastResyncSkippedChunks;
+  t.log(`resumed resync: ${after.lastResyncChunks} chunk(s) in ${after.lastResyncMs} ms; ${skipped} chunk(s) already on A (sums matched, data not sent)`);
+  t.true(skipped > 0, 'chunks A already held were not sent again');
   if (sa.state === 'suspended') t.true(after.lastResyncChunks < 4096, 'the resync resumed rather than starting over');
   const [one, two] = await digests(cluster);
   t.is(one, two, 'A and B byte-identical after A rejoined');
