@@ -28,10 +28,11 @@
  *                            suspended (target: its copy is out of date)
  *   degraded|suspended --link back--> resyncing (the record merged from both) --done--> in-sync
  *
- * Resync copies the merged changed-block record, 64 KiB chunk by chunk (32 in flight), on the same
- * ordered link as new writes. A chunk that reads as zeroes goes as a header only; any other chunk
- * is first offered as SHA-256 sums of its 4 KiB blocks, and its bytes are sent only when the peer's
- * copy differs (a full resync after a crash mostly finds the data already there). A chunk written
+ * Resync copies the merged changed-block record, 64 KiB chunk by chunk (64 in flight), on the same
+ * ordered link as new writes. A chunk that reads as zeroes goes as a header only. When either
+ * record was lost (a restart, so every chunk is in it), any other chunk is first offered as
+ * SHA-256 sums of its 4 KiB blocks, and its bytes are sent only when the peer's copy differs (a
+ * full resync after a crash mostly finds the data already there). A chunk written
  * again while it was being read is read again, so a copy never lands after a newer write.
  * Writes themselves cross the link as they are (not reduced; each array reduces on its own).
  *
@@ -88,7 +89,7 @@ export interface PodHost {
 const RECONNECT_MS = 300;
 const ARBITRATE_RETRY_MS = 1000;
 const STARTUP_WAIT_MS = 3000;
-const RESYNC_WINDOW = 32;
+const RESYNC_WINDOW = 64;
 /** Resync compares 4 KiB blocks by SHA-256 before sending them (the peer may hold them already). */
 const SUM_BLOCK_BYTES = 4096;
 const MAX_HELD_REQUESTS = 4096;
@@ -161,6 +162,10 @@ export class Pod {
   /** While this array resyncs the peer: the write counter at each chunk's last change. */
   private writeCounter = 0;
   private lastWrite: Map<string, number> | null = null;
+  /** The record was rebuilt as "everything" after a restart: most chunks are likely the same on both. */
+  private recordLost = false;
+  /** This resync offers block sums before data (see the note at the top). */
+  private verifyBeforeSend = false;
 
   constructor(
     readonly config: PodConfig,
@@ -187,6 +192,7 @@ export class Pod {
     if (!fresh && !this.config.cleanInSync) {
       // The changed-block record did not survive: everything may differ.
       for (const volume of this.config.volumes) this.changed.markAll(volume.name, volume.sizeBytes);
+      this.recordLost = true;
     }
     this.config.cleanInSync = false;
     this.host.save();
@@ -496,7 +502,7 @@ export class Pod {
   }
 
   private helloState(): HelloState {
-    return { arrayId: this.host.arrayId, stale: this.config.stale, survivor: this.config.survivor, leaderId: this.config.leaderId, changed: this.changed.toWire() };
+    return { arrayId: this.host.arrayId, stale: this.config.stale, survivor: this.config.survivor, leaderId: this.config.leaderId, recordLost: this.recordLost, changed: this.changed.toWire() };
   }
 
   private answerHello(link: PeerLink, header: LinkMessage['header']): void {
@@ -510,9 +516,11 @@ export class Pod {
   private applyDecision(link: PeerLink, decision: Decision): void {
     this.changed.merge(decision.changed);
     this.config.leaderId = decision.sourceId;
+    this.verifyBeforeSend = decision.verify === true;
     const source = decision.sourceId === this.host.arrayId;
     this.logger.info('pod link up', { pod: this.name, source, changedChunks: this.changed.chunkCount, leader: source });
     if (this.changed.chunkCount === 0) {
+      this.recordLost = false;
       const wasSurvivor = this.config.survivor;
       this.config.stale = false;
       this.config.survivor = false;
@@ -684,6 +692,7 @@ export class Pod {
     if (link !== this.link || this.changed.chunkCount !== 0) return;
     this.figures.lastResyncMs = Date.now() - startedMs;
     this.figures.lastResyncChunks = totalChunks;
+    this.recordLost = false;
     this.config.survivor = false;
     this.host.save();
     this.setState('in-sync', '');
@@ -761,7 +770,7 @@ export class Pod {
             }
             done(failure);
           });
-        if (zero) {
+        if (zero || !this.verifyBeforeSend) {
           send();
           return;
         }
@@ -842,6 +851,7 @@ export class Pod {
     }
     if (link !== this.link) return;
     this.changed.clear();
+    this.recordLost = false;
     this.config.stale = false;
     this.host.save();
     this.setState('in-sync', '');
@@ -874,6 +884,7 @@ export class Pod {
 
 interface HelloState {
   arrayId: string;
+  recordLost?: boolean;
   stale: boolean;
   survivor: boolean;
   leaderId: string;
@@ -885,6 +896,8 @@ export interface Decision {
   sourceId: string;
   /** The union of both records: what the source sends. */
   changed: ChangedRecordWire;
+  /** Either record was lost (a restart): offer block sums before data. */
+  verify: boolean;
 }
 
 /** Who holds the up-to-date copy: the survivor, else the one not out of date, else the leader. */
@@ -896,7 +909,7 @@ export function decide(dialler: HelloState, acceptor: HelloState): Decision {
   const merged = new ChangedBlocks();
   merged.merge(dialler.changed ?? {});
   merged.merge(acceptor.changed ?? {});
-  return { sourceId, changed: merged.toWire() };
+  return { sourceId, changed: merged.toWire(), verify: dialler.recordLost === true || acceptor.recordLost === true };
 }
 
 /**

@@ -7,7 +7,7 @@
   check URI LOG                              reads back the last acknowledged content of every
                                              block in LOG; prints JSON {checked, bad}.
   probe URI OFFSET SECONDS                   QD1 4 KiB writes for SECONDS; prints JSON with every
-                                             gap over 20 ms between two acknowledged writes
+                                             gap over 5 ms between two acknowledged writes
                                              ([start epoch ms, length ms]) and the error count.
   write URI OFFSET LENGTH BYTE               one write of LENGTH bytes of BYTE; exit 1 on error.
 """
@@ -81,7 +81,7 @@ def probe(uri, offset, seconds):
             continue
         now = time.time()
         writes += 1
-        if (now - last_ok) * 1000 > 20:
+        if (now - last_ok) * 1000 > 5:
             gaps.append([last_ok * 1000, (now - last_ok) * 1000])
         last_ok = now
     print(json.dumps({"gaps": gaps, "errors": errors, "writes": writes}))
