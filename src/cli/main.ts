@@ -338,6 +338,12 @@ function addPodCommands(program: Command, dataDir: () => string): void {
     .argument('<pod>', 'pod name')
     .action((name: string, options: DataDirOptions) => pods.podStatus(options.dataDir, name, out(options)));
   arrayCommand(pod, 'list', 'the pods of this array and their states', dataDir).action((options: DataDirOptions) => pods.podList(options.dataDir, out(options)));
+  arrayCommand(program, 'replicate', 'asynchronous replication for disaster recovery: snapshot VOLUME and send what changed since the last run to another array, which keeps it as a snapshot', dataDir)
+    .argument('<volume>', 'volume name')
+    .requiredOption('--to <host:port>', "the target array's --replication-listen address (same --replication-secret-file on both)")
+    .option('--every <interval>', 'run again every interval, e.g. 30s, 5m, 1h (RPO = the interval); without it, one run')
+    .addHelpText('after', '\nExample: pstorage replicate db --to 10.0.0.3:7001 --every 5m')
+    .action((volume: string, options: DataDirOptions & { to: string; every?: string }) => pods.replicateCommand(options.dataDir, volume, options.to, options.every === undefined ? null : pods.parseIntervalMs(options.every), out(options)));
   arrayCommand(pod, 'delete', 'delete a pod on both arrays (its volumes stay, as ordinary volumes of each array)', dataDir)
     .argument('<pod>', 'pod name')
     .action((name: string, options: DataDirOptions) => pods.podDelete(options.dataDir, name, out(options)));

@@ -59,3 +59,31 @@ export async function podVolumeCreate(dataDir: string, pod: string, name: string
   if (output.json) return printJson(info);
   process.stdout.write(`created volume ${name}: ${formatBytes(sizeBytes)} (${sizeBytes} bytes) in pod ${pod}, on both arrays\n`);
 }
+
+/** `30s`, `5m`, `1h` → milliseconds; a message saying what is accepted otherwise. */
+export function parseIntervalMs(text: string): number {
+  const match = /^(\d+)(s|m|h)$/.exec(text.trim());
+  if (match === null || Number(match[1]) === 0) throw StorageError.invalidArgument(`--every "${text}": give a whole number with s, m or h, e.g. 30s, 5m, 1h`);
+  return Number(match[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[match[2] as 's' | 'm' | 'h'];
+}
+
+interface ReplicateDocument {
+  volume: string;
+  snapshot: string;
+  base: string | null;
+  changedBytes: number;
+  sentBytes: number;
+  durationMs: number;
+}
+
+/** One run, or (with an interval) a run every interval until interrupted; each run is one line. */
+export async function replicateCommand(dataDir: string, volume: string, to: string, everyMs: number | null, output: Output): Promise<void> {
+  for (;;) {
+    const startedMs = Date.now();
+    const run = await request<ReplicateDocument>(dataDir, 'POST', `/api/v1/volumes/${enc(volume)}/replicate`, { to }, needsServer);
+    if (output.json) printJson(run);
+    else process.stdout.write(`replicated ${volume} to ${to} as snapshot ${run.snapshot} (${run.base === null ? 'full copy' : `changes since ${run.base}`}): ${formatBytes(run.changedBytes)} changed, ${formatBytes(run.sentBytes)} sent, ${(run.durationMs / 1000).toFixed(1)} s\n`);
+    if (everyMs === null) return;
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, startedMs + everyMs - Date.now())));
+  }
+}

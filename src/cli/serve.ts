@@ -15,7 +15,7 @@ import { IoStats } from '../server/io-stats.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
 import type { TlsServerConfig } from '../server/tls.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
-import { deleteVolume } from '../volume/snapshots.js';
+import { createSnapshot, deleteSnapshot, deleteVolume, diff, listSnapshots } from '../volume/snapshots.js';
 import { ReplicationService } from '../replication/replication-service.js';
 import type { TcpAddress } from './listen-address.js';
 
@@ -60,7 +60,17 @@ export async function serve(options: ServeOptions): Promise<void> {
   analytics.start();
   // Pods: pod volumes are exported through the replication catalog; every other volume as before.
   const replication = await ReplicationService.open(
-    { list: () => array.list(), lookup: (name) => array.lookup(name), createVolume: (name, sizeBytes) => array.createVolume(name, sizeBytes), deleteVolume: (name) => deleteVolume(array, name, { force: false }) },
+    {
+      list: () => array.list(),
+      lookup: (name) => array.lookup(name),
+      device: (name) => (name === '' ? undefined : array.lookup(name)?.device),
+      createVolume: (name, sizeBytes) => array.createVolume(name, sizeBytes),
+      deleteVolume: (name) => deleteVolume(array, name, { force: false }),
+      createSnapshot: (volume, name) => createSnapshot(array, volume, name),
+      deleteSnapshot: (volume, name) => deleteSnapshot(array, volume, name),
+      snapshotNames: async (volume) => (await listSnapshots(array, volume)).map((snapshot) => snapshot.name),
+      diff: (volume, from, to) => diff(array, `${volume}@${from}`, `${volume}@${to}`),
+    },
     logger.child({ component: 'replication' }),
     { dataDir, listen: options.replication?.listen ?? null, secret: options.replication?.secret ?? null },
   ).catch(async (error: unknown) => {

@@ -124,6 +124,7 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/analytics', handler: ({ array, analytics, query }) => ops.analytics(array, analytics, query.get('history')) },
   { method: 'GET', path: '/api/v1/flash/erase-blocks', handler: ({ array }) => ops.eraseBlocks(array) },
   { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
+  { method: 'POST', path: '/api/v1/volumes/{name}/replicate', handler: (context) => pods(context).replicate(context.params.name!, context.body) },
   { method: 'GET', path: '/api/v1/pods', handler: (context) => pods(context).listPods() },
   { method: 'POST', path: '/api/v1/pods', status: 201, handler: (context) => pods(context).createPod(context.body) },
   { method: 'GET', path: '/api/v1/pods/{name}', handler: (context) => pods(context).podStatus(context.params.name!) },

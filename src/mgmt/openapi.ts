@@ -86,6 +86,14 @@ export const OPENAPI_DOCUMENT = {
       parameters: [VOLUME, SNAPSHOT],
       post: { summary: "Roll the volume back to the snapshot (the volume's later writes are discarded)", responses: { '200': ok('the volume, with restoredFrom', ref('Volume')), ...errors(404) } },
     },
+    '/api/v1/volumes/{name}/replicate': {
+      parameters: [VOLUME],
+      post: {
+        summary: 'Asynchronous replication, one run: snapshot the volume and send what changed since the last snapshot the target holds (the target keeps it as a snapshot of the same name)',
+        requestBody: { required: true, content: json({ type: 'object', required: ['to'], properties: { to: { type: 'string', example: '127.0.0.1:7002' } } }) },
+        responses: { '200': ok('the run', { type: 'object', properties: { snapshot: { type: 'string' }, base: { type: 'string', nullable: true }, changedBytes: { type: 'integer' }, sentBytes: { type: 'integer' }, durationMs: { type: 'integer' } } }), ...errors(400, 404) },
+      },
+    },
     '/api/v1/pods': {
       get: { summary: 'ActiveCluster pods of this array, with their states', responses: { '200': ok('pods', { type: 'array', items: ref('Pod') }) } },
       post: {

@@ -2,8 +2,8 @@
  * Where an array keeps its replication settings: DATA_DIR/replication.json, holding the array's
  * id (random, made once) and the configuration of every pod it belongs to (pod.ts PodConfig).
  *
- * The file is small and changes only on pod create/delete, volume create, and state changes that
- * matter for safety (out of date, survivor). A save writes a temporary file, fsyncs it and renames
+ * The file is small and changes only on pod create/delete, volume create, state changes that
+ * matter for safety (out of date, survivor), and each asynchronous replication run (its base). A save writes a temporary file, fsyncs it and renames
  * it over the old one, then fsyncs the directory, so a crash leaves the old or the new file whole.
  * (It is a plain file beside the LevelDB directory rather than keys in it: the control plane of
  * replication never shares a batch with the data path, and a file is readable by an operator.)
@@ -19,6 +19,8 @@ export const REPLICATION_FILE = 'replication.json';
 export interface ReplicationRecord {
   arrayId: string;
   pods: PodConfig[];
+  /** Asynchronous replication: "VOLUME->HOST:PORT" to the last snapshot that target confirmed. */
+  async?: Record<string, string>;
 }
 
 export function loadReplicationRecord(dataDir: string): ReplicationRecord {

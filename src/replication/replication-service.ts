@@ -20,10 +20,11 @@ import { parseSizeBytes } from '../common/size.js';
 import type { LinkMessage } from './link-protocol.js';
 import { loadReplicationRecord, saveReplicationRecord, type ReplicationRecord } from './pod-store.js';
 import { Pod, type PodConfig, type PodHost } from './pod.js';
+import { ChangesReceiver, sendChanges, type ReplicateResult, type SnapshotArray } from './async-replication.js';
 import { PeerLink, type TcpPeerAddress } from './peer-link.js';
 
 /** What the service needs from the array. */
-export interface PodArray extends ExportCatalog {
+export interface PodArray extends ExportCatalog, SnapshotArray {
   createVolume(name: string, sizeBytes: number): Promise<unknown>;
   deleteVolume(name: string): Promise<unknown>;
 }
@@ -45,6 +46,8 @@ export interface ReplicationApi {
   createPodVolume(pod: string, body: unknown): Promise<{ name: string; sizeBytes: number; pod: string }>;
   /** The pod a volume belongs to, or null. */
   podOf(volume: string): string | null;
+  /** One asynchronous replication run of a volume to another array (async-replication.ts). */
+  replicate(volume: string, body: unknown): Promise<ReplicateResult>;
 }
 
 const POD_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -177,6 +180,11 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
       if (!pod.attach(link, false)) this.logger.info('pod link refused for now (busy); the peer retries', { pod: pod.name });
       return;
     }
+    if (header.type === 'async-begin') {
+      // An asynchronous replication sender: the receiver answers this frame and the rest.
+      new ChangesReceiver(this.array, link).accept(message);
+      return;
+    }
     if (header.type === 'pod-create') {
       try {
         this.joinPod(link, header);
@@ -257,6 +265,23 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
   }
 
   // ---- Management API -------------------------------------------------------------------------
+
+  async replicate(volume: string, body: unknown): Promise<ReplicateResult> {
+    const to = parsePeer((body as Record<string, unknown> | undefined)?.to);
+    if (this.podOf(volume) !== null) throw StorageError.notSupported(`volume ${volume} is in a pod: it is already replicated synchronously`);
+    const link = await PeerLink.dial(to, this.requireSecret(), this.arrayId);
+    const key = `${volume}->${to.host}:${to.port}`;
+    this.record.async ??= {};
+    try {
+      const result = await sendChanges(this.array, link, volume, this.record.async[key] ?? null);
+      this.record.async[key] = result.snapshot;
+      this.save();
+      this.logger.info('replicated', { ...result, to: `${to.host}:${to.port}` });
+      return result;
+    } finally {
+      link.close('replication run done');
+    }
+  }
 
   podOf(volume: string): string | null {
     for (const pod of this.pods.values()) if (pod.hasVolume(volume)) return pod.name;
