@@ -237,7 +237,9 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
         void answer(this.removeVolumeLocally(pod, String(header.name)));
         return;
       case 'pod-delete':
-        void answer(Promise.resolve().then(() => this.forgetPod(pod)));
+        // Answer first: forgetting the pod closes this link.
+        link.reply(header.id, null);
+        setImmediate(() => this.forgetPod(pod));
         return;
       default:
         link.reply(header.id, StorageError.notSupported(`unknown link frame ${header.type}`));

@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import { requireTools, run } from '../helpers/interop.js';
+import { pstorage } from '../cli/cli-run.js';
 import { startArray, cli, exportDigest, podIo, podStatus, startCluster, waitForState, type ArrayProcess, type Cluster } from './cluster-harness.js';
 
 requireTools(['fio', 'nbdcopy', 'sha256sum', 'etcd']);
@@ -53,6 +54,15 @@ test.serial('writes through both arrays land on both; a cut link leaves exactly 
   const [after1, after2] = await digests(cluster);
   t.is(after1, after2, 'after the resync both copies are byte-identical');
   t.true(await writeOk(loser, 8 * MiB, 4096, 0x66), 'the former loser serves again');
+
+  // A pod volume is never deleted on one array alone; deleting the pod keeps the volumes.
+  const refused = await pstorage(a.dataDir, ['volume', 'delete', 'vol']);
+  t.is(refused.code, 1, refused.stderr);
+  t.regex(refused.stderr, /belongs to pod pod: .*pstorage pod delete pod/);
+  const deleted = JSON.parse(await cli(a.dataDir, ['pod', 'delete', 'pod', '--json'])) as { peerToo: boolean; volumesKeptAsLocal: string[] };
+  t.like(deleted, { peerToo: true, volumesKeptAsLocal: ['vol'] });
+  t.deepEqual(JSON.parse(await cli(b.dataDir, ['pod', 'list', '--json'])), [], 'gone from B too');
+  t.true(await writeOk(b, 0, 4096, 0x77), 'the volume stays, as an ordinary volume of each array');
 });
 
 test.serial('etcd down while both arrays are healthy: I/O goes on; then the link cut too: both suspend; etcd back: exactly one goes on', async (t) => {
