@@ -366,7 +366,7 @@ export class Pod {
         return;
       }
       case 'flush':
-        this.localOp(String(header.v ?? ''), { type: 'flush' }, null, (error) => link.reply(header.id, error), true);
+        this.flushLocal((error) => link.reply(header.id, error));
         return;
       case 'read':
         this.readForPeer(link, header);
@@ -441,11 +441,11 @@ export class Pod {
     local.submit(this.requestFrom(header, data, (error) => link.reply(header.id, error)));
   }
 
-  private localOp(_volume: string, _header: unknown, _data: Buffer | null, done: (error: unknown) => void, flush: boolean): void {
-    // FLUSH covers every volume of the array (one flush point), so any volume of the pod will do.
+  /** FLUSH covers every volume of the array (one flush point), so any volume of the pod will do. */
+  private flushLocal(done: (error: unknown) => void): void {
     const first = this.config.volumes[0];
     const local = first === undefined ? undefined : this.host.localDevice(first.name);
-    if (!flush || local === undefined) {
+    if (local === undefined) {
       done(null);
       return;
     }
@@ -871,7 +871,10 @@ export class Pod {
     for (const resume of this.held.splice(0)) resume();
   }
 
-  /** Deleting the pod: forget the link without failing over. */
+  /**
+   * Deleting the pod: forget the link without failing over. NBD connections opened before keep
+   * this pod's device and get EIO from now on; a new connection gets the local volume.
+   */
   detach(): void {
     this.closed = true;
     if (this.timer !== null) clearTimeout(this.timer);

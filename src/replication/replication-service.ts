@@ -86,11 +86,9 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
     const record = loadReplicationRecord(options.dataDir);
     const service = new ReplicationService(array, logger, options, record);
     if (options.listen !== null) await service.listen(options.listen);
-    for (const config of record.pods) {
-      const pod = new Pod(config, service);
-      service.pods.set(config.name, pod);
-      pod.start(false);
-    }
+    // Every pod is registered before any starts: a start saves the record, which lists the map.
+    for (const config of record.pods) service.pods.set(config.name, new Pod(config, service));
+    for (const pod of service.pods.values()) pod.start(false);
     return service;
   }
 
