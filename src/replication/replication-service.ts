@@ -69,6 +69,7 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
   private readonly pods = new Map<string, Pod>();
   private server: net.Server | null = null;
   private boundAddress: TcpPeerAddress | null = null;
+  private readonly sockets = new Set<net.Socket>();
 
   private constructor(
     private readonly array: PodArray,
@@ -157,6 +158,9 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
   }
 
   private accepted(socket: net.Socket): void {
+    // Tracked so that close() ends them: server.close() waits for every accepted connection.
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     const secret = this.options.secret!;
     PeerLink.accept(socket, secret, this.arrayId).then(
       (link) => {
@@ -368,7 +372,9 @@ export class ReplicationService implements ExportCatalog, PodHost, ReplicationAp
 
   async close(): Promise<void> {
     for (const pod of this.pods.values()) pod.close();
-    this.save();
-    await new Promise<void>((resolve) => (this.server === null ? resolve() : this.server.close(() => resolve())));
+    if (this.pods.size > 0) this.save();
+    const closed = new Promise<void>((resolve) => (this.server === null ? resolve() : this.server.close(() => resolve())));
+    for (const socket of this.sockets) socket.destroy();
+    await closed;
   }
 }
