@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(libnbd-bin python3-libnbd nbdkit fuse3 qemu-utils fio xfsprogs e2fsprogs zstd
-  util-linux procps g++ make python3 prometheus chromium gnutls-bin)
+  util-linux procps g++ make python3 prometheus chromium gnutls-bin etcd-server)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -24,6 +24,7 @@ import { topCommand } from './top.js';
 import { serve } from './serve.js';
 import { loadTlsConfig } from './tls-files.js';
 import * as volumes from './volume-commands.js';
+import * as pods from './pod-commands.js';
 
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
@@ -90,6 +91,23 @@ function metricsListenFrom(text: string | undefined): TcpAddress | null {
   }
 }
 
+/** `--replication-listen` and its secret file, read and checked before the array opens. */
+function replicationFrom(listenText: string | undefined, secretFile: string | undefined): { listen: TcpAddress | null; secret: Buffer | null } {
+  const listen = listenText === undefined || listenText === '' ? null : asListen(listenText);
+  if (listen === null) return { listen: null, secret: null };
+  if (secretFile === undefined || secretFile === '') {
+    throw new InvalidArgumentError('--replication-listen needs --replication-secret-file FILE (env PSTORAGE_REPLICATION_SECRET_FILE): the same secret on both arrays, made with e.g. "openssl rand -out FILE 32"');
+  }
+  let secret: Buffer;
+  try {
+    secret = readFileSync(secretFile);
+  } catch (error) {
+    throw new InvalidArgumentError(`cannot read the replication secret file ${secretFile}: ${(error as Error).message}`);
+  }
+  if (secret.length < 16) throw new InvalidArgumentError(`the replication secret file ${secretFile} holds ${secret.length} bytes; it needs at least 16 (e.g. "openssl rand -out FILE 32")`);
+  return { listen, secret };
+}
+
 export function buildProgram(): Command {
   const program = new Command('pstorage')
     .description('A software-defined all-flash storage array, served to Linux over NBD.')
@@ -128,8 +146,10 @@ export function buildProgram(): Command {
     .option('--tls-certificates <dir>', 'directory with ca-cert.pem, server-cert.pem and server-key.pem, as for nbdkit and qemu (env PSTORAGE_TLS_CERTIFICATES)', process.env.PSTORAGE_TLS_CERTIFICATES)
     .option('--tls-verify-peer', 'require a client certificate signed by ca-cert.pem (or a PSK) (env PSTORAGE_TLS_VERIFY_PEER=1)', ['1', 'true', 'on', 'yes'].includes(process.env.PSTORAGE_TLS_VERIFY_PEER ?? ''))
     .option('--tls-psk <file>', 'pre-shared keys, psktool format (username:hexkey lines) (env PSTORAGE_TLS_PSK)', process.env.PSTORAGE_TLS_PSK)
+    .option('--replication-listen <host:port>', 'ActiveCluster: listen for the peer array of pods on this address (env PSTORAGE_REPLICATION_LISTEN)', process.env.PSTORAGE_REPLICATION_LISTEN)
+    .option('--replication-secret-file <file>', 'ActiveCluster: the secret both arrays of a pod share (>= 16 bytes, e.g. "openssl rand -out FILE 32"; the same file on both) (env PSTORAGE_REPLICATION_SECRET_FILE)', process.env.PSTORAGE_REPLICATION_SECRET_FILE)
     .option('--key-file <file>', 'encryption at rest: a new array given a key file (>= 32 bytes, e.g. "openssl rand -out FILE 32") is encrypted, and then needs it to open (env PSTORAGE_KEY_FILE)', process.env.PSTORAGE_KEY_FILE)
-    .action(async (options: { keyFile?: string; dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
+    .action(async (options: { replicationListen?: string; replicationSecretFile?: string; keyFile?: string; dataDir: string; listen: ReturnType<typeof parseListen> | ''; socket?: string; capacity?: number; cacheMb: number; gcPolicy: 'cost-benefit' | 'greedy'; compression: 'lz4' | 'zstd' | 'none'; dedup: 'on' | 'off'; apiListen?: string; apiToken?: string; metricsListen?: string; tls: 'off' | 'on' | 'require'; tlsCertificates?: string; tlsVerifyPeer: boolean; tlsPsk?: string }) => {
       // commander turns a parser's null ("--listen none") into ''.
       const listen = options.listen === '' ? null : options.listen;
       if (listen === null && options.socket === undefined) {
@@ -138,7 +158,9 @@ export function buildProgram(): Command {
       // Credentials are read and checked before the array opens or anything listens.
       const tls = loadTlsConfig({ mode: options.tls, certificatesDir: options.tlsCertificates ?? null, verifyPeer: options.tlsVerifyPeer, pskFile: options.tlsPsk ?? null });
       const keyFileBytes = options.keyFile === undefined || options.keyFile === '' ? undefined : readKeyFile(options.keyFile);
+      const replication = replicationFrom(options.replicationListen, options.replicationSecretFile);
       await serve({
+        replication,
         tls,
         dataDir: options.dataDir,
         listen,
@@ -207,6 +229,7 @@ export function buildProgram(): Command {
     });
 
   addVolumeCommands(program, dataDirOption);
+  addPodCommands(program, dataDirOption);
   addDataCommands(program, dataDirOption);
 
   const inspect = program.command('inspect').description('consistency checks and internals');
@@ -246,8 +269,11 @@ function addVolumeCommands(program: Command, dataDir: () => string): void {
   arrayCommand(volume, 'create', 'create a thin volume (costs nothing until written)', dataDir)
     .argument('<name>', 'volume name: 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit')
     .requiredOption('--size <size>', 'virtual size, e.g. 10G (a multiple of 512 bytes)', asSize)
+    .option('--pod <pod>', 'ActiveCluster: create the volume in this pod, on both arrays')
     .addHelpText('after', '\nExample: pstorage volume create db --size 100G')
-    .action((name: string, options: DataDirOptions & { size: number }) => volumes.volumeCreate(options.dataDir, name, options.size, out(options)));
+    .action((name: string, options: DataDirOptions & { size: number; pod?: string }) =>
+      options.pod === undefined ? volumes.volumeCreate(options.dataDir, name, options.size, out(options)) : pods.podVolumeCreate(options.dataDir, options.pod, name, options.size, out(options)),
+    );
   arrayCommand(volume, 'list', 'list volumes: size, mapped bytes, snapshots, origin', dataDir).action((options: DataDirOptions) => volumes.volumeList(options.dataDir, out(options)));
   arrayCommand(volume, 'show', 'one volume: size, mapped bytes, snapshots, origin, access list', dataDir)
     .argument('<name>', 'volume name')
@@ -298,6 +324,29 @@ function addVolumeCommands(program: Command, dataDir: () => string): void {
     .argument('<to>', 'the newer snapshot, VOLUME@SNAPSHOT, or VOLUME for its current state')
     .addHelpText('after', '\nThe same ranges are served over NBD as the "pstorage:changed:OLDER" meta context of VOLUME@NEWER.')
     .action((from: string, to: string, options: DataDirOptions) => volumes.diffCommand(options.dataDir, from, to, out(options)));
+}
+
+function addPodCommands(program: Command, dataDir: () => string): void {
+  const pod = program.command('pod').description('ActiveCluster pods: volumes stretched across two arrays, written synchronously on both');
+  arrayCommand(pod, 'create', 'create a pod with the peer array (both arrays run "pstorage serve --replication-listen ... --replication-secret-file ...")', dataDir)
+    .argument('<pod>', 'pod name: 1-63 letters, digits, ".", "_" or "-"')
+    .requiredOption('--peer <host:port>', "the peer array's --replication-listen address")
+    .requiredOption('--mediator <url>', 'etcd URL that decides which array goes on when the two lose each other, e.g. http://127.0.0.1:2379')
+    .addHelpText('after', '\nExample: pstorage pod create web --peer 10.0.0.2:7001 --mediator http://10.0.0.9:2379\nThen: pstorage volume create db --size 100G --pod web')
+    .action((name: string, options: DataDirOptions & { peer: string; mediator: string }) => pods.podCreate(options.dataDir, name, options.peer, options.mediator, out(options)));
+  arrayCommand(pod, 'status', "one pod's state (in-sync, resyncing, degraded, suspended), link, role and resync progress", dataDir)
+    .argument('<pod>', 'pod name')
+    .action((name: string, options: DataDirOptions) => pods.podStatus(options.dataDir, name, out(options)));
+  arrayCommand(pod, 'list', 'the pods of this array and their states', dataDir).action((options: DataDirOptions) => pods.podList(options.dataDir, out(options)));
+  arrayCommand(program, 'replicate', 'asynchronous replication for disaster recovery: snapshot VOLUME and send what changed since the last run to another array, which keeps it as a snapshot', dataDir)
+    .argument('<volume>', 'volume name')
+    .requiredOption('--to <host:port>', "the target array's --replication-listen address (same --replication-secret-file on both)")
+    .option('--every <interval>', 'run again every interval, e.g. 30s, 5m, 1h (RPO = the interval); without it, one run')
+    .addHelpText('after', '\nExample: pstorage replicate db --to 10.0.0.3:7001 --every 5m')
+    .action((volume: string, options: DataDirOptions & { to: string; every?: string }) => pods.replicateCommand(options.dataDir, volume, options.to, options.every === undefined ? null : pods.parseIntervalMs(options.every), out(options)));
+  arrayCommand(pod, 'delete', 'delete a pod on both arrays (its volumes stay, as ordinary volumes of each array)', dataDir)
+    .argument('<pod>', 'pod name')
+    .action((name: string, options: DataDirOptions) => pods.podDelete(options.dataDir, name, out(options)));
 }
 
 function addDataCommands(program: Command, dataDir: () => string): void {

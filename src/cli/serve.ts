@@ -15,6 +15,8 @@ import { IoStats } from '../server/io-stats.js';
 import { NbdServer, type ListenAddress } from '../server/nbd-server.js';
 import type { TlsServerConfig } from '../server/tls.js';
 import { DEFAULT_VOLUME_BYTES, DEFAULT_VOLUME_NAME, FlashArray, type ArrayOptions } from '../volume/flash-array.js';
+import { createSnapshot, deleteSnapshot, deleteVolume, diff, listSnapshots } from '../volume/snapshots.js';
+import { ReplicationService } from '../replication/replication-service.js';
 import type { TcpAddress } from './listen-address.js';
 
 export interface ServeOptions {
@@ -28,6 +30,8 @@ export interface ServeOptions {
   metricsListen?: TcpAddress | null;
   /** STARTTLS on the NBD listeners (checked credentials, see tls-files.ts); null: no TLS. */
   tls?: TlsServerConfig | null;
+  /** ActiveCluster: the array-to-array link listener and its shared secret (replication/). */
+  replication?: { listen: TcpAddress | null; secret: Buffer | null };
 }
 
 export async function serve(options: ServeOptions): Promise<void> {
@@ -54,7 +58,28 @@ export async function serve(options: ServeOptions): Promise<void> {
   // Capacity history: a sample now, then every 5 minutes (PSTORAGE_ANALYTICS_INTERVAL_MS) on an unref'd timer (mgmt/analytics.ts).
   const analytics = await Analytics.open(array, { sampleIntervalMs });
   analytics.start();
-  const api = new ApiServer(array, logger.child({ component: 'api' }), metrics, analytics);
+  // Pods: pod volumes are exported through the replication catalog; every other volume as before.
+  const replication = await ReplicationService.open(
+    {
+      list: () => array.list(),
+      lookup: (name) => array.lookup(name),
+      device: (name) => (name === '' ? undefined : array.lookup(name)?.device),
+      createVolume: (name, sizeBytes) => array.createVolume(name, sizeBytes),
+      deleteVolume: (name) => deleteVolume(array, name, { force: false }),
+      createSnapshot: (volume, name) => createSnapshot(array, volume, name),
+      deleteSnapshot: (volume, name) => deleteSnapshot(array, volume, name),
+      snapshotNames: async (volume) => (await listSnapshots(array, volume)).map((snapshot) => snapshot.name),
+      diff: (volume, from, to) => diff(array, `${volume}@${from}`, `${volume}@${to}`),
+    },
+    logger.child({ component: 'replication' }),
+    { dataDir, listen: options.replication?.listen ?? null, secret: options.replication?.secret ?? null },
+  ).catch(async (error: unknown) => {
+    await analytics.close().catch(() => undefined);
+    await array.close();
+    throw error;
+  });
+  if (replication.listenAddress !== null) logger.info('replication listening', { tcp: `${formatHost(replication.listenAddress.host)}:${replication.listenAddress.port}`, arrayId: replication.arrayId });
+  const api = new ApiServer(array, logger.child({ component: 'api' }), metrics, analytics, replication);
   const metricsServer = new MetricsServer(metrics, logger.child({ component: 'metrics' }));
   await api.listen(path.join(dataDir, API_SOCKET_NAME));
   let apiPort: number | null = null;
@@ -75,7 +100,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     logger.info('metrics listening', { tcp: `${formatHost(host)}:${metricsPort}`, path: '/metrics' });
     if (!isLoopback(host)) logger.warn('the metrics listener has no token and is not on a loopback address: anyone who can reach it can read volume names and I/O counters', { host });
   }
-  const server = new NbdServer({ catalog: array, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes, ioStats, tls: options.tls ?? null });
+  const server = new NbdServer({ catalog: replication, logger, maxInFlightBytes: array.memory.inFlightBytes, maxConnectionInFlightBytes: array.memory.connectionInFlightBytes, ioStats, tls: options.tls ?? null });
   // Once quiet, what a busy moment needed goes back: pooled buffers, mapped image pages, V8's garbage.
   limitHeapGrowth(); // again: the reduction workers started since reset V8's flags
   const reclaimer = new IdleReclaimer({
@@ -106,6 +131,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     void (async () => {
       reclaimer.stop();
       await server.close();
+      await replication.close();
       await metricsServer.close();
       await api.close();
       await analytics.close().catch((error: unknown) => logger.warn('the last capacity sample was not written', { error: (error as Error).message }));

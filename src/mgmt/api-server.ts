@@ -26,6 +26,7 @@ import type { IoStats } from '../server/io-stats.js';
 import { exportFrom, importInto, tooLarge } from './volume-data.js';
 import type { Analytics } from './analytics.js';
 import { sendAsset } from './dashboard-assets.js';
+import type { ReplicationApi } from '../replication/replication-service.js';
 
 export const API_SOCKET_NAME = 'pstorage.sock';
 const MAX_SOCKET_PATH_BYTES = 107;
@@ -61,9 +62,23 @@ export interface RouteContext {
   io: IoStats | null;
   /** The server's analytics sampler, when it runs one (else a report is made from what is stored). */
   analytics: Analytics | null;
+  /** ActiveCluster pods, when the server runs the replication service. */
+  replication: ReplicationApi | null;
   params: Record<string, string>;
   query: URLSearchParams;
   body: unknown;
+}
+
+/** A pod volume is resized or deleted on both arrays at once, never on one alone. */
+function notInPod(context: RouteContext): true {
+  const pod = context.replication?.podOf(context.params.name!) ?? null;
+  if (pod !== null) throw StorageError.busy(`volume ${context.params.name!} belongs to pod ${pod}: it cannot be resized or deleted on one array alone; "pstorage pod delete ${pod}" first makes its volumes ordinary volumes again`);
+  return true;
+}
+
+function pods(context: RouteContext): ReplicationApi {
+  if (context.replication === null) throw StorageError.notSupported('this server has no replication service');
+  return context.replication;
 }
 
 interface RouteBase {
@@ -92,8 +107,8 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/volumes', handler: ({ array }) => ops.listVolumes(array) },
   { method: 'POST', path: '/api/v1/volumes', status: 201, handler: ({ array, body }) => ops.createVolume(array, body) },
   { method: 'GET', path: '/api/v1/volumes/{name}', handler: ({ array, params }) => ops.getVolume(array, params.name!) },
-  { method: 'PATCH', path: '/api/v1/volumes/{name}', handler: ({ array, params, body }) => ops.resize(array, params.name!, body) },
-  { method: 'DELETE', path: '/api/v1/volumes/{name}', handler: ({ array, params, query }) => ops.removeVolume(array, params.name!, query.get('force')) },
+  { method: 'PATCH', path: '/api/v1/volumes/{name}', handler: (context) => notInPod(context) && ops.resize(context.array, context.params.name!, context.body) },
+  { method: 'DELETE', path: '/api/v1/volumes/{name}', handler: (context) => notInPod(context) && ops.removeVolume(context.array, context.params.name!, context.query.get('force')) },
   { method: 'PUT', path: '/api/v1/volumes/{name}/access', handler: ({ array, params, body }) => ops.access(array, params.name!, body) },
   { method: 'DELETE', path: '/api/v1/volumes/{name}/access', handler: ({ array, params }) => ops.clearAccess(array, params.name!) },
   { method: 'GET', path: '/api/v1/volumes/{name}/snapshots', handler: ({ array, params }) => ops.snapshots(array, params.name!) },
@@ -109,6 +124,12 @@ export const ROUTES: Route[] = [
   { method: 'GET', path: '/api/v1/analytics', handler: ({ array, analytics, query }) => ops.analytics(array, analytics, query.get('history')) },
   { method: 'GET', path: '/api/v1/flash/erase-blocks', handler: ({ array }) => ops.eraseBlocks(array) },
   { method: 'POST', path: '/api/v1/audit', handler: ({ array }) => ops.audit(array) },
+  { method: 'POST', path: '/api/v1/volumes/{name}/replicate', handler: (context) => pods(context).replicate(context.params.name!, context.body) },
+  { method: 'GET', path: '/api/v1/pods', handler: (context) => pods(context).listPods() },
+  { method: 'POST', path: '/api/v1/pods', status: 201, handler: (context) => pods(context).createPod(context.body) },
+  { method: 'GET', path: '/api/v1/pods/{name}', handler: (context) => pods(context).podStatus(context.params.name!) },
+  { method: 'DELETE', path: '/api/v1/pods/{name}', handler: (context) => pods(context).deletePod(context.params.name!) },
+  { method: 'POST', path: '/api/v1/pods/{name}/volumes', status: 201, handler: (context) => pods(context).createPodVolume(context.params.name!, context.body) },
   { method: 'PUT', path: '/api/v1/volumes/{name}/data', stream: putData },
   { method: 'GET', path: '/api/v1/volumes/{name}/data', stream: getData },
   { method: 'GET', path: METRICS_PATH, stream: getMetrics },
@@ -163,6 +184,8 @@ export class ApiServer {
     private readonly metrics: PrometheusMetrics | null = null,
     /** The capacity-history sampler behind GET /api/v1/analytics; null: reports from what is stored. */
     private readonly analytics: Analytics | null = null,
+    /** ActiveCluster pods (replication/); null: the pod routes answer 501. */
+    private readonly replication: ReplicationApi | null = null,
   ) {}
 
   /** The Unix socket: no token; its mode 0600 is the guard. */
@@ -231,7 +254,7 @@ export class ApiServer {
         return;
       }
       const body = await readJson(request);
-      const result = await route.handler({ array: this.array, io: this.metrics?.io ?? null, analytics: this.analytics, params, query: url.searchParams, body });
+      const result = await route.handler({ array: this.array, io: this.metrics?.io ?? null, analytics: this.analytics, replication: this.replication, params, query: url.searchParams, body });
       send(response, route.status ?? 200, result);
     } catch (error) {
       this.fail(request, response, url.pathname, error);

@@ -86,6 +86,35 @@ export const OPENAPI_DOCUMENT = {
       parameters: [VOLUME, SNAPSHOT],
       post: { summary: "Roll the volume back to the snapshot (the volume's later writes are discarded)", responses: { '200': ok('the volume, with restoredFrom', ref('Volume')), ...errors(404) } },
     },
+    '/api/v1/volumes/{name}/replicate': {
+      parameters: [VOLUME],
+      post: {
+        summary: 'Asynchronous replication, one run: snapshot the volume and send what changed since the last snapshot the target holds (the target keeps it as a snapshot of the same name)',
+        requestBody: { required: true, content: json({ type: 'object', required: ['to'], properties: { to: { type: 'string', example: '127.0.0.1:7002' } } }) },
+        responses: { '200': ok('the run', { type: 'object', properties: { snapshot: { type: 'string' }, base: { type: 'string', nullable: true }, changedBytes: { type: 'integer' }, sentBytes: { type: 'integer' }, durationMs: { type: 'integer' } } }), ...errors(400, 404) },
+      },
+    },
+    '/api/v1/pods': {
+      get: { summary: 'ActiveCluster pods of this array, with their states', responses: { '200': ok('pods', { type: 'array', items: ref('Pod') }) } },
+      post: {
+        summary: 'Create a pod with a peer array (both run pstorage serve --replication-listen with the same --replication-secret-file)',
+        requestBody: { required: true, content: json({ type: 'object', required: ['name', 'peer', 'mediator'], properties: { name: { type: 'string' }, peer: { type: 'string', example: '127.0.0.1:7001' }, mediator: { type: 'string', example: 'http://127.0.0.1:2379' } } }) },
+        responses: { '201': ok('the new pod', ref('Pod')), ...errors(400, 409) },
+      },
+    },
+    '/api/v1/pods/{name}': {
+      parameters: [pathParam('name', 'pod name')],
+      get: { summary: 'One pod: state (in-sync, resyncing, degraded, suspended), link, role, changed bytes', responses: { '200': ok('the pod', ref('Pod')), ...errors(404) } },
+      delete: { summary: 'Delete a pod on both arrays; its volumes stay as ordinary volumes', responses: { '200': ok('what was deleted', { type: 'object' }), ...errors(404) } },
+    },
+    '/api/v1/pods/{name}/volumes': {
+      parameters: [pathParam('name', 'pod name')],
+      post: {
+        summary: 'Create a volume in the pod, on both arrays',
+        requestBody: { required: true, content: json({ type: 'object', required: ['name', 'size'], properties: { name: { type: 'string' }, size: SIZE } }) },
+        responses: { '201': ok('the new volume', { type: 'object', properties: { name: { type: 'string' }, sizeBytes: { type: 'integer' }, pod: { type: 'string' } } }), ...errors(400, 404, 409) },
+      },
+    },
     '/api/v1/snapshots': {
       get: { summary: 'Every snapshot of every volume', responses: { '200': ok('snapshots', { type: 'array', items: ref('SnapshotInfo') }) } },
     },
@@ -155,6 +184,23 @@ export const OPENAPI_DOCUMENT = {
     securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'required on the TCP listener only' } },
     responses: Object.fromEntries(Object.entries(ERROR_TEXT).map(([status, description]) => [`Error${status}`, { description, content: json(ref('Error')) }])),
     schemas: {
+      Pod: {
+        type: 'object',
+        properties: {
+          name: { type: 'string' },
+          state: { type: 'string', enum: ['in-sync', 'resyncing', 'degraded', 'suspended'] },
+          reason: { type: 'string' },
+          role: { type: 'string', enum: ['leader', 'follower'] },
+          link: { type: 'string', enum: ['up', 'down'] },
+          peer: { type: 'string' },
+          mediator: { type: 'string' },
+          volumes: { type: 'array', items: { type: 'string' } },
+          changedChunks: { type: 'integer' },
+          changedBytes: { type: 'integer' },
+          lastResyncMs: { type: 'integer', nullable: true },
+          linkDataBytesSent: { type: 'integer' },
+        },
+      },
       Analytics: {
         type: 'object',
         properties: {

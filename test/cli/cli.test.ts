@@ -184,7 +184,7 @@ test('--help works on every command, and the top level documents the exit codes'
     t.is(result.code, 0, `pstorage ${words} --help exits 0\n${describeRun(result)}`);
     t.true(result.stdout.startsWith(`Usage: pstorage ${words} `), `pstorage ${words} --help prints its usage`);
     // Every command that works on an array (all but the groups and estimate) takes -d/--data-dir.
-    if (!['volume', 'snapshot', 'inspect', 'key', 'estimate'].includes(words)) t.regex(result.stdout, /-d, --data-dir <dir>/, `pstorage ${words} takes -d/--data-dir`);
+    if (!['volume', 'snapshot', 'inspect', 'key', 'estimate', 'pod'].includes(words)) t.regex(result.stdout, /-d, --data-dir <dir>/, `pstorage ${words} takes -d/--data-dir`);
   });
   // A group without its subcommand is a usage error (exit 2), as is an unknown command.
   t.is((await pstorage(null, ['volume'])).code, 2);
