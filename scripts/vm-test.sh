@@ -7,12 +7,22 @@
 # and, unless --quick, two fio jobs with crc32c verification. The guest reaches the host only
 # through qemu's user-network alias 10.0.2.2, which is the host's 127.0.0.1.
 #
+# TLS: the pstorage started here serves with --tls on and certificates made here with certtool (a
+# CA, a server certificate for the name pstorage-host and 10.0.2.2, a client certificate with the
+# common name pstorage-guest, whose CA, certificate and key go into the initramfs). The XFS round
+# attaches a second volume, guest-tls, whose access list admits only pstorage-guest, with
+# nbd-client -cacertfile -certfile -keyfile -tlshostname; the guest first checks that a plain
+# attach of it is refused, and this script checks afterwards that pstorage logged a TLS session
+# with that identity for every attach of guest-tls. The ext4 round, the snapshot and fio stay on
+# plain NBD (the kernel path the Vagrant box also runs).
+#
 # Around each fstrim the guest stops and waits (PSTORAGE-GUEST-WAIT on the console); this script
 # then measures the array's physical space and answers on the console. The space must go down.
 #
 # Usage: scripts/vm-test.sh [--quick] [--port N [--export NAME] [--data-dir DIR]] [--timeout S]
-#                           [--keep]
+#                           [--no-tls] [--keep]
 #   --quick         no fio jobs (about half the time)
+#   --no-tls        every round on plain NBD (always so with --port: TLS needs the server's setup)
 #   --port N        use a pstorage already serving on 127.0.0.1:N instead of starting one; the
 #                   trim check then needs --data-dir (that server's data directory) or is skipped
 #   --export NAME   export to attach (default: default)
@@ -28,7 +38,7 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VM_DIR=$REPO_ROOT/scripts/vm
 DEBIAN_PACKAGES=(qemu-system-x86 busybox-static kmod cpio nbd-client e2fsprogs xfsprogs fio util-linux
-  coreutils)
+  coreutils gnutls-bin)
 KERNEL_META_PACKAGE=linux-image-cloud-amd64
 
 MODE=full
@@ -37,6 +47,12 @@ EXPORT=default
 EXTERNAL_DATA_DIR=""
 TIMEOUT_S=600
 KEEP=0
+TLS=1
+# The TLS round: the volume it attaches, the client identity on its access list (the client
+# certificate's common name) and the server name the guest checks the certificate against.
+TLS_EXPORT=guest-tls
+TLS_IDENTITY=pstorage-guest
+TLS_HOSTNAME=pstorage-host
 usage() {
   sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
@@ -49,12 +65,14 @@ while [ $# -gt 0 ]; do
     --data-dir) [ $# -ge 2 ] || usage; EXTERNAL_DATA_DIR=$2; shift ;;
     --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; shift ;;
     --keep) KEEP=1 ;;
+    --no-tls) TLS=0 ;;
     -h | --help) usage ;;
     *) echo "vm-test: unknown argument '$1'" >&2; usage ;;
   esac
   shift
 done
 CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+[ -z "$PORT" ] || TLS=0
 
 log() { echo "vm-test: $*"; }
 die() { echo "vm-test: FAIL: $*" >&2; exit 1; }
@@ -161,6 +179,59 @@ fetch_kernel() {
   [ -f "$KERNEL_IMAGE" ] || die "no kernel image in $KERNEL_ROOT/boot"
 }
 
+# --- TLS credentials ----------------------------------------------------------------------------
+
+# make_tls_credentials: $WORK/tls/server (ca-cert.pem, server-cert.pem, server-key.pem, for
+# --tls-certificates) and $WORK/tls/client (ca-cert.pem, client-cert.pem, client-key.pem, for the
+# initramfs). ECDSA keys: generated in milliseconds, and cheap for the guest's TLS handshake under
+# TCG. Valid from a day ago, so that a guest clock a little behind the host's still accepts them.
+TLS_ROOT=""
+certtool_template() { # certtool_template NAME TEXT: write $TLS_ROOT/NAME.info and print its path
+  printf '%s' "$2" > "$TLS_ROOT/$1.info"
+  echo "$TLS_ROOT/$1.info"
+}
+make_tls_credentials() {
+  local from
+  TLS_ROOT=$WORK/tls
+  mkdir -p "$TLS_ROOT/server" "$TLS_ROOT/client"
+  from=$(date -u -d '1 day ago' '+%Y-%m-%d %H:%M:%S')
+  certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/ca-key.pem" 2>/dev/null
+  certtool --generate-self-signed --load-privkey "$TLS_ROOT/ca-key.pem" --outfile "$TLS_ROOT/ca-cert.pem" \
+    --template "$(certtool_template ca "cn = pstorage vm-test CA
+ca
+cert_signing_key
+activation_date = \"$from\"
+expiration_days = 3
+")" >/dev/null 2>&1
+  certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/server/server-key.pem" 2>/dev/null
+  certtool --generate-certificate --load-ca-certificate "$TLS_ROOT/ca-cert.pem" --load-ca-privkey "$TLS_ROOT/ca-key.pem" \
+    --load-privkey "$TLS_ROOT/server/server-key.pem" --outfile "$TLS_ROOT/server/server-cert.pem" \
+    --template "$(certtool_template server "cn = $TLS_HOSTNAME
+dns_name = $TLS_HOSTNAME
+ip_address = 10.0.2.2
+ip_address = 127.0.0.1
+tls_www_server
+signing_key
+activation_date = \"$from\"
+expiration_days = 3
+")" >/dev/null 2>&1
+  certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/client/client-key.pem" 2>/dev/null
+  certtool --generate-certificate --load-ca-certificate "$TLS_ROOT/ca-cert.pem" --load-ca-privkey "$TLS_ROOT/ca-key.pem" \
+    --load-privkey "$TLS_ROOT/client/client-key.pem" --outfile "$TLS_ROOT/client/client-cert.pem" \
+    --template "$(certtool_template client "cn = $TLS_IDENTITY
+tls_www_client
+signing_key
+activation_date = \"$from\"
+expiration_days = 3
+")" >/dev/null 2>&1
+  cp "$TLS_ROOT/ca-cert.pem" "$TLS_ROOT/server/ca-cert.pem"
+  cp "$TLS_ROOT/ca-cert.pem" "$TLS_ROOT/client/ca-cert.pem"
+  local file
+  for file in server/server-cert.pem server/server-key.pem client/client-cert.pem client/client-key.pem; do
+    [ -s "$TLS_ROOT/$file" ] || die "certtool made no $file (templates in $TLS_ROOT)"
+  done
+}
+
 # --- pstorage -----------------------------------------------------------------------------------
 
 DATA_DIR=""
@@ -170,9 +241,12 @@ start_server() {
     (cd "$REPO_ROOT" && npx tsc -p tsconfig.json)
   fi
   DATA_DIR=$WORK/data
-  # debug level: the server then logs every request it rejects or fails, which this script reports.
+  local tls_args=()
+  [ "$TLS" = 0 ] || tls_args=(--tls on --tls-certificates "$TLS_ROOT/server")
+  # debug level: the server then logs every request it rejects or fails, which this script reports,
+  # and every TLS session (with the client's identity), which the TLS check reads.
   PSTORAGE_LOG=debug node "$REPO_ROOT/bin/pstorage.js" serve --data-dir "$DATA_DIR" --listen 127.0.0.1:0 \
-    > "$WORK/pstorage.out" 2> "$WORK/pstorage.log" &
+    "${tls_args[@]}" > "$WORK/pstorage.out" 2> "$WORK/pstorage.log" &
   SERVER_PID=$!
   local i
   for ((i = 0; i < 300; i++)); do
@@ -193,6 +267,43 @@ stop_server() {
   wait "$SERVER_PID" || status=$?
   SERVER_PID=""
   SERVER_EXIT=$status
+}
+
+# The TLS round's volume, which only the guest's certificate may attach (plain clients are told it
+# does not exist). Through the running server's management socket.
+create_tls_volume() {
+  node "$REPO_ROOT/bin/pstorage.js" volume create "$TLS_EXPORT" --size 16G --data-dir "$DATA_DIR" >> "$WORK/volume.log" 2>&1 \
+    && node "$REPO_ROOT/bin/pstorage.js" volume access "$TLS_EXPORT" --allow "$TLS_IDENTITY" --data-dir "$DATA_DIR" >> "$WORK/volume.log" 2>&1 \
+    || die "could not create the TLS volume $TLS_EXPORT: $(cat "$WORK/volume.log")"
+}
+
+# Sets TLS_REPORT, or appends to TLS_FAILURES: from the server's log, every connection that
+# attached $TLS_EXPORT must have established TLS first with the guest's identity, and there must
+# be at least one. (A plain attach of it is impossible by its access list anyway; this also proves
+# the TLS sessions were real and says what they negotiated.)
+TLS_REPORT=""
+TLS_FAILURES=()
+check_tls_sessions() {
+  local verdict
+  # shellcheck disable=SC2016 # JavaScript, not shell
+  verdict=$(node -e '
+    const [file, exportName, identity] = process.argv.slice(1);
+    const records = require("fs").readFileSync(file, "utf8").split("\n").flatMap((line) => {
+      try { return [JSON.parse(line)]; } catch { return []; }
+    });
+    const sessions = new Map(records.filter((r) => r.msg === "TLS established").map((r) => [r.conn, r]));
+    const attaches = records.filter((r) => r.msg === "client attached" && r.export === exportName);
+    const bad = attaches.filter((r) => sessions.get(r.conn)?.identity !== identity);
+    if (attaches.length === 0) console.log(`FAIL no connection attached ${exportName}`);
+    else if (bad.length > 0) console.log(`FAIL ${bad.length} of ${attaches.length} attaches of ${exportName} had no TLS session as ${identity} (connections ${bad.map((r) => r.conn).join(", ")})`);
+    else {
+      const kinds = [...new Set(attaches.map((r) => `${sessions.get(r.conn).protocol} ${sessions.get(r.conn).cipher}`))];
+      console.log(`OK ${attaches.length} attaches of ${exportName}, each over TLS as ${identity} (${kinds.join("; ")})`);
+    }' "$WORK/pstorage.log" "$TLS_EXPORT" "$TLS_IDENTITY" 2>&1) || verdict="FAIL the log check failed: $verdict"
+  case $verdict in
+    OK\ *) TLS_REPORT=${verdict#OK } ;;
+    *) TLS_FAILURES+=("TLS: ${verdict#FAIL }") ;;
+  esac
 }
 
 # Problems the server logged: warnings and errors, and the requests it rejected or failed (debug).
@@ -308,6 +419,7 @@ run_guest() {
   local append line printed=0 total deadline i alive
   append="console=ttyS0 quiet loglevel=4 panic=-1 pstorage_host=10.0.2.2 pstorage_port=$PORT"
   append+=" pstorage_export=$EXPORT pstorage_mode=$MODE"
+  [ "$TLS" = 0 ] || append+=" pstorage_tls_export=$TLS_EXPORT pstorage_tls_hostname=$TLS_HOSTNAME"
   mkfifo -m 600 "$WORK/console.in"
   : > "$WORK/console.log" # exists before the loop below reads it, whenever qemu's shell opens it
   # Read-write open: neither side blocks, and the FIFO stays open for the whole run.
@@ -382,8 +494,14 @@ step_begin kernel
 fetch_kernel
 step_end "$KERNEL_VERSION"
 
+if [ "$TLS" = 1 ]; then
+  step_begin tls-credentials
+  make_tls_credentials
+  step_end
+fi
+
 step_begin initramfs
-bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio"
+bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio" ${TLS_ROOT:+"$TLS_ROOT/client"}
 step_end "$(( $(stat -c %s "$WORK/initramfs.cpio") / 1048576 )) MiB"
 
 step_begin server
@@ -394,6 +512,10 @@ if [ -n "$PORT" ]; then
 else
   start_server
   log "pstorage (pid $SERVER_PID) serving on 127.0.0.1:$PORT, data directory $DATA_DIR"
+  if [ "$TLS" = 1 ]; then
+    create_tls_volume
+    log "TLS offered (--tls on); volume $TLS_EXPORT admits only the TLS client $TLS_IDENTITY"
+  fi
 fi
 choose_usage_source
 log "array space measured with: ${USAGE_SOURCE:-nothing}"
@@ -409,11 +531,13 @@ if [ -n "$SERVER_PID" ]; then
   stop_server
   step_end "exit code $SERVER_EXIT"
   report_server_log
+  [ "$TLS" = 0 ] || check_tls_sessions
 fi
 
 ((${#GUEST_TIMINGS[@]} == 0)) || log "guest steps (seconds): $(printf '%s; ' "${GUEST_TIMINGS[@]}")"
 log "host steps: $(printf '%s; ' "${TIMINGS[@]}")total $(awk -v a="$SCRIPT_STARTED_AT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
 for report in "${TRIM_REPORTS[@]}"; do log "trim: $report"; done
+[ -z "$TLS_REPORT" ] || log "tls: $TLS_REPORT"
 ((STATS_FAILURES == 0)) || log "warning: \`pstorage stats --json\` failed $STATS_FAILURES time(s) and was retried"
 
 problems=()
@@ -421,6 +545,7 @@ problems=()
 ((${#TRIM_REPORTS[@]})) || problems+=("the guest never reached a trim check")
 problems+=("${TRIM_FAILURES[@]}")
 problems+=("${SNAPSHOT_FAILURES[@]}")
+problems+=("${TLS_FAILURES[@]}")
 if [ -n "$DATA_DIR" ] && [ "$SNAPSHOT_TAKEN" != 1 ]; then problems+=("the guest never reached the snapshot-under-load step"); fi
 [ "$SERVER_EXIT" = 0 ] || problems+=("pstorage exited with code $SERVER_EXIT after SIGTERM")
 if ((${#problems[@]})); then

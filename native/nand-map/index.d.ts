@@ -90,3 +90,10 @@ export function adviseHugePages(array: ArrayBufferView): number;
  * 64-byte XTS key. Throws a RangeError when the cipher fails.
  */
 export function xtsBuffer(key: Uint8Array, encrypt: boolean, data: Uint8Array, chunkId: number): void;
+/**
+ * xtsBuffer over the first `count` rows of a copyRecords/readRecords plan: row i's destination
+ * (`destinations[plan[5 * i + 4]]`, exactly `plan[5 * i + 2]` bytes, at least 16) in place, with
+ * tweak `plan[5 * i + 3]` (the chunk id). One call per batch. Throws a RangeError when the cipher
+ * fails, a TypeError on bad arguments.
+ */
+export function xtsRecords(key: Uint8Array, encrypt: boolean, plan: Float64Array, count: number, destinations: ReadonlyArray<Uint8Array | undefined>): void;

@@ -715,6 +715,85 @@ static napi_value xts_buffer(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * The records of a read plan at once (src/ftl/record-reader.ts): one call per batch instead of one
+ * per record. Each row's destination (a Buffer of the row's stored length, already verified) is
+ * transformed in place with the row's chunk id as tweak.
+ */
+typedef struct {
+  uint8_t* data;
+  size_t length;
+  double chunk_id;
+} xts_row;
+
+/* Reads `count` rows of `plan` into `rows` (pointers into the destinations); false: thrown. */
+static bool xts_rows_of(napi_env env, napi_value plan_value, int64_t count, napi_value destinations, xts_row* rows, const char* name) {
+  napi_typedarray_type type;
+  size_t plan_length;
+  void* plan_data;
+  char message[96];
+  if (napi_get_typedarray_info(env, plan_value, &type, &plan_length, &plan_data, NULL, NULL) != napi_ok || type != napi_float64_array ||
+      count < 0 || (size_t)count * ROW_FIELDS > plan_length) {
+    snprintf(message, sizeof message, "%s: plan must be a Float64Array of count rows", name);
+    throw_plan(env, message);
+    return false;
+  }
+  for (int64_t row = 0; row < count; row++) {
+    const double* r = (const double*)plan_data + row * ROW_FIELDS;
+    if (!(r[ROW_DESTINATION] >= 0 && r[ROW_DESTINATION] < 4294967296.0) || !(r[ROW_STORED] >= 16 && r[ROW_STORED] < 2147483648.0) || !(r[ROW_CHUNK] >= 0)) {
+      snprintf(message, sizeof message, "%s: a row is out of range", name);
+      throw_plan(env, message);
+      return false;
+    }
+    uint8_t* destination = row_destination(env, destinations, r, name);
+    if (destination == NULL) return false;
+    rows[row] = (xts_row){destination, (size_t)r[ROW_STORED], r[ROW_CHUNK]};
+  }
+  return true;
+}
+
+static bool xts_rows(const uint8_t* key, int encrypt, const xts_row* rows, size_t count) {
+  EVP_CIPHER_CTX* ctx = xts_context(key, encrypt);
+  if (ctx == NULL) return false;
+  for (size_t i = 0; i < count; i++) {
+    if (!xts_one(ctx, encrypt, rows[i].data, rows[i].length, rows[i].chunk_id)) return false;
+  }
+  return true;
+}
+
+/* Parses (key, encrypt, plan, count, destinations); returns the row count, or -1 (thrown). */
+static int64_t xts_batch_arguments(napi_env env, napi_value* argv, size_t argc, const uint8_t** key, bool* encrypt, const char* name) {
+  int64_t count = -1;
+  *key = argc == 5 ? xts_key_of(env, argv[0]) : NULL;
+  if (*key == NULL || napi_get_value_bool(env, argv[1], encrypt) != napi_ok || napi_get_value_int64(env, argv[3], &count) != napi_ok || count < 0) {
+    char message[128];
+    snprintf(message, sizeof message, "%s(key: 64 bytes, encrypt: boolean, plan: Float64Array, count, destinations: Buffer[])", name);
+    napi_throw_type_error(env, NULL, message);
+    return -1;
+  }
+  return count;
+}
+
+/* xtsRecords(key, encrypt, plan, count, destinations): every row's destination, in place, on this thread. */
+static napi_value xts_records(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  const uint8_t* key;
+  bool encrypt = false;
+  int64_t count = xts_batch_arguments(env, argv, argc, &key, &encrypt, "xtsRecords");
+  if (count < 0) return NULL;
+  xts_row local[64];
+  xts_row* rows = count <= 64 ? local : (xts_row*)malloc((size_t)count * sizeof(xts_row));
+  if (rows == NULL) return throw_plan(env, "xtsRecords: out of memory");
+  bool ok = xts_rows_of(env, argv[2], count, argv[4], rows, "xtsRecords");
+  if (ok && !xts_rows(key, encrypt, rows, (size_t)count)) {
+    napi_throw_range_error(env, NULL, "xtsRecords: the cipher failed");
+  }
+  if (rows != local) free(rows);
+  return NULL;
+}
+
 static napi_value make_bool(napi_env env, bool value) {
   napi_value result;
   if (napi_get_boolean(env, value, &result) != napi_ok) return NULL;
@@ -796,6 +875,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "trimMalloc", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "hashAndSample", NAPI_AUTO_LENGTH, hash_and_sample, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashAndSample", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "xtsBuffer", NAPI_AUTO_LENGTH, xts_buffer, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsBuffer", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "xtsRecords", NAPI_AUTO_LENGTH, xts_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsRecords", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "adviseHugePages", fn) != napi_ok) return NULL;
   return exports;
 }

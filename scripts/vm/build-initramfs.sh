@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# build-initramfs.sh KERNEL_ROOT KERNEL_VERSION OUTPUT
+# build-initramfs.sh KERNEL_ROOT KERNEL_VERSION OUTPUT [TLS_CLIENT_DIR]
 #
 # Builds the uncompressed initramfs (newc cpio) that scripts/vm-test.sh boots: busybox-static for
 # the shell and small tools, the kernel modules the test needs (with their dependencies, in load
 # order, resolved by kmod against KERNEL_ROOT, the unpacked kernel package), this host's
 # nbd-client, e2fsprogs, xfsprogs, fio, fstrim and dash (guest-test.sh's shell) with the shared libraries `ldd` finds for them,
-# and scripts/vm/init.sh as /init running scripts/vm/guest-test.sh.
+# and scripts/vm/init.sh as /init running scripts/vm/guest-test.sh. TLS_CLIENT_DIR, when given,
+# holds the guest's TLS credentials (ca-cert.pem, client-cert.pem, client-key.pem), copied to
+# /etc/pstorage-vm/tls for nbd-client's -cacertfile, -certfile and -keyfile. nbd-client must then
+# be built with GnuTLS (Debian's is), whose libraries come along through ldd like every other's.
 #
 # Uncompressed on purpose: the guest runs under TCG, where gunzip of ~90 MB costs seconds, while
 # qemu loads the plain file in a fraction of one.
 set -euo pipefail
 
-if [ $# -ne 3 ]; then
-  echo "usage: $0 KERNEL_ROOT KERNEL_VERSION OUTPUT" >&2
+if [ $# -ne 3 ] && [ $# -ne 4 ]; then
+  echo "usage: $0 KERNEL_ROOT KERNEL_VERSION OUTPUT [TLS_CLIENT_DIR]" >&2
   exit 2
 fi
 KERNEL_ROOT=$1
 KERNEL_VERSION=$2
 OUTPUT=$3
+TLS_CLIENT_DIR=${4:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODULES=(nbd virtio_net virtio_pci xfs)
 TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim fsfreeze dash)
@@ -59,6 +63,18 @@ for tool in "${TOOLS[@]}"; do
   copy_with_libraries "$path"
 done
 ln -s mke2fs "$ROOT$(dirname "$(command -v mke2fs)")/mkfs.ext4"
+if [ -n "$TLS_CLIENT_DIR" ]; then
+  # An nbd-client built without GnuTLS refuses -certfile ("TLS support not compiled in") only in
+  # the guest, minutes later: checked here, so the failure comes before the boot and says why.
+  if ! ldd "$(command -v nbd-client)" | grep -q 'libgnutls'; then
+    echo "build-initramfs: this host's nbd-client is not linked with GnuTLS: it cannot attach over TLS" >&2
+    exit 1
+  fi
+  mkdir -p "$ROOT/etc/pstorage-vm/tls"
+  for file in ca-cert.pem client-cert.pem client-key.pem; do
+    install -m 0600 "$TLS_CLIENT_DIR/$file" "$ROOT/etc/pstorage-vm/tls/$file"
+  done
+fi
 # The dynamic loader finds libraries outside its built-in directories (fio's ceph libraries) from
 # ld.so.cache: build one for this tree.
 library_dirs=$(find "$ROOT/lib" "$ROOT/lib64" "$ROOT/usr/lib" -name '*.so*' -type f -printf '%h\n' 2>/dev/null | sed "s|^$ROOT||" | sort -u)

@@ -2,19 +2,28 @@
 # guest-test.sh: the real Linux kernel NBD client against a pstorage export, run from inside a
 # Linux guest (the qemu initramfs of scripts/vm-test.sh, or the Vagrant box of vagrant/).
 #
-# Usage: guest-test.sh [--quick] [--wait-host] [--device /dev/nbdN] HOST PORT [EXPORT]
+# Usage: guest-test.sh [--quick] [--wait-host] [--device /dev/nbdN]
+#                      [--tls-dir DIR --tls-hostname NAME --tls-export NAME] HOST PORT [EXPORT]
 #
 #   --quick      skip the fio jobs (the filesystem rounds still run)
 #   --wait-host  before and after each fstrim, and with the ext4 filesystem frozen under a write
 #                load (tag "snapshot": the host takes a snapshot, which the guest then fscks on
 #                /dev/nbd1), print "PSTORAGE-GUEST-WAIT: <tag>" and read one line from standard
 #                input (scripts/vm-test.sh answers on the serial console)
+#   --tls-dir DIR        run the XFS round over TLS: nbd-client -cacertfile DIR/ca-cert.pem
+#                        -certfile DIR/client-cert.pem -keyfile DIR/client-key.pem (paths
+#                        without spaces), on the export --tls-export, checking the server's
+#                        certificate against --tls-hostname. That export must admit only this
+#                        client's certificate (`pstorage volume access NAME --allow CN`): the
+#                        round first checks that a plain attach of it is refused, so an attach
+#                        that succeeds cannot have quietly gone without TLS
 #
 # What it proves, per filesystem (ext4 over a 512-byte-block connection, then XFS over a
 # `-b 4096` connection): mkfs, mount, write files of known sha256, sync, umount, an offline
 # check (e2fsck -fn / xfs_repair -n), disconnect, reconnect, verify the files from the device,
 # delete one file and fstrim, check again, remount and verify the remaining files. Then (unless
-# --quick) fio writes the raw device with libaio, O_DIRECT and crc32c verification.
+# --quick) fio writes the raw device with libaio, O_DIRECT and crc32c verification. With --tls-dir
+# the XFS round runs on the TLS export instead of EXPORT.
 #
 # Output contract, read by scripts/vm-test.sh (other lines are for people):
 #   PSTORAGE-GUEST-INFO: <what> key=value ...     what the kernel client negotiated
@@ -30,8 +39,11 @@ set -u
 QUICK=0
 WAIT_HOST=0
 DEV=/dev/nbd0
+TLS_DIR=
+TLS_HOSTNAME=
+TLS_EXPORT=
 usage() {
-  echo "usage: $0 [--quick] [--wait-host] [--device /dev/nbdN] HOST PORT [EXPORT]" >&2
+  echo "usage: $0 [--quick] [--wait-host] [--device /dev/nbdN] [--tls-dir DIR --tls-hostname NAME --tls-export NAME] HOST PORT [EXPORT]" >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -39,6 +51,9 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --wait-host) WAIT_HOST=1 ;;
     --device) [ $# -ge 2 ] || usage; DEV=$2; shift ;;
+    --tls-dir) [ $# -ge 2 ] || usage; TLS_DIR=$2; shift ;;
+    --tls-hostname) [ $# -ge 2 ] || usage; TLS_HOSTNAME=$2; shift ;;
+    --tls-export) [ $# -ge 2 ] || usage; TLS_EXPORT=$2; shift ;;
     --) shift; break ;;
     -*) usage ;;
     *) break ;;
@@ -46,6 +61,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then usage; fi
+if [ -n "$TLS_DIR$TLS_HOSTNAME$TLS_EXPORT" ] && { [ -z "$TLS_DIR" ] || [ -z "$TLS_HOSTNAME" ] || [ -z "$TLS_EXPORT" ]; }; then
+  echo "$0: --tls-dir, --tls-hostname and --tls-export go together" >&2
+  usage
+fi
 HOST=$1
 PORT=$2
 EXPORT=${3:-default}
@@ -116,13 +135,23 @@ load_nbd() {
   done
 }
 
-# connect [BLOCK_SIZE]: attach $DEV to the export; the kernel then owns the socket.
+# The export the current round attaches, and whether over TLS (set by fs_round).
+ROUND_EXPORT=$EXPORT
+ROUND_TLS=0
+
+# connect [BLOCK_SIZE]: attach $DEV to $ROUND_EXPORT; the kernel then owns the socket. Over TLS,
+# nbd-client does STARTTLS and the TLS handshake itself and leaves a daemon of its own relaying
+# between the kernel's end of a socket pair and the TLS session (the kernel speaks no TLS).
 connect() {
-  if [ -n "${1:-}" ]; then
-    nbd-client "$HOST" "$PORT" "$DEV" -N "$EXPORT" -b "$1" || return 1
-  else
-    nbd-client "$HOST" "$PORT" "$DEV" -N "$EXPORT" || return 1
+  block_size_args=
+  [ -n "${1:-}" ] && block_size_args="-b $1"
+  tls_args=
+  if [ "$ROUND_TLS" = 1 ]; then
+    tls_args="-cacertfile $TLS_DIR/ca-cert.pem -certfile $TLS_DIR/client-cert.pem"
+    tls_args="$tls_args -keyfile $TLS_DIR/client-key.pem -tlshostname $TLS_HOSTNAME"
   fi
+  # shellcheck disable=SC2086 # option words (the paths have no spaces, see the usage)
+  nbd-client "$HOST" "$PORT" "$DEV" -N "$ROUND_EXPORT" $block_size_args $tls_args || return 1
   i=0
   while [ "$(cat "$SYS/size")" = 0 ]; do
     i=$((i + 1)); [ $i -le 100 ] || return 1; sleep 0.1
@@ -254,11 +283,29 @@ snapshot_under_load() {
   [ "$checked" = 0 ]
 }
 
-fs_round() { # fs_round FS [BLOCK_SIZE]
+# The TLS round's export admits only this guest's certificate: a plain (non-TLS) client is told
+# it does not exist. So if this is refused and the TLS attach then works, the TLS attach did not
+# fall back to plain NBD (the host also checks its log for the TLS session).
+plain_attach_refused() {
+  if nbd-client "$HOST" "$PORT" "$DEV" -N "$ROUND_EXPORT" > "$WORK/plain-attach.log" 2>&1; then
+    say "a plain (non-TLS) attach of '$ROUND_EXPORT' succeeded; the server must refuse it"
+    return 1
+  fi
+  say "plain attach of '$ROUND_EXPORT' refused, as it must be: $(tr '\n' ' ' < "$WORK/plain-attach.log")"
+}
+
+fs_round() { # fs_round FS [BLOCK_SIZE] [tls]
   fs=$1
   bs=${2:-}
+  ROUND_EXPORT=$EXPORT
+  ROUND_TLS=0
+  if [ "${3:-}" = tls ]; then
+    ROUND_EXPORT=$TLS_EXPORT
+    step "$fs-plain-attach-refused" plain_attach_refused
+    ROUND_TLS=1
+  fi
   step "$fs-connect" connect "$bs"
-  report_negotiated "$fs-connection${bs:+ (-b $bs)}"
+  report_negotiated "$fs-connection${bs:+ (-b $bs)}$([ "$ROUND_TLS" = 1 ] && echo " over TLS to '$ROUND_EXPORT'")"
   step "$fs-mkfs" make_fs "$fs"
   step "$fs-mount" mount_fs "$fs"
   step "$fs-write" write_files
@@ -276,6 +323,8 @@ fs_round() { # fs_round FS [BLOCK_SIZE]
   step "$fs-verify-after-trim" verify_kept_files
   step "$fs-final-umount" umount "$MNT"
   step "$fs-final-disconnect" disconnect
+  ROUND_EXPORT=$EXPORT
+  ROUND_TLS=0
 }
 
 # --- fio on the raw device --------------------------------------------------------------------
@@ -307,7 +356,7 @@ fio_round() {
 
 # --- main -------------------------------------------------------------------------------------
 
-say "kernel $(uname -r); server $HOST:$PORT export '$EXPORT'; device $DEV; mode $([ $QUICK = 1 ] && echo quick || echo full)"
+say "kernel $(uname -r); server $HOST:$PORT export '$EXPORT'; device $DEV; mode $([ $QUICK = 1 ] && echo quick || echo full)${TLS_DIR:+; XFS round over TLS to '$TLS_EXPORT' (server name $TLS_HOSTNAME)}"
 [ "$(id -u)" = 0 ] || { say "must run as root"; fail "not root"; }
 step load-nbd load_nbd
 if [ -e "$SYS/pid" ]; then CURRENT_STEP=device-free; fail "$DEV is already connected"; fi
@@ -315,7 +364,9 @@ if [ -e "$SYS/pid" ]; then CURRENT_STEP=device-free; fail "$DEV is already conne
 fs_round ext4
 if command -v mkfs.xfs >/dev/null 2>&1 && command -v xfs_repair >/dev/null 2>&1; then
   grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null
-  fs_round xfs 4096
+  fs_round xfs 4096 ${TLS_DIR:+tls}
+elif [ -n "$TLS_DIR" ]; then
+  CURRENT_STEP=xfs-missing; fail "the TLS round is the XFS round: xfsprogs is needed"
 else
   say "xfsprogs not installed: XFS round skipped"
 fi

@@ -3,8 +3,9 @@
 # filesystems, loads the modules listed at build time, configures qemu's user network statically
 # (guest 10.0.2.15, host alias 10.0.2.2), runs guest-test.sh with the parameters from the kernel
 # command line, and powers off. The command line carries pstorage_host, pstorage_port,
-# pstorage_export and pstorage_mode (full|quick): parameter names without dots, since the kernel
-# takes dotted names as module parameters.
+# pstorage_export and pstorage_mode (full|quick), and for the TLS round pstorage_tls_export and
+# pstorage_tls_hostname (the credentials are in /etc/pstorage-vm/tls): parameter names without
+# dots, since the kernel takes dotted names as module parameters.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -19,7 +20,7 @@ while read -r module; do
   insmod "$module" 2>/dev/null || echo "pstorage-vm: insmod $module failed (continuing)"
 done < /etc/pstorage-vm/modules
 
-host=10.0.2.2 port=10809 export_name=default mode=full
+host=10.0.2.2 port=10809 export_name=default mode=full tls_export= tls_hostname=
 # shellcheck disable=SC2013 # the command line is one line of words
 for word in $(cat /proc/cmdline); do
   case $word in
@@ -27,6 +28,8 @@ for word in $(cat /proc/cmdline); do
     pstorage_port=*) port=${word#*=} ;;
     pstorage_export=*) export_name=${word#*=} ;;
     pstorage_mode=*) mode=${word#*=} ;;
+    pstorage_tls_export=*) tls_export=${word#*=} ;;
+    pstorage_tls_hostname=*) tls_hostname=${word#*=} ;;
   esac
 done
 
@@ -54,9 +57,15 @@ shell=/bin/sh
 [ -x /usr/bin/dash ] && shell=/usr/bin/dash
 quick=
 [ "$mode" = quick ] && quick=--quick
+tls=
+if [ -n "$tls_export" ]; then
+  # The name nbd-client checks the server's certificate against is only a name here (there is no
+  # DNS in the guest): nbd-client connects to $host.
+  tls="--tls-dir /etc/pstorage-vm/tls --tls-hostname $tls_hostname --tls-export $tls_export"
+fi
 echo "pstorage-vm: running guest-test.sh with $shell"
-# shellcheck disable=SC2086 # $quick is empty or one word
-$shell /usr/share/pstorage-vm/guest-test.sh --wait-host $quick "$host" "$port" "$export_name" \
+# shellcheck disable=SC2086 # $quick and $tls are option words without spaces
+$shell /usr/share/pstorage-vm/guest-test.sh --wait-host $quick $tls "$host" "$port" "$export_name" \
   || echo "pstorage-vm: guest-test.sh exited with status $?"
 sync
 poweroff -f

@@ -12,7 +12,7 @@ import { copyRecords, readRecords } from '../common/native.js';
 import { directOffsetOf, type NandDevice } from '../nand/nand-device.js';
 import type { BlockBuffers, PhysicalAddress } from './log-stream.js';
 import type { ParsedRecord, RecordRef } from './ftl.js';
-import type { RecordCipher } from './record-cipher.js';
+import { PLAN_FIELDS, type RecordCipher } from './record-cipher.js';
 import { PAGE_HEADER_BYTES, RECORD_HEADER_BYTES, checkPage, checksumOf, readRecordHeader } from './page-format.js';
 
 export class RecordReader {
@@ -64,13 +64,12 @@ export class RecordReader {
    * straight there (one copy, even for a record that spans pages) and verified there, and that
    * buffer is what `sink` gets. Adjacent records share one NAND read. A record whose header names
    * another chunk, or whose checksum fails, is CORRUPT.
+   *
+   * On an encrypted array, the records the native batch read copied into their destinations are
+   * decrypted there in one call per batch (`RecordCipher.decryptRows`), the rest one by one.
    */
   readRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
-    if (this.cipher !== null) {
-      this.readStoredRecordsSync(requests, this.decryptingSink(requests, sink, destinations), destinations);
-      return;
-    }
-    this.readStoredRecordsSync(requests, sink, destinations);
+    this.readStoredRecordsSync(requests, sink, destinations, this.cipher !== null);
   }
 
   /**
@@ -91,13 +90,18 @@ export class RecordReader {
     };
   }
 
-  /** `readRecordsSync` of the records as they are stored (ciphertext on an encrypted array). */
-  private readStoredRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations?: ReadonlyArray<Buffer | undefined>): void {
+  /**
+   * `readRecordsSync` of the records as they are stored (ciphertext on an encrypted array), or,
+   * with `decrypt`, in clear.
+   */
+  private readStoredRecordsSync(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined> | undefined, decrypt: boolean): void {
     let rest: readonly number[] | null = null;
     if (destinations !== undefined && copyRecords !== null && this.nand.mappedImage !== null) {
-      rest = this.readMappedRecords(requests, sink, destinations);
+      rest = this.readMappedRecords(requests, sink, destinations, decrypt);
       if (rest.length === 0) return;
     }
+    // What is left is read as views and decrypted record by record.
+    if (decrypt) sink = this.decryptingSink(requests, sink, destinations);
     if (rest === null && requests.length === 1) {
       const only = requests[0]!;
       const firstPage = this.firstPageOf(only.address);
@@ -122,9 +126,10 @@ export class RecordReader {
    * The mapped part of `readRecordsSync`: every record with a destination of its length in an
    * erase block the NAND has mapped (not one still buffered here) is copied and verified by one
    * native call (native/nand-map's copyRecords), which overlaps the cache and TLB misses of
-   * scattered records and has no per-record JavaScript. Returns the indices left for the view path.
+   * scattered records and has no per-record JavaScript (with `decrypt`, one more call decrypts
+   * them). Returns the indices left for the view path.
    */
-  private readMappedRecords(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>): readonly number[] {
+  private readMappedRecords(requests: readonly RecordRef[], sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>, decrypt: boolean): readonly number[] {
     if (this.mappedPlan.length < requests.length * PLAN_FIELDS) {
       this.mappedPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
       this.directPlan = new Float64Array(requests.length * PLAN_FIELDS * 2);
@@ -171,6 +176,11 @@ export class RecordReader {
       if (failed >= 0) {
         const { address, chunkId, storedBytes } = requests[failedPlan[failed * PLAN_FIELDS + 4]!]!;
         throw StorageError.corrupt(`chunk ${chunkId} at erase block ${address.block} offset ${address.offsetBytes} failed verification (${storedBytes} bytes expected)`);
+      }
+      // Verified as stored (the checksum is over the ciphertext): now decrypted, one call per plan.
+      if (decrypt) {
+        this.cipher!.decryptRows(this.mappedPlan, mappedRows, destinations);
+        this.cipher!.decryptRows(this.directPlan, directRows, destinations);
       }
       deliverRows(this.mappedPlan, mappedRows, sink, destinations);
       deliverRows(this.directPlan, directRows, sink, destinations);
@@ -354,9 +364,6 @@ export class RecordReader {
     return { records, problems };
   }
 }
-
-/** Fields of a row of the native batch read's plan (see native/nand-map/nand_map.c). */
-const PLAN_FIELDS = 5;
 
 /** Hands the destinations of a read plan's rows to `sink`. */
 function deliverRows(plan: Float64Array, rows: number, sink: (index: number, payload: Buffer) => void, destinations: ReadonlyArray<Buffer | undefined>): void {

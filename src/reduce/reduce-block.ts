@@ -131,9 +131,10 @@ export interface ReduceSettings {
  * Reduces `blocks[i]` into `out` at `first + i`, on this thread: patterns and fingerprints, and
  * the stored forms too when `stored` is set (else `ensureStored` computes them on demand). With
  * the array's keyed fingerprint, one xxHash64 of the block is its fingerprint and, when it is
- * stored as it is, its record checksum too (both use the array's key as seed).
+ * stored as it is, its record checksum too (both use the array's key as seed). With
+ * `zeroPatternsOnly` a block of a repeated non-zero word is reduced as data (an encrypted array's).
  */
-export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, first: number, settings: ReduceSettings, stored = true): void {
+export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, first: number, settings: ReduceSettings, stored = true, zeroPatternsOnly = false): void {
   const key = settings.fingerprint === null ? null : fingerprintKeyOf(settings.fingerprint);
   // The addon writes the fingerprint and returns the checksum without a BigInt per block.
   const keyHigh = key === null ? 0 : Number(key >> 32n);
@@ -154,7 +155,7 @@ export function reduceInline(blocks: readonly Buffer[], out: ReducedBlocks, firs
       }
     }
     const pattern = detectPattern(block);
-    if (pattern !== null) {
+    if (pattern !== null && !(zeroPatternsOnly && (pattern.high | pattern.low) !== 0)) {
       out.pattern[index] = 1;
       out.patternHigh[index] = pattern.high;
       out.patternLow[index] = pattern.low;

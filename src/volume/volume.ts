@@ -471,6 +471,15 @@ export class Volume implements BlockDevice {
         index = i;
         reduceInline([block], source, i, array.reduceSettings);
       }
+      if (source.pattern[index] === 1 && array.ftl.cipher !== null && (source.patternHigh[index]! | source.patternLow[index]!) !== 0) {
+        // An encrypted array keeps no block content in clear, and a pattern's word would be in its
+        // volume map (LevelDB): a non-zero pattern is reduced again as data and stored encrypted
+        // (dedup and compression keep it to one small chunk). Only all-zero blocks stay patterns.
+        source = plan.ownReduced(i);
+        index = i;
+        source.pattern[index] = 0;
+        reduceInline([block], source, index, array.reduceSettings, true, true);
+      }
       plan.blocks[i] = block;
       plan.source[i] = source;
       plan.sourceIndex[i] = index;

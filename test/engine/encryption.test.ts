@@ -3,7 +3,9 @@
  * engine level: the native and JavaScript ciphers agree; a data directory full of a known marker
  * holds no copy of it when encrypted (and does when plain, so the check can fail); the data reads
  * back after reopening with the key; no key, a wrong key, or a key for a plain array are refused
- * and leave every file as it was; reduction is unchanged; rotation; GC relocation and a crash.
+ * and leave every file as it was; reduction is unchanged; rotation; GC relocation and a crash;
+ * non-zero pattern blocks (whole, merged from partial writes, reduced in a worker) are stored as
+ * encrypted chunks, not as map literals.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -125,6 +127,42 @@ test('the native and JavaScript XTS ciphers give the same bytes, and decrypting 
   t.false(one.equals(other), 'the chunk id is the tweak: the same bytes encrypt differently under two ids');
 });
 
+test('a read plan decrypted in one call equals record-by-record decryption', (t) => {
+  const key = crypto.randomBytes(64);
+  const cipher = new RecordCipher(key);
+  const js = new RecordCipher(key, false);
+  // Rows as record-reader.ts plans them: [page at, offset in page, stored bytes, chunk id, destination index].
+  const lengths = [4096, 16, 17, 1000, 4095, 4096, 2048, 31, ...Array<number>(40).fill(4096)];
+  const clear = lengths.map((length) => crypto.randomBytes(length));
+  const chunkIds = lengths.map((_, i) => 1000 + i * 7919);
+  const plan = new Float64Array(lengths.length * 5);
+  // Destinations in another order than the rows, some of them views of one buffer (as a read's are).
+  const order = lengths.map((_, i) => (i * 5) % lengths.length);
+  lengths.forEach((length, row) => plan.set([0, 0, lengths[order[row]!]!, chunkIds[order[row]!]!, order[row]!], row * 5));
+  const encrypted = (): Buffer[] => {
+    const whole = Buffer.alloc(lengths.reduce((sum, length) => sum + length, 0));
+    let at = 0;
+    return clear.map((bytes, i) => {
+      const destination = whole.subarray(at, (at += bytes.length));
+      bytes.copy(destination);
+      js.encrypt(destination, chunkIds[i]!);
+      return destination;
+    });
+  };
+  const inOneCall = encrypted();
+  cipher.decryptRows(plan, lengths.length, inOneCall);
+  t.deepEqual(inOneCall, clear, 'decryptRows');
+  const byJs = encrypted();
+  js.decryptRows(plan, lengths.length, byJs);
+  t.deepEqual(byJs, clear, 'the JavaScript fallback');
+  const partly = encrypted();
+  cipher.decryptRows(plan, 3, partly);
+  t.deepEqual(partly.map((bytes, i) => bytes.equals(clear[i]!)), order.map((_, i) => order.slice(0, 3).includes(i)), 'only the first count rows');
+  const wrongLength = encrypted();
+  wrongLength[order[1]!] = Buffer.alloc(5);
+  t.throws(() => cipher.decryptRows(plan, lengths.length, wrongLength), { message: /not a Buffer of the record's length/ });
+});
+
 test('an encrypted array leaves no copy of a marker in its data directory (a plain one does), reads back with the key, and stores the same physical bytes', async (t) => {
   const keyFileBytes = crypto.randomBytes(32);
   const data = Buffer.concat([markerBlocks(512), mixedData(1536, 1)]);
@@ -212,4 +250,50 @@ test('an encrypted array survives GC relocation and a crash: flushed blocks read
   const after = concatReadExtents(await array.lookup('v')!.device.read(0, 1024 * B), 1024 * B);
   t.true(after.subarray(8 * B).equals(expected.subarray(8 * B)), 'every flushed block reads back exactly');
   array.abandon();
+});
+
+/** A 4 KiB block of `word` repeated. */
+const patternBlock = (word: string): Buffer => Buffer.alloc(B, word, 'latin1');
+
+test('an encrypted array stores non-zero pattern blocks encrypted, whole, merged from partial writes and reduced in a worker; only zero blocks stay map literals', async (t) => {
+  const keyFileBytes = crypto.randomBytes(32);
+  // 1-, 2-, 4- and 8-byte words; PSTRMARK is also looked for as a plain array's map keeps it (its
+  // two u32 halves, read big-endian, stored little-endian side by side in the journal entry).
+  const words = ['Q', 'PS', 'PSTR', 'PSTRMARK'];
+  const needles = ['PSTRMARK', 'RTSPKRAM'];
+  const data = Buffer.concat([...Array.from({ length: 64 }, (_, i) => patternBlock(words[i % words.length]!)), Buffer.alloc(4 * B), mixedData(60, 3)]);
+  const mergedLba = data.length / B; // a pattern block made of two writes: the merge path reduces it
+  const expected = Buffer.concat([data, patternBlock('PSTRMARK')]);
+  const fillPatterns = async (dir: string, options: ArrayOptions): Promise<{ physicalBytes: number; patternBlocks: number }> => {
+    // Every batch through the reduction worker (workerMinBlocks 0), as a busy array would.
+    const { array } = await FlashArray.open(dir, silentLogger, { ...baseOptions, reductionWorkers: 1, workerMinBlocks: 0, ...options });
+    const volume = await array.createVolume('v', 32 * MiB);
+    await volume.write(0, data, { fua: false });
+    const first = patternBlock('PSTRMARK');
+    first.fill('x', 0, 512);
+    await volume.write(mergedLba * B, first, { fua: false });
+    await volume.write(mergedLba * B, patternBlock('PSTRMARK').subarray(0, 512), { fua: false });
+    await volume.flush();
+    const stats = array.stats() as { physicalBytes: number; reduction: { patternBlocks: number } };
+    await array.close();
+    return { physicalBytes: stats.physicalBytes, patternBlocks: stats.reduction.patternBlocks };
+  };
+  const countNeedles = (dir: string): number => {
+    let count = 0;
+    for (const file of filesOf(dir)) {
+      const bytes = fs.readFileSync(file);
+      for (const needle of needles) for (let at = bytes.indexOf(needle); at >= 0; at = bytes.indexOf(needle, at + 1)) count += 1;
+    }
+    return count;
+  };
+  const plainDir = tempDir('pattern-plain');
+  const encryptedDir = tempDir('pattern-encrypted');
+  const plain = await fillPatterns(plainDir, {});
+  const encrypted = await fillPatterns(encryptedDir, { keyFileBytes });
+  t.is(plain.patternBlocks, 64 + 4 + 1, 'a plain array keeps every pattern block as a map literal (the check can fail)');
+  t.is(encrypted.patternBlocks, 4, 'an encrypted array keeps only the zero blocks as patterns');
+  t.is(countNeedles(encryptedDir), 0, 'no copy of the pattern word in any file of the encrypted array');
+  t.true(Math.abs(encrypted.physicalBytes - plain.physicalBytes) <= plain.physicalBytes * 0.01, `physical bytes within 1 % (plain ${plain.physicalBytes}, encrypted ${encrypted.physicalBytes})`);
+  t.true((await readBack(encryptedDir, { keyFileBytes }, expected.length)).equals(expected), 'reads back exactly after reopening with the key');
+  t.true((await readBack(plainDir, {}, expected.length)).equals(expected));
 });
