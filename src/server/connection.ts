@@ -127,6 +127,8 @@ function readIntoUserBuffer(socket: Socket, buffer: Buffer, onRead: (bytes: Buff
 
 /** How long a server that is shutting down, or was told DISC, waits for the client to close its side after our FIN. */
 const SHUTDOWN_GRACE_MS = 1000;
+/** Before that FIN: replies still going out are cut off only when the client took none of them for this long. */
+const STALLED_REPLY_MS = 10_000;
 /**
  * Reply buffers this small go out copied together, one buffer per run of them: a flush of 32
  * write replies was 32 `socket.write` calls (an entry each in the stream's buffer, an iovec each
@@ -223,9 +225,46 @@ export class Connection {
   async shutdown(): Promise<void> {
     if (this.session !== null) await this.whenIdle();
     this.endSocket();
-    const timer = setTimeout(() => this.socket.destroy(), SHUTDOWN_GRACE_MS);
+    this.destroyAfterGrace();
     await this.finished;
-    clearTimeout(timer);
+  }
+
+  /**
+   * After our `end()`: the replies still queued go out for as long as the client keeps taking
+   * them (one that took nothing for `STALLED_REPLY_MS` is cut off), and once all of it, our FIN
+   * included, is out, the client has `SHUTDOWN_GRACE_MS` to close its side. The grace used to start
+   * at `end()`: on a busy machine a client still reading a 1 MiB reply was cut off mid-reply and
+   * waited for the rest forever (test/server/in-flight.test.ts, DISC after a large READ).
+   */
+  private destroyAfterGrace(): void {
+    const socket = this.socket;
+    let pendingBytes = socket.writableLength;
+    let timer: NodeJS.Timeout | undefined;
+    const start = (ms: number, then: () => void) => {
+      timer = setTimeout(then, ms);
+      timer.unref();
+    };
+    const onFinish = () => {
+      clearTimeout(timer);
+      start(SHUTDOWN_GRACE_MS, () => socket.destroy());
+    };
+    const watch = () => {
+      if (socket.writableLength >= pendingBytes) {
+        socket.destroy();
+        return;
+      }
+      pendingBytes = socket.writableLength;
+      start(STALLED_REPLY_MS, watch);
+    };
+    if (socket.writableFinished) onFinish();
+    else {
+      socket.once('finish', onFinish);
+      start(STALLED_REPLY_MS, watch);
+    }
+    void this.finished.then(() => {
+      clearTimeout(timer);
+      socket.off('finish', onFinish);
+    });
   }
 
   /** Gives back everything the connection holds; requests still running drop their replies. */
@@ -594,9 +633,7 @@ export class Connection {
   private endAfterDisc(): void {
     this.endSocket();
     this.socket.resume();
-    const timer = setTimeout(() => this.socket.destroy(), SHUTDOWN_GRACE_MS);
-    timer.unref();
-    void this.finished.then(() => clearTimeout(timer));
+    this.destroyAfterGrace();
   }
 
   /** Sends every queued reply, then closes our side. */

@@ -379,6 +379,25 @@ test('NBD_CMD_DISC: outstanding replies go out, then the connection closes on bo
   });
 });
 
+test('NBD_CMD_DISC after a large READ: a client slower than the grace period still gets the whole reply', async (t) => {
+  // Found as a CI hang on a loaded machine: the grace period started at end(), so a client still
+  // reading its 1 MiB reply after it was cut off mid-reply and waited for the rest forever.
+  await withServer({ server: 16 * MiB, connection: 8 * MiB }, async (server, socketPath, device) => {
+    device.data.fill(0x44, 0, 4 * MiB);
+    const client = await RawClient.attach(socketPath);
+    client.socket.pause(); // busy elsewhere for longer than the grace period
+    client.socket.write(Buffer.concat([request(C.NBD_CMD_READ, { cookie: 1n, offset: 0n, length: 4 * MiB }), request(C.NBD_CMD_DISC, { cookie: 2n })]));
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    client.socket.resume();
+    const read = await Promise.race([client.reply(4 * MiB), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the reply never came whole')), 10_000))]);
+    t.is(read.error, 0);
+    t.true(read.data.equals(Buffer.alloc(4 * MiB, 0x44)), 'the whole read arrives');
+    await until(() => client.socket.readableEnded, 'the server to end its side');
+    client.socket.end();
+    await until(() => server.connectionCount === 0, 'the server to close the connection');
+  });
+});
+
 test('NBD_CMD_DISC from a client that never closes its side: the server closes the socket after a grace period', async (t) => {
   await withServer({ server: 16 * MiB, connection: 8 * MiB }, async (server, socketPath) => {
     const client = await RawClient.attach(socketPath);
