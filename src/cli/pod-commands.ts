@@ -8,6 +8,7 @@ import { formatBytes } from '../common/size.js';
 import { request } from './api-client.js';
 import { printJson, table } from './output.js';
 import type { Output } from './volume-commands.js';
+import type { ReplicateResult } from '../replication/async-replication.js';
 
 const enc = encodeURIComponent;
 
@@ -67,20 +68,12 @@ export function parseIntervalMs(text: string): number {
   return Number(match[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[match[2] as 's' | 'm' | 'h'];
 }
 
-interface ReplicateDocument {
-  volume: string;
-  snapshot: string;
-  base: string | null;
-  changedBytes: number;
-  sentBytes: number;
-  durationMs: number;
-}
 
 /** One run, or (with an interval) a run every interval until interrupted; each run is one line. */
 export async function replicateCommand(dataDir: string, volume: string, to: string, everyMs: number | null, output: Output): Promise<void> {
   for (;;) {
     const startedMs = Date.now();
-    const run = await request<ReplicateDocument>(dataDir, 'POST', `/api/v1/volumes/${enc(volume)}/replicate`, { to }, needsServer);
+    const run = await request<ReplicateResult>(dataDir, 'POST', `/api/v1/volumes/${enc(volume)}/replicate`, { to }, needsServer);
     if (output.json) printJson(run);
     else process.stdout.write(`replicated ${volume} to ${to} as snapshot ${run.snapshot} (${run.base === null ? 'full copy' : `changes since ${run.base}`}): ${formatBytes(run.changedBytes)} changed, ${formatBytes(run.sentBytes)} sent, ${(run.durationMs / 1000).toFixed(1)} s\n`);
     if (everyMs === null) return;

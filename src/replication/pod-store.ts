@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { replaceFileDurably } from '../common/durable-file.js';
 import { fromSystemError, StorageError } from '../common/errors.js';
 import type { PodConfig } from './pod.js';
 
@@ -42,24 +43,5 @@ export function loadReplicationRecord(dataDir: string): ReplicationRecord {
 }
 
 export function saveReplicationRecord(dataDir: string, record: ReplicationRecord): void {
-  const file = path.join(dataDir, REPLICATION_FILE);
-  const temporary = `${file}.tmp`;
-  try {
-    const fd = fs.openSync(temporary, 'w', 0o600);
-    try {
-      fs.writeSync(fd, JSON.stringify(record, null, 2) + '\n');
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(temporary, file);
-    const dir = fs.openSync(dataDir, 'r');
-    try {
-      fs.fsyncSync(dir);
-    } finally {
-      fs.closeSync(dir);
-    }
-  } catch (error) {
-    throw fromSystemError(error, `writing ${file}`);
-  }
+  replaceFileDurably(dataDir, REPLICATION_FILE, JSON.stringify(record, null, 2) + '\n', path.join(dataDir, REPLICATION_FILE));
 }

@@ -26,6 +26,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { replaceFileDurably } from '../common/durable-file.js';
 import { StorageError, fromSystemError } from '../common/errors.js';
 import type { EncryptionRecord } from './array-key.js';
 import type { NandGeometry } from '../nand/nand-device.js';
@@ -81,26 +82,7 @@ export function decodeCatalogCopy(bytes: Buffer, where: string): CatalogCopy {
 
 /** Replaces the copy in `dataDir` atomically and durably. */
 export function writeCatalogCopy(dataDir: string, copy: Omit<CatalogCopy, 'copyVersion' | 'writtenAt'>): void {
-  const target = path.join(dataDir, CATALOG_COPY_NAME);
-  const temporary = `${target}.tmp`;
-  try {
-    const fd = fs.openSync(temporary, 'w', 0o600);
-    try {
-      fs.writeSync(fd, encodeCatalogCopy(copy));
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(temporary, target);
-    const directory = fs.openSync(dataDir, 'r');
-    try {
-      fs.fsyncSync(directory);
-    } finally {
-      fs.closeSync(directory);
-    }
-  } catch (error) {
-    throw fromSystemError(error, `writing the catalog copy ${target}`);
-  }
+  replaceFileDurably(dataDir, CATALOG_COPY_NAME, encodeCatalogCopy(copy), `the catalog copy ${path.join(dataDir, CATALOG_COPY_NAME)}`);
 }
 
 /** The copy in `dataDir`, or null when there is none. A damaged copy is CORRUPT. */
