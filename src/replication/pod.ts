@@ -509,8 +509,11 @@ export class Pod {
     const mine = this.helloState();
     const theirs = header as unknown as HelloState;
     const decision = decide(theirs, mine);
-    this.applyDecision(link, decision);
+    // The answer goes out before anything the decision starts: a resync whose first reads complete
+    // at once would otherwise put chunks on the link ahead of it, and the dialler, applying them
+    // before it merges the decision, would put them back in its record (copied again next time).
     link.reply(header.id, null, { decision });
+    this.applyDecision(link, decision);
   }
 
   private applyDecision(link: PeerLink, decision: Decision): void {
