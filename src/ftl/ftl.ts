@@ -786,6 +786,7 @@ export class Ftl implements StreamHost {
       eraseFailures: this.counters.eraseFailures,
       stalledProgramBytes: this.stalledBytes,
       warmEraseBlocks: this.nand.warmEraseBlocks ?? 0,
+      warmProgrammedBytes: this.nand.warmProgrammedBytes ?? 0,
       liveBytes: this.liveBytes,
       usableBytes: this.usableBytes,
     };

@@ -56,6 +56,7 @@ interface StatsDocument {
     relocatedBytes: number;
     erases: number;
     gcRuns: number;
+    warmProgrammedBytes: number;
   };
 }
 
@@ -177,6 +178,7 @@ export class PrometheusMetrics {
     const counter = (name: string, help: string, value: (stats: StatsDocument) => number) => this.collector(name, help, 'counter', () => [{ value: value(this.current) }]);
     counter('pstorage_host_written_bytes_total', 'Bytes hosts have written (WRITE payloads), over the array\'s life.', (s) => s.hostBytesWritten);
     counter('pstorage_nand_written_bytes_total', 'Bytes programmed into NAND pages (host data, GC relocation, headers, padding), over the array\'s life.', (s) => s.nandBytesWritten);
+    counter('pstorage_flash_warm_programmed_bytes_total', 'Bytes programmed, since start, over image pages the host kept from an erase (cheap to write into).', (s) => s.flash.warmProgrammedBytes);
     counter('pstorage_gc_runs_total', 'Garbage-collection runs.', (s) => s.flash.gcRuns);
     counter('pstorage_gc_relocated_bytes_total', 'Live bytes garbage collection moved to other erase blocks.', (s) => s.flash.relocatedBytes);
     counter('pstorage_flash_erases_total', 'Erase-block erases.', (s) => s.flash.erases);

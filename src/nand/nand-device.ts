@@ -164,6 +164,8 @@ export interface NandDevice {
   resumeWarm?(): void;
   /** Erased blocks whose old pages the host still holds (the warm pool). */
   readonly warmEraseBlocks?: number;
+  /** Bytes programmed over pages the warm pool kept, of all bytes programmed. */
+  readonly warmProgrammedBytes?: number;
 }
 
 export type NandFaultKind = 'program' | 'erase' | 'read';

@@ -184,7 +184,7 @@ test('per-volume request, byte, error and latency metrics match the NBD traffic;
   t.true(health > 0 && health <= 1, `health ${health}`);
   t.true(sample(samples, 'pstorage_recovery_seconds') >= 0);
   t.true(sample(samples, 'pstorage_host_written_bytes_total') >= DEFAULT_TRAFFIC.writes * DEFAULT_TRAFFIC.writeBytes);
-  for (const name of ['pstorage_physical_bytes', 'pstorage_free_bytes', 'pstorage_data_reduction_ratio', 'pstorage_write_amplification', 'pstorage_gc_runs_total', 'pstorage_gc_relocated_bytes_total', 'pstorage_flash_erase_cycles_min', 'pstorage_flash_erase_cycles_mean', 'pstorage_flash_erase_cycles_max', 'pstorage_flash_retired_erase_blocks']) {
+  for (const name of ['pstorage_physical_bytes', 'pstorage_free_bytes', 'pstorage_data_reduction_ratio', 'pstorage_write_amplification', 'pstorage_gc_runs_total', 'pstorage_gc_relocated_bytes_total', 'pstorage_flash_warm_programmed_bytes_total', 'pstorage_flash_erase_cycles_min', 'pstorage_flash_erase_cycles_mean', 'pstorage_flash_erase_cycles_max', 'pstorage_flash_retired_erase_blocks']) {
     t.true(Number.isFinite(sample(samples, name)), name);
   }
   t.true(sample(samples, 'process_resident_memory_bytes') > 0, 'process metrics are there too');
