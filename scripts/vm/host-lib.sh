@@ -66,8 +66,18 @@ ensure_packages() {
 # --- kernel -------------------------------------------------------------------------------------
 
 # Sets KERNEL_ROOT, KERNEL_VERSION and KERNEL_IMAGE: Debian's current cloud kernel, downloaded once
-# into the cache and unpacked there with dpkg-deb (never installed on this host).
+# into the cache and unpacked there with dpkg-deb (never installed on this host). Under a lock on
+# the cache: the test suite may run vm-test.sh and vm-failover-test.sh at the same time, and two
+# first downloads would remove each other's unpacked tree.
 fetch_kernel() {
+  local lock
+  mkdir -p "$CACHE_DIR"
+  exec {lock}> "$CACHE_DIR/.lock"
+  flock "$lock"
+  fetch_kernel_locked
+  exec {lock}>&-
+}
+fetch_kernel_locked() {
   local package deb
   package=$(apt-cache depends "$KERNEL_META_PACKAGE" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }' || true)
   if [ -z "$package" ]; then
