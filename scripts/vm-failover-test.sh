@@ -32,54 +32,24 @@ LOG_PREFIX=vm-failover-test
 . "$VM_DIR/host-lib.sh"
 DEBIAN_PACKAGES=("${GUEST_DEBIAN_PACKAGES[@]}" etcd-server)
 
-MODE=full
-TIMEOUT_S=600
-KEEP=0
 POD=pod
 VOLUME=vol
 VOLUME_SIZE=512M
-usage() {
-  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-while [ $# -gt 0 ]; do
-  case $1 in
-    --quick) MODE=quick ;;
-    --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; shift ;;
-    --keep) KEEP=1 ;;
-    -h | --help) usage ;;
-    *) echo "$LOG_PREFIX: unknown argument '$1'" >&2; usage ;;
-  esac
-  shift
-done
-CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+script_option() { return 1; } # only the common options
+parse_options "$@"
 
 # --- cleanup ------------------------------------------------------------------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-vm-failover.XXXXXX")
-# When the caller dies (an ava worker killed on timeout), stop rather than run on unobserved.
-PARENT_PID=$PPID
 ETCD_PID=""
 A_PID=""
 B_PID=""
-FAILED=1
-cleanup() {
-  # Subshells that inherit the trap must not stop anything: only the script itself cleans up.
-  [ "$BASHPID" = "$$" ] || return 0
-  # Only processes this script started, by PID.
-  stop_guest
+stop_started_processes() {
   local pid
   for pid in "$A_PID" "$B_PID" "$ETCD_PID"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
-  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
-    log "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin_run pstorage-vm-failover
 
 # --- the cluster --------------------------------------------------------------------------------
 
@@ -192,19 +162,8 @@ on_guest_wait() {
 
 # --- main ---------------------------------------------------------------------------------------
 
-log "mode $MODE; cache $CACHE_DIR; work $WORK"
-step_begin packages
-ensure_packages
-step_end
-command -v node >/dev/null || die "node is not installed (pstorage needs Node 20)"
-
-step_begin kernel
-fetch_kernel
-step_end "$KERNEL_VERSION"
-
-step_begin initramfs
-bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio"
-step_end "$(($(stat -c %s "$WORK/initramfs.cpio") / 1048576)) MiB"
+prepare_host
+prepare_guest
 
 step_begin cluster
 start_etcd
@@ -240,9 +199,4 @@ log_timings
 [ -n "$KILL_REPORT" ] || PROBLEMS+=("the guest never got to the kill of A, or B did not go on alone")
 [ "$B_AFTER_KILL" = degraded ] || PROBLEMS+=("B's pod state at the end is '$B_AFTER_KILL', not degraded")
 [ "$B_EXIT" = 0 ] || PROBLEMS+=("array B exited with code $B_EXIT after SIGTERM")
-if ((${#PROBLEMS[@]})); then
-  for problem in "${PROBLEMS[@]}"; do log "FAIL: $problem"; done
-  exit 1
-fi
-FAILED=0
-log "PASS"
+finish "${PROBLEMS[@]}"

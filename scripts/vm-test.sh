@@ -43,63 +43,37 @@ LOG_PREFIX=vm-test
 . "$VM_DIR/host-lib.sh"
 DEBIAN_PACKAGES=("${GUEST_DEBIAN_PACKAGES[@]}" gnutls-bin)
 
-MODE=full
 PORT=""
 EXPORT=default
 EXTERNAL_DATA_DIR=""
-TIMEOUT_S=600
-KEEP=0
 TLS=1
 # The TLS round: the volume it attaches, the client identity on its access list (the client
 # certificate's common name) and the server name the guest checks the certificate against.
 TLS_EXPORT=guest-tls
 TLS_IDENTITY=pstorage-guest
 TLS_HOSTNAME=pstorage-host
-usage() {
-  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-while [ $# -gt 0 ]; do
+script_option() {
   case $1 in
-    --quick) MODE=quick ;;
-    --port) [ $# -ge 2 ] || usage; PORT=$2; shift ;;
-    --export) [ $# -ge 2 ] || usage; EXPORT=$2; shift ;;
-    --data-dir) [ $# -ge 2 ] || usage; EXTERNAL_DATA_DIR=$2; shift ;;
-    --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; shift ;;
-    --keep) KEEP=1 ;;
+    --port) PORT=${2:-}; OPTION_WORDS=2 ;;
+    --export) EXPORT=${2:-}; OPTION_WORDS=2 ;;
+    --data-dir) EXTERNAL_DATA_DIR=${2:-}; OPTION_WORDS=2 ;;
     --no-tls) TLS=0 ;;
-    -h | --help) usage ;;
-    *) echo "vm-test: unknown argument '$1'" >&2; usage ;;
+    *) return 1 ;;
   esac
-  shift
-done
-CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+}
+parse_options "$@"
 [ -z "$PORT" ] || TLS=0
 
 # --- cleanup ------------------------------------------------------------------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-vm.XXXXXX")
-# When the caller dies (an ava worker killed on timeout), stop rather than run on unobserved.
-PARENT_PID=$PPID
 SERVER_PID=""
-FAILED=1
-cleanup() {
-  # Subshells that inherit the trap must not stop anything: only the script itself cleans up.
-  [ "$BASHPID" = "$$" ] || return 0
-  # Only processes this script started, by PID.
-  stop_guest
+stop_started_processes() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
-  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
-    log "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin_run pstorage-vm
 
 # --- TLS credentials ----------------------------------------------------------------------------
 
@@ -318,25 +292,13 @@ run_guest() {
 
 # --- main ---------------------------------------------------------------------------------------
 
-log "mode $MODE; cache $CACHE_DIR; work $WORK"
-step_begin packages
-ensure_packages
-step_end
-command -v node >/dev/null || die "node is not installed (pstorage needs Node 20)"
-
-step_begin kernel
-fetch_kernel
-step_end "$KERNEL_VERSION"
-
+prepare_host
 if [ "$TLS" = 1 ]; then
   step_begin tls-credentials
   make_tls_credentials
   step_end
 fi
-
-step_begin initramfs
-bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio" ${TLS_ROOT:+"$TLS_ROOT/client"}
-step_end "$(( $(stat -c %s "$WORK/initramfs.cpio") / 1048576 )) MiB"
+prepare_guest ${TLS_ROOT:+"$TLS_ROOT/client"}
 
 step_begin server
 if [ -n "$PORT" ]; then
@@ -382,9 +344,4 @@ problems+=("${SNAPSHOT_FAILURES[@]}")
 problems+=("${TLS_FAILURES[@]}")
 if [ -n "$DATA_DIR" ] && [ "$SNAPSHOT_TAKEN" != 1 ]; then problems+=("the guest never reached the snapshot-under-load step"); fi
 [ "$SERVER_EXIT" = 0 ] || problems+=("pstorage exited with code $SERVER_EXIT after SIGTERM")
-if ((${#problems[@]})); then
-  for problem in "${problems[@]}"; do log "FAIL: $problem"; done
-  exit 1
-fi
-FAILED=0
-log "PASS"
+finish "${problems[@]}"

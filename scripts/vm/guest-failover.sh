@@ -222,21 +222,23 @@ paths_switched() {
   echo "$status" | grep -q " $b A " || { say "path B ($b) is not active"; return 1; }
 }
 
-# What the guest saw: the longest pause between two synced writes from the kill request on, next
-# to the longest before it; and the kernel's own account of the switch.
+# What the guest saw: the pause in the small-file writer around the moment dm-multipath failed
+# path A (the kernel's timestamp, on the same clock as /proc/uptime): from the last file synced
+# before it to the first synced after it; next to the longest pause before the kill request, for
+# scale. And the kernel's own account of the switch.
 report_failover() {
-  awk -v asked="$KILL_ASKED_AT" -v done="$KILL_DONE_AT" '
+  failed_at=$(dmesg | grep -m 1 'Failing path' | sed 's/^\[ *\([0-9.]*\)\].*/\1/')
+  awk -v asked="$KILL_ASKED_AT" -v answered="$KILL_DONE_AT" -v failed="${failed_at:-0}" '
     / w-/ {
       if (last != "") {
-        gap = $1 - last
-        if ($1 > asked) { if (gap > after) { after = gap; from = last } }
-        else if (gap > before) before = gap
+        if ($1 <= asked && $1 - last > before) before = $1 - last
+        if (last <= failed && $1 > failed && pause == "") pause = $1 - last
       }
       last = $1; n++
     }
     END {
-      printf "PSTORAGE-GUEST-INFO: failover longest_pause_after_kill_s=%.2f pause_from_s=%.2f", after, from
-      printf " longest_pause_before_s=%.2f kill_asked_s=%.2f kill_answered_s=%.2f writes=%d\n", before, asked, done, n
+      printf "PSTORAGE-GUEST-INFO: failover pause_s=%.2f path_a_failed_s=%.2f longest_pause_before_kill_s=%.2f", pause, failed, before
+      printf " kill_asked_s=%.2f kill_answered_s=%.2f writes=%d\n", asked, answered, n
     }' "$MANIFEST"
   dmesg | grep -i -E 'nbd|multipath' | sed 's/^/pstorage-guest: dmesg: /'
 }

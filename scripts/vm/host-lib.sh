@@ -1,14 +1,14 @@
 # host-lib.sh: what the host-side guest tests share (sourced by scripts/vm-test.sh and
 # scripts/vm-failover-test.sh; not run on its own): log lines and step timing, the Debian packages,
 # Debian's cloud kernel unpacked into a cache, starting `pstorage serve`, and booting the qemu guest
-# with its serial console read line by line.
+# with its serial console read line by line; and the options, work directory and cleanup they have
+# in common.
 #
-# The sourcing script sets, before calling these: LOG_PREFIX (its name in log lines), WORK (its
-# work directory), CACHE_DIR (where the kernel is kept), DEBIAN_PACKAGES (GUEST_DEBIAN_PACKAGES
-# below and its own), TIMEOUT_S (how long the guest may run) and PARENT_PID (the process that started the script:
-# when it is gone, the guest is stopped rather than left to run on unobserved); and it defines
-# on_guest_wait TAG [key=value...], called for each "PSTORAGE-GUEST-WAIT:" line, which must
-# answer the guest with a line on the console (`echo go >&"$CONSOLE_IN"`).
+# The sourcing script sets LOG_PREFIX (its name in log lines), REPO_ROOT and VM_DIR (scripts/vm)
+# before sourcing this, then DEBIAN_PACKAGES (GUEST_DEBIAN_PACKAGES below and its own), and calls
+# parse_options and begin_run. It defines script_option (its own options), stop_started_processes
+# (for the cleanup) and on_guest_wait TAG [key=value...], called for each "PSTORAGE-GUEST-WAIT:"
+# line, which must answer the guest with a line on the console (`echo go >&"$CONSOLE_IN"`).
 
 # What the guest's initramfs (scripts/vm/build-initramfs.sh) and qemu need on this host, and the
 # kernel the guest boots.
@@ -18,6 +18,72 @@ KERNEL_META_PACKAGE=linux-image-cloud-amd64
 
 log() { echo "$LOG_PREFIX: $*"; }
 die() { echo "$LOG_PREFIX: FAIL: $*" >&2; exit 1; }
+
+# --- options and the work directory -------------------------------------------------------------
+
+usage() {
+  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# parse_options ARGS...: the options every guest test takes (--quick, --timeout S, --keep, -h);
+# any other goes to the script's own script_option WORD [NEXT...], which sets OPTION_WORDS to the
+# number of words it used (1 or 2) or returns 1 for an option it does not know. Sets MODE,
+# TIMEOUT_S, KEEP (defaults full, 600, 0) and CACHE_DIR.
+MODE=full
+TIMEOUT_S=600
+KEEP=0
+parse_options() {
+  while [ $# -gt 0 ]; do
+    OPTION_WORDS=1
+    case $1 in
+      --quick) MODE=quick ;;
+      --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; OPTION_WORDS=2 ;;
+      --keep) KEEP=1 ;;
+      -h | --help) usage ;;
+      *) script_option "$@" || { echo "$LOG_PREFIX: unknown argument '$1'" >&2; usage; } ;;
+    esac
+    [ $# -ge "$OPTION_WORDS" ] || usage
+    shift "$OPTION_WORDS"
+  done
+  CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+}
+
+# begin_run NAME: the work directory ($WORK, /tmp/NAME.XXXXXX) and the cleanup at exit, which stops
+# qemu and calls the script's own stop_started_processes (each process it started, by PID), then
+# removes the work directory unless the run failed (FAILED stays 1 until the script sets it to
+# 0) or --keep was given.
+begin_run() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  # When the caller dies (an ava worker killed on timeout), stop rather than run on unobserved.
+  PARENT_PID=$PPID
+  FAILED=1
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+cleanup() {
+  # Subshells that inherit the trap must not stop anything: only the script itself cleans up.
+  [ "$BASHPID" = "$$" ] || return 0
+  stop_guest
+  stop_started_processes
+  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+
+# finish PROBLEM...: the closing verdict, "FAIL: PROBLEM" lines and exit status 1, or "PASS" (and
+# the work directory goes at exit, unless --keep).
+finish() {
+  local problem
+  if (($#)); then
+    for problem; do log "FAIL: $problem"; done
+    exit 1
+  fi
+  FAILED=0
+  log "PASS"
+}
 
 # --- step timing --------------------------------------------------------------------------------
 
@@ -107,6 +173,25 @@ fetch_kernel_locked() {
   KERNEL_VERSION=$(basename "$(find "$KERNEL_ROOT/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
   KERNEL_IMAGE=$KERNEL_ROOT/boot/vmlinuz-$KERNEL_VERSION
   [ -f "$KERNEL_IMAGE" ] || die "no kernel image in $KERNEL_ROOT/boot"
+}
+
+# The first steps of every guest test, timed: the packages (and node), then, once the caller has
+# made what goes into the initramfs, the kernel and the initramfs ($WORK/initramfs.cpio; the
+# arguments after the kernel's are build-initramfs.sh's optional ones).
+prepare_host() {
+  log "mode $MODE; cache $CACHE_DIR; work $WORK"
+  step_begin packages
+  ensure_packages
+  step_end
+  command -v node >/dev/null || die "node is not installed (pstorage needs Node 20)"
+}
+prepare_guest() {
+  step_begin kernel
+  fetch_kernel
+  step_end "$KERNEL_VERSION"
+  step_begin initramfs
+  bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio" "$@"
+  step_end "$(($(stat -c %s "$WORK/initramfs.cpio") / 1048576)) MiB"
 }
 
 # --- pstorage -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ test('a guest ext4 on a pod volume through dm-multipath survives SIGKILL of arra
   t.regex(output, /^vm-failover-test: failover: B degraded \(serving alone\)/m, 'B did not go on alone after the kill');
   t.regex(output, /^guest\| PSTORAGE-GUEST-STEP: paths-switched /m, 'the guest did not see path A fail and path B serve');
   t.regex(output, /^guest\| PSTORAGE-GUEST-INFO: kernel warnings=0$/m);
+  t.regex(output, /^guest\| PSTORAGE-GUEST-INFO: failover pause_s=\d+\.\d+ path_a_failed_s=[1-9]/m, 'the guest did not measure the pause around the path switch');
   // e2fsck -fn's closing summary, with nothing to fix (the guest fails the step on any other exit status).
   t.regex(output, /^guest\| PSTORAGE-GUEST-STEP: fsck-b /m);
   t.regex(output, /^guest\| pstorage-guest: e2fsck: \/dev\/nbd1: \d+\/\d+ files .*blocks$/m);
