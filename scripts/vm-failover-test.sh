@@ -7,15 +7,18 @@
 # as its peer, and a pod volume `vol` on both. Then boots the qemu guest of scripts/vm-test.sh
 # (the shared host side is scripts/vm/host-lib.sh) with /init running scripts/vm/guest-failover.sh:
 # the guest attaches vol through A (10.0.2.2:PORT_A, /dev/nbd0) and through B (/dev/nbd1) and
-# joins them in a dm-multipath device whose first path group is A, makes ext4 on it, mounts it,
+# joins them in a dm-multipath device whose first path group is A (or, --both-paths, one group
+# of both), makes ext4 on it, mounts it,
 # writes files and keeps writing. When the guest prints PSTORAGE-GUEST-WAIT: kill-a, this script
 # checks both arrays are in sync, SIGKILLs A, and answers "killed"; the guest's I/O fails over to
 # B while the writer runs on. The guest then unmounts, attaches B alone, runs e2fsck -fn (must
 # be clean) and checks the sha256 of every file whose sync had returned. This script checks that
 # B went on as the survivor (pod state degraded) and stops cleanly at SIGTERM.
 #
-# Usage: scripts/vm-failover-test.sh [--quick] [--timeout S] [--keep]
+# Usage: scripts/vm-failover-test.sh [--quick] [--both-paths] [--timeout S] [--keep]
 #   --quick         fewer and smaller files (the default test run uses it)
+#   --both-paths    the guest's I/O goes through A and B by turns (one multipath group), so writes
+#                   through B may be on their way to A, the pod's leader, when A dies
 #   --timeout S     give up on the guest after S seconds and kill qemu (default 600)
 #   --keep          keep the work directory (console log, server and etcd logs, data directories)
 # Environment: PSTORAGE_VM_CACHE as for scripts/vm-test.sh (the downloaded kernel).
@@ -35,7 +38,13 @@ DEBIAN_PACKAGES=("${GUEST_DEBIAN_PACKAGES[@]}" etcd-server)
 POD=pod
 VOLUME=vol
 VOLUME_SIZE=512M
-script_option() { return 1; } # only the common options
+BOTH_PATHS=0
+script_option() {
+  case $1 in
+    --both-paths) BOTH_PATHS=1 ;;
+    *) return 1 ;;
+  esac
+}
 parse_options "$@"
 
 # --- cleanup ------------------------------------------------------------------------------------
@@ -173,7 +182,10 @@ log "etcd $ETCD_URL (pid $ETCD_PID); A 127.0.0.1:$A_PORT (pid $A_PID); B 127.0.0
 step_end
 
 step_begin guest
-boot_guest "$WORK/initramfs.cpio" "console=ttyS0 quiet loglevel=4 panic=-1 pstorage_test=failover pstorage_host=10.0.2.2 pstorage_port=$A_PORT pstorage_port_b=$B_PORT pstorage_export=$VOLUME pstorage_mode=$MODE"
+append="console=ttyS0 quiet loglevel=4 panic=-1 pstorage_test=failover pstorage_host=10.0.2.2"
+append+=" pstorage_port=$A_PORT pstorage_port_b=$B_PORT pstorage_export=$VOLUME pstorage_mode=$MODE"
+[ "$BOTH_PATHS" = 0 ] || append+=" pstorage_paths=both"
+boot_guest "$WORK/initramfs.cpio" "$append"
 step_end "${GUEST_RESULT:-no result}"
 
 step_begin stop-b

@@ -3,25 +3,27 @@
 # guest while the array it is attached to dies (run by scripts/vm-failover-test.sh in its qemu
 # initramfs, whose host SIGKILLs array A when asked).
 #
-# Usage: guest-failover.sh [--quick] HOST PORT_A PORT_B EXPORT
+# Usage: guest-failover.sh [--quick] [--both-paths] HOST PORT_A PORT_B EXPORT
 #
 # How the guest fails over: the kernel NBD client cannot move a device to another server
 # (nbd-client -persist only reconnects to the same one, and only while nbd-client runs), and an
 # ext4 whose device returns EIO aborts its journal. So the guest does what a host attached to two
 # arrays does with SCSI or NVMe paths: device-mapper multipath. The pod volume is attached twice,
 # through A on /dev/nbd0 and through B on /dev/nbd1 (both arrays export it read-write), and a
-# dm-multipath table made with dmsetup (no multipathd: the kernel target alone) puts the two in
-# separate priority groups, A first. All I/O goes to A. When A dies its socket closes, nbd fails
-# the requests on nbd0 with EIO, dm-multipath marks that path failed and resubmits the same
-# requests to B, which holds them while it asks the mediator and then serves them as the
-# survivor. ext4 above never sees an error. (No queue_if_no_path: if B failed too, ext4 would be
-# told, and this test would fail rather than hang.)
+# dm-multipath table made with dmsetup (no multipathd: the kernel target alone) joins them. By
+# default the two are separate priority groups, A first, so all I/O goes to A; with --both-paths
+# they are one group, and I/O alternates between A and B (writes through B travel to A, the
+# pod's leader, and back). When A dies its socket closes, nbd fails the requests on nbd0 with EIO
+# (those already sent, once A's connection times out: see attach), dm-multipath marks that path
+# failed and resubmits the same requests to B, which holds them while it asks the mediator and
+# then serves them as the survivor. ext4 above never sees an error. (No queue_if_no_path: if B
+# failed too, ext4 would be told, and this test would fail rather than hang.)
 #
 # Steps: attach both, make the multipath device, mkfs.ext4, mount, write seed files; then two
 # writers write files one after the other (64 KiB ones, and 2 MiB ones with O_DIRECT), each with
 # fsync and a global sync, and record its name, sha256 (of the data meant to be written, kept in
-# this guest's tmpfs) and the time only after the sync returned. After some files it asks the host to kill A (PSTORAGE-GUEST-WAIT:
-# kill-a) and goes on writing; once enough files are synced after the kill, it stops, checks that
+# this guest's tmpfs) and the time only after the sync returned. After some files they ask the
+# host to kill A (PSTORAGE-GUEST-WAIT: kill-a) and go on writing; once enough files are synced after the kill, it stops, checks that
 # the filesystem is still mounted read-write with no ext4 error and that path A is the failed
 # one, unmounts, detaches everything, attaches B alone on a fresh connection, runs e2fsck -fn
 # (must be clean), mounts it read-only and checks every recorded file's sha256.
@@ -34,9 +36,17 @@
 set -u
 
 QUICK=0
-if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
+BOTH_PATHS=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --both-paths) BOTH_PATHS=1 ;;
+    *) break ;;
+  esac
+  shift
+done
 if [ $# -ne 4 ]; then
-  echo "usage: $0 [--quick] HOST PORT_A PORT_B EXPORT" >&2
+  echo "usage: $0 [--quick] [--both-paths] HOST PORT_A PORT_B EXPORT" >&2
   exit 2
 fi
 HOST=$1
@@ -108,9 +118,10 @@ detach() { # detach DEVICE: also for a device whose server is gone
 }
 
 # Two priority groups of one path each (round-robin is only the selector within a group): group
-# 1 is A, where I/O goes while A works; group 2 is B. Table: start length multipath #features
-# features #hw-handler-args #groups first-group, then per group: selector #selector-args #paths
-# #path-args, path repeat-count.
+# 1 is A, where I/O goes while A works; group 2 is B. Or, with --both-paths, one group of both,
+# taking turns every 16 I/Os. Table: start length multipath #features features
+# #hw-handler-args #groups first-group, then per group: selector #selector-args #paths
+# #path-args, then path repeat-count per path.
 #
 # queue_mode bio: the default request-based mode hands requests to nbd's queue from dm's, whose
 # dispatch runs inside an RCU read-side section, while nbd (a BLK_MQ_F_BLOCKING driver) may sleep
@@ -120,7 +131,10 @@ detach() { # detach DEVICE: also for a device whose server is gone
 make_multipath() {
   [ "$(blockdev --getsz "$DEV_A")" = "$(blockdev --getsz "$DEV_B")" ] || { say "A and B export different sizes"; return 1; }
   sectors=$(blockdev --getsz "$DEV_A")
-  table="0 $sectors multipath 2 queue_mode bio 0 2 1 round-robin 0 1 1 $(cat /sys/block/nbd0/dev) 1 round-robin 0 1 1 $(cat /sys/block/nbd1/dev) 1"
+  a=$(cat /sys/block/nbd0/dev) b=$(cat /sys/block/nbd1/dev)
+  if [ "$BOTH_PATHS" = 1 ]; then groups="1 1 round-robin 0 2 1 $a 16 $b 16"
+  else groups="2 1 round-robin 0 1 1 $a 1 round-robin 0 1 1 $b 1"; fi
+  table="0 $sectors multipath 2 queue_mode bio 0 $groups"
   say "dm table: $table"
   dmsetup create "$MAP" --table "$table" || return 1
   dmsetup mknodes "$MAP" 2>/dev/null
@@ -280,7 +294,7 @@ verify_on_b() {
   [ $bad -eq 0 ] && [ $checked -gt 0 ]
 }
 
-say "kernel $(uname -r); pod volume '$EXPORT' through A $HOST:$PORT_A and B $HOST:$PORT_B; mode $([ $QUICK = 1 ] && echo quick || echo full)"
+say "kernel $(uname -r); pod volume '$EXPORT' through A $HOST:$PORT_A and B $HOST:$PORT_B; mode $([ $QUICK = 1 ] && echo quick || echo full); I/O through $([ $BOTH_PATHS = 1 ] && echo "both paths" || echo "A, then B")"
 mkdir -p "$MNT"
 step modules sh -c 'modprobe nbd && modprobe dm_multipath && modprobe dm_round_robin'
 step attach-a attach "$DEV_A" "$PORT_A" "$A_TIMEOUT_S"
