@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vm-test.sh: prove the real Linux kernel NBD client works against pstorage, without Vagrant.
 #
-# Boots Debian's cloud kernel under qemu (TCG, 1 vCPU, serial console) with a small initramfs
+# Boots Debian's cloud kernel under qemu (TCG, 1 vCPU, serial console; the host side shared with
+# scripts/vm-failover-test.sh is scripts/vm/host-lib.sh) with a small initramfs
 # (scripts/vm/build-initramfs.sh) whose /init runs scripts/vm/guest-test.sh: nbd-client attaches
 # /dev/nbd0 to pstorage, then ext4 and XFS rounds (mkfs, write, fsck, reconnect, verify, fstrim)
 # and, unless --quick, two fio jobs with crc32c verification. The guest reaches the host only
@@ -37,147 +38,42 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VM_DIR=$REPO_ROOT/scripts/vm
-DEBIAN_PACKAGES=(qemu-system-x86 busybox-static kmod cpio nbd-client e2fsprogs xfsprogs fio util-linux
-  coreutils gnutls-bin)
-KERNEL_META_PACKAGE=linux-image-cloud-amd64
+LOG_PREFIX=vm-test
+# shellcheck source=scripts/vm/host-lib.sh
+. "$VM_DIR/host-lib.sh"
+DEBIAN_PACKAGES=("${GUEST_DEBIAN_PACKAGES[@]}" gnutls-bin)
 
-MODE=full
 PORT=""
 EXPORT=default
 EXTERNAL_DATA_DIR=""
-TIMEOUT_S=600
-KEEP=0
 TLS=1
 # The TLS round: the volume it attaches, the client identity on its access list (the client
 # certificate's common name) and the server name the guest checks the certificate against.
 TLS_EXPORT=guest-tls
 TLS_IDENTITY=pstorage-guest
 TLS_HOSTNAME=pstorage-host
-usage() {
-  sed -n '/^# Usage:/,/^# Needs root/p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 2
-}
-while [ $# -gt 0 ]; do
+script_option() {
   case $1 in
-    --quick) MODE=quick ;;
-    --port) [ $# -ge 2 ] || usage; PORT=$2; shift ;;
-    --export) [ $# -ge 2 ] || usage; EXPORT=$2; shift ;;
-    --data-dir) [ $# -ge 2 ] || usage; EXTERNAL_DATA_DIR=$2; shift ;;
-    --timeout) [ $# -ge 2 ] || usage; TIMEOUT_S=$2; shift ;;
-    --keep) KEEP=1 ;;
+    --port) PORT=${2:-}; OPTION_WORDS=2 ;;
+    --export) EXPORT=${2:-}; OPTION_WORDS=2 ;;
+    --data-dir) EXTERNAL_DATA_DIR=${2:-}; OPTION_WORDS=2 ;;
     --no-tls) TLS=0 ;;
-    -h | --help) usage ;;
-    *) echo "vm-test: unknown argument '$1'" >&2; usage ;;
+    *) return 1 ;;
   esac
-  shift
-done
-CACHE_DIR=${PSTORAGE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pstorage-vm}
+}
+parse_options "$@"
 [ -z "$PORT" ] || TLS=0
-
-log() { echo "vm-test: $*"; }
-die() { echo "vm-test: FAIL: $*" >&2; exit 1; }
-
-# --- step timing --------------------------------------------------------------------------------
-
-SCRIPT_STARTED_AT=$EPOCHREALTIME
-STEP_NAME=""
-STEP_STARTED_AT=""
-TIMINGS=()
-step_begin() {
-  STEP_NAME=$1
-  STEP_STARTED_AT=$EPOCHREALTIME
-  log "step $STEP_NAME ..."
-}
-step_end() {
-  local seconds
-  seconds=$(awk -v a="$STEP_STARTED_AT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-  TIMINGS+=("$STEP_NAME ${seconds}s")
-  log "step $STEP_NAME done in ${seconds} s${1:+ ($1)}"
-}
 
 # --- cleanup ------------------------------------------------------------------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-vm.XXXXXX")
-# When the caller dies (an ava worker killed on timeout), stop rather than run on unobserved.
-PARENT_PID=$PPID
-QEMU_PID=""
 SERVER_PID=""
-FAILED=1
-cleanup() {
-  # Subshells that inherit the trap must not stop anything: only the script itself cleans up.
-  [ "$BASHPID" = "$$" ] || return 0
-  # Only processes this script started, by PID.
-  if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then kill "$QEMU_PID" 2>/dev/null || true; fi
+stop_started_processes() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
-  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
-    log "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- packages -----------------------------------------------------------------------------------
-
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
-APT_UPDATED=0
-apt_update_once() {
-  [ "$APT_UPDATED" = 1 ] && return 0
-  $SUDO apt-get update -qq
-  APT_UPDATED=1
-}
-ensure_packages() {
-  local missing=() pkg
-  for pkg in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  if ((${#missing[@]})); then
-    log "installing Debian packages: ${missing[*]}"
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
-
-# --- kernel -------------------------------------------------------------------------------------
-
-# Sets KERNEL_ROOT and KERNEL_VERSION: Debian's current cloud kernel, downloaded once into the
-# cache and unpacked there with dpkg-deb (never installed on this host).
-fetch_kernel() {
-  local package deb
-  package=$(apt-cache depends "$KERNEL_META_PACKAGE" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }' || true)
-  if [ -z "$package" ]; then
-    apt_update_once
-    package=$(apt-cache depends "$KERNEL_META_PACKAGE" | awk '/Depends: linux-image-/ { print $2; exit }')
-  fi
-  [ -n "$package" ] || die "cannot resolve $KERNEL_META_PACKAGE to a versioned kernel package"
-  mkdir -p "$CACHE_DIR"
-  deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-  if [ -z "$deb" ]; then
-    log "downloading $package into $CACHE_DIR"
-    (cd "$CACHE_DIR" && apt-get download -o APT::Sandbox::User=root "$package" >/dev/null) \
-      || { apt_update_once; (cd "$CACHE_DIR" && apt-get download -o APT::Sandbox::User=root "$package" >/dev/null); }
-    deb=$(find "$CACHE_DIR" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-    [ -n "$deb" ] || die "apt-get download $package left no .deb in $CACHE_DIR"
-    # Older kernels are superseded: keep the cache to one.
-    find "$CACHE_DIR" -maxdepth 1 -name 'linux-image-*' ! -name "${package}_*" -exec rm -rf {} +
-  fi
-  KERNEL_ROOT=${deb%.deb}.root
-  if [ ! -d "$KERNEL_ROOT" ]; then
-    rm -rf "$KERNEL_ROOT.tmp"
-    dpkg-deb -x "$deb" "$KERNEL_ROOT.tmp"
-    KERNEL_VERSION=$(basename "$(find "$KERNEL_ROOT.tmp/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
-    depmod -b "$KERNEL_ROOT.tmp" "$KERNEL_VERSION"
-    mv "$KERNEL_ROOT.tmp" "$KERNEL_ROOT"
-  fi
-  KERNEL_VERSION=$(basename "$(find "$KERNEL_ROOT/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
-  KERNEL_IMAGE=$KERNEL_ROOT/boot/vmlinuz-$KERNEL_VERSION
-  [ -f "$KERNEL_IMAGE" ] || die "no kernel image in $KERNEL_ROOT/boot"
-}
+begin_run pstorage-vm
 
 # --- TLS credentials ----------------------------------------------------------------------------
 
@@ -236,29 +132,14 @@ expiration_days = 3
 
 DATA_DIR=""
 start_server() {
-  if [ ! -f "$REPO_ROOT/build/src/cli/main.js" ]; then
-    log "pstorage is not built: building"
-    (cd "$REPO_ROOT" && npx tsc -p tsconfig.json)
-  fi
   DATA_DIR=$WORK/data
   local tls_args=()
   [ "$TLS" = 0 ] || tls_args=(--tls on --tls-certificates "$TLS_ROOT/server")
   # debug level: the server then logs every request it rejects or fails, which this script reports,
   # and every TLS session (with the client's identity), which the TLS check reads.
-  PSTORAGE_LOG=debug node "$REPO_ROOT/bin/pstorage.js" serve --data-dir "$DATA_DIR" --listen 127.0.0.1:0 \
-    "${tls_args[@]}" > "$WORK/pstorage.out" 2> "$WORK/pstorage.log" &
-  SERVER_PID=$!
-  local i
-  for ((i = 0; i < 300; i++)); do
-    if grep -q '"msg":"listening"' "$WORK/pstorage.log"; then
-      PORT=$(grep '"msg":"listening"' "$WORK/pstorage.log" | head -n 1 | grep -o '"tcp":\["[^"]*"' | grep -o '[0-9]*"$' | tr -d '"')
-      [ -n "$PORT" ] || die "pstorage is listening but logged no TCP port: $(cat "$WORK/pstorage.log")"
-      return 0
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || die "pstorage exited at start: $(cat "$WORK/pstorage.log")"
-    sleep 0.1
-  done
-  die "pstorage did not log \"listening\" within 30 s"
+  start_pstorage "$WORK/pstorage" --data-dir "$DATA_DIR" --listen 127.0.0.1:0 "${tls_args[@]}"
+  SERVER_PID=$STARTED_PID
+  PORT=$STARTED_PORT
 }
 
 stop_server() {
@@ -304,18 +185,6 @@ check_tls_sessions() {
     OK\ *) TLS_REPORT=${verdict#OK } ;;
     *) TLS_FAILURES+=("TLS: ${verdict#FAIL }") ;;
   esac
-}
-
-# Problems the server logged: warnings and errors, and the requests it rejected or failed (debug).
-report_server_log() {
-  local problems
-  problems=$(grep -E '"level":"(warn|error)"|"msg":"request (rejected|failed)' "$WORK/pstorage.log" || true)
-  if [ -n "$problems" ]; then
-    log "pstorage logged $(echo "$problems" | wc -l) problem line(s); the first 20:"
-    echo "$problems" | head -n 20 | sed 's/^/server| /'
-  else
-    log "pstorage log: no warnings, errors, rejected or failed requests"
-  fi
 }
 
 # --- the array's physical space -----------------------------------------------------------------
@@ -413,96 +282,23 @@ on_guest_wait() {
   echo go >&"$CONSOLE_IN"
 }
 
-GUEST_RESULT=""
-GUEST_TIMINGS=()
 run_guest() {
-  local append line printed=0 total deadline i alive
+  local append
   append="console=ttyS0 quiet loglevel=4 panic=-1 pstorage_host=10.0.2.2 pstorage_port=$PORT"
   append+=" pstorage_export=$EXPORT pstorage_mode=$MODE"
   [ "$TLS" = 0 ] || append+=" pstorage_tls_export=$TLS_EXPORT pstorage_tls_hostname=$TLS_HOSTNAME"
-  mkfifo -m 600 "$WORK/console.in"
-  : > "$WORK/console.log" # exists before the loop below reads it, whenever qemu's shell opens it
-  # Read-write open: neither side blocks, and the FIFO stays open for the whole run.
-  exec {CONSOLE_IN}<>"$WORK/console.in"
-  # -cpu max: SSE4.2 lets crc32c-intel load (XFS and fio's crc32c checks are cheaper).
-  # romfile= : no iPXE option ROM needed (the kernel is loaded directly).
-  qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 -nodefaults -no-user-config -nographic \
-    -no-reboot -serial stdio -monitor none \
-    -kernel "$KERNEL_IMAGE" -initrd "$WORK/initramfs.cpio" -append "$append" \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-    <&"$CONSOLE_IN" > "$WORK/console.log" 2>&1 &
-  QEMU_PID=$!
-  deadline=$((SECONDS + TIMEOUT_S))
-  while :; do
-    # Whether qemu is still running is sampled before reading, so that the last pass after it
-    # exits still reads everything it wrote.
-    alive=0
-    kill -0 "$QEMU_PID" 2>/dev/null && alive=1
-    # Complete lines only (wc -l counts newlines); \r from the serial line removed.
-    total=$(wc -l < "$WORK/console.log")
-    if ((total > printed)); then
-      while IFS= read -r line; do
-        echo "guest| $line"
-        case $line in
-          *PSTORAGE-GUEST-WAIT:*)
-            # shellcheck disable=SC2086 # the tag and its key=value words become arguments
-            on_guest_wait ${line#*PSTORAGE-GUEST-WAIT: }
-            ;;
-          *PSTORAGE-GUEST-STEP:*) GUEST_TIMINGS+=("${line#*PSTORAGE-GUEST-STEP: }") ;;
-          *PSTORAGE-GUEST-RESULT:*) GUEST_RESULT=${line#*PSTORAGE-GUEST-RESULT: } ;;
-        esac
-      done < <(sed -n "$((printed + 1)),${total}p" "$WORK/console.log" | tr -d '\r')
-      printed=$total
-    fi
-    [ "$alive" = 1 ] || break
-    if ((SECONDS >= deadline)) || ! kill -0 "$PARENT_PID" 2>/dev/null; then
-      if ((SECONDS >= deadline)); then
-        log "guest timed out after $TIMEOUT_S s: killing qemu (pid $QEMU_PID)"
-      else
-        log "the process that started this script is gone: killing qemu (pid $QEMU_PID)"
-      fi
-      kill "$QEMU_PID" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$QEMU_PID" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  local qemu_status=0 last_line
-  wait "$QEMU_PID" || qemu_status=$?
-  QEMU_PID=""
-  exec {CONSOLE_IN}>&-
-  # A last line without a newline (qemu's own error, or a line cut off by the kill) is shown too.
-  if [ -s "$WORK/console.log" ] && [ "$(tail -c 1 "$WORK/console.log" | wc -l)" = 0 ]; then
-    last_line=$(tail -n 1 "$WORK/console.log" | tr -d '\r')
-    echo "guest| $last_line"
-    case $last_line in *PSTORAGE-GUEST-RESULT:*) GUEST_RESULT=${last_line#*PSTORAGE-GUEST-RESULT: } ;; esac
-  fi
-  [ "$qemu_status" = 0 ] || log "qemu exited with status $qemu_status"
-  return 0
+  boot_guest "$WORK/initramfs.cpio" "$append"
 }
 
 # --- main ---------------------------------------------------------------------------------------
 
-log "mode $MODE; cache $CACHE_DIR; work $WORK"
-step_begin packages
-ensure_packages
-step_end
-command -v node >/dev/null || die "node is not installed (pstorage needs Node 20)"
-
-step_begin kernel
-fetch_kernel
-step_end "$KERNEL_VERSION"
-
+prepare_host
 if [ "$TLS" = 1 ]; then
   step_begin tls-credentials
   make_tls_credentials
   step_end
 fi
-
-step_begin initramfs
-bash "$VM_DIR/build-initramfs.sh" "$KERNEL_ROOT" "$KERNEL_VERSION" "$WORK/initramfs.cpio" ${TLS_ROOT:+"$TLS_ROOT/client"}
-step_end "$(( $(stat -c %s "$WORK/initramfs.cpio") / 1048576 )) MiB"
+prepare_guest ${TLS_ROOT:+"$TLS_ROOT/client"}
 
 step_begin server
 if [ -n "$PORT" ]; then
@@ -530,12 +326,12 @@ if [ -n "$SERVER_PID" ]; then
   step_begin stop-server
   stop_server
   step_end "exit code $SERVER_EXIT"
-  report_server_log
+  report_server_log "$WORK/pstorage.log"
   [ "$TLS" = 0 ] || check_tls_sessions
 fi
 
 ((${#GUEST_TIMINGS[@]} == 0)) || log "guest steps (seconds): $(printf '%s; ' "${GUEST_TIMINGS[@]}")"
-log "host steps: $(printf '%s; ' "${TIMINGS[@]}")total $(awk -v a="$SCRIPT_STARTED_AT" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
+log_timings
 for report in "${TRIM_REPORTS[@]}"; do log "trim: $report"; done
 [ -z "$TLS_REPORT" ] || log "tls: $TLS_REPORT"
 ((STATS_FAILURES == 0)) || log "warning: \`pstorage stats --json\` failed $STATS_FAILURES time(s) and was retried"
@@ -548,9 +344,4 @@ problems+=("${SNAPSHOT_FAILURES[@]}")
 problems+=("${TLS_FAILURES[@]}")
 if [ -n "$DATA_DIR" ] && [ "$SNAPSHOT_TAKEN" != 1 ]; then problems+=("the guest never reached the snapshot-under-load step"); fi
 [ "$SERVER_EXIT" = 0 ] || problems+=("pstorage exited with code $SERVER_EXIT after SIGTERM")
-if ((${#problems[@]})); then
-  for problem in "${problems[@]}"; do log "FAIL: $problem"; done
-  exit 1
-fi
-FAILED=0
-log "PASS"
+finish "${problems[@]}"

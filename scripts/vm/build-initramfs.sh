@@ -4,8 +4,10 @@
 # Builds the uncompressed initramfs (newc cpio) that scripts/vm-test.sh boots: busybox-static for
 # the shell and small tools, the kernel modules the test needs (with their dependencies, in load
 # order, resolved by kmod against KERNEL_ROOT, the unpacked kernel package), this host's
-# nbd-client, e2fsprogs, xfsprogs, fio, fstrim and dash (guest-test.sh's shell) with the shared libraries `ldd` finds for them,
-# and scripts/vm/init.sh as /init running scripts/vm/guest-test.sh. TLS_CLIENT_DIR, when given,
+# nbd-client, e2fsprogs, xfsprogs, fio, fstrim, dmsetup (with dm-multipath, for
+# scripts/vm/guest-failover.sh) and dash (the guest scripts' shell) with the shared libraries `ldd`
+# finds for them, and scripts/vm/init.sh as /init running scripts/vm/guest-test.sh (or
+# guest-failover.sh). TLS_CLIENT_DIR, when given,
 # holds the guest's TLS credentials (ca-cert.pem, client-cert.pem, client-key.pem), copied to
 # /etc/pstorage-vm/tls for nbd-client's -cacertfile, -certfile and -keyfile. nbd-client must then
 # be built with GnuTLS (Debian's is), whose libraries come along through ldd like every other's.
@@ -23,8 +25,8 @@ KERNEL_VERSION=$2
 OUTPUT=$3
 TLS_CLIENT_DIR=${4:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
-MODULES=(nbd virtio_net virtio_pci xfs)
-TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim fsfreeze dash)
+MODULES=(nbd virtio_net virtio_pci xfs dm_multipath dm_round_robin)
+TOOLS=(nbd-client mke2fs e2fsck mkfs.xfs xfs_repair fio fstrim fsfreeze dash dmsetup)
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/pstorage-initramfs.XXXXXX")
 trap 'rm -rf "$ROOT"' EXIT
@@ -104,6 +106,7 @@ depmod -b "$ROOT" "$KERNEL_VERSION"
 
 install -m 0755 "$HERE/init.sh" "$ROOT/init"
 install -m 0755 "$HERE/guest-test.sh" "$ROOT/usr/share/pstorage-vm/guest-test.sh"
+install -m 0755 "$HERE/guest-failover.sh" "$ROOT/usr/share/pstorage-vm/guest-failover.sh"
 # The kernel opens /dev/console for /init before devtmpfs is mounted; without the node (mknod
 # needs root) /init still redirects to it once devtmpfs is up.
 mknod -m 600 "$ROOT/dev/console" c 5 1 2>/dev/null || true

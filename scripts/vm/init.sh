@@ -5,7 +5,9 @@
 # command line, and powers off. The command line carries pstorage_host, pstorage_port,
 # pstorage_export and pstorage_mode (full|quick), and for the TLS round pstorage_tls_export and
 # pstorage_tls_hostname (the credentials are in /etc/pstorage-vm/tls): parameter names without
-# dots, since the kernel takes dotted names as module parameters.
+# dots, since the kernel takes dotted names as module parameters. pstorage_test=failover runs
+# guest-failover.sh instead (scripts/vm-failover-test.sh), with pstorage_port as array A's port
+# and pstorage_port_b as array B's, and pstorage_paths=both for its --both-paths.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -20,12 +22,15 @@ while read -r module; do
   insmod "$module" 2>/dev/null || echo "pstorage-vm: insmod $module failed (continuing)"
 done < /etc/pstorage-vm/modules
 
-host=10.0.2.2 port=10809 export_name=default mode=full tls_export= tls_hostname=
+host=10.0.2.2 port=10809 port_b= export_name=default mode=full tls_export= tls_hostname= test_name=nbd paths=
 # shellcheck disable=SC2013 # the command line is one line of words
 for word in $(cat /proc/cmdline); do
   case $word in
     pstorage_host=*) host=${word#*=} ;;
     pstorage_port=*) port=${word#*=} ;;
+    pstorage_port_b=*) port_b=${word#*=} ;;
+    pstorage_test=*) test_name=${word#*=} ;;
+    pstorage_paths=*) paths=${word#*=} ;;
     pstorage_export=*) export_name=${word#*=} ;;
     pstorage_mode=*) mode=${word#*=} ;;
     pstorage_tls_export=*) tls_export=${word#*=} ;;
@@ -63,9 +68,18 @@ if [ -n "$tls_export" ]; then
   # DNS in the guest): nbd-client connects to $host.
   tls="--tls-dir /etc/pstorage-vm/tls --tls-hostname $tls_hostname --tls-export $tls_export"
 fi
-echo "pstorage-vm: running guest-test.sh with $shell"
-# shellcheck disable=SC2086 # $quick and $tls are option words without spaces
-$shell /usr/share/pstorage-vm/guest-test.sh --wait-host $quick $tls "$host" "$port" "$export_name" \
-  || echo "pstorage-vm: guest-test.sh exited with status $?"
+if [ "$test_name" = failover ]; then
+  echo "pstorage-vm: running guest-failover.sh with $shell"
+  both_paths=
+  [ "$paths" = both ] && both_paths=--both-paths
+  # shellcheck disable=SC2086 # $quick and $both_paths are option words without spaces
+  $shell /usr/share/pstorage-vm/guest-failover.sh $quick $both_paths "$host" "$port" "$port_b" "$export_name" \
+    || echo "pstorage-vm: guest-failover.sh exited with status $?"
+else
+  echo "pstorage-vm: running guest-test.sh with $shell"
+  # shellcheck disable=SC2086 # $quick and $tls are option words without spaces
+  $shell /usr/share/pstorage-vm/guest-test.sh --wait-host $quick $tls "$host" "$port" "$export_name" \
+    || echo "pstorage-vm: guest-test.sh exited with status $?"
+fi
 sync
 poweroff -f
