@@ -32,6 +32,12 @@ test.serial('writes through both arrays land on both; a cut link leaves exactly 
   t.true(await writeOk(b, 0, 4096, 0x33), 'an overwrite through B of a block written through A');
   const [before1, before2] = await digests(cluster);
   t.is(before1, before2, 'in sync: both copies identical');
+  const figures = [await podStatus(a), await podStatus(b)];
+  const written = figures.reduce((sum, s) => sum + s.linkWriteBytes, 0);
+  const sent = figures.reduce((sum, s) => sum + s.linkWriteBytesSent, 0);
+  t.log(`synchronous writes over the link: ${written} bytes written, ${sent} bytes sent`);
+  t.true(written >= 2 * MiB + 4096, 'every write crossed the link (a follower forwards it, the leader sends it back ordered)');
+  t.true(sent * 20 < written, 'blocks of one repeated byte cross it LZ4-compressed');
 
   proxy.cut();
   const settled = await Promise.all([waitForState(a, ['degraded', 'suspended'], 15_000), waitForState(b, ['degraded', 'suspended'], 15_000)]);

@@ -197,6 +197,8 @@ export interface PodStatus {
   lastResyncMs: number | null;
   lastResyncChunks: number;
   linkDataBytesSent: number;
+  linkWriteBytes: number;
+  linkWriteBytesSent: number;
 }
 
 /** GET /api/v1/pods/NAME over the array's management socket (cheaper than a CLI process when polling). */

@@ -3,13 +3,35 @@
  * (the right secret links; a wrong one is refused on both sides, and no frame gets through), and
  * the resync-source decision table.
  */
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import test from 'ava';
 import { encodeFrame, FrameDecoder } from '../../src/replication/link-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { decide } from '../../src/replication/pod.js';
+import { decide, packWrite, unpackWrite } from '../../src/replication/pod.js';
 
 const SECRET = Buffer.from('0123456789abcdef0123456789abcdef');
+
+test('synchronous writes cross the link reduced: zeroes as a header, compressible data as LZ4, random data as it is; a bad payload is refused', (t) => {
+  const zeros = Buffer.alloc(64 * 1024);
+  t.like(packWrite(zeros), { z: true, lz4: false, bytes: null });
+  t.deepEqual(unpackWrite({ type: 'rep', z: true }, null, zeros.length), zeros);
+
+  const text = Buffer.alloc(64 * 1024);
+  for (let at = 0; at < text.length; at += 64) text.write(`line ${at} of a log file, mostly the same words\n`.padEnd(64, ' '), at, 'latin1');
+  const packed = packWrite(text);
+  t.true(packed.lz4 && packed.bytes!.length < text.length / 4, `compressed to ${packed.bytes!.length} bytes`);
+  t.deepEqual(unpackWrite({ type: 'rep', lz4: true }, packed.bytes, text.length), text);
+
+  const random = randomBytes(64 * 1024);
+  const plain = packWrite(random);
+  t.like(plain, { z: false, lz4: false });
+  t.is(plain.bytes, random, 'random data is sent as it is (not even tried)');
+  t.is(unpackWrite({ type: 'rep' }, random, random.length), random);
+
+  t.throws(() => unpackWrite({ type: 'rep', lz4: true }, packed.bytes, text.length + 4096), { message: /compressed write of 65536 bytes for 69632/ });
+  t.throws(() => unpackWrite({ type: 'rep', z: true }, null, 2 ** 40), { message: /packed write of/ });
+});
 
 test('frames decode the same whole and one byte at a time, payload intact', (t) => {
   const payload = Buffer.alloc(10_000, 7);
