@@ -58,7 +58,12 @@ export const enum JournalEntryType {
 /** What replay does with each entry; the decoder calls these in journal order. */
 export interface JournalVisitor {
   map(layerId: number, lba: number, kind: number, high: number, low: number): void;
-  chunkNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: number, fingerprint: Buffer | null): void;
+  /**
+   * The fingerprint is `fingerprintBytes` bytes of `source` from `fingerprintAt` (0 bytes: none):
+   * a place in the journal value itself, valid only during the call (replay decodes millions of
+   * entries, and a copy of each fingerprint was most of its garbage).
+   */
+  chunkNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: number, source: Buffer, fingerprintAt: number, fingerprintBytes: number): void;
   chunkRefs(chunkId: number, refcount: number): void;
   chunkMove(chunkId: number, block: number, offsetBytes: number): void;
 }
@@ -222,8 +227,7 @@ export function decodeJournalValue(value: Buffer, visitor: JournalVisitor, where
         need(22);
         const fingerprintBytes = value[at + 20]!;
         need(22 + fingerprintBytes);
-        const fingerprint = fingerprintBytes === 0 ? null : Buffer.from(value.subarray(at + 21, at + 21 + fingerprintBytes));
-        visitor.chunkNew(readId(value, at + 1), value.readUInt32LE(at + 7), value.readUInt32LE(at + 11), value.readUInt32LE(at + 15), value[at + 19]!, fingerprint);
+        visitor.chunkNew(readId(value, at + 1), value.readUInt32LE(at + 7), value.readUInt32LE(at + 11), value.readUInt32LE(at + 15), value[at + 19]!, value, at + 21, fingerprintBytes);
         at += 22 + fingerprintBytes;
         break;
       }

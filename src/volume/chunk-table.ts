@@ -99,14 +99,15 @@ export class ChunkPage {
    * Sets a slot to a new live chunk (refcount 1) or, on replay, to what was journalled. The
    * fingerprint is the bytes of `fingerprint` from `fingerprintAt` on (at most 8).
    */
-  setEntry(slot: number, block: number, offsetBytes: number, storedBytes: number, refcount: number, codec: Codec, fingerprint: Uint8Array | null, fingerprintAt = 0): void {
+  /** The fingerprint is `fingerprint[fingerprintAt..]`, `fingerprintBytes` long (default: to its end), at most FINGERPRINT_BYTES kept. */
+  setEntry(slot: number, block: number, offsetBytes: number, storedBytes: number, refcount: number, codec: Codec, fingerprint: Uint8Array | null, fingerprintAt = 0, fingerprintBytes = fingerprint === null ? 0 : fingerprint.length - fingerprintAt): void {
     if (this.refcount[slot] === 0 && refcount > 0) this.liveCount += 1;
     this.block[slot] = block;
     this.offset[slot] = offsetBytes;
     this.stored[slot] = storedBytes;
     this.refcount[slot] = refcount;
     this.codec[slot] = codec;
-    const length = fingerprint === null ? 0 : Math.min(fingerprint.length - fingerprintAt, FINGERPRINT_BYTES);
+    const length = fingerprint === null ? 0 : Math.min(fingerprintBytes, FINGERPRINT_BYTES);
     this.fingerprintBytes[slot] = length;
     const at = slot * FINGERPRINT_BYTES;
     for (let k = 0; k < FINGERPRINT_BYTES; k++) this.fingerprints[at + k] = k < length ? fingerprint![fingerprintAt + k]! : 0;
@@ -251,9 +252,9 @@ export class ChunkTable {
 
   // ---- Replay (journalled changes, applied again at open; no new journal entries) ------------
 
-  replayNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: Codec, fingerprint: Buffer | null, seq: number): void {
+  replayNew(chunkId: number, block: number, offsetBytes: number, storedBytes: number, codec: Codec, source: Uint8Array, fingerprintAt: number, fingerprintBytes: number, seq: number): void {
     const page = this.cache.peek(pageOf(chunkId))!;
-    page.setEntry(chunkId % N, block, offsetBytes, storedBytes, 1, codec, fingerprint);
+    page.setEntry(chunkId % N, block, offsetBytes, storedBytes, 1, codec, fingerprintBytes === 0 ? null : source, fingerprintAt, fingerprintBytes);
     this.cache.markDirty(pageOf(chunkId), page, seq);
     if (chunkId >= this.next) this.next = chunkId + 1;
   }

@@ -455,13 +455,23 @@ export class FlashArray implements ExportCatalog {
       const where = `journal value ${seq}`;
       const mapIds = new Set<number>();
       const chunkPageIds = new Set<number>();
+      // Neighbouring entries mostly name the same page (a value holds whole requests): a Set
+      // insertion per entry was a large part of replay.
+      let lastMapId = -1;
+      let lastChunkPage = -1;
+      const chunkPage = (chunkId: number) => {
+        const page = pageOf(chunkId);
+        if (page !== lastChunkPage) chunkPageIds.add((lastChunkPage = page));
+      };
       decodeJournalValue(value, {
         map: (layerId, lba) => {
-          if (this.layers.has(layerId)) mapIds.add(mapCacheId(layerId, Math.floor(lba / 1024)));
+          if (!this.layers.has(layerId)) return;
+          const id = mapCacheId(layerId, Math.floor(lba / 1024));
+          if (id !== lastMapId) mapIds.add((lastMapId = id));
         },
-        chunkNew: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
-        chunkRefs: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
-        chunkMove: (chunkId) => chunkPageIds.add(pageOf(chunkId)),
+        chunkNew: chunkPage,
+        chunkRefs: chunkPage,
+        chunkMove: chunkPage,
       }, where);
       const unpinMaps = await this.maps.cache.loadPinned(mapIds);
       const unpinChunks = await this.chunks.cache.loadPinned(chunkPageIds);
@@ -471,7 +481,7 @@ export class FlashArray implements ExportCatalog {
             // A layer dropped since (its pages were deleted in that commit) takes no entries.
             if (this.layers.has(layerId)) this.maps.replay(layerId, lba, kind as EntryKind, high, low, seq);
           },
-          chunkNew: (chunkId, block, offsetBytes, storedBytes, codec, fingerprint) => this.chunks.replayNew(chunkId, block, offsetBytes, storedBytes, codec as Codec, fingerprint, seq),
+          chunkNew: (chunkId, block, offsetBytes, storedBytes, codec, source, fingerprintAt, fingerprintBytes) => this.chunks.replayNew(chunkId, block, offsetBytes, storedBytes, codec as Codec, source, fingerprintAt, fingerprintBytes, seq),
           chunkRefs: (chunkId, refcount) => this.chunks.replayRefs(chunkId, refcount, seq),
           chunkMove: (chunkId, block, offsetBytes) => this.chunks.replayMove(chunkId, block, offsetBytes, seq),
         }, where);

@@ -404,7 +404,8 @@ function replayJournal(repair: Repair, extents: Map<number, number>): void {
         if (page === undefined) repair.maps.set(id, (page = new MapPage()));
         page.set(lba % LBAS_PER_MAP_PAGE, kind as EntryKind, high, low);
       },
-      chunkNew: (chunkId, block, offsetBytes, storedBytes, codec, fingerprint) => chunkPageFor(repair, chunkId)?.setEntry(chunkId % CHUNKS_PER_PAGE, block, offsetBytes, storedBytes, 1, codec as Codec, fingerprint),
+      chunkNew: (chunkId, block, offsetBytes, storedBytes, codec, source, fingerprintAt, fingerprintBytes) =>
+        chunkPageFor(repair, chunkId)?.setEntry(chunkId % CHUNKS_PER_PAGE, block, offsetBytes, storedBytes, 1, codec as Codec, fingerprintBytes === 0 ? null : source, fingerprintAt, fingerprintBytes),
       chunkRefs: (chunkId, refcount) => chunkPageFor(repair, chunkId)?.setRefcount(chunkId % CHUNKS_PER_PAGE, refcount),
       chunkMove: (chunkId, block, offsetBytes) => {
         const page = chunkPageFor(repair, chunkId);

@@ -48,7 +48,7 @@ const entry: fc.Arbitrary<Entry> = fc.oneof(
 function recorder(into: Entry[]): JournalVisitor {
   return {
     map: (layer, lba, kind, high, low) => into.push({ type: 'map', layer, lba, kind, high, low }),
-    chunkNew: (chunk, block, offset, stored, codec, fingerprint) => into.push({ type: 'new', chunk, block, offset, stored, codec, fingerprint }),
+    chunkNew: (chunk, block, offset, stored, codec, source, at, bytes) => into.push({ type: 'new', chunk, block, offset, stored, codec, fingerprint: bytes === 0 ? null : Buffer.from(source.subarray(at, at + bytes)) }),
     chunkRefs: (chunk, refcount) => into.push({ type: 'refs', chunk, refcount }),
     chunkMove: (chunk, block, offset) => into.push({ type: 'move', chunk, block, offset }),
   };
