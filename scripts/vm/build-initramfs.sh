@@ -68,7 +68,9 @@ ln -s mke2fs "$ROOT$(dirname "$(command -v mke2fs)")/mkfs.ext4"
 if [ -n "$TLS_CLIENT_DIR" ]; then
   # An nbd-client built without GnuTLS refuses -certfile ("TLS support not compiled in") only in
   # the guest, minutes later: checked here, so the failure comes before the boot and says why.
-  if ! ldd "$(command -v nbd-client)" | grep -q 'libgnutls'; then
+  # (Not `grep -q`: it exits at the first match, ldd may then die of SIGPIPE, and pipefail would
+  # call that a failure: the check failed now and then for an nbd-client that has GnuTLS.)
+  if ! ldd "$(command -v nbd-client)" | grep 'libgnutls' > /dev/null; then
     echo "build-initramfs: this host's nbd-client is not linked with GnuTLS: it cannot attach over TLS" >&2
     exit 1
   fi
