@@ -99,27 +99,25 @@ cert_signing_key
 activation_date = \"$from\"
 expiration_days = 3
 ")" >/dev/null 2>&1
-  certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/server/server-key.pem" 2>/dev/null
-  certtool --generate-certificate --load-ca-certificate "$TLS_ROOT/ca-cert.pem" --load-ca-privkey "$TLS_ROOT/ca-key.pem" \
-    --load-privkey "$TLS_ROOT/server/server-key.pem" --outfile "$TLS_ROOT/server/server-cert.pem" \
-    --template "$(certtool_template server "cn = $TLS_HOSTNAME
+  # A key and a certificate signed by the CA: NAME (server or client), its template's own lines.
+  signed_by_ca() {
+    local name=$1 lines=$2
+    certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/$name/$name-key.pem" 2>/dev/null
+    certtool --generate-certificate --load-ca-certificate "$TLS_ROOT/ca-cert.pem" --load-ca-privkey "$TLS_ROOT/ca-key.pem" \
+      --load-privkey "$TLS_ROOT/$name/$name-key.pem" --outfile "$TLS_ROOT/$name/$name-cert.pem" \
+      --template "$(certtool_template "$name" "$lines
+signing_key
+activation_date = \"$from\"
+expiration_days = 3
+")" >/dev/null 2>&1
+  }
+  signed_by_ca server "cn = $TLS_HOSTNAME
 dns_name = $TLS_HOSTNAME
 ip_address = 10.0.2.2
 ip_address = 127.0.0.1
-tls_www_server
-signing_key
-activation_date = \"$from\"
-expiration_days = 3
-")" >/dev/null 2>&1
-  certtool --generate-privkey --key-type=ecdsa --outfile "$TLS_ROOT/client/client-key.pem" 2>/dev/null
-  certtool --generate-certificate --load-ca-certificate "$TLS_ROOT/ca-cert.pem" --load-ca-privkey "$TLS_ROOT/ca-key.pem" \
-    --load-privkey "$TLS_ROOT/client/client-key.pem" --outfile "$TLS_ROOT/client/client-cert.pem" \
-    --template "$(certtool_template client "cn = $TLS_IDENTITY
-tls_www_client
-signing_key
-activation_date = \"$from\"
-expiration_days = 3
-")" >/dev/null 2>&1
+tls_www_server"
+  signed_by_ca client "cn = $TLS_IDENTITY
+tls_www_client"
   cp "$TLS_ROOT/ca-cert.pem" "$TLS_ROOT/server/ca-cert.pem"
   cp "$TLS_ROOT/ca-cert.pem" "$TLS_ROOT/client/ca-cert.pem"
   local file
