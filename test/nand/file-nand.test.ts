@@ -150,7 +150,7 @@ test('warm pool: an erase keeps the old pages on the host but they read as zeros
   await withDirectory(async (directory) => {
     // A pool of two erase blocks.
     // (Idle after 3 s: long enough that a slow machine does not punch in the middle of the test.)
-    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmIdleMs: 3000 });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmOverflowBytes: 0, warmIdleMs: 3000 });
     const imagePath = path.join(directory, IMAGE_FILE_NAME);
     for (const block of [3, 4, 5, 6]) await device.programPages(block, 0, pagesOf(4096, 64, block));
     await device.sync();
@@ -222,9 +222,44 @@ test('warm pool: an erase keeps the old pages on the host but they read as zeros
   });
 });
 
+test('warm pool: the erases of a commit may take it over its bound for a while; what programs did not take back is punched then, oldest first', async (t) => {
+  await withDirectory(async (directory) => {
+    // Bound 2 blocks, 2 more for up to a second; no idle punch during the test.
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmOverflowBytes: 2 * ERASE_BLOCK_BYTES, warmOverflowMs: 1000, warmIdleMs: 600_000 });
+    const imagePath = path.join(directory, IMAGE_FILE_NAME);
+    for (const block of [1, 2, 3, 4, 5, 6]) await device.programPages(block, 0, pagesOf(4096, 64, block));
+    await device.sync();
+    const full = allocatedBytes(imagePath);
+    for (const block of [1, 2, 3, 4]) await device.eraseBlock(block);
+    t.is(device.warmEraseBlocks, 4, 'bound and overflow: nothing punched');
+    await device.sync();
+    t.is(allocatedBytes(imagePath), full);
+    await device.eraseBlock(5);
+    t.is(device.warmEraseBlocks, 4, 'past both: the oldest (block 1) punched at once');
+    await device.programPages(5, 0, pagesOf(4096, 64, 50));
+    t.is(device.warmEraseBlocks, 3, 'a program takes one back (blocks 2, 3, 4 stale)');
+    t.is(device.warmProgrammedBytes, 64 * 4096);
+    await device.sync();
+    t.true(allocatedBytes(imagePath) <= full - ERASE_BLOCK_BYTES, `block 1 punched: ${full} -> ${allocatedBytes(imagePath)}`);
+    const overAt = Date.now();
+    while (device.warmEraseBlocks > 2 && Date.now() - overAt < 15_000) await new Promise((resolve) => setTimeout(resolve, 50));
+    t.is(device.warmEraseBlocks, 2, 'the overflow is punched once it has waited its time');
+    t.true(Date.now() - overAt >= 400, `not at once: ${Date.now() - overAt} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the punch itself
+    await device.sync();
+    t.true(allocatedBytes(imagePath) <= full - 2 * ERASE_BLOCK_BYTES, `blocks 1 and 2 punched: ${full} -> ${allocatedBytes(imagePath)}`);
+    t.deepEqual(device.readPagesSync(2, 0, 64), Buffer.alloc(64 * 4096), 'the punched block reads as erased');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    t.is(device.warmEraseBlocks, 2, 'the pool within its bound is kept');
+    t.true(allocatedBytes(imagePath) >= full - 2 * ERASE_BLOCK_BYTES - 4096, 'blocks 3 and 4 keep their pages');
+    t.true(device.viewPagesSync(5, 0, 64)!.equals(pagesOf(4096, 64, 50)));
+    await device.close();
+  });
+});
+
 test('warm pool: an erase issued before the punch of its block is queued leaves the pool count right (regression: close hung)', async (t) => {
   await withDirectory(async (directory) => {
-    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmIdleMs: 600_000 });
+    const device = await FileNand.open(directory, GEOMETRY, { create: true, warmEraseBytes: 2 * ERASE_BLOCK_BYTES, warmOverflowBytes: 0, warmIdleMs: 600_000 });
     for (const block of [1, 2, 3]) await device.programPages(block, 0, pagesOf(4096, 64, block));
     await device.eraseBlock(1); // stale, the oldest in the pool
     await device.eraseBlock(2);
