@@ -3,6 +3,7 @@ import path from 'node:path';
 import { StorageError } from '../common/errors.js';
 import { createLogger } from '../common/log.js';
 import { formatBytes } from '../common/size.js';
+import { readKeyFile } from '../volume/array-key.js';
 import { auditArray, type AuditReport } from '../volume/audit.js';
 import { repairArray, type RepairReport } from '../volume/repair.js';
 import { DataDirectoryInUse, callApi, withArray } from './api-client.js';
@@ -99,13 +100,14 @@ const RANGES_SHOWN = 16;
  * Returns the exit code: 0 repaired with nothing lost, 4 repaired with blocks lost (listed), 1
  * when the repaired array does not pass its audit. Refuses (exit 3) while a server runs.
  */
-export async function repairCommand(dataDir: string, json: boolean): Promise<number> {
+export async function repairCommand(dataDir: string, json: boolean, keyFile?: string): Promise<number> {
   if ((await callApi(dataDir, 'GET', '/api/v1/volumes')) !== null) {
     throw new DataDirectoryInUse(StorageError.busy(`a pstorage server is running on ${path.resolve(dataDir)}: stop it first (repair works on an idle data directory)`));
   }
   let report: RepairReport;
   try {
-    report = await repairArray(path.resolve(dataDir), createLogger({ component: 'repair' }));
+    const keyFileBytes = keyFile === undefined || keyFile === '' ? undefined : readKeyFile(keyFile);
+    report = await repairArray(path.resolve(dataDir), createLogger({ component: 'repair' }), keyFileBytes);
   } catch (error) {
     if (error instanceof StorageError && error.code === 'BUSY') throw new DataDirectoryInUse(error);
     throw error;

@@ -247,9 +247,10 @@ export function buildProgram(): Command {
     .description('rebuild damaged metadata (LevelDB) from what survives and the NAND image; lists exactly which blocks were lost (they then read as EIO); the server must be stopped')
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
     .option('--json', 'machine-readable output')
+    .option('--key-file <file>', 'an encrypted array\'s key file (env PSTORAGE_KEY_FILE)', process.env.PSTORAGE_KEY_FILE)
     .addHelpText('after', '\nExit codes: 0 repaired, nothing lost; 4 repaired, blocks lost (listed); 1 failed or the audit still finds problems; 3 a server is running.\nThe damaged metadata directory is kept as DATA_DIR/meta.damaged-TIME.')
-    .action(async (options: { dataDir: string; json?: boolean }) => {
-      process.exitCode = await repairCommand(options.dataDir, options.json ?? false);
+    .action(async (options: { dataDir: string; json?: boolean; keyFile?: string }) => {
+      process.exitCode = await repairCommand(options.dataDir, options.json ?? false, options.keyFile);
     });
 
   return program;

@@ -32,7 +32,12 @@
  *                from them (the index is advice: a stale or missing entry costs a dedup only).
  *
  * Then the repaired array is opened the normal way and audited (audit.ts); the report carries the
- * audit. Memory: the salvaged metadata and the maps are held in memory while repairing (about
+ * audit.
+ *
+ * An encrypted array (array-key.ts) is repaired with its key file, checked before anything is
+ * written: its records are checksummed over ciphertext with the public seed, so the scan reads them
+ * as they are; a chunk entry rebuilt from a record decrypts it (the FTL's read path) and
+ * decompresses it to compute its fingerprint under the key derived from the DEK. Memory: the salvaged metadata and the maps are held in memory while repairing (about
  * 2.3 MB per GiB of mapped volume space plus 26 bytes per chunk).
  */
 import fs from 'node:fs';
@@ -54,6 +59,8 @@ import { FileNand } from '../nand/file-nand.js';
 import { BloomFilter } from '../reduce/bloom-filter.js';
 import { Codec, decompressBlock } from '../reduce/codec.js';
 import { keyedFingerprint } from '../reduce/fingerprint.js';
+import type { RecordCipher } from '../ftl/record-cipher.js';
+import { unlockArray } from './array-key.js';
 import { auditArray, type AuditReport } from './audit.js';
 import { readCatalogCopy, type FormatRecord } from './catalog-copy.js';
 import { CHUNKS_PER_PAGE, CHUNK_PAGE_VALUE_BYTES, ChunkPage, pageOf } from './chunk-table.js';
@@ -122,6 +129,9 @@ interface Catalog {
   nextVolumeId: number;
 }
 
+/** The array's secrets (array-key.ts `unlockArray`): a plain array's from its format record, an encrypted one's from its key file. */
+type ArrayKeys = { fingerprintKey: bigint; recordSeed: bigint; cipher: RecordCipher | null };
+
 /** The work of one repair: the salvage, the rebuilt structures and what the report says. */
 class Repair {
   readonly maps = new Map<number, MapPage>();
@@ -137,6 +147,7 @@ class Repair {
     readonly salvage: Salvage,
     readonly catalog: Catalog,
     readonly state: StateRecord | null,
+    readonly keys: ArrayKeys,
   ) {}
 
   sub(name: Sublevel): SublevelSalvage {
@@ -144,8 +155,13 @@ class Repair {
   }
 }
 
-/** Repairs the array in `dataDir` (no server may be running). */
-export async function repairArray(dataDir: string, logger: Logger = silentLogger): Promise<RepairReport> {
+/**
+ * Repairs the array in `dataDir` (no server may be running). An encrypted array needs its key file:
+ * its record checksums are over ciphertext (the scan needs no key), but a chunk rebuilt from NAND
+ * gets its fingerprint from the decrypted block, under the key derived from the DEK, and the audit
+ * opens the array.
+ */
+export async function repairArray(dataDir: string, logger: Logger = silentLogger, keyFileBytes?: Buffer): Promise<RepairReport> {
   const started = process.hrtime.bigint();
   const metaDir = path.join(dataDir, 'meta');
   if (!fs.existsSync(path.join(metaDir, 'CURRENT'))) throw StorageError.notFound(`no pstorage metadata in ${metaDir}: check the data directory path`);
@@ -157,11 +173,9 @@ export async function repairArray(dataDir: string, logger: Logger = silentLogger
     logger.info('metadata salvaged', { versions: salvage.versions, damagedBlocks: salvage.damagedBlocks.length, logDamage: salvage.logDamaged.length });
     const catalog = catalogFrom(salvage, dataDir);
     checkGeometry(catalog.format, nand);
-    if (catalog.format.encryption !== undefined) {
-      throw StorageError.notSupported(`the array in ${dataDir} is encrypted, and "inspect repair" does not repair encrypted arrays yet (nothing was changed)`);
-    }
-    repair = new Repair(salvage, catalog, stateFrom(salvage));
-    scan = await scanNand(nand, BigInt(`0x${catalog.format.fingerprintKey}`));
+    // A missing or wrong key file stops here, before anything is written.
+    repair = new Repair(salvage, catalog, stateFrom(salvage), unlockForRepair(catalog.format, keyFileBytes, dataDir));
+    scan = await scanNand(nand, repair.keys.recordSeed);
     logger.info('NAND scanned', { records: scan.byAddress.size, problems: scan.problems.length });
     rebuildMaps(repair, scan);
     await rebuildChunks(repair, scan, nand);
@@ -172,7 +186,7 @@ export async function repairArray(dataDir: string, logger: Logger = silentLogger
     await nand.close();
   }
   const damagedCopy = swapDirectories(dataDir);
-  const audit = await verify(dataDir);
+  const audit = await verify(dataDir, keyFileBytes);
   logger.info('repaired array audited', { ok: audit.ok, auditMs: audit.durationMs });
   return report(repair, dataDir, damagedCopy, audit, Number(process.hrtime.bigint() - started) / 1e6);
 }
@@ -207,6 +221,24 @@ function catalogFrom(salvage: Salvage, dataDir: string): Catalog {
   const snapshots = [...salvage.sublevels.get('snapshots')!.values.values()].map(({ value }) => JSON.parse(value.toString()) as SnapshotRecord);
   for (const volume of volumes) if (!layers.has(volume.topLayerId)) layers.set(volume.topLayerId, 0);
   return { format, layers, volumes, snapshots, nextVolumeId: copy?.nextVolumeId ?? 1 };
+}
+
+/**
+ * `unlockArray` of the salvaged format record. If that record came from the catalog copy in the
+ * middle of a key rotation (key-rotation.ts), the copy holds the old record beside the new one, and
+ * either key file opens it.
+ */
+function unlockForRepair(format: FormatRecord, keyFileBytes: Buffer | undefined, dataDir: string): ArrayKeys {
+  try {
+    return unlockArray(format, keyFileBytes, dataDir);
+  } catch (error) {
+    if (format.previousEncryption === undefined || keyFileBytes === undefined) throw error;
+    try {
+      return unlockArray({ ...format, encryption: format.previousEncryption }, keyFileBytes, dataDir);
+    } catch {
+      throw error;
+    }
+  }
 }
 
 function stateFrom(salvage: Salvage): StateRecord | null {
@@ -486,9 +518,10 @@ function entryVerifies(repair: Repair, scan: NandScan, chunkId: number): boolean
 /** Entries for chunks found only on NAND: codec from the stored bytes, fingerprint recomputed. */
 async function placeFromNand(repair: Repair, nand: FileNand, records: FoundRecord[], lost: Set<number>): Promise<void> {
   if (records.length === 0) return;
-  const key = BigInt(`0x${repair.catalog.format.fingerprintKey}`);
-  const fingerprint = keyedFingerprint(key);
-  const ftl = new Ftl(nand, defaultFtlOptions(nand.geometry.eraseBlockCount), silentLogger, 1, key);
+  const { fingerprintKey, recordSeed, cipher } = repair.keys;
+  const fingerprint = keyedFingerprint(fingerprintKey);
+  // With the cipher, the FTL hands back each payload decrypted (still compressed).
+  const ftl = new Ftl(nand, defaultFtlOptions(nand.geometry.eraseBlockCount), silentLogger, 1, recordSeed, cipher);
   for (const record of records) {
     const [payload] = await ftl.readRecords([{ address: { block: record.block, offsetBytes: record.offsetBytes }, chunkId: record.chunkId, storedBytes: record.storedBytes }]);
     const codec = record.storedBytes === LBA_BYTES ? Codec.Raw : payload!.readUInt32LE(0) === ZSTD_MAGIC ? Codec.Zstd : Codec.Lz4;
@@ -656,8 +689,8 @@ function swapDirectories(dataDir: string): string {
 }
 
 /** Opens the repaired array the normal way and audits it. */
-async function verify(dataDir: string): Promise<AuditReport> {
-  const { array } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0 });
+async function verify(dataDir: string, keyFileBytes: Buffer | undefined): Promise<AuditReport> {
+  const { array } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0, keyFileBytes });
   try {
     return await auditArray(array);
   } finally {

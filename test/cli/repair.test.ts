@@ -52,13 +52,15 @@ const EXPECTED: Record<string, { blocks: number; at: (lba: number) => Buffer }> 
   b: { blocks: B_BLOCKS, at: (lba) => (lba % 5 === 0 ? ZERO : content(2, lba % 300, 0)) },
 };
 
-/** The array every case starts from, made once: written, closed, reopened and closed again. */
-let pristine: Promise<string> | null = null;
+/** The arrays the cases start from (plain, and encrypted with KEY), each made once: written, closed, reopened and closed again. */
+const pristine = new Map<boolean, Promise<string>>();
+const KEY = Buffer.alloc(32, 0x6b);
 
-function pristineArray(): Promise<string> {
-  pristine ??= (async () => {
+function pristineArray(encrypted = false): Promise<string> {
+  const made = pristine.get(encrypted) ?? (async () => {
     const dataDir = path.join(makeTempDir('pstorage-repair-'), 'data');
-    const { array } = await FlashArray.open(dataDir, silentLogger, { capacityBytes: 64 * MiB, reductionWorkers: 0 });
+    const keyFileBytes = encrypted ? KEY : undefined;
+    const { array } = await FlashArray.open(dataDir, silentLogger, { capacityBytes: 64 * MiB, reductionWorkers: 0, keyFileBytes });
     const a = await array.createVolume('a', A_BLOCKS * BLOCK);
     const b = await array.createVolume('b', B_BLOCKS * BLOCK);
     for (let lba = 0; lba < A_WRITTEN; lba += 100) {
@@ -70,15 +72,16 @@ function pristineArray(): Promise<string> {
     for (let lba = 0; lba < B_BLOCKS; lba += 128) await b.write(lba * BLOCK, Buffer.concat(Array.from({ length: 128 }, (_, i) => EXPECTED.b!.at(lba + i))), { fua: false });
     await array.close();
     // The reopen turns LevelDB's log into a table: the damage below lands in table blocks.
-    const { array: again } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0 });
+    const { array: again } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0, keyFileBytes });
     await again.close();
     return dataDir;
   })();
-  return pristine;
+  pristine.set(encrypted, made);
+  return made;
 }
 
 test.after.always(async () => {
-  if (pristine !== null) fs.rmSync(path.dirname(await pristine), { recursive: true, force: true });
+  for (const made of pristine.values()) fs.rmSync(path.dirname(await made), { recursive: true, force: true });
 });
 
 /** Seeded bytes, so that a failure replays. */
@@ -148,8 +151,8 @@ function tryServe(dataDir: string): Promise<{ outcome: 'refused' | 'started'; co
 }
 
 /** Reads every block of every export: exact content, or EIO; returns the blocks that failed. */
-async function readEverything(t: ExecutionContext, dataDir: string): Promise<Map<string, Set<number>>> {
-  const { array } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0 });
+async function readEverything(t: ExecutionContext, dataDir: string, keyFileBytes?: Buffer): Promise<Map<string, Set<number>>> {
+  const { array } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0, keyFileBytes });
   const failed = new Map<string, Set<number>>();
   try {
     for (const [name, expected] of Object.entries(EXPECTED)) {
@@ -279,4 +282,53 @@ test.serial('repair refuses while the server runs', async (t) => {
   t.is(refused.code, 3, describeRun(refused));
   t.regex(refused.stderr, /server is running .* stop it first/);
   t.false(fs.readdirSync(dataDir).some((name) => name.startsWith('meta.damaged')), 'nothing was touched');
+});
+
+test.serial('repair of an encrypted array: refused without its key file or with another, then chunk entries rebuilt from decrypted records with their keyed fingerprints', async (t) => {
+  const dataDir = path.join(makeTempDir('pstorage-repair-encrypted-'), 'data');
+  t.teardown(() => fs.rmSync(path.dirname(dataDir), { recursive: true, force: true }));
+  fs.cpSync(await pristineArray(true), dataDir, { recursive: true });
+  const keyFile = path.join(path.dirname(dataDir), 'array.key');
+  const otherKeyFile = path.join(path.dirname(dataDir), 'other.key');
+  fs.writeFileSync(keyFile, KEY);
+  fs.writeFileSync(otherKeyFile, Buffer.alloc(32, 0x6c));
+  t.log(`damaged ${damageSublevel(path.join(dataDir, 'meta'), 'chunks', 0xc0de)}`);
+  const untouched = () => !fs.readdirSync(dataDir).some((name) => name.startsWith('meta.damaged') || name === 'meta.repair');
+
+  const withoutKey = await pstorage(dataDir, ['inspect', 'repair']);
+  t.is(withoutKey.code, 2, describeRun(withoutKey)); // a bad argument: the message says what to pass
+  t.regex(withoutKey.stderr, /encrypted: pass its key file with --key-file/);
+  const wrongKey = await pstorage(dataDir, ['inspect', 'repair', '--key-file', otherKeyFile]);
+  t.is(wrongKey.code, 2, describeRun(wrongKey));
+  t.regex(wrongKey.stderr, /wrong key: the key file does not unlock/);
+  t.true(untouched(), 'neither touched the data directory');
+
+  const repaired = await pstorage(dataDir, ['inspect', 'repair', '--json', '--key-file', keyFile]);
+  t.is(repaired.code, 0, describeRun(repaired));
+  const report = JSON.parse(repaired.stdout) as RepairReport;
+  t.true(report.ok, `audit after repair: ${report.audit.problems.join('; ')}`);
+  t.true(report.damagedSublevels.includes('chunks' as never));
+  const rebuilt = report.rebuilt.find((line) => line.startsWith('chunk table:'))!;
+  const fromNand = Number(/\((\d+) rebuilt from NAND records\)/.exec(rebuilt)?.[1] ?? 0);
+  t.true(fromNand > 0, `some chunk entries came from NAND records: ${rebuilt}`);
+
+  const audit = await pstorage(dataDir, ['inspect', 'audit'], { env: { PSTORAGE_KEY_FILE: keyFile } });
+  t.is(audit.code, 0, describeRun(audit));
+  const failed = await readEverything(t, dataDir, KEY);
+  for (const name of Object.keys(EXPECTED)) t.is(failed.get(name)!.size, 0, `${name}: nothing lost`);
+
+  // The rebuilt fingerprints are the array's keyed ones over the clear blocks: a copy of one of the
+  // first blocks written (their chunks have the lowest ids, whose entries were in the damaged table
+  // block) written again now dedups against it (a fingerprint of the ciphertext, or under another
+  // key, would not match, and the block would be stored again).
+  const { array } = await FlashArray.open(dataDir, silentLogger, { createIfMissing: false, reductionWorkers: 0, keyFileBytes: KEY });
+  try {
+    const a = array.volumes.get('a')!;
+    const hits = a.record.dedupHits;
+    const copies = [1, 2, 4, 5, 7, 8, 10, 11].map((lba) => EXPECTED['a@s1']!.at(lba));
+    await a.write(A_WRITTEN * BLOCK, Buffer.concat(copies), { fua: true });
+    t.is(a.record.dedupHits - hits, copies.length, 'every copy deduplicated');
+  } finally {
+    await array.close();
+  }
 });
