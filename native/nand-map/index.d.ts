@@ -97,3 +97,8 @@ export function xtsBuffer(key: Uint8Array, encrypt: boolean, data: Uint8Array, c
  * fails, a TypeError on bad arguments.
  */
 export function xtsRecords(key: Uint8Array, encrypt: boolean, plan: Float64Array, count: number, destinations: ReadonlyArray<Uint8Array | undefined>): void;
+/**
+ * Which implementation xtsBuffer and xtsRecords use: 'vaes' (xts_vaes.c: VAES on 512-bit vectors,
+ * where the CPU has it) or 'openssl'; with `use`, switches first (every thread; 'vaes' only where supported).
+ */
+export function xtsImplementation(use?: 'vaes' | 'openssl'): 'vaes' | 'openssl';

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "xts_vaes.h"
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -676,13 +677,56 @@ static EVP_CIPHER_CTX* xts_context(const uint8_t* key, int encrypt) {
   return xts_ctx[d];
 }
 
+/*
+ * Where the CPU has VAES and AVX-512 (xts_vaes.c), records go through that: four AES blocks per
+ * instruction where OpenSSL 3.0 does one. `xtsImplementation` reports which one runs, and lets
+ * tests switch to OpenSSL to hold the two to the same bytes. The expanded keys are cached per
+ * thread like the OpenSSL contexts (one array key, in practice).
+ */
+static int xts_use_vaes = -1; /* -1: not decided yet */
+static __thread xts_vaes_key vaes_key;
+static __thread uint8_t vaes_key_bytes[64];
+static __thread bool vaes_keyed;
+
+static bool vaes_enabled(void) {
+  if (xts_use_vaes < 0) xts_use_vaes = xts_vaes_supported() ? 1 : 0;
+  return xts_use_vaes == 1;
+}
+
+/* One direction of one key: the VAES round keys, or an OpenSSL context. */
+typedef struct {
+  const xts_vaes_key* vaes;
+  EVP_CIPHER_CTX* ctx;
+  int encrypt;
+} xts_engine;
+
+static bool xts_engine_for(const uint8_t* key, int encrypt, xts_engine* engine) {
+  engine->encrypt = encrypt;
+  engine->ctx = NULL;
+  engine->vaes = NULL;
+  if (vaes_enabled()) {
+    if (!vaes_keyed || memcmp(vaes_key_bytes, key, 64) != 0) {
+      xts_vaes_set_key(&vaes_key, key);
+      memcpy(vaes_key_bytes, key, 64);
+      vaes_keyed = true;
+    }
+    engine->vaes = &vaes_key;
+    return true;
+  }
+  engine->ctx = xts_context(key, encrypt);
+  return engine->ctx != NULL;
+}
+
 /* Encrypts or decrypts `length` (>= 16) bytes in place with tweak = chunk id, u64 little-endian, zero-padded. */
-static bool xts_one(EVP_CIPHER_CTX* ctx, int encrypt, uint8_t* data, size_t length, double chunk_id) {
+static bool xts_one(const xts_engine* engine, uint8_t* data, size_t length, double chunk_id) {
+  if (length < 16 || length > 0x7fffffff) return false;
+  if (engine->vaes != NULL) return xts_vaes(engine->vaes, engine->encrypt != 0, data, length, (uint64_t)chunk_id);
+  EVP_CIPHER_CTX* ctx = engine->ctx;
+  int encrypt = engine->encrypt;
   uint8_t tweak[16] = {0};
   uint64_t id = (uint64_t)chunk_id;
   for (int i = 0; i < 8; i++) tweak[i] = (uint8_t)(id >> (8 * i));
   int out = 0;
-  if (length < 16 || length > 0x7fffffff) return false;
   if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, encrypt) != 1) return false;
   return EVP_CipherUpdate(ctx, data, &out, data, (int)length) == 1 && (size_t)out == length;
 }
@@ -707,8 +751,8 @@ static napi_value xts_buffer(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "xtsBuffer(key: 64 bytes, encrypt: boolean, data: Uint8Array, chunkId: number)");
     return NULL;
   }
-  EVP_CIPHER_CTX* ctx = xts_context(key, encrypt);
-  if (ctx == NULL || !xts_one(ctx, encrypt, data, length, chunk_id)) {
+  xts_engine engine;
+  if (!xts_engine_for(key, encrypt, &engine) || !xts_one(&engine, data, length, chunk_id)) {
     napi_throw_range_error(env, NULL, "xtsBuffer: the cipher failed (data shorter than 16 bytes?)");
     return NULL;
   }
@@ -753,12 +797,36 @@ static bool xts_rows_of(napi_env env, napi_value plan_value, int64_t count, napi
 }
 
 static bool xts_rows(const uint8_t* key, int encrypt, const xts_row* rows, size_t count) {
-  EVP_CIPHER_CTX* ctx = xts_context(key, encrypt);
-  if (ctx == NULL) return false;
+  xts_engine engine;
+  if (!xts_engine_for(key, encrypt, &engine)) return false;
   for (size_t i = 0; i < count; i++) {
-    if (!xts_one(ctx, encrypt, rows[i].data, rows[i].length, rows[i].chunk_id)) return false;
+    if (!xts_one(&engine, rows[i].data, rows[i].length, rows[i].chunk_id)) return false;
   }
   return true;
+}
+
+/*
+ * xtsImplementation(use?: 'vaes' | 'openssl') -> 'vaes' | 'openssl': which implementation the XTS
+ * functions use (for every thread); with an argument, switches first ('vaes' only where supported).
+ */
+static napi_value xts_implementation(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_valuetype type = napi_undefined;
+  if (argc >= 1) CHECK(env, napi_typeof(env, argv[0], &type));
+  if (type != napi_undefined) {
+    char name[16] = {0};
+    size_t length = 0;
+    if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &length) != napi_ok || (strcmp(name, "vaes") != 0 && strcmp(name, "openssl") != 0)) {
+      napi_throw_type_error(env, NULL, "xtsImplementation(use?: 'vaes' | 'openssl')");
+      return NULL;
+    }
+    xts_use_vaes = strcmp(name, "vaes") == 0 && xts_vaes_supported() ? 1 : 0;
+  }
+  napi_value result;
+  CHECK(env, napi_create_string_utf8(env, vaes_enabled() ? "vaes" : "openssl", NAPI_AUTO_LENGTH, &result));
+  return result;
 }
 
 /* Parses (key, encrypt, plan, count, destinations); returns the row count, or -1 (thrown). */
@@ -876,6 +944,7 @@ NAPI_MODULE_INIT() {
   if (napi_create_function(env, "hashAndSample", NAPI_AUTO_LENGTH, hash_and_sample, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "hashAndSample", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "xtsBuffer", NAPI_AUTO_LENGTH, xts_buffer, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsBuffer", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "xtsRecords", NAPI_AUTO_LENGTH, xts_records, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsRecords", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "xtsImplementation", NAPI_AUTO_LENGTH, xts_implementation, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "xtsImplementation", fn) != napi_ok) return NULL;
   if (napi_create_function(env, "adviseHugePages", NAPI_AUTO_LENGTH, advise_huge_pages, NULL, &fn) != napi_ok || napi_set_named_property(env, exports, "adviseHugePages", fn) != napi_ok) return NULL;
   return exports;
 }

@@ -30,9 +30,12 @@
  *   the same choice and store the same bytes (and such a block, one LZ4 can shrink under 16 bytes,
  *   is all but always a pattern block stored in the map instead).
  *
- * Speed: the native addon keys one OpenSSL EVP context per direction (and per thread) once and
- * re-sets only the tweak per record (0.8 µs per 4 KiB here when the machine is quiet, 2 µs when
- * busy; 5-6 GB/s: OpenSSL 3.0's AES-NI XTS, which is most of that, the call a fifth of it);
+ * Speed: where the CPU has VAES and AVX-512 (this machine kind's AMD EPYC does), the addon runs
+ * its own XTS over the hardware AES instructions four blocks at a time (native/nand-map/xts_vaes.c,
+ * held to OpenSSL's and Node's bytes by test/engine/encryption.test.ts); elsewhere it keys one
+ * OpenSSL EVP context per direction (and per thread) once and re-sets only the tweak per record
+ * (0.8 µs per 4 KiB here when the machine is quiet, 2 µs when busy; 5-6 GB/s: OpenSSL 3.0's
+ * AES-NI XTS, one block per instruction, which is most of that, the call a fifth of it);
  * Node's crypto module costs about 14 µs per record (a cipher object per record), and is the
  * fallback where the addon lacks `xtsBuffer` (test/engine/encryption.test.ts compares the two byte
  * for byte). Reads decrypt the records of a native read plan in one call (`decryptRows`: a 128 KiB
@@ -50,11 +53,23 @@ export const DEK_BYTES = 64;
 export const MIN_STORED_BYTES = 16;
 
 type XtsBuffer = (key: Buffer, encrypt: boolean, data: Uint8Array, chunkId: number) => void;
+type XtsImplementation = (use?: 'vaes' | 'openssl') => 'vaes' | 'openssl';
 type XtsRecords = (key: Buffer, encrypt: boolean, plan: Float64Array, count: number, destinations: ReadonlyArray<Buffer | undefined>) => void;
 /** The addon's XTS functions (native/nand-map/index.d.ts), each null where the built addon predates it. */
-const xtsNative = nandMap as { xtsBuffer?: unknown; xtsRecords?: unknown } | null;
+const xtsNative = nandMap as { xtsBuffer?: unknown; xtsRecords?: unknown; xtsImplementation?: unknown } | null;
 const nativeXts: XtsBuffer | null = typeof xtsNative?.xtsBuffer === 'function' ? (xtsNative.xtsBuffer as XtsBuffer) : null;
 const nativeXtsRecords: XtsRecords | null = typeof xtsNative?.xtsRecords === 'function' ? (xtsNative.xtsRecords as XtsRecords) : null;
+const nativeXtsImplementation: XtsImplementation | null = typeof xtsNative?.xtsImplementation === 'function' ? (xtsNative.xtsImplementation as XtsImplementation) : null;
+
+/**
+ * Which implementation the addon's XTS uses: 'vaes' (native/nand-map/xts_vaes.c, where the CPU has
+ * VAES and AVX-512) or 'openssl'; null without the addon. `use` switches (tests compare the two).
+ */
+export function xtsImplementation(use?: 'vaes' | 'openssl'): 'vaes' | 'openssl' | null {
+  if (nativeXts === null) return null;
+  if (nativeXtsImplementation === null) return 'openssl';
+  return use === undefined ? nativeXtsImplementation() : nativeXtsImplementation(use);
+}
 
 /**
  * A row of a native read plan (record-reader.ts, and ROW_* in native/nand-map/nand_map.c): the
