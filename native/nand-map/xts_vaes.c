@@ -182,30 +182,22 @@ XTS_TARGET bool xts_vaes(const xts_vaes_key* key, bool encrypt, uint8_t* data, s
     tweak = lane + 1 < 4 ? four[lane + 1] : times_alpha(tweak);
   }
   if (tail != 0) {
-    /* Ciphertext stealing: p is the last full block (m-1), p + 16 the tail (m). */
-    __m128i t_last_full = tweak;
-    __m128i t_tail = times_alpha(tweak);
-    uint8_t stolen[16];
+    /*
+     * Ciphertext stealing: p is the last full block (m-1), p + 16 the tail (m). Encryption takes
+     * T_{m-1} then T_m, decryption T_m then T_{m-1}; otherwise the two are the same steps.
+     */
+    __m128i first_tweak = encrypt ? tweak : times_alpha(tweak);
+    __m128i second_tweak = encrypt ? times_alpha(tweak) : tweak;
+    uint8_t stolen[16], joined[16];
     uint8_t* end = p + 16;
-    if (encrypt) {
-      __m128i cc = _mm_xor_si128(encrypt_one(rk, _mm_xor_si128(_mm_loadu_si128((const __m128i*)p), t_last_full)), t_last_full);
-      _mm_storeu_si128((__m128i*)stolen, cc);
-      uint8_t pp[16];
-      memcpy(pp, end, tail);
-      memcpy(pp + tail, stolen + tail, 16 - tail);
-      memcpy(end, stolen, tail);
-      __m128i c = _mm_xor_si128(encrypt_one(rk, _mm_xor_si128(_mm_loadu_si128((const __m128i*)pp), t_tail)), t_tail);
-      _mm_storeu_si128((__m128i*)p, c);
-    } else {
-      __m128i pp = _mm_xor_si128(decrypt_one(rk, _mm_xor_si128(_mm_loadu_si128((const __m128i*)p), t_tail)), t_tail);
-      _mm_storeu_si128((__m128i*)stolen, pp);
-      uint8_t cc[16];
-      memcpy(cc, end, tail);
-      memcpy(cc + tail, stolen + tail, 16 - tail);
-      memcpy(end, stolen, tail);
-      __m128i x = _mm_xor_si128(decrypt_one(rk, _mm_xor_si128(_mm_loadu_si128((const __m128i*)cc), t_last_full)), t_last_full);
-      _mm_storeu_si128((__m128i*)p, x);
-    }
+    __m128i x = _mm_xor_si128(_mm_loadu_si128((const __m128i*)p), first_tweak);
+    _mm_storeu_si128((__m128i*)stolen, _mm_xor_si128(encrypt ? encrypt_one(rk, x) : decrypt_one(rk, x), first_tweak));
+    memcpy(joined, end, tail);
+    memcpy(joined + tail, stolen + tail, 16 - tail);
+    memcpy(end, stolen, tail);
+    x = _mm_xor_si128(_mm_loadu_si128((const __m128i*)joined), second_tweak);
+    _mm_storeu_si128((__m128i*)p, _mm_xor_si128(encrypt ? encrypt_one(rk, x) : decrypt_one(rk, x), second_tweak));
+    memset(joined, 0, sizeof joined);
     memset(stolen, 0, sizeof stolen);
   }
   return true;
