@@ -8,8 +8,8 @@
  *   async-begin  {volume, sizeBytes, base}  target: creates the volume if missing (same size); with
  *                a base, checks it holds VOLUME@base (else BASE_MISSING: the sender starts over
  *                with a full copy)
- *   async-write  {o, l, z, lz4} + data      one piece (at most PIECE_BYTES): zeroes go as a header
- *                (z), data LZ4-compressed when that is smaller (lz4), else raw
+ *   async-write  {o, l, z, lz4} + data      one piece (at most PIECE_BYTES), packed as pod writes
+ *                are (write-packing.ts): zeroes as a header (z), LZ4 when it pays (lz4), else raw
  *   async-commit {snapshot}                 target: flush, snapshot VOLUME@snapshot, drop its older
  *                                           replication snapshots; only then does the sender move
  *                                           its base forward and drop its own older snapshot
@@ -17,11 +17,11 @@
  * part of the new data; its snapshot is the consistent copy) and the sender's base unchanged, so
  * the next run sends the same changes again.
  */
-import { compressSync, uncompressSync } from 'lz4-napi';
 import type { BlockDevice } from '../common/block-device.js';
 import { StorageError } from '../common/errors.js';
 import type { LinkMessage } from './link-protocol.js';
 import type { PeerLink } from './peer-link.js';
+import { packWrite, unpackWrite } from './write-packing.js';
 
 export const PIECE_BYTES = 1024 * 1024;
 const WINDOW = 8;
@@ -62,11 +62,6 @@ function pieces(ranges: ChangedRange[]): ChangedRange[] {
   return out;
 }
 
-function isZero(data: Buffer): boolean {
-  for (let i = 0; i < data.length; i++) if (data[i] !== 0) return false;
-  return true;
-}
-
 /** Sender: one run, over `link`. `base` is the last snapshot the target confirmed, or null. */
 export async function sendChanges(array: SnapshotArray, link: PeerLink, volume: string, base: string | null): Promise<ReplicateResult> {
   const startedMs = Date.now();
@@ -95,14 +90,8 @@ export async function sendChanges(array: SnapshotArray, link: PeerLink, volume: 
       const extents = await view.read(piece.offsetBytes, piece.lengthBytes);
       let at = piece.offsetBytes;
       for (const extent of extents) {
-        const data = extent.data === null ? null : extent.data.subarray(0, extent.lengthBytes);
-        if (data === null || isZero(data)) {
-          await link.ask({ type: 'async-write', o: at, l: extent.lengthBytes, z: true });
-        } else {
-          const packed = compressSync(data);
-          const useLz4 = packed.length < data.length * 0.9;
-          await link.ask({ type: 'async-write', o: at, l: extent.lengthBytes, z: false, lz4: useLz4 }, useLz4 ? packed : data);
-        }
+        const packed = extent.data === null ? null : packWrite(extent.data.subarray(0, extent.lengthBytes));
+        await link.ask({ type: 'async-write', o: at, l: extent.lengthBytes, z: packed?.z ?? true, lz4: packed?.lz4 ?? false }, packed?.bytes ?? null);
         at += extent.lengthBytes;
       }
     }
@@ -173,7 +162,7 @@ export class ChangesReceiver {
       await device.writeZeroes(offsetBytes, lengthBytes, { fua: false, noHole: false, fastZero: false });
       return;
     }
-    const bytes = header.lz4 === true && data !== null ? uncompressSync(data) : data;
+    const bytes = unpackWrite(header, data, lengthBytes);
     if (bytes === null || bytes.length !== lengthBytes) throw StorageError.invalidArgument('async-write payload does not match its length');
     await device.write(offsetBytes, bytes, { fua: false });
   }

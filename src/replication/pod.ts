@@ -34,11 +34,10 @@
  * SHA-256 sums of its 4 KiB blocks, and its bytes are sent only when the peer's copy differs (a
  * full resync after a crash mostly finds the data already there). A chunk written
  * again while it was being read is read again, so a copy never lands after a newer write.
- * Writes cross the link in reduced form where that is cheap to find: all-zero data as a header
- * only (`z`), data LZ4-compressed when it shrinks by at least an eighth (`lz4`; 4 KiB blocks that
- * look random by the reducer's sample are not tried), else as they are. The receiver expands
- * them before anything else looks at them; each array then reduces on its own (dedup against the
- * peer's fingerprints would cost a round trip per write and is not done).
+ * Writes cross the link in reduced form where that is cheap to find (write-packing.ts: zeros as a
+ * header, LZ4 when it pays, else as they are). The receiver expands them before anything else
+ * looks at them; each array then reduces on its own (dedup against the peer's fingerprints would
+ * cost a round trip per write and is not done).
  *
  * The mediator (mediator.ts) is asked only when the link fails; with etcd down and the link up,
  * nothing changes. Requests that arrive while the mediator is being asked are held (bounded by
@@ -51,12 +50,11 @@
  */
 import { createHash } from 'node:crypto';
 import { IoCommand, submitAsync, type BlockDevice, type IoRequest, type ReadExtent, type StatusExtent, type WriteOptions, type ZeroOptions } from '../common/block-device.js';
-import { compressSync, uncompressSync } from 'lz4-napi';
 import { StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { looksIncompressible } from '../reduce/codec.js';
 import { ChangedBlocks, RESYNC_CHUNK_BYTES, type ChangedRecordWire } from './changed-blocks.js';
 import type { LinkMessage } from './link-protocol.js';
+import { NOT_PACKED, isAllZero, packWrite, unpackWrite, type PackedWrite } from './write-packing.js';
 import { Mediator } from './mediator.js';
 import { errorFromWire, type PeerLink, type TcpPeerAddress } from './peer-link.js';
 
@@ -98,10 +96,6 @@ const STARTUP_WAIT_MS = 3000;
 const RESYNC_WINDOW = 64;
 /** Resync compares 4 KiB blocks by SHA-256 before sending them (the peer may hold them already). */
 const SUM_BLOCK_BYTES = 4096;
-/** Writes shorter than this cross the link as they are... */
-const MIN_PACK_BYTES = 4096;
-/** ...and a packed one expands to at most this (an NBD request is at most 32 MiB). */
-const MAX_PACKED_WRITE_BYTES = 64 * 1024 * 1024;
 const MAX_HELD_REQUESTS = 4096;
 
 /** One change or flush in flight through the pod. */
@@ -144,42 +138,6 @@ function blockSums(data: Buffer): Buffer {
     createHash('sha256').update(data.subarray(at, at + SUM_BLOCK_BYTES)).digest().copy(sums, index * 32);
   }
   return sums;
-}
-
-function isAllZero(data: Buffer): boolean {
-  for (let i = 0; i < data.length; i += 8) {
-    if (data.length - i >= 8 ? data.readBigUInt64LE(i) !== 0n : data.subarray(i).some((byte) => byte !== 0)) return false;
-  }
-  return true;
-}
-
-const NOT_PACKED = { z: false, lz4: false, bytes: null };
-
-/** A write's payload as it crosses the link: header fields and the bytes (see the design note). */
-export function packWrite(data: Buffer): { z: boolean; lz4: boolean; bytes: Buffer | null } {
-  if (isAllZero(data)) return { z: true, lz4: false, bytes: null };
-  if (data.length < MIN_PACK_BYTES || looksRandomThroughout(data)) return { z: false, lz4: false, bytes: data };
-  const packed = compressSync(data);
-  return packed.length <= data.length - (data.length >> 3) ? { z: false, lz4: true, bytes: packed } : { z: false, lz4: false, bytes: data };
-}
-
-/** The payload of a packed write, `lengthBytes` long again; throws on a payload that does not expand to it. */
-export function unpackWrite(header: LinkMessage['header'], bytes: Buffer | null, lengthBytes: number): Buffer | null {
-  if (header.z !== true && header.lz4 !== true) return bytes;
-  if (!Number.isSafeInteger(lengthBytes) || lengthBytes < 0 || lengthBytes > MAX_PACKED_WRITE_BYTES) throw StorageError.invalidArgument(`peer sent a packed write of ${String(header.l)} bytes`);
-  if (header.z === true) return Buffer.alloc(lengthBytes);
-  if (header.lz4 !== true || bytes === null) return bytes;
-  const data = uncompressSync(bytes);
-  if (data.length !== lengthBytes) throw StorageError.invalidArgument(`peer sent a compressed write of ${data.length} bytes for ${lengthBytes}`);
-  return data;
-}
-
-/** Every 4 KiB block of `data` looks random to the reducer's sample (compressing it would not pay). */
-function looksRandomThroughout(data: Buffer): boolean {
-  for (let at = 0; at + SUM_BLOCK_BYTES <= data.length; at += SUM_BLOCK_BYTES) {
-    if (!looksIncompressible(data.subarray(at, at + SUM_BLOCK_BYTES))) return false;
-  }
-  return true;
 }
 
 export class Pod {
@@ -360,7 +318,7 @@ export class Pod {
   }
 
   /** A write's payload in its link form, counted for `pod status`. */
-  private pack(data: Buffer): { z: boolean; lz4: boolean; bytes: Buffer | null } {
+  private pack(data: Buffer): PackedWrite {
     const packed = packWrite(data);
     this.figures.writeBytes += data.length;
     this.figures.writeBytesSent += packed.bytes?.length ?? 0;

@@ -8,7 +8,8 @@ import net from 'node:net';
 import test from 'ava';
 import { encodeFrame, FrameDecoder } from '../../src/replication/link-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { decide, packWrite, unpackWrite } from '../../src/replication/pod.js';
+import { decide } from '../../src/replication/pod.js';
+import { packWrite, unpackWrite } from '../../src/replication/write-packing.js';
 
 const SECRET = Buffer.from('0123456789abcdef0123456789abcdef');
 
@@ -31,6 +32,15 @@ test('synchronous writes cross the link reduced: zeroes as a header, compressibl
 
   t.throws(() => unpackWrite({ type: 'rep', lz4: true }, packed.bytes, text.length + 4096), { message: /compressed write of 65536 bytes for 69632/ });
   t.throws(() => unpackWrite({ type: 'rep', z: true }, null, 2 ** 40), { message: /packed write of/ });
+
+  // Zeros are found over several of the comparison's 64 KiB slices, and one byte anywhere is data.
+  const large = Buffer.alloc(200 * 1024 + 3);
+  t.true(packWrite(large).z);
+  for (const at of [0, 65535, 65536, 131072 + 17, large.length - 1]) {
+    large[at] = 1;
+    t.false(packWrite(large).z, `a non-zero byte at ${at}`);
+    large[at] = 0;
+  }
 });
 
 test('frames decode the same whole and one byte at a time, payload intact', (t) => {
