@@ -88,10 +88,9 @@ export function apiError(response: ApiResponse): StorageError {
 }
 
 /** Opens the data directory for a CLI command (no server runs), or says why not. */
-export async function openLocal(dataDir: string): Promise<FlashArray> {
+export async function openLocal(dataDir: string, keyFile = process.env.PSTORAGE_KEY_FILE): Promise<FlashArray> {
   try {
-    // An encrypted array opens with the key file of PSTORAGE_KEY_FILE (array-key.ts).
-    const keyFile = process.env.PSTORAGE_KEY_FILE;
+    // An encrypted array opens with its key file: --key-file where the command has it, else PSTORAGE_KEY_FILE (array-key.ts).
     const { array } = await FlashArray.open(path.resolve(dataDir), silentLogger, { createIfMissing: false, keyFileBytes: keyFile === undefined || keyFile === '' ? undefined : readKeyFile(keyFile) });
     return array;
   } catch (error) {
@@ -104,13 +103,13 @@ export async function openLocal(dataDir: string): Promise<FlashArray> {
  * Runs `viaApi` against the running server, or `local` on the array opened from the directory
  * (and closed again) when no server owns it.
  */
-export async function withArray<T>(dataDir: string, viaApi: () => Promise<ApiResponse | null>, local: (array: FlashArray) => Promise<T>): Promise<T> {
+export async function withArray<T>(dataDir: string, viaApi: () => Promise<ApiResponse | null>, local: (array: FlashArray) => Promise<T>, keyFile?: string): Promise<T> {
   const response = await viaApi();
   if (response !== null) {
     if (response.status >= 400) throw apiError(response);
     return response.body as T;
   }
-  const array = await openLocal(dataDir);
+  const array = await openLocal(dataDir, keyFile);
   try {
     return await local(array);
   } catch (error) {

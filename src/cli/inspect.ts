@@ -71,8 +71,8 @@ function hostSpaceLine(host: Stats['hostSpace']): string {
 }
 
 /** Returns the exit code: 0 when the audit is clean. */
-export async function auditCommand(dataDir: string, json: boolean): Promise<number> {
-  const report = await withArray<AuditReport>(dataDir, () => callApi(dataDir, 'POST', '/api/v1/audit'), (array) => auditArray(array));
+export async function auditCommand(dataDir: string, json: boolean, keyFile?: string): Promise<number> {
+  const report = await withArray<AuditReport>(dataDir, () => callApi(dataDir, 'POST', '/api/v1/audit'), (array) => auditArray(array), keyFile);
   if (json) printJson(report);
   else {
     process.stdout.write(

@@ -238,8 +238,9 @@ export function buildProgram(): Command {
     .description('check metadata against the NAND image (refcounts, records, valid counts); exit 1 on any problem')
     .option('-d, --data-dir <dir>', 'data directory (env PSTORAGE_DATA_DIR)', dataDirOption())
     .option('--json', 'machine-readable output')
-    .action(async (options: { dataDir: string; json?: boolean }) => {
-      process.exitCode = await auditCommand(options.dataDir, options.json ?? false);
+    .option('--key-file <file>', 'an encrypted array\'s key file, when no server runs (env PSTORAGE_KEY_FILE)', process.env.PSTORAGE_KEY_FILE)
+    .action(async (options: { dataDir: string; json?: boolean; keyFile?: string }) => {
+      process.exitCode = await auditCommand(options.dataDir, options.json ?? false, options.keyFile);
     });
 
   inspect

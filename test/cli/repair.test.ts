@@ -312,8 +312,12 @@ test.serial('repair of an encrypted array: refused without its key file or with 
   const fromNand = Number(/\((\d+) rebuilt from NAND records\)/.exec(rebuilt)?.[1] ?? 0);
   t.true(fromNand > 0, `some chunk entries came from NAND records: ${rebuilt}`);
 
-  const audit = await pstorage(dataDir, ['inspect', 'audit'], { env: { PSTORAGE_KEY_FILE: keyFile } });
+  const unkeyedAudit = await pstorage(dataDir, ['inspect', 'audit']);
+  t.is(unkeyedAudit.code, 2, describeRun(unkeyedAudit));
+  const audit = await pstorage(dataDir, ['inspect', 'audit', '--key-file', keyFile]);
   t.is(audit.code, 0, describeRun(audit));
+  const auditByEnvironment = await pstorage(dataDir, ['inspect', 'audit'], { env: { PSTORAGE_KEY_FILE: keyFile } });
+  t.is(auditByEnvironment.code, 0, describeRun(auditByEnvironment));
   const failed = await readEverything(t, dataDir, KEY);
   for (const name of Object.keys(EXPECTED)) t.is(failed.get(name)!.size, 0, `${name}: nothing lost`);
 
