@@ -209,11 +209,11 @@ export class FileNand extends NandDeviceBase {
   private staleCount = 0;
   /** `performance.now()` of each stale block's erase (the age of the pool's overflow). */
   private readonly staleSinceMs: Float64Array;
-  /** The pool's bound, and the overflow above it kept for `warmOverflowMs` (both 0 while released). */
-  private warmLimitBlocks: number;
-  private readonly warmLimitDefault: number;
-  private warmOverflowBlocks: number;
-  private readonly warmOverflowDefault: number;
+  /** The pool's bound, and the overflow above it kept for `warmOverflowMs`... */
+  private readonly warmBoundBlocks: number;
+  private readonly warmOverflowBlocks: number;
+  /** ...neither of which is kept while released (`releaseWarm`: the host file system is full). */
+  private warmReleased = false;
   private overflowPunching = false;
   /** `performance.now()` of the last program or erase, and the timer that punches the pool when idle. */
   private lastMutationMs = 0;
@@ -238,10 +238,8 @@ export class FileNand extends NandDeviceBase {
     this.staleSinceMs = new Float64Array(geometry.eraseBlockCount);
     const blockBytes = eraseBlockBytes(geometry);
     const bound = warm.warmEraseBytes ?? Math.min(DEFAULT_WARM_ERASE_BYTES, capacityBytes(geometry) / 16);
-    this.warmLimitDefault = Math.max(0, Math.floor(bound / blockBytes));
-    this.warmLimitBlocks = this.warmLimitDefault;
-    this.warmOverflowDefault = Math.max(0, Math.floor((warm.warmOverflowBytes ?? WARM_OVERFLOW_FACTOR * bound) / blockBytes));
-    this.warmOverflowBlocks = this.warmOverflowDefault;
+    this.warmBoundBlocks = Math.max(0, Math.floor(bound / blockBytes));
+    this.warmOverflowBlocks = Math.max(0, Math.floor((warm.warmOverflowBytes ?? WARM_OVERFLOW_FACTOR * bound) / blockBytes));
     this.segmentBytes = Math.max(1, Math.floor(MAP_SEGMENT_BYTES / eraseBlockBytes(geometry))) * eraseBlockBytes(geometry);
     this.mapping = mapImage(image.fd, capacityBytes(geometry), this.segmentBytes);
     this.residency = this.mapping === null ? null : new ReadMapping(this.mapping, this.segmentBytes, geometry, mappedLimitBytes);
@@ -454,14 +452,15 @@ export class FileNand extends NandDeviceBase {
       return;
     }
     if (this.warmLimitBlocks > 0) {
+      const keptBlocks = this.warmLimitBlocks + this.warmOverflowBlocks;
       this.stale[eraseBlockIndex] = STALE;
       this.staleCount += 1;
       // Entries of blocks programmed full since are dropped now and then, so the queue stays small.
-      if (this.staleQueue.length >= 4 * (this.warmLimitBlocks + 16)) this.staleQueue = this.staleQueue.filter((block) => this.stale[block] === STALE);
+      if (this.staleQueue.length >= 4 * (keptBlocks + 16)) this.staleQueue = this.staleQueue.filter((block) => this.stale[block] === STALE);
       this.staleQueue.push(eraseBlockIndex);
       this.staleSinceMs[eraseBlockIndex] = this.lastMutationMs;
       this.warmCounters.deferredErases += 1;
-      while (this.staleCount > this.warmLimitBlocks + this.warmOverflowBlocks) this.punchOldestStale();
+      while (this.staleCount > keptBlocks) this.punchOldestStale();
       this.armIdleTimer();
       return;
     }
@@ -484,15 +483,13 @@ export class FileNand extends NandDeviceBase {
    * space). Resolves when the punches are done.
    */
   releaseWarm(): Promise<void> {
-    this.warmLimitBlocks = 0;
-    this.warmOverflowBlocks = 0;
+    this.warmReleased = true;
     return this.punchStale(false);
   }
 
   /** Keeps erased blocks warm again (see `releaseWarm`). */
   resumeWarm(): void {
-    this.warmLimitBlocks = this.warmLimitDefault;
-    this.warmOverflowBlocks = this.warmOverflowDefault;
+    this.warmReleased = false;
   }
 
   override async close(): Promise<void> {
@@ -538,6 +535,11 @@ export class FileNand extends NandDeviceBase {
     this.staleCount -= 1;
   }
 
+  /** The stale blocks kept for good (the bound), none while released. */
+  private get warmLimitBlocks(): number {
+    return this.warmReleased ? 0 : this.warmBoundBlocks;
+  }
+
   /** No program or erase for `warmIdleMs`. */
   private get idle(): boolean {
     return performance.now() - this.lastMutationMs >= this.warmIdleMs;
@@ -549,11 +551,16 @@ export class FileNand extends NandDeviceBase {
    * `whileIdle` stops as soon as a program or erase comes (the rest stays warm for it).
    */
   private async punchStale(whileIdle: boolean): Promise<void> {
+    await this.punchWhile(() => this.staleCount > 0 && !(whileIdle && (!this.idle || this.isClosed)));
+    if (this.staleCount === 0) this.staleQueue = [];
+  }
+
+  /** Punches the oldest stale block, `PUNCH_LANES` at a time, while `more()` says so. */
+  private async punchWhile(more: () => boolean): Promise<void> {
     const lane = async (): Promise<void> => {
-      while (this.staleCount > 0 && !(whileIdle && !this.idle) && !(whileIdle && this.isClosed)) await this.punchOldestStale();
+      while (more()) await this.punchOldestStale();
     };
     await Promise.all(Array.from({ length: PUNCH_LANES }, lane));
-    if (this.staleCount === 0) this.staleQueue = [];
   }
 
   /** The pool is over its bound, and its oldest stale block has waited `warmOverflowMs` for a program. */
@@ -570,11 +577,8 @@ export class FileNand extends NandDeviceBase {
    * the main thread's programs and mapped reads wait on it (punches at every commit's erases held
    * the event loop 10-60 ms at a time), so only blocks that programs did not take back are punched.
    */
-  private async punchAgedOverflow(): Promise<void> {
-    const lane = async (): Promise<void> => {
-      while (!this.isClosed && this.overflowAged) await this.punchOldestStale();
-    };
-    await Promise.all(Array.from({ length: PUNCH_LANES }, lane));
+  private punchAgedOverflow(): Promise<void> {
+    return this.punchWhile(() => !this.isClosed && this.overflowAged);
   }
 
   /**
